@@ -1,0 +1,57 @@
+"""What each backbone offers to a genome, as plain data (no torch here: genome validation reads it).
+
+Every backbone's spec lives in this table so that a genome can be validated before any model
+code is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RESNET_STEMS = ("standard", "deep", "hybrid")
+RESNET_DOWNSAMPLING = ("v1.5", "v1", "avgdown", "blur", "padding_free")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    family: str  # "resnet" | "mobilenet"
+    block: str  # "basic" | "bottleneck" | "inverted"
+    depths: tuple[int, ...]  # blocks per searchable stage
+    widths: tuple[int, ...]  # planes per stage (before expansion)
+    stems: tuple[str, ...] = RESNET_STEMS
+    downsampling: tuple[str, ...] = RESNET_DOWNSAMPLING
+    groups: int = 1  # grouped 3x3 (SDA-ResNet-86 uses 8)
+    target_resolution: int = 224
+    target_classes: int = 1000
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    @property
+    def expansion(self) -> int:
+        return 4 if self.block == "bottleneck" else 1
+
+
+BACKBONE_SPECS: dict[str, BackboneSpec] = {}
+
+
+def add_backbone_spec(spec: BackboneSpec) -> BackboneSpec:
+    BACKBONE_SPECS[spec.name] = spec
+    return spec
+
+
+for _spec in (
+    BackboneSpec("resnet18", "resnet", "basic", (2, 2, 2, 2), (64, 128, 256, 512)),
+    BackboneSpec("resnet34", "resnet", "basic", (3, 4, 6, 3), (64, 128, 256, 512)),
+    BackboneSpec("resnet50", "resnet", "bottleneck", (3, 4, 6, 3), (64, 128, 256, 512)),
+    BackboneSpec("resnet101", "resnet", "bottleneck", (3, 4, 23, 3), (64, 128, 256, 512)),
+    # SDA-xNet's ResNet-86: grouped 3x3 (groups=8) at standard widths, extra BN after the pool.
+    BackboneSpec("resnet86g8", "resnet", "bottleneck", (5, 6, 12, 5), (64, 128, 256, 512), groups=8),
+    # CIFAR ResNet-20 as the padding-free paper counts it (0.278 M params at 100 classes): 1x1 conv +
+    # BN shortcuts where the shape changes (He et al.'s option B), 3x3 stem at stride 1.
+    BackboneSpec("resnet20_cifar", "resnet", "basic", (3, 3, 3), (16, 32, 64), stems=("cifar",),
+                 downsampling=("v1.5", "padding_free"), target_resolution=32, target_classes=100),
+):
+    add_backbone_spec(_spec)

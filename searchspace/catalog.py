@@ -1,0 +1,190 @@
+"""Named genomes of the published designs, with the numbers their sources print.
+
+Two kinds of published number are kept apart:
+- `counts`: the size of the configuration (params / FLOPs / activations) that the cost model must
+  reproduce, exactly (step 1) or to the printed precision (step = one unit of the last digit).
+- `results`: accuracy rows as a paper prints them, with the size printed on that row. Different
+  papers trained with different recipes; each row names its source and recipe.
+Sources are the ones listed in shared/reference/PUBLISHED.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import UserError
+from .genome import Genome, Plugin, Stage, make_plugin, uniform
+
+
+@dataclass(frozen=True)
+class Count:
+    value: float
+    step: float = 1  # 1 = exact; otherwise the printed precision (e.g. 1e4 for "11.93 M")
+    source: str = ""
+
+    @property
+    def exact(self) -> bool:
+        return self.step == 1
+
+    def matches(self, measured: float) -> bool:
+        return round(measured / self.step) == round(self.value / self.step)
+
+
+@dataclass(frozen=True)
+class Result:
+    top1: float
+    top5: float | None
+    source: str
+    params: float | None = None  # as printed on the row
+    flops: float | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a design's counts were taken: resolution, classes and counting convention."""
+
+    resolution: int = 224
+    num_classes: int = 1000
+    convention: str = "paper"
+
+
+@dataclass(frozen=True)
+class Design:
+    name: str
+    genome: Genome
+    source: str
+    counts: dict[str, Count] = field(default_factory=dict)  # "params" | "flops" | "activations"
+    results: tuple[Result, ...] = ()
+    target: Target = Target()
+    note: str = ""
+
+    @property
+    def published(self) -> dict:
+        """Flat view: counts, and the first printed accuracy row (what plots use)."""
+        d = {k: c.value for k, c in self.counts.items()}
+        if self.results:
+            r = self.results[0]
+            d.update(top1=r.top1, top5=r.top5, recipe=r.source)
+            d.setdefault("params", r.params)
+            d.setdefault("flops", r.flops)
+        return d
+
+
+_CATALOG: dict[str, Design] = {}
+
+
+def add(design: Design) -> Design:
+    if design.name in _CATALOG:
+        raise ValueError(f"catalog name {design.name!r} defined twice")
+    design.genome.validate()
+    _CATALOG[design.name] = design
+    return design
+
+
+def get(name: str) -> Design:
+    try:
+        return _CATALOG[name]
+    except KeyError:
+        raise UserError(f"unknown catalog design {name!r} (see `python -m searchspace.inspect --list`)") from None
+
+
+def names() -> list[str]:
+    return list(_CATALOG)
+
+
+def designs() -> list[Design]:
+    return list(_CATALOG.values())
+
+
+def exact(n: int, source: str = "") -> Count:
+    return Count(n, 1, source)
+
+
+def rounded(value: float, step: float, source: str = "") -> Count:
+    return Count(value, step, source)
+
+
+M, G = 1e6, 1e9
+SEED = "seed DSNet-ImageNet-COCO (mmpretrain configs)"
+SDA = "SDA-xNet README / paper table"
+KW = "KernelWarehouse README (300 epochs)"
+TAKANIWA = "takaniwa/DSNet README (MSA table)"
+
+
+def _stages(backbone: str, per_stage: list) -> Genome:
+    return Genome(backbone, tuple(Stage(plugins=(p,)) if p else Stage() for p in per_stage)).validate()
+
+
+# -- plain backbones -----------------------------------------------------------------------------
+add(Design("resnet18", Genome("resnet18"), "torchvision ResNet-18",
+           {"params": exact(11_689_512, "torchvision")},
+           (Result(70.44, 89.72, KW, 11.69 * M), Result(69.7, None, TAKANIWA, 11.7 * M))))
+add(Design("resnet34", Genome("resnet34"), "torchvision ResNet-34",
+           note="No row of PUBLISHED.md covers ResNet-34; no published numbers are recorded."))
+add(Design("resnet50", Genome("resnet50"), "torchvision-style ResNet-50 (v1.5)",
+           {"params": exact(25_557_032, SEED), "flops": exact(4_109_464_576, SEED),
+            "activations": exact(11_113_984, SEED)},
+           (Result(76.48, 93.17, SEED + ", no AMP", 25.557 * M, 4.109 * G),
+            Result(75.20, 92.52, SDA + " (baseline)", 25.56 * M, 4.12 * G),
+            Result(78.44, 94.24, KW, 25.56 * M))))
+
+# -- channel attention ---------------------------------------------------------------------------
+add(Design("se_resnet18", uniform("resnet18", make_plugin("se", "after_conv2", 16)), "SENet; " + TAKANIWA,
+           {"params": rounded(11.8 * M, 0.1 * M, TAKANIWA)},
+           (Result(71.2, None, TAKANIWA, 11.8 * M),),
+           note="SE after conv2-bn2, before the add, in every BasicBlock, r=16."))
+add(Design("se_resnet50", uniform("resnet50", make_plugin("se", "after_conv3", 16)), "SENet (Hu et al.)",
+           {"params": exact(28_088_024, "SENet")},
+           (Result(76.71, 93.38, SDA + " (SENet-50 row)", 28.09 * M, 4.09 * G),)))
+add(Design("fcanet50", uniform("resnet50", make_plugin("msca", "after_conv3", 16)), "FcaNet (Qin et al.)",
+           {"params": exact(28_071_976, "FcaNet"), "flops": exact(4_111_979_520, SEED)},
+           (Result(77.50, 93.79, SEED, 30.121 * M, 4.112 * G,
+                   "the seed prints 30.121 M: FcaNet's 28.07 M plus an unused 2048x1000 classifier"),
+            Result(78.52, 94.14, SDA + " (FcaNet-50 row)", 28.07 * M, 4.09 * G))))
+
+# -- DSNet: the seed's table swaps the number rows of A and B (PLUGINS.md) ----------------------
+_SWAP = ("The seed's architecture rows and number rows disagree: this configuration's exact counts "
+         "are printed on the seed's row labelled {row}; the accuracy row below is the one labelled "
+         "{name}, whose printed size belongs to the other configuration.")
+add(Design("dsnet50_a", _stages("resnet50", [None, None, None, make_plugin("dsm", "after_conv2", 2, bias=True)]),
+           "seed DSNet-ImageNet-COCO config (DSM stage 4, after_conv2, r=2, bias)",
+           {"params": exact(29_105_963, SEED + ", row labelled B"), "flops": exact(4_207_606_528, SEED + ", row B")},
+           (Result(76.51, 93.12, SEED, 27.369 * M, 4.357 * G, "row labelled DSNet50-A"),),
+           note=_SWAP.format(row="B", name="A")))
+add(Design("dsnet50_b", uniform("resnet50", make_plugin("dsm", "after_conv1", 16, bias=False)),
+           "seed DSNet-ImageNet-COCO config (DSM all stages, after_conv1, r=16, no bias)",
+           {"params": exact(27_369_368, SEED), "flops": rounded(4.495 * G, 0.001 * G, "PLUGINS.md (after_conv1)")},
+           (Result(77.28, 93.60, SEED, 29.106 * M, 4.208 * G, "row labelled DSNet50-B"),),
+           note=_SWAP.format(row="A", name="B") + " The seed's 4.357 G is reproduced only with the "
+                "plugins at after_conv2 (see dsnet50_b_after_conv2); after_conv1 gives 4.495 G."))
+add(Design("dsnet50_b_after_conv2", uniform("resnet50", make_plugin("dsm", "after_conv2", 16, bias=False)),
+           "seed DSNet-ImageNet-COCO, numbers printed on its row labelled A",
+           {"params": exact(27_369_368, SEED), "flops": exact(4_356_768_820, SEED),
+            "activations": exact(14_171_918, SEED)},
+           note="DSNet50-B's plugins at post-stride resolution: the configuration behind the seed's 4.357 G."))
+add(Design("dsnet50_c", _stages("resnet50", [None, None, make_plugin("dam", "after_conv2", 16, bias=False),
+                                              make_plugin("dsm", "after_conv2", 16, bias=False)]),
+           "seed DSNet-ImageNet-COCO architecture table",
+           note="No public config: r=16 and bias=False are our assumption (PLUGINS.md); no published counts."))
+
+# -- multi-scale attention and fusion (ResNet-18, all 8 blocks) --------------------------------
+for r, params, top1_msa, top1_msaf in ((16, 12_062_152, 72.2, 72.3), (4, 13_110_952, 72.9, 73.2)):
+    add(Design(f"msa_resnet18_r{r}", uniform("resnet18", make_plugin("msa", "after_add", r)), TAKANIWA,
+               {"params": exact(params, TAKANIWA)}, (Result(top1_msa, None, TAKANIWA, round(params / 1e5) * 1e5),)))
+    add(Design(f"msaf_resnet18_r{r}", uniform("resnet18", make_plugin("msaf", "fusion", r)), TAKANIWA,
+               {"params": exact(params, TAKANIWA)}, (Result(top1_msaf, None, TAKANIWA, round(params / 1e5) * 1e5),)))
+add(Design("aff_resnet18_r4", uniform("resnet18", make_plugin("aff", "fusion", 4)), TAKANIWA,
+           {"params": rounded(12.4 * M, 0.1 * M, TAKANIWA)}, (Result(72.0, None, TAKANIWA, 12.4 * M),)))
+add(Design("iaff_resnet18_r4", uniform("resnet18", make_plugin("iaff", "fusion", 4)), TAKANIWA,
+           {"params": rounded(12.8 * M, 0.1 * M, TAKANIWA)}, (Result(60.2, None, TAKANIWA, 12.8 * M),)))
+
+# -- stage-level depth attention ----------------------------------------------------------------
+add(Design("sda_resnet86", uniform("resnet86g8", make_plugin("sda", "stage", 16)), SDA,
+           {"params": rounded(27.22 * M, 0.01 * M, SDA)},
+           (Result(78.76, 94.37, SDA, 27.22 * M, 3.88 * G,
+                   "3.88 G by their counter (conv and linear MACs plus one op per bias and BN element)"),),
+           note="Bottleneck depths [5,6,12,5], grouped 3x3 (groups=8), BN after the global pool, SDA on all stages."))
+
+
+__all__ = ["Design", "Count", "Result", "Target", "add", "get", "names", "designs", "exact", "rounded", "Plugin"]

@@ -1,0 +1,141 @@
+"""Parameter, FLOP and activation counts of a genome's full-size target network.
+
+Conventions (PLUGINS.md, "Counting conventions"):
+- `paper`: every nn.Parameter including the classifier; FLOPs and activations by fvcore on the
+  backbone plus global pool (no classifier), eval mode, batch 1, one multiply-add = one FLOP.
+- `full`: `paper` plus the work fvcore skips: elementwise ops (one per output element), softmax
+  (three per element: exp, sum, divide), max pooling (one compare per window element) and the
+  KernelWarehouse kernel assembly (attention @ warehouse) where fvcore did not already see it.
+- `bsconv`: the padding-free paper's counter (conv MACs + bias ops + 2 per BN element + ReLU
+  elements + pooling input elements), for its CIFAR tables.
+Counts are cached by (genome key, convention, resolution, classes).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from math import prod
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .genome import Genome
+
+CONVENTIONS = ("paper", "full", "bsconv")
+
+
+@dataclass(frozen=True)
+class Cost:
+    params: int
+    flops: int
+    activations: int
+    convention: str
+    resolution: int
+    num_classes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Features(nn.Module):
+    """Backbone + global pool only: what the paper convention counts."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_features(x)
+
+
+def _numel(v) -> int:
+    shape = v.type().sizes()
+    return prod(shape) if shape else 0
+
+
+def _elementwise(inputs, outputs):
+    return _numel(outputs[0])
+
+
+def _softmax(inputs, outputs):
+    return 3 * _numel(outputs[0])
+
+
+def _reduction(inputs, outputs):
+    return _numel(inputs[0])
+
+
+def _max_pool(inputs, outputs):
+    kernel = inputs[1].toIValue()
+    return _numel(outputs[0]) * prod(kernel)
+
+
+# Ops fvcore leaves out that the `full` convention adds (one FLOP per element unless noted).
+_FULL_HANDLES = {
+    **{f"aten::{op}": _elementwise for op in (
+        "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "sigmoid", "sigmoid_", "relu", "relu_",
+        "hardsigmoid", "hardswish", "hardswish_", "hardsigmoid_", "clamp", "clamp_", "exp", "rsub", "abs")},
+    "aten::softmax": _softmax,
+    "aten::_softmax": _softmax,
+    "aten::sum": _reduction,
+    "aten::mean": _reduction,
+    "aten::max_pool2d": _max_pool,
+    "aten::amax": _reduction,
+    "aten::max": _reduction,
+    "aten::avg_pool2d": _reduction,
+}
+
+
+def _fvcore_counts(model: nn.Module, x: torch.Tensor, full: bool) -> tuple[int, int]:
+    from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
+
+    body = _Features(model)
+    flops = FlopCountAnalysis(body, x)
+    if full:
+        flops.set_op_handle(**_FULL_HANDLES)
+    flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    acts = ActivationCountAnalysis(body, x)
+    acts.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return int(flops.total()), int(acts.total())
+
+
+@lru_cache(maxsize=4096)
+def _cost(genome_json: str, convention: str, resolution: int, num_classes: int) -> Cost:
+    from .build import build
+
+    genome = Genome.from_json(genome_json)
+    model = build(genome, num_classes=num_classes).eval()
+    params = sum(p.numel() for p in model.parameters())
+    x = torch.zeros(1, 3, resolution, resolution)
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    with torch.no_grad():
+        if convention == "bsconv":
+            from .count_bsconv import bsconv_flops
+
+            flops, acts = bsconv_flops(model, x), _fvcore_counts(model, x, False)[1]
+        else:
+            flops, acts = _fvcore_counts(model, x, convention == "full")
+            if convention == "full" and genome.uses_kw:
+                from .plugins.kernelwarehouse import kw_assembly_macs
+
+                flops += kw_assembly_macs(model)
+    return Cost(params, flops, acts, convention, resolution, num_classes)
+
+
+def cost(genome: Genome, convention: str = "paper", resolution: int | None = None,
+         num_classes: int | None = None) -> Cost:
+    """Counts for the full-size network of `genome` at its target (or the given) resolution and classes."""
+    from .backbones.specs import BACKBONE_SPECS
+
+    if convention not in CONVENTIONS:
+        raise UserError(f"convention: {convention!r} unknown (allowed: {', '.join(CONVENTIONS)})")
+    genome.validate()
+    spec = BACKBONE_SPECS[genome.backbone]
+    resolution = spec.target_resolution if resolution is None else resolution
+    num_classes = spec.target_classes if num_classes is None else num_classes
+    if not isinstance(resolution, int) or resolution < 32:
+        raise UserError(f"resolution: {resolution!r} must be an integer >= 32")
+    return _cost(genome.to_json(), convention, resolution, num_classes)

@@ -1,0 +1,23 @@
+"""The one exception type for user mistakes (bad genome, bad config, bad path).
+
+Every command-line entry point turns it into one line on stderr and exit status 2.
+"""
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for; the message says what and what is allowed."""
+
+
+def cli_main(main):
+    """Run `main()`; a UserError becomes one stderr line and exit 2, Ctrl-C exit 130."""
+    import sys
+
+    try:
+        code = main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130)
+    raise SystemExit(code or 0)

@@ -1,0 +1,255 @@
+"""The genome: one point of the search space, i.e. one complete network description.
+
+A genome is a frozen value. Its canonical JSON writes every default out, so equal networks have
+equal JSON and an equal `key`. `validate()` raises UserError naming the field, the bad value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from .backbones.specs import BACKBONE_SPECS
+from .errors import UserError
+from .plugins import registry
+
+KW_BUDGETS = (0.25, 0.5, 1.0, 2.0, 4.0)  # None = static convolutions
+KW_OPTIONS = {"nonlocal_basis": (False, True)}  # ResNet-50 1/2x uses the nonlocal basis attention
+
+Options = tuple[tuple[str, Any], ...]
+
+
+def _freeze(opts: Mapping[str, Any] | Options | None) -> Options:
+    return tuple(sorted(dict(opts or {}).items()))
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A module placed in a stage: `position` is a block position, "fusion" or "stage"."""
+
+    type: str
+    position: str
+    r: int | None = None
+    options: Options = ()
+
+    def __post_init__(self):
+        # Defaults are written out so that equal networks have equal JSON and keys.
+        info = registry._REGISTRY.get(self.type)
+        opts = dict(self.options)
+        if info is not None:
+            opts = {**info.default_options(), **opts}
+            if self.r is None:
+                object.__setattr__(self, "r", info.default_r)
+        object.__setattr__(self, "options", _freeze(opts))
+
+    @property
+    def opts(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "position": self.position, "r": self.r, "options": self.opts}
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str) -> "Plugin":
+        if not isinstance(d, Mapping):
+            raise UserError(f"{where}: expected an object with 'type' and 'position', got {d!r}")
+        _no_unknown_keys(d, {"type", "position", "r", "options"}, where)
+        if "type" not in d:
+            raise UserError(f"{where}.type: missing")
+        info = registry.get(d["type"])
+        position = d.get("position", info.positions[0] if len(info.positions) == 1 else None)
+        if position is None:
+            raise UserError(f"{where}.position: missing (allowed for {info.name!r}: {', '.join(info.positions)})")
+        return cls(d["type"], position, d.get("r"), d.get("options") or {})
+
+
+@dataclass(frozen=True)
+class Stage:
+    plugins: tuple[Plugin, ...] = ()  # chained in this order where positions coincide
+    fusion: Plugin | None = None  # replaces the residual add in every block of the stage
+    stage_module: Plugin | None = None  # e.g. SDA over all block outputs
+    kw: float | None = None  # KernelWarehouse budget b of this stage's warehouse; None = static
+
+    def __post_init__(self):
+        object.__setattr__(self, "plugins", tuple(self.plugins))
+
+    def to_dict(self) -> dict:
+        return {
+            "plugins": [p.to_dict() for p in self.plugins],
+            "fusion": self.fusion.to_dict() if self.fusion else None,
+            "stage_module": self.stage_module.to_dict() if self.stage_module else None,
+            "kw": self.kw,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str) -> "Stage":
+        if d is None:
+            return cls()
+        if not isinstance(d, Mapping):
+            raise UserError(f"{where}: expected an object, got {d!r}")
+        _no_unknown_keys(d, {"plugins", "fusion", "stage_module", "kw"}, where)
+        plugins = d.get("plugins") or []
+        if not isinstance(plugins, (list, tuple)):
+            raise UserError(f"{where}.plugins: expected a list, got {plugins!r}")
+        kw = d.get("kw")
+        return cls(
+            tuple(Plugin.from_dict(p, f"{where}.plugins[{i}]") for i, p in enumerate(plugins)),
+            Plugin.from_dict(d["fusion"], f"{where}.fusion") if d.get("fusion") else None,
+            Plugin.from_dict(d["stage_module"], f"{where}.stage_module") if d.get("stage_module") else None,
+            float(kw) if isinstance(kw, (int, float)) and not isinstance(kw, bool) else kw,
+        )
+
+
+@dataclass(frozen=True)
+class Genome:
+    backbone: str = "resnet50"
+    stages: tuple[Stage, ...] = ()  # empty = plain backbone (filled to the backbone's stage count)
+    stem: str | None = None  # None = the backbone's default
+    downsampling: str | None = None  # None = the backbone's default
+    kw_options: Options = ()
+
+    def __post_init__(self):
+        spec = BACKBONE_SPECS.get(self.backbone)
+        stages = tuple(self.stages)
+        if spec is not None:
+            if not stages:
+                stages = tuple(Stage() for _ in range(spec.num_stages))
+            object.__setattr__(self, "stem", self.stem or spec.stems[0])
+            object.__setattr__(self, "downsampling", self.downsampling or spec.downsampling[0])
+        object.__setattr__(self, "stages", stages)
+        object.__setattr__(self, "kw_options", _freeze({**{k: v[0] for k, v in KW_OPTIONS.items()},
+                                                        **dict(self.kw_options)}))
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "backbone": self.backbone,
+            "stem": self.stem,
+            "downsampling": self.downsampling,
+            "kw_options": dict(self.kw_options),
+            "stages": [s.to_dict() for s in self.stages],
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=indent, separators=None if indent else (",", ":"))
+
+    @property
+    def key(self) -> str:
+        """A short stable id: the same network always has the same key."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Genome":
+        if not isinstance(d, Mapping):
+            raise UserError(f"genome: expected a JSON object, got {type(d).__name__}")
+        _no_unknown_keys(d, {"backbone", "stem", "downsampling", "kw_options", "stages"}, "genome")
+        stages = d.get("stages") or []
+        if not isinstance(stages, (list, tuple)):
+            raise UserError(f"stages: expected a list, got {stages!r}")
+        g = cls(
+            backbone=d.get("backbone", "resnet50"),
+            stages=tuple(Stage.from_dict(s, f"stages[{i}]") for i, s in enumerate(stages)),
+            stem=d.get("stem"),
+            downsampling=d.get("downsampling"),
+            kw_options=d.get("kw_options") or {},
+        )
+        return g.validate()
+
+    @classmethod
+    def from_json(cls, text: str) -> "Genome":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"genome JSON does not parse: {e}") from None
+        return cls.from_dict(d)
+
+    # -- editing helpers -----------------------------------------------------------------------
+    def with_stage(self, index: int, **changes) -> "Genome":
+        stages = list(self.stages)
+        stages[index] = replace(stages[index], **changes)
+        return replace(self, stages=tuple(stages))
+
+    @property
+    def uses_kw(self) -> bool:
+        return any(s.kw is not None for s in self.stages)
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self) -> "Genome":
+        spec = BACKBONE_SPECS.get(self.backbone)
+        if spec is None:
+            raise UserError(f"backbone: unknown {self.backbone!r} (allowed: {', '.join(sorted(BACKBONE_SPECS))})")
+        if self.stem not in spec.stems:
+            raise UserError(f"stem: {self.stem!r} is not available for {spec.name} (allowed: {', '.join(spec.stems)})")
+        if self.downsampling not in spec.downsampling:
+            raise UserError(f"downsampling: {self.downsampling!r} is not available for {spec.name} "
+                            f"(allowed: {', '.join(spec.downsampling)})")
+        for k, v in self.kw_options:
+            if k not in KW_OPTIONS or v not in KW_OPTIONS[k]:
+                raise UserError(f"kw_options.{k}: {v!r} not allowed (allowed: {KW_OPTIONS})")
+        if len(self.stages) != spec.num_stages:
+            raise UserError(f"stages: {spec.name} has {spec.num_stages} stages, the genome gives {len(self.stages)}")
+        for i, st in enumerate(self.stages):
+            where = f"stages[{i}]"
+            for j, p in enumerate(st.plugins):
+                _check_plugin(p, "block", f"{where}.plugins[{j}]", spec)
+            if st.fusion is not None:
+                _check_plugin(st.fusion, "fusion", f"{where}.fusion", spec)
+            if st.stage_module is not None:
+                _check_plugin(st.stage_module, "stage", f"{where}.stage_module", spec)
+            if st.kw is not None and st.kw not in KW_BUDGETS:
+                raise UserError(f"{where}.kw: {st.kw!r} is not a KernelWarehouse budget "
+                                f"(allowed: null, {', '.join(str(b) for b in KW_BUDGETS)})")
+        return self
+
+
+def _check_plugin(p: Plugin, kind: str, where: str, spec) -> None:
+    info = registry.get(p.type)
+    if info.kind != kind:
+        raise UserError(f"{where}.type: {p.type!r} is a {info.kind} module, not a {kind} module "
+                        f"(allowed here: {', '.join(registry.names(kind))})")
+    if p.position not in info.positions:
+        raise UserError(f"{where}.position: {p.position!r} is not supported by {p.type!r} "
+                        f"(allowed: {', '.join(info.positions)})")
+    if p.position == "after_conv3" and spec.block != "bottleneck":
+        raise UserError(f"{where}.position: 'after_conv3' needs a Bottleneck backbone; {spec.name} has "
+                        f"{spec.block} blocks (use after_conv1, after_conv2 or after_add)")
+    if info.default_r is not None and (not isinstance(p.r, int) or isinstance(p.r, bool) or p.r < 1):
+        raise UserError(f"{where}.r: {p.r!r} must be an integer >= 1")
+    for k, v in p.options:
+        if k not in info.options:
+            raise UserError(f"{where}.options.{k}: unknown option for {p.type!r} "
+                            f"(known: {', '.join(info.options) or 'none'})")
+        if v not in info.options[k]:
+            raise UserError(f"{where}.options.{k}: {v!r} not allowed (allowed: {', '.join(map(str, info.options[k]))})")
+
+
+def _no_unknown_keys(d: Mapping, known: set[str], where: str) -> None:
+    extra = sorted(set(d) - known)
+    if extra:
+        raise UserError(f"{where}: unknown field {extra[0]!r} (known: {', '.join(sorted(known))})")
+
+
+def make_plugin(type: str, position: str | None = None, r: int | None = None, **options) -> Plugin:
+    """A Plugin with the registry's defaults filled in (position when unambiguous, r, options)."""
+    info = registry.get(type)
+    return Plugin(type, position or info.positions[0], r, options)
+
+
+def uniform(backbone: str, plugin: Plugin | None = None, **genome_fields) -> Genome:
+    """The same plugin in every stage (the common published layout)."""
+    n = BACKBONE_SPECS[backbone].num_stages
+    if plugin is None:
+        stage = Stage()
+    elif plugin.position == "fusion":
+        stage = Stage(fusion=plugin)
+    elif plugin.position == "stage":
+        stage = Stage(stage_module=plugin)
+    else:
+        stage = Stage(plugins=(plugin,))
+    return Genome(backbone, tuple(stage for _ in range(n)), **genome_fields).validate()
+
+
+__all__ = ["Genome", "Stage", "Plugin", "make_plugin", "uniform", "KW_BUDGETS", "KW_OPTIONS"]

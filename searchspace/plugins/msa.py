@@ -1,0 +1,126 @@
+"""Multi-scale attention (takaniwa/DSNet) and attentional feature fusion (Dai et al.).
+
+All four modules are sigmoid gates whose logits are a sum of "branches": a bottleneck
+conv C->c -> BN -> ReLU -> conv c->C -> BN, run either at full resolution (local), on an
+adaptive-average-pooled P x P map upsampled back (context), or on the global average (P = 1,
+broadcast). Each branch has 2Cc + 3c + 3C params.
+
+- MSA (block, after_add):  out = 2 * x * sigmoid(sum of branches on x)
+- MSAF (fusion):           w from the branches on x + y; out = 2x*w + 2y*(1-w)
+- AFF (fusion):            MSAF with local + global branches only
+- iAFF (fusion):           two rounds of AFF-style fusion sharing one global branch
+Fusion modules return the fused map before the block's final ReLU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import register
+
+# Pool sizes per branch: None = local (no pooling), 1 = global.
+_SCALES = {4: (None, 4, 8, 1), 5: (None, 4, 8, 16, 1)}
+
+
+class Branch(nn.Sequential):
+    """conv C->c (bias) -> BN -> ReLU -> conv c->C (bias) -> BN, optionally on a P x P pooled map."""
+
+    def __init__(self, channels: int, r: int, pool: int | None = None):
+        c = channels // r
+        layers = [nn.AdaptiveAvgPool2d(pool)] if pool is not None else []
+        layers += [nn.Conv2d(channels, c, 1), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                   nn.Conv2d(c, channels, 1), nn.BatchNorm2d(channels)]
+        super().__init__(*layers)
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if self.pool is not None and self.pool > 1:  # the global branch broadcasts instead
+            y = F.interpolate(y, size=x.shape[-2:], mode="nearest")
+        return y
+
+
+class MultiScaleLogits(nn.Module):
+    """Sum of branch outputs at the given pool sizes: the gate's pre-sigmoid logits."""
+
+    def __init__(self, channels: int, r: int, scales=_SCALES[4]):
+        super().__init__()
+        self.branches = nn.ModuleList(Branch(channels, r, p) for p in scales)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out + branch(x)
+        return out
+
+
+class MSA(nn.Module):
+    """Multi-scale attention on one map: 2 * x * sigmoid(logits(x))."""
+
+    def __init__(self, channels: int, r: int = 16, branches: int = 4):
+        super().__init__()
+        self.logits = MultiScaleLogits(channels, r, _SCALES[branches])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x * self.logits(x).sigmoid()
+
+
+class MSAF(nn.Module):
+    """Multi-scale attentional fusion of the block branch x and the identity y (AFF with 2 scales)."""
+
+    def __init__(self, channels: int, r: int = 16, scales=_SCALES[4]):
+        super().__init__()
+        self.logits = MultiScaleLogits(channels, r, scales)
+
+    def forward(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        w = self.logits(x + identity).sigmoid()
+        return 2 * x * w + 2 * identity * (1 - w)
+
+
+class IAFF(nn.Module):
+    """Iterative AFF: a first fusion gives xi, which drives the second gate.
+
+    Both rounds use the same global branch (the reference code builds a second, unused one).
+    """
+
+    def __init__(self, channels: int, r: int = 4):
+        super().__init__()
+        self.local1 = Branch(channels, r)
+        self.local2 = Branch(channels, r)
+        self.glob = Branch(channels, r, pool=1)
+
+    def forward(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        s = x + identity
+        w = (self.local1(s) + self.glob(s)).sigmoid()
+        xi = x * w + identity * (1 - w)
+        w = (self.local2(xi) + self.glob(xi)).sigmoid()
+        return x * w + identity * (1 - w)
+
+
+_BRANCHES = {"branches": (4, 5)}
+
+
+@register("msa", kind="block", positions=("after_add",), default_r=16, options=_BRANCHES)
+def msa(channels, r, site, branches=4):
+    """MSA, multi-scale attention after the residual add (takaniwa/DSNet)."""
+    return MSA(channels, r, branches)
+
+
+@register("msaf", kind="fusion", default_r=16, options=_BRANCHES)
+def msaf(channels, r, site, branches=4):
+    """MSAF, multi-scale attentional fusion replacing the residual add (takaniwa/DSNet)."""
+    return MSAF(channels, r, _SCALES[branches])
+
+
+@register("aff", kind="fusion", default_r=4)
+def aff(channels, r, site):
+    """AFF, attentional feature fusion: local + global gate (Dai et al.)."""
+    return MSAF(channels, r, (None, 1))
+
+
+@register("iaff", kind="fusion", default_r=4)
+def iaff(channels, r, site):
+    """iAFF, iterative attentional feature fusion (Dai et al.)."""
+    return IAFF(channels, r)

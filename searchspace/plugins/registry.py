@@ -1,0 +1,93 @@
+"""The plugin registry: which modules exist, where they may sit, how they are built.
+
+A plugin is registered once with the decorator; the genome validator, the search space and the
+model builder all read this table, so a user-registered module is searchable like a built-in one:
+
+    @register("my_gate", positions=("after_conv3",), options={"act": ("sigmoid", "hard")})
+    def my_gate(channels, r, site, act="sigmoid"):
+        return MyGate(channels, channels // r, act)
+
+Kinds:
+- "block":  sits at a position inside a block; forward(x) -> x'.
+- "fusion": replaces a block's residual add; forward(branch, identity) -> fused (pre-ReLU).
+- "stage":  sees the pre-ReLU outputs of all blocks of a stage; forward(list[Tensor]) -> Tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import UserError
+
+BLOCK_POSITIONS = ("after_conv1", "after_conv2", "after_conv3", "after_add")
+KINDS = ("block", "fusion", "stage")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a plugin is being built; handed to the factory.
+
+    target_hw is the spatial size of the map the plugin sees when the *target* network runs at its
+    target resolution (e.g. 56 for ResNet-50 stage 1 at 224): FcaNet's DCT filters are sized by it.
+    """
+
+    stage: int
+    block: int
+    position: str
+    target_hw: int
+    num_blocks: int = 1
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    kind: str
+    positions: tuple[str, ...]
+    factory: Callable[..., Any]
+    default_r: int | None
+    options: dict[str, tuple] = field(default_factory=dict)  # option -> allowed values; first is default
+    doc: str = ""
+
+    def default_options(self) -> dict[str, Any]:
+        return {k: v[0] for k, v in self.options.items()}
+
+
+_REGISTRY: dict[str, PluginInfo] = {}
+
+
+def register(name: str, *, kind: str = "block", positions: tuple[str, ...] = (), default_r: int | None = 16,
+             options: dict[str, tuple] | None = None):
+    """Decorator registering `factory(channels, r, site, **options) -> nn.Module` under `name`."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "block":
+        bad = [p for p in positions if p not in BLOCK_POSITIONS]
+        if not positions or bad:
+            raise ValueError(f"block plugin {name!r} needs positions from {BLOCK_POSITIONS}, got {positions}")
+    else:
+        positions = (kind,)
+
+    def deco(factory):
+        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+            raise ValueError(f"plugin {name!r} is already registered")
+        _REGISTRY[name] = PluginInfo(name, kind, tuple(positions), factory, default_r, dict(options or {}),
+                                     (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else "")
+        return factory
+
+    return deco
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def get(name: str) -> PluginInfo:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown plugin {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+
+
+def names(kind: str | None = None) -> list[str]:
+    return sorted(n for n, p in _REGISTRY.items() if kind is None or p.kind == kind)

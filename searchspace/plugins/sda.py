@@ -1,0 +1,39 @@
+"""SDA, selective depth attention (SDA-xNet): a stage-level module.
+
+It sees the pre-ReLU outputs Z_1..Z_n of all n blocks of a stage and returns
+ReLU(sum_i a_i * Z_i), where a is a softmax over the depth axis, per channel, of n logit vectors
+computed from the pooled sum of the Z_i. Params per stage C*d + 2d + n*(d*C + C), d = max(C // r, L).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import register
+
+
+class SDA(nn.Module):
+    def __init__(self, channels: int, num_blocks: int, r: int = 16, min_dim: int = 64):
+        super().__init__()
+        d = max(channels // r, min_dim)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Sequential(nn.Conv2d(channels, d, 1, bias=False), nn.BatchNorm2d(d), nn.ReLU(inplace=True))
+        self.heads = nn.ModuleList(nn.Conv2d(d, channels, 1) for _ in range(num_blocks))
+
+    def forward(self, zs: list[torch.Tensor]) -> torch.Tensor:
+        if len(zs) != len(self.heads):
+            raise ValueError(f"SDA was built for {len(self.heads)} blocks, got {len(zs)} outputs")
+        v = self.reduce(self.pool(sum(zs[1:], zs[0])))
+        a = torch.stack([head(v) for head in self.heads]).softmax(0)  # [n, B, C, 1, 1], softmax over depth
+        out = a[0] * zs[0]  # weighted sum, without stacking the n full-size maps
+        for a_i, z in zip(a[1:], zs[1:]):
+            out = out + a_i * z
+        return F.relu(out)
+
+
+@register("sda", kind="stage", default_r=16, options={"min_dim": (64,)})
+def sda(channels, r, site, min_dim=64):
+    """SDA, selective depth attention over the block outputs of a stage (SDA-xNet)."""
+    return SDA(channels, site.num_blocks, r, min_dim)
