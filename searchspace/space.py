@@ -1,0 +1,250 @@
+"""The search space as data, and its Optuna define-by-run sampler.
+
+A `SpaceSpec` (the `[space]` table of a study config) narrows what may vary. `suggest(trial, spec)`
+asks an Optuna trial for one genome; parameters are conditional (a plugin's position and r exist
+only where that plugin is placed; a KernelWarehouse budget only where KW is allowed), and their
+names carry the choice they depend on, so each name always has one distribution. `to_params` is
+the inverse, for `study.enqueue_trial` and Ray's `points_to_evaluate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any, Mapping
+
+from .backbones.specs import BACKBONE_SPECS
+from .errors import UserError
+from .genome import KW_BUDGETS, Genome, Plugin, Stage
+from .plugins import registry
+
+NONE = "none"
+KW_OFF = "off"
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    backbone: str = "resnet50"
+    stems: tuple[str, ...] = ()  # empty = the backbone's default only
+    downsampling: tuple[str, ...] = ()
+    plugins: tuple[str, ...] = (NONE,)  # block plugins a stage may get ("none" = no plugin)
+    positions: tuple[str, ...] = registry.BLOCK_POSITIONS  # restricts every plugin's positions
+    r: tuple[int, ...] = (16,)
+    plugin_options: Mapping[str, Mapping[str, tuple]] = field(default_factory=dict)
+    fusions: tuple[str, ...] = (NONE,)
+    stage_modules: tuple[str, ...] = (NONE,)
+    kw: tuple[Any, ...] = (KW_OFF,)
+    kw_per_stage: bool = False
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "SpaceSpec":
+        if not isinstance(d, Mapping):
+            raise UserError(f"space: expected a table, got {d!r}")
+        known = set(cls.__dataclass_fields__)
+        extra = sorted(set(d) - known)
+        if extra:
+            raise UserError(f"space.{extra[0]}: unknown key (known: {', '.join(sorted(known))})")
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+        if "plugin_options" in kw:
+            kw["plugin_options"] = {p: {o: tuple(vals) for o, vals in opts.items()}
+                                    for p, opts in kw["plugin_options"].items()}
+        if "kw" in kw:
+            kw["kw"] = tuple(KW_OFF if b in (KW_OFF, None) else float(b) for b in kw["kw"])
+        return cls(**kw).validate()
+
+    def validate(self) -> "SpaceSpec":
+        spec = BACKBONE_SPECS.get(self.backbone)
+        if spec is None:
+            raise UserError(f"space.backbone: unknown {self.backbone!r} (allowed: {', '.join(sorted(BACKBONE_SPECS))})")
+        _subset("space.stems", self.stems, spec.stems)
+        _subset("space.downsampling", self.downsampling, spec.downsampling)
+        _subset("space.plugins", self.plugins, (NONE, *registry.names("block")))
+        _subset("space.positions", self.positions, registry.BLOCK_POSITIONS)
+        _subset("space.fusions", self.fusions, (NONE, *registry.names("fusion")))
+        _subset("space.stage_modules", self.stage_modules, (NONE, *registry.names("stage")))
+        _subset("space.kw", self.kw, (KW_OFF, *KW_BUDGETS))
+        if not self.r or any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in self.r):
+            raise UserError(f"space.r: {list(self.r)!r} must be a non-empty list of integers >= 1")
+        for p, opts in self.plugin_options.items():
+            info = registry.get(p)
+            for o, vals in opts.items():
+                _subset(f"space.plugin_options.{p}.{o}", vals, info.options.get(o, ()))
+        for p in self.plugins:
+            if p != NONE and not self.positions_for(p):
+                raise UserError(f"space.plugins: {p!r} has no position allowed by space.positions on {self.backbone}")
+        return self
+
+    # -- per-choice domains ---------------------------------------------------------------------
+    @property
+    def stem_choices(self) -> tuple[str, ...]:
+        return self.stems or BACKBONE_SPECS[self.backbone].stems[:1]
+
+    @property
+    def downsampling_choices(self) -> tuple[str, ...]:
+        return self.downsampling or BACKBONE_SPECS[self.backbone].downsampling[:1]
+
+    def positions_for(self, plugin: str) -> tuple[str, ...]:
+        bottleneck = BACKBONE_SPECS[self.backbone].block == "bottleneck"
+        return tuple(p for p in registry.get(plugin).positions
+                     if p in self.positions and (bottleneck or p != "after_conv3"))
+
+    def options_for(self, plugin: str) -> dict[str, tuple]:
+        """Options that vary; the rest stay at their defaults."""
+        return {o: tuple(v) for o, v in self.plugin_options.get(plugin, {}).items()}
+
+    def r_for(self, plugin: str) -> tuple[int, ...]:
+        return self.r if registry.get(plugin).default_r is not None else ()
+
+    def num_stages(self) -> int:
+        return BACKBONE_SPECS[self.backbone].num_stages
+
+
+def _subset(where: str, values, allowed) -> None:
+    for v in values:
+        if v not in allowed:
+            raise UserError(f"{where}: {v!r} is not allowed (allowed: {', '.join(map(str, allowed))})")
+
+
+def _choose(trial, name: str, choices: tuple):
+    """A categorical that is only asked when there is a choice to make."""
+    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, list(choices))
+
+
+def _suggest_module(trial, spec: SpaceSpec, prefix: str, kind_choices: tuple[str, ...], kind: str) -> Plugin | None:
+    name = _choose(trial, f"{prefix}_{kind}", kind_choices)
+    if name == NONE:
+        return None
+    positions = spec.positions_for(name) if kind == "plugin" else (kind if kind != "stage_module" else "stage",)
+    position = _choose(trial, f"{prefix}_{name}_position", positions)
+    rs = spec.r_for(name) if kind != "stage_module" else ()
+    r = _choose(trial, f"{prefix}_{name}_r", rs) if rs else None
+    options = {o: _choose(trial, f"{prefix}_{name}_{o}", vals) for o, vals in spec.options_for(name).items()}
+    return Plugin(name, position, r, options)
+
+
+def suggest(trial, spec: SpaceSpec) -> Genome:
+    """Ask an Optuna trial (or FixedTrial) for one genome inside `spec`."""
+    stem = _choose(trial, "stem", spec.stem_choices)
+    downsampling = _choose(trial, "downsampling", spec.downsampling_choices)
+    shared_kw = None if spec.kw_per_stage else _choose(trial, "kw", spec.kw)
+    stages = []
+    for i in range(spec.num_stages()):
+        p = f"s{i}"
+        plugin = _suggest_module(trial, spec, p, spec.plugins, "plugin")
+        fusion = _suggest_module(trial, spec, p, spec.fusions, "fusion")
+        stage_module = _suggest_module(trial, spec, p, spec.stage_modules, "stage_module")
+        kw = _choose(trial, f"{p}_kw", spec.kw) if spec.kw_per_stage else shared_kw
+        stages.append(Stage((plugin,) if plugin else (), fusion, stage_module, None if kw == KW_OFF else kw))
+    return Genome(spec.backbone, tuple(stages), stem, downsampling).validate()
+
+
+def to_params(genome: Genome, spec: SpaceSpec) -> dict[str, Any]:
+    """The flat Optuna parameters that make `suggest` return `genome`; UserError if outside `spec`."""
+    if not contains(spec, genome):
+        raise UserError(f"genome {genome.key} lies outside the study's space")
+    return _params(genome, spec)
+
+
+def _params(genome: Genome, spec: SpaceSpec) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+
+    def put(name, value, choices):
+        if len(choices) > 1:
+            params[name] = value
+
+    def put_module(prefix, kind, module, kind_choices):
+        put(f"{prefix}_{kind}", module.type if module else NONE, kind_choices)
+        if module is None:
+            return
+        if kind == "plugin":
+            put(f"{prefix}_{module.type}_position", module.position, spec.positions_for(module.type))
+        if kind != "stage_module" and spec.r_for(module.type):
+            put(f"{prefix}_{module.type}_r", module.r, spec.r_for(module.type))
+        for o, vals in spec.options_for(module.type).items():
+            put(f"{prefix}_{module.type}_{o}", module.opts[o], vals)
+
+    put("stem", genome.stem, spec.stem_choices)
+    put("downsampling", genome.downsampling, spec.downsampling_choices)
+    kws = [KW_OFF if s.kw is None else s.kw for s in genome.stages]
+    if not spec.kw_per_stage:
+        put("kw", kws[0], spec.kw)
+    for i, st in enumerate(genome.stages):
+        p = f"s{i}"
+        put_module(p, "plugin", st.plugins[0] if st.plugins else None, spec.plugins)
+        put_module(p, "fusion", st.fusion, spec.fusions)
+        put_module(p, "stage_module", st.stage_module, spec.stage_modules)
+        if spec.kw_per_stage:
+            put(f"{p}_kw", kws[i], spec.kw)
+    return params
+
+
+def contains(spec: SpaceSpec, genome: Genome) -> bool:
+    """Whether `suggest` can return this genome."""
+    import optuna
+
+    if genome.backbone != spec.backbone or any(len(s.plugins) > 1 for s in genome.stages):
+        return False
+    if not spec.kw_per_stage and len({s.kw for s in genome.stages}) > 1:
+        return False
+    try:
+        return suggest(optuna.trial.FixedTrial(_params(genome, spec)), spec) == genome
+    except (ValueError, UserError):  # FixedTrial rejects a value outside the choices
+        return False
+
+
+def _module_count(spec: SpaceSpec, names: tuple[str, ...], kind: str) -> int:
+    total = 0
+    for n in names:
+        if n == NONE:
+            total += 1
+            continue
+        positions = len(spec.positions_for(n)) if kind == "plugin" else 1
+        rs = len(spec.r_for(n)) if kind != "stage_module" and spec.r_for(n) else 1
+        total += positions * rs * prod(len(v) for v in spec.options_for(n).values())
+    return total
+
+
+def count(spec: SpaceSpec) -> int:
+    """How many distinct genomes `suggest` can return."""
+    per_stage = (_module_count(spec, spec.plugins, "plugin") * _module_count(spec, spec.fusions, "fusion")
+                 * _module_count(spec, spec.stage_modules, "stage_module"))
+    n = spec.num_stages()
+    kw = len(spec.kw) ** n if spec.kw_per_stage else len(spec.kw)
+    return len(spec.stem_choices) * len(spec.downsampling_choices) * kw * per_stage ** n
+
+
+def enumerate_genomes(spec: SpaceSpec, limit: int = 10_000):
+    """Every genome of a small space (tests, exhaustive baselines); refuses large spaces."""
+    if count(spec) > limit:
+        raise UserError(f"space has {count(spec)} genomes, more than the limit {limit}")
+    seen = {}
+
+    def walk(fixed):
+        trial = _Recorder(fixed)
+        g = suggest(trial, spec)
+        if trial.branch is None:
+            seen[g.key] = g
+            return
+        name, choices = trial.branch
+        for c in choices:
+            walk({**fixed, name: c})
+
+    walk({})
+    return list(seen.values())
+
+
+class _Recorder:
+    """A trial that follows fixed answers and stops at the first open question (for enumeration)."""
+
+    def __init__(self, fixed):
+        self.fixed, self.branch = fixed, None
+
+    def suggest_categorical(self, name, choices):
+        if name in self.fixed:
+            return self.fixed[name]
+        if self.branch is None:
+            self.branch = (name, tuple(choices))
+        return choices[0]
+
+
+__all__ = ["SpaceSpec", "suggest", "to_params", "contains", "count", "enumerate_genomes"]
