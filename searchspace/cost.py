@@ -4,8 +4,9 @@ Conventions (PLUGINS.md, "Counting conventions"):
 - `paper`: every nn.Parameter including the classifier; FLOPs and activations by fvcore on the
   backbone plus global pool (no classifier), eval mode, batch 1, one multiply-add = one FLOP.
 - `full`: `paper` plus the work fvcore skips: elementwise ops (one per output element), softmax
-  (three per element: exp, sum, divide), max pooling (one compare per window element) and the
-  KernelWarehouse kernel assembly (attention @ warehouse) where fvcore did not already see it.
+  (three per element: exp, sum, divide), reductions and max pooling (one per input element).
+  KernelWarehouse's kernel assembly (attention @ warehouse, sum |W_l| * n MACs) is a matmul, so
+  fvcore already counts it in `paper` too.
 - `bsconv`: the padding-free paper's counter (conv MACs + bias ops + 2 per BN element + ReLU
   elements + pooling input elements), for its CIFAR tables.
 Counts are cached by (genome key, convention, resolution, classes).
@@ -14,6 +15,7 @@ Counts are cached by (genome key, convention, resolution, classes).
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from math import prod
@@ -68,11 +70,6 @@ def _reduction(inputs, outputs):
     return _numel(inputs[0])
 
 
-def _max_pool(inputs, outputs):
-    kernel = inputs[1].toIValue()
-    return _numel(outputs[0]) * prod(kernel)
-
-
 # Ops fvcore leaves out that the `full` convention adds (one FLOP per element unless noted).
 _FULL_HANDLES = {
     **{f"aten::{op}": _elementwise for op in (
@@ -82,7 +79,7 @@ _FULL_HANDLES = {
     "aten::_softmax": _softmax,
     "aten::sum": _reduction,
     "aten::mean": _reduction,
-    "aten::max_pool2d": _max_pool,
+    "aten::max_pool2d": _reduction,
     "aten::amax": _reduction,
     "aten::max": _reduction,
     "aten::avg_pool2d": _reduction,
@@ -90,7 +87,9 @@ _FULL_HANDLES = {
 
 
 def _fvcore_counts(model: nn.Module, x: torch.Tensor, full: bool) -> tuple[int, int]:
-    from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore scripts a loss function at import; torch warns about it
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
 
     body = _Features(model)
     flops = FlopCountAnalysis(body, x)
@@ -118,10 +117,6 @@ def _cost(genome_json: str, convention: str, resolution: int, num_classes: int) 
             flops, acts = bsconv_flops(model, x), _fvcore_counts(model, x, False)[1]
         else:
             flops, acts = _fvcore_counts(model, x, convention == "full")
-            if convention == "full" and genome.uses_kw:
-                from .plugins.kernelwarehouse import kw_assembly_macs
-
-                flops += kw_assembly_macs(model)
     return Cost(params, flops, acts, convention, resolution, num_classes)
 
 

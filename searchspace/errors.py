@@ -20,4 +20,18 @@ def cli_main(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130)
+    except BrokenPipeError:  # e.g. piped into `head`: not an error of ours
+        sys.stderr.close()
+        raise SystemExit(0)
     raise SystemExit(code or 0)
+
+
+def argument_parser(**kwargs):
+    """An argparse parser whose usage errors are UserErrors (one line, exit 2) like every other mistake."""
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise UserError(message)
+
+    return _Parser(**kwargs)

@@ -34,9 +34,6 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .specs import BackboneSpec, add_backbone_spec
-
-MOBILENET_DOWNSAMPLING = ("standard", "padding_free")
 
 # MobileNetV2 rows: expansion t, channels c, blocks n, first stride s, KW stage.
 V2_ROWS = ((1, 16, 1, 1, 0), (6, 24, 2, 2, 1), (6, 32, 3, 2, 2), (6, 64, 4, 2, 3), (6, 96, 3, 1, 4),
@@ -53,16 +50,6 @@ V3_STAGES = (
 )
 V3_STEM, V3_LAST = 16, 960
 
-for _spec in (
-    BackboneSpec("mobilenetv2_1x", "mobilenet", "inverted", (1, 2, 3, 4, 3, 4), (16, 24, 32, 64, 96, 160),
-                 stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING),
-    BackboneSpec("mobilenetv2_0.5x", "mobilenet", "inverted", (1, 2, 3, 4, 3, 4), (8, 16, 16, 32, 48, 80),
-                 stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING),
-    BackboneSpec("mobilenetv3_large_cifar", "mobilenet", "inverted", (1, 2, 3, 6, 3), (16, 24, 40, 112, 160),
-                 stems=("standard", "hybrid"), downsampling=MOBILENET_DOWNSAMPLING,
-                 target_resolution=32, target_classes=100),
-):
-    add_backbone_spec(_spec)
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:

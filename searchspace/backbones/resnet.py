@@ -185,13 +185,13 @@ class Stage(nn.Module):
         return self.stage_module(zs)
 
 
-def _stem(kind: str, cout: int, convs) -> tuple[nn.Module, int]:
-    """Returns the stem and its total stride."""
+def _stem(kind: str, cout: int, convs, cifar: bool) -> tuple[nn.Module, int]:
+    """Returns the stem and its total stride (CIFAR stems keep the full 32x32 map)."""
     def cbr(cin, c, k, s, groups=1):
         return [convs.conv(cin, c, k, s, k // 2, groups=groups), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
 
-    if kind == "cifar":
-        return nn.Sequential(*cbr(3, cout, 3, 1)), 1
+    if cifar:
+        return nn.Sequential(*cbr(3, cout, 3, 1), *([HybridStemMix(cout)] if kind == "hybrid" else [])), 1
     if kind == "deep":  # ResNet-C / V1C: three 3x3 convs, widths C/2, C/2, C
         layers = cbr(3, cout // 2, 3, 2) + cbr(cout // 2, cout // 2, 3, 1) + cbr(cout // 2, cout, 3, 1)
         return nn.Sequential(*layers, nn.MaxPool2d(3, 2, 1)), 4
@@ -225,9 +225,10 @@ class ResNet(nn.Module):
         self.genome = genome
         kind = spec.block
         exp = spec.expansion
-        stem_c = scaled(16 if spec.stems == ("cifar",) else 64, width_mult)
-        self.stem, stem_stride = _stem(genome.stem, stem_c, convs)
-        if genome.downsampling == "blur" and genome.stem != "cifar":  # blur the stem's max-pool too
+        cifar = "cifar" in spec.stems
+        stem_c = scaled(16 if cifar else 64, width_mult)
+        self.stem, stem_stride = _stem(genome.stem, stem_c, convs, cifar)
+        if genome.downsampling == "blur" and not cifar:  # blur the stem's max-pool too
             self.stem[-1] = nn.Sequential(nn.MaxPool2d(2, 1), BlurPool(stem_c))
         hw = spec.target_resolution // stem_stride
         cin = stem_c

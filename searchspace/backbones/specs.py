@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 RESNET_STEMS = ("standard", "deep", "hybrid")
 RESNET_DOWNSAMPLING = ("v1.5", "v1", "avgdown", "blur", "padding_free")
+MOBILENET_DOWNSAMPLING = ("standard", "padding_free")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,16 @@ for _spec in (
     BackboneSpec("resnet86g8", "resnet", "bottleneck", (5, 6, 12, 5), (64, 128, 256, 512), groups=8),
     # CIFAR ResNet-20 as the padding-free paper counts it (0.278 M params at 100 classes): 1x1 conv +
     # BN shortcuts where the shape changes (He et al.'s option B), 3x3 stem at stride 1.
-    BackboneSpec("resnet20_cifar", "resnet", "basic", (3, 3, 3), (16, 32, 64), stems=("cifar",),
+    # "hybrid" on CIFAR: the padding-free paper's stem mixer after a stride-1 3x3, no max-pool.
+    BackboneSpec("resnet20_cifar", "resnet", "basic", (3, 3, 3), (16, 32, 64), stems=("cifar", "hybrid"),
                  downsampling=("v1.5", "padding_free"), target_resolution=32, target_classes=100),
+    # MobileNets (backbones/mobilenet.py): "stages" are the KernelWarehouse sharing groups.
+    BackboneSpec("mobilenetv2_1x", "mobilenet", "inverted", (1, 2, 3, 4, 3, 4), (16, 24, 32, 64, 96, 160),
+                 stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING),
+    BackboneSpec("mobilenetv2_0.5x", "mobilenet", "inverted", (1, 2, 3, 4, 3, 4), (8, 16, 16, 32, 48, 80),
+                 stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING),
+    BackboneSpec("mobilenetv3_large_cifar", "mobilenet", "inverted", (1, 2, 3, 6, 3), (16, 24, 40, 112, 160),
+                 stems=("standard", "hybrid"), downsampling=MOBILENET_DOWNSAMPLING,
+                 target_resolution=32, target_classes=100),
 ):
     add_backbone_spec(_spec)

@@ -58,20 +58,20 @@ class KWAttention(nn.Module):
         self.fc1 = nn.Linear(cin, hidden, bias=False)  # BN follows, so no bias
         self.norm = nn.BatchNorm1d(hidden)
         self.act = nn.ReLU(inplace=True)
+        self.local = local
         if local is None:
             self.fc2 = nn.Linear(hidden, (n + 1) * m)
-            self.basis = None
         else:
             start, count = local
             num_basis = max(int((n - count) * basis_ratio), 16)
-            self.local = (start, count)
             self.fc2 = nn.Linear(hidden, (count + num_basis + 1) * m, bias=False)
-            self.basis = nn.Linear(num_basis, n - count, bias=False)
+            # a warehouse with no other layers' cells has nothing to map to
+            self.basis = nn.Linear(num_basis, n - count, bias=False) if n > count else None
             self.basis_bias = nn.Parameter(torch.zeros((n + 1) * m))
         self.register_buffer("beta", beta, persistent=False)  # [m, n+1] one-hot start
         self.register_buffer("tau", torch.ones(()))  # saved, so a trained checkpoint evaluates at its tau
         for mod in self.modules():
-            if isinstance(mod, nn.Linear):
+            if isinstance(mod, nn.Linear) and mod.weight.numel():
                 nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
                 if mod.bias is not None:
                     nn.init.zeros_(mod.bias)
@@ -83,13 +83,13 @@ class KWAttention(nn.Module):
         start, count = self.local
         z = z.reshape(-1, z.shape[-1] // self.m)  # [B*m, count + basis + 1]
         own, basis, zero = z[:, :count], z[:, count:-1], z[:, -1:]
-        other = self.basis(basis)  # [B*m, n - count]
+        other = self.basis(basis) if self.basis is not None else basis[:, :0]  # [B*m, n - count]
         z = torch.cat([other[:, :start], own, other[:, start:], zero], 1)
         return z.reshape(-1, (self.n + 1) * self.m) + self.basis_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.fc2(self.act(self.norm(self.fc1(x.mean((2, 3))))))
-        if self.basis is not None:
+        if self.local is not None:
             z = self._expand_basis(z)
         z = z.reshape(-1, self.m, self.n + 1)
         z = z / (z.abs().sum(-1, keepdim=True) + EPS)
@@ -205,15 +205,17 @@ class KernelWarehouseConvs:
             b = self.budget(key)
             rho = 0.5 if b < 1 else 1.0
             shapes = [c.weight_shape for c in convs]
-            cell = (_cell_side(math.gcd(*(s[0] for s in shapes)), rho), _cell_side(math.gcd(*(s[1] for s in shapes)), rho))
+            cell = tuple(_cell_side(math.gcd(*(s[d] for s in shapes)), rho) for d in (0, 1))
             ms = [c.num_cells(cell) for c in convs]
             n = max(int(b * sum(ms)), 1)
             weight = torch.empty(n, *cell)
             start = 0
             for conv, m in zip(convs, ms):
                 beta, fresh = _one_hot_start(m, n, b, start)
-                local = (start, min(int(b * m), n - start)) if self.nonlocal_basis else None
-                conv.bind(bank, index, KWAttention(conv.in_channels, n, m, beta, local, self.reduction, self.basis_ratio))
+                s0 = min(start, n)  # the conv's own cells (authors: int(b * m) of them from its start)
+                local = (s0, max(0, min(int(b * m), n - s0))) if self.nonlocal_basis else None
+                attention = KWAttention(conv.in_channels, n, m, beta, local, self.reduction, self.basis_ratio)
+                conv.bind(bank, index, attention)
                 # Fresh cells start like a Kaiming (fan-out) init of this layer's static kernel.
                 std = math.sqrt(2.0 / (conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]))
                 with torch.no_grad():

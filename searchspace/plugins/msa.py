@@ -68,7 +68,7 @@ class MSA(nn.Module):
 
 
 class MSAF(nn.Module):
-    """Multi-scale attentional fusion of the block branch x and the identity y (AFF with 2 scales)."""
+    """Multi-scale attentional fusion of the block branch x and the identity y; AFF is the (local, global) case."""
 
     def __init__(self, channels: int, r: int = 16, scales=_SCALES[4]):
         super().__init__()

@@ -1,0 +1,373 @@
+"""analysis: Pareto sorting and hypervolume on hand-computed cases, the study table, rediscovery on
+a synthetic study whose answer is known, the report (CLI, and rendered in headless Chromium), the
+dashboard push and the notebook."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState, create_trial
+
+import analysis
+from analysis import (dominates, genome_distance, hypervolume, hypervolume_history, load_study,
+                      non_dominated_sort, pareto_front, rediscovery)
+from searchspace.errors import UserError
+from searchspace.genome import Genome, make_plugin, uniform
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX, MIN = "maximize", "minimize"
+OBJ3 = [{"name": "top1", "direction": MAX}, {"name": "flops", "direction": MIN},
+        {"name": "params", "direction": MIN}]
+
+
+# -- Pareto -------------------------------------------------------------------------------------
+def test_sort_ties_duplicates_and_nan():
+    # minimise both: (1,2) twice (duplicates share the front), (2,1) on the front, (2,2) dominated
+    # by all three, (3,3) third front, NaN never ranked.
+    v = [[1, 2], [1, 2], [2, 1], [2, 2], [3, 3], [np.nan, 1]]
+    assert non_dominated_sort(v, [MIN, MIN]).tolist() == [0, 0, 0, 1, 2, -1]
+
+
+def test_sort_mixed_directions():
+    # top-1 maximised, FLOPs minimised: (0.8, 4) beats (0.7, 4) (tie on FLOPs, better top-1).
+    v = [[0.8, 4.0], [0.7, 4.0], [0.75, 3.0], [0.7, 5.0], [0.9, 6.0]]
+    assert non_dominated_sort(v, [MAX, MIN]).tolist() == [0, 1, 0, 2, 0]
+    assert dominates([0.8, 4.0], [0.7, 4.0], [MAX, MIN]) and not dominates([0.8, 4], [0.8, 4], [MAX, MIN])
+
+
+def test_sort_three_objectives():
+    v = [[1, 1, 1], [0, 2, 2], [2, 0, 2], [2, 2, 0], [1, 1, 2], [2, 2, 2]]
+    # (1,1,2) is dominated by (1,1,1) only; (2,2,2) by everything before it, (1,1,2) included.
+    assert non_dominated_sort(v, [MIN] * 3).tolist() == [0, 0, 0, 0, 1, 2]
+
+
+def test_hypervolume_2d_hand():
+    pts = [[1, 3], [2, 2], [3, 1]]
+    assert hypervolume(pts, [MIN, MIN], [4, 4]) == pytest.approx(6.0)  # 1*1 + 1*2 + 1*3
+    assert hypervolume(pts + [[2, 2], [3, 3]], [MIN, MIN], [4, 4]) == pytest.approx(6.0)  # dup + dominated
+    assert hypervolume(pts + [[5, 0]], [MIN, MIN], [4, 4]) == pytest.approx(6.0)  # outside the box
+    # the same staircase with y maximised (y -> -y, reference 0)
+    assert hypervolume([[1, 1], [2, 2], [3, 3]], [MIN, MAX], [4, 0]) == pytest.approx(6.0)
+    assert hypervolume([], [MIN, MIN], [1, 1]) == 0.0
+
+
+def test_hypervolume_3d_hand():
+    # boxes of volume 4 each, pairwise overlaps 2, triple overlap 1: 12 - 6 + 1 = 7
+    pts = [[0, 0, 1], [0, 1, 0], [1, 0, 0]]
+    assert hypervolume(pts, [MIN] * 3, [2, 2, 2]) == pytest.approx(7.0)
+    assert hypervolume([[0, 0, 0]] + pts, [MIN] * 3, [2, 2, 2]) == pytest.approx(8.0)
+    # mixed: maximise the first objective (x -> -x, reference -2 becomes 2)
+    assert hypervolume([[0, 0, 1], [0, 1, 0], [-1, 0, 0]], [MAX, MIN, MIN], [-2, 2, 2]) == pytest.approx(7.0)
+
+
+def test_hypervolume_matches_optuna():
+    from optuna._hypervolume import compute_hypervolume
+
+    from analysis.pareto import _hso
+
+    rng = np.random.default_rng(0)
+    for m, n in ((2, 25), (3, 25), (4, 25), (2, 300), (3, 80)):
+        pts = np.round(rng.random((n, m)), 1 if n < 100 else 3)  # rounding makes ties
+        expect = compute_hypervolume(pts, np.full(m, 1.1))
+        assert hypervolume(pts, [MIN] * m, [1.1] * m) == pytest.approx(expect)
+        if m > 2:  # our own exact slicing, used when optuna's is absent or the front is small
+            assert _hso(pts, np.full(m, 1.1)) == pytest.approx(expect)
+
+
+# -- a synthetic study with the studies layer's schema -----------------------------------------
+def se_at(stages, position="after_conv3", type_="se"):
+    g = Genome("resnet50")
+    for i in stages:
+        g = g.with_stage(i, plugins=(make_plugin(type_, position),))
+    return g.validate()
+
+
+PLAIN = Genome("resnet50").validate()
+SE_ALL = uniform("resnet50", make_plugin("se", "after_conv3"))
+SE_S4 = se_at([3])
+MSCA_S4 = se_at([3], type_="msca")
+MSCA_ALL = uniform("resnet50", make_plugin("msca", "after_conv3"))
+R18_SE = uniform("resnet18", make_plugin("se", "after_add"))
+
+
+def design(name, genome, top1, flops, params):
+    return SimpleNamespace(name=name, genome=genome, source="synthetic",
+                           published=SimpleNamespace(top1=top1, top5=None, flops=flops, params=params))
+
+
+DESIGNS = [design("se_all", SE_ALL, 77.0, 4.11e9, 28.1e6), design("se_s4", SE_S4, 76.8, 4.11e9, 26.5e6),
+           design("msca_all", MSCA_ALL, 77.5, 4.112e9, 28.07e6), design("r18_se", R18_SE, 71.2, 1.8e9, 11.8e6),
+           design("msca_s4", MSCA_S4, None, None, None)]
+
+
+def _trial(genome, values, state=TrialState.COMPLETE, reference=None, wall=60.0, **extra):
+    ua = {"genome": genome.to_json(), "genome_key": genome.key, "fidelity": {"epochs": 5, "resolution": 64},
+          "status": {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned", TrialState.FAIL: "error"}[state],
+          "wall_s": wall, "reference": reference, "seed": 0}
+    ua.update(extra)
+    if values is not None:
+        ua.update(zip(("top1", "flops", "params"), values))
+    return create_trial(state=state, values=values if state == TrialState.COMPLETE else None, user_attrs=ua)
+
+
+SEARCHED = [  # (genome, (top1, flops, params))
+    (PLAIN, (0.70, 4.10e9, 25.5e6)),
+    (SE_ALL, (0.78, 4.11e9, 28.1e6)),      # the se_all design itself: equals its reference result
+    (MSCA_S4, (0.76, 4.105e9, 26.0e6)),    # dominates se_s4's reference result
+    (se_at([0, 1]), (0.72, 4.12e9, 26.0e6)),
+    (se_at([2], "after_conv2"), (0.73, 4.2e9, 27.0e6)),
+]
+REFERENCES = [(SE_ALL, (0.78, 4.11e9, 28.1e6), "se_all"), (SE_S4, (0.72, 4.106e9, 26.5e6), "se_s4"),
+              (MSCA_ALL, (0.80, 4.112e9, 28.07e6), "msca_all")]
+
+
+def make_run(tmp: Path, name="synth", objectives=OBJ3, searched=SEARCHED, references=REFERENCES) -> Path:
+    run = tmp / name
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text(f'name = "{name}"\n')
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(run / "study.journal")))
+    dirs = [o["direction"] for o in objectives]
+    attrs = {"objectives": objectives, "config": {"name": name}, "fidelity": {"epochs": 5},
+             "target": {"backbone": "resnet50", "resolution": 224, "num_classes": 1000, "convention": "paper"}}
+    study = optuna.create_study(study_name=name, storage=storage, directions=dirs)
+    refs = optuna.create_study(study_name=name + ".references", storage=storage, directions=dirs)
+    for s in (study, refs):
+        for k, v in attrs.items():
+            s.set_user_attr(k, v)
+    n = len(objectives)
+    for g, vals in searched:
+        study.add_trial(_trial(g, list(vals[:n])))
+    study.add_trial(_trial(se_at([1]), None, TrialState.PRUNED, epochs_completed=2))
+    study.add_trial(_trial(se_at([2]), None, TrialState.FAIL, error="CUDA out of memory"))
+    # diverged: stored COMPLETE at chance level and cheapest of all, yet never on a front
+    study.add_trial(_trial(se_at([0], "after_conv1"), [0.1, 4.0e9, 25.5e6][:n], status="diverged"))
+    for g, vals, ref in references:
+        refs.add_trial(_trial(g, list(vals[:n]), reference=ref))
+    return run
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_run(tmp_path)
+
+
+# -- load ---------------------------------------------------------------------------------------
+def test_load_study_table(run_dir):
+    df = load_study(run_dir)
+    assert df.attrs["study_name"] == "synth" and [o["name"] for o in df.attrs["objectives"]] == ["top1", "flops", "params"]
+    assert (df["study"] == "search").sum() == 8 and (df["study"] == "reference").sum() == 3
+    assert df.groupby("state").size().to_dict() == {"COMPLETE": 9, "FAIL": 1, "PRUNED": 1}
+    row = df[(df["study"] == "search") & (df["number"] == 2)].iloc[0]
+    assert (row["s4.plugin"], row["s4.position"], row["s4.r"], row["s1.plugin"]) == ("msca", "after_conv3", 16, "none")
+    assert row["s4.fusion"] == "none" and row["s4.kw"] is None and row["fidelity.epochs"] == 5
+    assert row["top1"] == 0.76 and "s4 msca@after_conv3 r16" in row["genome_summary"]
+    assert df[df["state"] == "FAIL"].iloc[0]["error"] == "CUDA out of memory"
+    assert df["datetime_complete"].notna().all() and df["wall_s"].sum() == 660.0
+
+
+def test_load_errors(tmp_path, run_dir):
+    with pytest.raises(UserError, match="no study storage"):
+        load_study(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="no study 'other'.*synth"):
+        load_study(run_dir, "other")
+    with pytest.raises(UserError, match="no SQLite database"):
+        load_study(f"sqlite:///{tmp_path}/missing.db")
+    assert not (tmp_path / "missing.db").exists()
+    assert load_study(run_dir / "study.journal", "synth").attrs["study_name"] == "synth"
+
+
+def test_load_rdb_url_and_newest_run(run_dir, tmp_path):
+    url = f"sqlite:///{tmp_path / 'copy.db'}"
+    src = analysis.open_storage(run_dir)
+    for name in ("synth", "synth.references"):
+        optuna.copy_study(from_study_name=name, from_storage=src, to_storage=url)
+    a, b = load_study(run_dir), load_study(url)  # the only searched study: found without a name
+    assert b.attrs["study_name"] == "synth" and a.drop(columns=["datetime_start", "datetime_complete"]).equals(
+        b.drop(columns=["datetime_start", "datetime_complete"]))
+    runs = tmp_path / "runs"
+    old, new = runs / "old", runs / "new"
+    for d, t in ((old, 1_000), (new, 2_000)):
+        d.mkdir(parents=True)
+        (d / "study.journal").write_text("")
+        os.utime(d / "study.journal", (t, t))
+    assert analysis.newest_run_dir([tmp_path / "none", runs]) == new
+    with pytest.raises(UserError, match="PARETO_RUN_DIR"):
+        analysis.newest_run_dir([tmp_path / "none"])
+
+
+def test_front_and_history(run_dir):
+    df = load_study(run_dir)
+    front = pareto_front(df)
+    # plain is the cheapest, se_all the most accurate, msca_s4 between; msca_s4 dominates the other
+    # two (se_at([0, 1]) ties it on params but loses on top-1 and FLOPs).
+    assert sorted(front["number"]) == [0, 1, 2]
+    hist = hypervolume_history(df)
+    assert list(hist["number"]) == list(range(8))
+    assert (np.diff(hist["hypervolume"]) >= 0).all()
+    assert list(hist["cumulative_wall_s"]) == [60.0 * (k + 1) for k in range(8)]
+    done = df[(df["study"] == "search") & (df["state"] == "COMPLETE")]
+    ref = analysis.reference_point(df)
+    assert ref.tolist() == [0.70, 4.2e9, 28.1e6]  # worst observed per objective
+    assert hist["hypervolume"].iloc[-1] == pytest.approx(
+        hypervolume(done[["top1", "flops", "params"]].to_numpy(), [MAX, MIN, MIN], ref))
+    assert hist["hypervolume"].iloc[0] == 0.0  # the first point is worst in top-1: no volume
+    box = (0.78 - 0.70) * (4.2e9 - 4.10e9) * (28.1e6 - 25.5e6)  # best observed .. reference point
+    assert hist["hypervolume_normalized"].iloc[-1] == pytest.approx(hist["hypervolume"].iloc[-1] / box)
+    assert 0 < hist["hypervolume_normalized"].iloc[-1] < 1
+
+
+# -- rediscovery --------------------------------------------------------------------------------
+def test_genome_distance():
+    n = 3 + 7 * 4
+    assert genome_distance(SE_ALL, SE_ALL.to_json()) == 0.0
+    assert genome_distance(SE_S4, MSCA_S4) == pytest.approx(1 / n)  # only the plugin type differs
+    assert genome_distance(PLAIN, SE_S4) == pytest.approx(4 / n)  # type, position, r, options of stage 4
+    assert genome_distance(SE_ALL, R18_SE) == 1.0
+    assert genome_distance(SE_S4, se_at([3], "after_conv2")) == pytest.approx(1 / n)
+
+
+def test_rediscovery_known_answer(run_dir):
+    red = rediscovery(load_study(run_dir), DESIGNS).set_index("design")
+    assert "r18_se" not in red.index  # other backbone: outside the space
+    assert red.loc["se_all", "verdict"] == "equalled" and red.loc["se_all", "equalled_by"] == [1]
+    assert red.loc["se_all", "sampled"] == [1] and red.loc["se_all", "nearest_distance"] == 0.0
+    assert red.loc["se_s4", "verdict"] == "dominated" and red.loc["se_s4", "best_dominating"] == 2
+    assert red.loc["se_s4", "nearest_trial"] == 2 and red.loc["se_s4", "sampled"] == []
+    assert red.loc["msca_all", "verdict"] == "not dominated" and red.loc["msca_all", "top1_proxy"] == 0.80
+    assert red.loc["msca_s4", "verdict"] == "not evaluated" and red.loc["msca_s4", "sampled"] == [2]
+    assert red.loc["se_s4", "published_top1"] == 76.8
+
+
+def test_in_space_from_space_spec():
+    cfg = {"space": {"backbone": "resnet50", "plugins": ["none", "se"], "positions": ["after_conv3"]}}
+    assert analysis.in_space(DESIGNS[0], cfg) == (True, "sampler can produce it")  # searchspace.space.contains
+    assert analysis.in_space(DESIGNS[2], cfg) == (False, "outside the [space] spec")
+    assert not analysis.in_space(design("se_c2", se_at([3], "after_conv2"), 0, 0, 0), cfg)[0]
+    assert not analysis.in_space(DESIGNS[3], {}, {"backbone": "resnet50"})[0]
+    assert analysis.in_space(DESIGNS[2], {}, {"backbone": "resnet50"}) == (True, "backbone matches")
+
+
+# -- figures, report, dashboard -----------------------------------------------------------------
+def test_figures_two_objectives(tmp_path):
+    objs = OBJ3[:2]
+    df = load_study(make_run(tmp_path, objectives=objs, references=REFERENCES[:1]))
+    fig = analysis.front_figure(df, designs=DESIGNS)
+    names = [t.name for t in fig.data]
+    assert "Pareto front (top1, flops)" in names and "catalog designs (proxy)" in names
+    assert fig.data[names.index("Pareto front (top1, flops)")].line.shape == "hv"
+    pub = [t for t in fig.data if t.legendgroup == "published"]
+    assert [t.name for t in pub] == ["published: synthetic"]  # one trace (colour) per source / recipe
+    # the study's backbone only (r18_se is a ResNet-18); msca_s4 has no published numbers
+    assert list(pub[0].text) == ["se_all", "se_s4", "msca_all"] and pub[0].yaxis == "y2"
+    assert analysis.front3d_figure(df) is None
+    heat = analysis.stage_map_figure(df).data[0]
+    assert "none" in heat.y
+
+
+def test_empty_study_report(tmp_path):
+    run = make_run(tmp_path, searched=[], references=[])
+    html = analysis.build_report(load_study(run), designs=DESIGNS)
+    assert "No completed searched trials yet" in html
+
+
+def test_report_cli(run_dir, tmp_path):
+    out = tmp_path / "r.html"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "analysis.report", str(run_dir), "--out", str(out)],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    text = out.read_text()
+    assert text.count("plotly.js v") == 1 and "<script src=" not in text  # JS inlined once, no CDN
+    for div in ("front", "hv", "front3d", "stagemap", "parcoords"):
+        assert f'id="{div}"' in text
+    bad = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path / "nope"), "--out", str(tmp_path / "x.html")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: no study storage")
+    assert not (tmp_path / "x.html").exists() and not list(tmp_path.glob(".x.html.*"))
+
+
+def test_push_to_dashboard(run_dir):
+    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+    ids = analysis.push_to_dashboard(run_dir, designs=DESIGNS)
+    assert ids == ["pareto-front", "rediscovery", "hypervolume"]
+
+    def stored():  # what optuna-dashboard reads back (a fresh storage sees the journal as written)
+        storage = analysis.open_storage(run_dir)
+        return get_plotly_graph_objects(storage.get_study_system_attrs(storage.get_study_id_from_name("synth")))
+
+    figs = stored()
+    assert set(figs) == set(ids) and json.loads(figs["pareto-front"])["data"]
+    analysis.push_to_dashboard(run_dir, designs=DESIGNS)  # again: replaced, not duplicated
+    assert stored().keys() == figs.keys() and json.loads(stored()["hypervolume"])["data"]
+
+
+# -- the notebook and the report in a real browser ----------------------------------------------
+@pytest.mark.slow
+def test_notebook_runs(run_dir, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "python3" not in KernelSpecManager().find_kernel_specs():
+        # CI installs it once: python -m ipykernel install --sys-prefix
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix"], check=True, capture_output=True)
+    monkeypatch.setenv("PARETO_RUN_DIR", str(run_dir))
+    nb = nbformat.read(ROOT / "notebooks" / "pareto.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
+                            resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs) + "".join(str(o.get("data", {}).get("text/plain", ""))
+                                                                  for o in outputs)
+    assert "synth" in text and any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (CI installs the Debian package 'chromium')")
+def test_report_renders_in_chromium(run_dir, tmp_path):
+    from PIL import Image
+
+    out = analysis.write_report(run_dir, out_path=tmp_path / "report.html", designs=DESIGNS)
+    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+             "--virtual-time-budget=15000", "--window-size=1280,2000"]
+
+    def dump(page: Path):
+        p = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
+        assert p.returncode == 0, p.stderr[-2000:]
+        # Page console lines are logged as ":CONSOLE:"; script errors read "Uncaught TypeError: ...".
+        return p.stdout, [l for l in p.stderr.splitlines() if ":CONSOLE" in l and ("Uncaught" in l or "Error" in l)]
+
+    bad = tmp_path / "bad.html"  # the check itself must see a script error
+    bad.write_text("<html><body><script>undefinedFunction();</script></body></html>")
+    assert dump(bad)[1]
+    dom, errors = dump(out)
+    assert not errors, errors
+    # Every figure div was drawn by plotly (a drawn plot has the 'js-plotly-plot' class and an <svg>).
+    for div in ("front", "hv", "front3d", "stagemap", "parcoords"):
+        start = dom.index(f'id="{div}"')
+        assert "js-plotly-plot" in dom[start - 200:start + 400], div
+    assert dom.count("main-svg") >= 5
+    shot = tmp_path / "report.png"
+    p = subprocess.run(flags + [f"--screenshot={shot}", out.as_uri()], capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0 and shot.exists(), p.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert img.shape == (2000, 1280) and img.std() > 10  # not a blank page
+    if os.environ.get("ANALYSIS_KEEP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["ANALYSIS_KEEP_SCREENSHOT"])

@@ -1,0 +1,347 @@
+"""studies: the smoke study end to end on real Ray + a real journal storage, resume after SIGKILL,
+an injected failure, a two-node Ray cluster, optuna-dashboard's HTTP API, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from searchspace.errors import UserError, cli_main
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+SCHEMA = ("genome", "genome_key", "params", "flops", "activations", "fidelity", "top1", "top5", "loss",
+          "epochs_completed", "status", "wall_s", "train_s", "images_per_s", "device", "seed", "reference", "node")
+
+
+def _env(**extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0", **extra}
+    env.pop("STUDIES_INJECT_FAILURE_TRIAL", None)
+    env.update(extra)
+    return env
+
+
+def _study(run_dir: Path, name="smoke") -> optuna.Study:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(run_dir / "study.journal"))))
+
+
+def _counted(study):
+    return [t for t in study.trials if t.state.is_finished() and t.user_attrs.get("status") != "interrupted"]
+
+
+def _run(args, timeout=400, **env):
+    return subprocess.run([PY, "-m", "studies.run", "smoke", "--quiet", *args], cwd=REPO, env=_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One smoke study in-process on a local Ray: 4 trials, 2 at a time, trial 1 made to raise; the
+    two catalog designs inside the space evaluated as references and enqueued as trials 0 and 1."""
+    import ray
+
+    out = tmp_path_factory.mktemp("smoke")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    os.environ["STUDIES_INJECT_FAILURE_TRIAL"] = "1"
+    t0 = time.perf_counter()
+    try:
+        from studies.run import main
+
+        assert main(["smoke", "--out", str(out), "--concurrency", "2", "--quiet", "--reference", "--seed-known"]) == 0
+    finally:
+        os.environ.pop("STUDIES_INJECT_FAILURE_TRIAL")
+        ray.shutdown()
+    return out, time.perf_counter() - t0
+
+
+@pytest.mark.slow
+def test_smoke_end_to_end(smoke_run, capsys):
+    out, wall = smoke_run
+    print(f"smoke wall {wall:.1f}s")
+    study = _study(out)
+    assert len(_counted(study)) == 4 and (out / "config.toml").is_file()
+    assert {"objectives", "config", "target", "fidelity"} <= set(study.user_attrs)
+    assert [o["name"] for o in study.user_attrs["objectives"]] == ["top1", "flops"]
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3
+    for t in done:
+        assert set(SCHEMA) <= set(t.user_attrs), set(SCHEMA) - set(t.user_attrs)
+        assert t.user_attrs["status"] == "ok" and t.user_attrs["reference"] is None
+        assert t.values == [t.user_attrs["top1"], t.user_attrs["flops"]]
+        assert t.user_attrs["epochs_completed"] == 1
+    assert study.best_trials
+    assert [study.trials[i].user_attrs.get("seeded_from") for i in (0, 1)] == ["resnet18", "se_resnet18"]
+
+
+@pytest.mark.slow
+def test_references_in_their_own_study(smoke_run):
+    ref = _study(smoke_run[0], "smoke.references")
+    assert sorted(t.user_attrs["reference"] for t in ref.trials) == ["resnet18", "se_resnet18"]
+    assert all(t.state == TrialState.COMPLETE and set(SCHEMA) <= set(t.user_attrs) for t in ref.trials)
+    assert ref.user_attrs["fidelity"] == _study(smoke_run[0]).user_attrs["fidelity"]
+
+
+@pytest.mark.slow
+def test_injected_failure_is_fail_and_study_completes(smoke_run):
+    study = _study(smoke_run[0])
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [1]
+    assert failed[0].user_attrs["status"] == "error" and "injected failure" in failed[0].user_attrs["error"]
+    assert "genome" in failed[0].user_attrs and failed[0].user_attrs["flops"] > 0
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_study(smoke_run):
+    journal = smoke_run[0] / "study.journal"
+    before = journal.read_bytes()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(PY).with_name("optuna-dashboard")
+    proc = subprocess.Popen([str(exe), str(journal), "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        studies = None
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    studies = json.load(r)["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert studies, "optuna-dashboard did not answer"
+        (smoke,) = [s for s in studies if s["study_name"] == "smoke"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{smoke['study_id']}", timeout=10) as r:
+            detail = json.load(r)
+        assert len(detail["trials"]) == 4
+        assert {t["state"] for t in detail["trials"]} == {"Complete", "Fail"}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert journal.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path):
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--trials", "5", "--concurrency", "1"]
+    proc = subprocess.Popen([PY, "-m", "studies.run", "smoke", "--quiet", *args], cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # wait for the first stored trial, then kill the driver hard
+            if (out / "study.journal").exists():
+                try:
+                    if any(t.state == TrialState.COMPLETE for t in _study(out).trials):
+                        break
+                except KeyError:  # study not created yet
+                    pass
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.3)
+        else:
+            pytest.fail("no trial finished")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        try:  # Ray's own processes of that driver (its session group), by our group id only
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    before = {t.number: t for t in _study(out).trials}
+    kept = {n for n, t in before.items() if t.state == TrialState.COMPLETE}
+    assert 1 <= len(kept) < 5
+
+    r = _run(args)
+    assert r.returncode == 0, r.stderr
+    study = _study(out)
+    counted = _counted(study)
+    assert len(counted) == 5, [(t.number, t.state, t.user_attrs.get("status")) for t in study.trials]
+    for n in kept:  # nothing lost or rewritten
+        assert study.trials[n].state == TrialState.COMPLETE and study.trials[n].values == before[n].values
+    interrupted = [t for t in study.trials if t.user_attrs.get("status") == "interrupted"]
+    assert all(t.state == TrialState.FAIL for t in interrupted)
+    requeued = [t for t in study.trials if "requeued_from" in t.user_attrs]
+    assert sorted(t.user_attrs["requeued_from"] for t in requeued) == sorted(t.number for t in interrupted)
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert "interrupted" not in {t.user_attrs.get("status") for t in counted}
+
+    r = _run(args)  # a third run has nothing left to do
+    assert r.returncode == 0 and len(_study(out).trials) == len(study.trials)
+
+
+@pytest.mark.slow
+def test_two_node_cluster(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        out = tmp_path / "run"
+        r = _run(["--out", str(out), "--address", cluster.address, "--concurrency", "2"])
+        assert r.returncode == 0, r.stderr[-3000:]
+        nodes = {t.user_attrs.get("node") for t in _study(out).trials if t.state == TrialState.COMPLETE}
+        assert len(nodes) == 2, nodes
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture
+def bad_toml(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[space\nbackbone = 'resnet50'\n")
+    q = tmp_path / "invalid.toml"
+    q.write_text((REPO / "studies/configs/smoke.toml").read_text().replace('name = "nsga2"', 'name = "cmaes"'))
+    return p, q
+
+
+def _cli(argv, capsys):
+    from studies.run import main
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(lambda: main(argv))
+    err = capsys.readouterr().err
+    return e.value.code, err
+
+
+def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "study.journal").write_bytes(b'{"op_code": 0, "worker_id": "x", "study_name": "smoke", "directions": [1, 2]}\n')
+    before = (run / "study.journal").read_bytes()
+    os.chmod(bad_toml[1], 0o644)
+    unreadable = tmp_path / "secret.toml"
+    unreadable.write_bytes(b"\xff\xfe\x00bad")
+    cases = {
+        "unknown study": (["nope"], "unknown study"),
+        "missing data root": (["smoke", "--data-root", str(tmp_path / "missing")], "data root"),
+        "bad storage": (["smoke", "--storage", "nosuchdb://u@h/db"], "--storage"),
+        "zero trials": (["smoke", "--trials", "0"], "--trials"),
+        "negative trials": (["smoke", "--trials", "-3"], "--trials"),
+        "not a number": (["smoke", "--trials", "many"], "--trials"),
+        "broken toml": ([str(bad_toml[0])], "invalid TOML"),
+        "invalid config": ([str(bad_toml[1])], "sampler.name"),
+        "unreadable": ([str(unreadable)], "cannot read"),
+        "resume without study": (["smoke", "--resume", "--out", str(tmp_path / "empty")], "--resume"),
+    }
+    for what, (argv, needle) in cases.items():
+        code, err = _cli([*argv, "--out", str(run)] if "--out" not in argv else argv, capsys)
+        assert code == 2, what
+        assert err.count("\n") == 1 and err.startswith("error:") and needle in err, (what, err)
+        assert (run / "study.journal").read_bytes() == before, what
+    assert sorted(p.name for p in run.iterdir()) == ["study.journal"]
+
+
+def test_config_loading_and_overrides():
+    from studies import config
+
+    assert {"imagenet_subset", "imagenet_subset_resnet18", "smoke"} <= set(config.shipped())
+    for name in config.shipped():
+        c = config.load(name)
+        assert c.objectives[0] == {"name": "top1", "direction": "maximize"}
+        assert c.target["resolution"] == 224 and c.target["num_classes"] == 1000
+    c = config.load("smoke", {"fidelity.epochs": 3, "budget.trials": 9})
+    assert c["fidelity"]["epochs"] == 3 and c["budget"]["trials"] == 9
+    with pytest.raises(UserError, match="objective 'acc'"):
+        config.from_dict({"space": {"backbone": "resnet18"}, "objectives": {"acc": "maximize"}}, "x")
+
+
+def test_published_resnet50_designs_lie_in_imagenet_subset():
+    from searchspace import catalog, space
+    from studies import config
+
+    spec = config.spec(config.load("imagenet_subset"))
+    # kw_resnet50_1d2x also switches KW's nonlocal basis on, which the space has no axis for
+    r50 = [n for n in catalog.names() if catalog.get(n).genome.backbone == "resnet50"
+           and not dict(catalog.get(n).genome.kw_options).get("nonlocal_basis")]
+    assert {"se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b", "dsnet50_c", "kw_resnet50_1x"} <= set(r50)
+    assert r50 and all(space.contains(spec, catalog.get(n).genome) for n in r50), \
+        [n for n in r50 if not space.contains(spec, catalog.get(n).genome)]
+
+
+def test_searcher_states_without_ray():
+    """What each kind of finished Ray trial becomes in Optuna (ASHA-stopped -> PRUNED, not COMPLETE)."""
+    from studies import config
+    from studies.search import GenomeSpace, StudySearch
+
+    cfg = config.load("smoke", {"fidelity.epochs": 3})
+    storage = optuna.storages.InMemoryStorage()
+    s = StudySearch(GenomeSpace(config.spec(cfg)), cfg.objectives, "u", storage, optuna.samplers.RandomSampler(0),
+                    epochs=3, attrs={"fidelity": cfg.fidelity, "seed": 0, "reference": None}, log=lambda m: None)
+    full = {"final": True, "status": "ok", "epochs_completed": 3, "top1": 0.7, "flops": 5e8, "node": "n"}
+    cases = {
+        "full": (dict(full), False),
+        "asha": ({**full, "final": False, "epochs_completed": 1}, False),
+        "diverged": ({**full, "status": "diverged", "top1": 0.5}, False),
+        "raised": ({"final": True, "status": "error", "error": "RuntimeError: x", "epochs_completed": 0}, True),
+        "died": (None, True),
+        "oom": ({**full, "status": "oom", "error": "out of memory"}, False),
+    }
+    for tid, (result, err) in cases.items():
+        cfg_ = s.suggest(tid)
+        assert "genome" in cfg_ and cfg_["trial_number"] == s._ot_trials[tid].number
+        if result and not result["final"]:
+            s.on_trial_result(tid, result)
+            result = None  # Ray hands the last result back on stop; also cover "none given"
+        s.on_trial_complete(tid, result, error=err)
+    got = {t.number: (t.state, t.user_attrs.get("status")) for t in s.study.trials}
+    assert list(got.values()) == [(TrialState.COMPLETE, "ok"), (TrialState.PRUNED, "pruned"),
+                                  (TrialState.COMPLETE, "diverged"), (TrialState.FAIL, "error"),
+                                  (TrialState.FAIL, "error"), (TrialState.FAIL, "oom")]
+    t = s.study.trials
+    assert t[0].values == [0.7, 5e8] and t[1].user_attrs["epochs_completed"] == 1
+    assert "RuntimeError" in t[3].user_attrs["error"] and "worker died" in t[4].user_attrs["error"]
+    assert s.study.best_trials[0].number in (0, 2)
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A throwaway PostgreSQL server (run as the 'postgres' user) on a free port, if one can be made."""
+    import shutil
+
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    pytest.importorskip("psycopg2")
+    if not (initdb and pg_ctl):
+        pytest.skip("no PostgreSQL binaries")
+    as_pg = [] if os.getuid() != 0 else ["runuser", "-u", "postgres", "--"]
+    data = tmp_path / "pg"
+    data.mkdir()
+    tmp_path.chmod(0o755)
+    if as_pg:
+        shutil.chown(data, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([*as_pg, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"initdb failed: {r.stderr[-300:]}")
+    subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+
+
+@pytest.mark.slow
+def test_postgresql_storage(tmp_path, postgres):
+    out = tmp_path / "run"
+    r = _run(["--out", str(out), "--storage", postgres, "--trials", "2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = optuna.load_study(study_name="smoke", storage=postgres.replace("postgresql:", "postgresql+psycopg2:"))
+    assert len(_counted(study)) == 2 and study.user_attrs["objectives"][0]["name"] == "top1"
+    assert not (out / "study.journal").exists()
