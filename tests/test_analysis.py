@@ -223,7 +223,14 @@ def test_front_and_history(run_dir):
     assert hist["hypervolume"].iloc[0] == 0.0  # the first point is worst in top-1: no volume
     box = (0.78 - 0.70) * (4.2e9 - 4.10e9) * (28.1e6 - 25.5e6)  # best observed .. reference point
     assert hist["hypervolume_normalized"].iloc[-1] == pytest.approx(hist["hypervolume"].iloc[-1] / box)
-    assert 0 < hist["hypervolume_normalized"].iloc[-1] < 1
+    assert 0 < hist["hypervolume_normalized"].iloc[-1] < 1 and not hist.attrs["subsampled"]
+    # a roomier box: trials 0, 1, 2 each change the front; 3 changes > 2 evaluations -> thinned, still exact
+    box_ref = [0.6, 5e9, 30e6]
+    full, few = (hypervolume_history(df, reference_point=box_ref, max_evaluations=k) for k in (300, 2))
+    assert few.attrs["subsampled"] and list(few["number"]) == [0, 7] and not full.attrs["subsampled"]
+    assert few["hypervolume"].tolist() == full["hypervolume"].iloc[[0, 7]].tolist()
+    assert full["hypervolume"].iloc[-1] == pytest.approx(
+        hypervolume(done[["top1", "flops", "params"]].to_numpy(), [MAX, MIN, MIN], box_ref))
 
 
 # -- rediscovery --------------------------------------------------------------------------------

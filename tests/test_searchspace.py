@@ -245,7 +245,7 @@ def test_user_registered_module_is_searchable():
         n_gates = sum(len(s.plugins) * 2 for s in g.stages)  # 2 blocks per ResNet-18 stage
         assert n_gates > 0
         assert cost(g).params > cost(Genome("resnet18")).params
-        build(g, num_classes=10, width_mult=0.25)(torch.randn(1, 3, 32, 32)).sum().backward()
+        build(g, num_classes=10, width_mult=0.25)(torch.randn(2, 3, 32, 32)).sum().backward()
     finally:
         registry.unregister("toy_gate")
 

@@ -1,0 +1,243 @@
+"""Read a study (searched trials + reference evaluations) from Optuna storage into one table.
+
+`load_study` returns a pandas DataFrame, one row per trial, with study metadata in `df.attrs`
+(study_name, objectives, config, target, fidelity, storage). Reading never writes the storage.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from searchspace.errors import UserError
+
+JOURNAL = "study.journal"
+REFERENCES_SUFFIX = ".references"
+# Trial user attrs copied into columns as they are (objective columns may overwrite some).
+ATTR_COLUMNS = ("genome_key", "params", "flops", "activations", "top1", "top5", "loss", "latency_ms",
+                "epochs_completed", "status", "wall_s", "train_s", "images_per_s", "device", "seed",
+                "reference", "error")
+STAGE_FIELDS = ("plugin", "position", "r", "fusion", "stage_module", "kw")
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# -- storage ------------------------------------------------------------------------------------
+def open_storage(run_dir_or_storage: Any) -> optuna.storages.BaseStorage:
+    """A run folder, a `.journal` file, an RDB URL, or an already open Optuna storage."""
+    if isinstance(run_dir_or_storage, optuna.storages.BaseStorage):
+        return run_dir_or_storage
+    s = str(run_dir_or_storage)
+    if "://" in s:
+        if s.startswith("sqlite:///") and not Path(s[len("sqlite:///"):]).is_file():
+            # RDBStorage would silently create an empty database.
+            raise UserError(f"no SQLite database at {s[len('sqlite:///'):]}")
+        try:
+            return optuna.storages.RDBStorage(s, skip_table_creation=True)
+        except Exception as e:  # bad URL, server down, missing driver
+            raise UserError(f"cannot open storage {s}: {str(e).splitlines()[0]}") from None
+    p = Path(s)
+    journal = p / JOURNAL if p.is_dir() else p
+    if not journal.is_file():
+        raise UserError(f"no study storage at {s} (expected a run folder holding {JOURNAL}, "
+                        f"a .journal file or a storage URL)")
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+
+
+def _config_name(run_dir_or_storage: Any) -> str | None:
+    p = Path(str(run_dir_or_storage))
+    cfg = (p if p.is_dir() else p.parent) / "config.toml"
+    if "://" in str(run_dir_or_storage) or not cfg.is_file():
+        return None
+    try:
+        with open(cfg, "rb") as f:
+            name = tomllib.load(f).get("name")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def resolve_study_name(storage: optuna.storages.BaseStorage, study_name: str | None = None,
+                       run_dir_or_storage: Any = None) -> str:
+    """The given name, else config.toml's `name`, else the only searched study in the storage."""
+    names = [s.study_name for s in storage.get_all_studies()]
+    if study_name is None:
+        study_name = _config_name(run_dir_or_storage) if run_dir_or_storage is not None else None
+    if study_name is None:
+        searched = [n for n in names if not n.endswith(REFERENCES_SUFFIX)]
+        if len(searched) != 1:
+            raise UserError(f"give the study name with --study (studies here: {', '.join(names) or 'none'})")
+        study_name = searched[0]
+    if study_name not in names:
+        raise UserError(f"no study {study_name!r} in {run_dir_or_storage or 'the storage'} "
+                        f"(studies here: {', '.join(names) or 'none'})")
+    return study_name
+
+
+# -- genome flattening --------------------------------------------------------------------------
+def genome_dict(g: Any) -> dict | None:
+    """A genome as a plain dict from JSON text, a dict or a searchspace.Genome (None if absent)."""
+    if g is None or (isinstance(g, float) and g != g):
+        return None
+    if hasattr(g, "to_dict"):
+        return g.to_dict()
+    if isinstance(g, str):
+        try:
+            g = json.loads(g)
+        except json.JSONDecodeError:
+            return None
+    return g if isinstance(g, dict) else None
+
+
+def _module_label(p: dict | None) -> str:
+    if not p:
+        return "none"
+    return p["type"] if p.get("r") is None else f"{p['type']}(r={p['r']})"
+
+
+def flatten_genome(g: Any) -> dict[str, Any]:
+    """backbone, stem, downsampling and s{i}.plugin/position/r/fusion/stage_module/kw (i from 1).
+
+    Several plugins in one stage are joined with '+' in chain order; r is an int for one plugin,
+    a '+'-joined string for several and None for none.
+    """
+    d = genome_dict(g)
+    if d is None:
+        return {}
+    row: dict[str, Any] = {k: d.get(k) for k in ("backbone", "stem", "downsampling")}
+    for i, st in enumerate(d.get("stages") or [], start=1):
+        st = st or {}
+        plugins = st.get("plugins") or []
+        rs = [p.get("r") for p in plugins]
+        row[f"s{i}.plugin"] = "+".join(p["type"] for p in plugins) or "none"
+        row[f"s{i}.position"] = "+".join(p["position"] for p in plugins) or None
+        row[f"s{i}.r"] = rs[0] if len(rs) == 1 else ("+".join(map(str, rs)) if rs else None)
+        row[f"s{i}.fusion"] = _module_label(st.get("fusion"))
+        row[f"s{i}.stage_module"] = _module_label(st.get("stage_module"))
+        row[f"s{i}.kw"] = st.get("kw")
+    return row
+
+
+def genome_summary(g: Any) -> str:
+    """One line per genome for hover text and tables, e.g. 'resnet50 | s1 se@after_conv3 r16 | s2 -'."""
+    d = genome_dict(g)
+    if d is None:
+        return "(no genome)"
+    head = d.get("backbone", "?")
+    extras = [x for x in (d.get("stem"), d.get("downsampling")) if x not in (None, "standard", "v1.5")]
+    parts = [" ".join([head, *extras])]
+    for i, st in enumerate(d.get("stages") or [], start=1):
+        st = st or {}
+        bits = [f"{p['type']}@{p['position']}" + (f" r{p['r']}" if p.get("r") is not None else "")
+                for p in st.get("plugins") or []]
+        for k in ("fusion", "stage_module"):
+            if st.get(k):
+                p = st[k]
+                bits.append(p["type"] + (f" r{p['r']}" if p.get("r") is not None else ""))
+        if st.get("kw") is not None:
+            bits.append(f"kw b={st['kw']:g}")
+        parts.append(f"s{i} " + (", ".join(bits) or "-"))
+    return " | ".join(parts)
+
+
+def stage_count(df: pd.DataFrame) -> int:
+    i = 0
+    while f"s{i + 1}.plugin" in df.columns:
+        i += 1
+    return i
+
+
+def genome_columns(df: pd.DataFrame) -> list[str]:
+    cols = [c for c in ("backbone", "stem", "downsampling") if c in df.columns]
+    return cols + [f"s{i}.{f}" for i in range(1, stage_count(df) + 1) for f in STAGE_FIELDS]
+
+
+# -- trials -------------------------------------------------------------------------------------
+def _rows(study: optuna.Study, kind: str, objectives: list[dict]) -> list[dict]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        ua = t.user_attrs
+        row: dict[str, Any] = {"number": t.number, "study": kind, "state": t.state.name}
+        row.update({k: ua.get(k) for k in ATTR_COLUMNS})
+        if t.state == optuna.trial.TrialState.COMPLETE and t.values is not None:
+            # Objective columns come from the trial values (what the sampler saw), in declared order.
+            for o, v in zip(objectives, t.values):
+                row[o["name"]] = v
+        if row["status"] is None:
+            row["status"] = {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "error"}.get(t.state.name)
+        fid = ua.get("fidelity") or {}
+        for k, v in (fid.items() if isinstance(fid, dict) else ()):
+            row[f"fidelity.{k}"] = v
+        row["genome"] = ua.get("genome")
+        row.update(flatten_genome(ua.get("genome")))
+        row["genome_summary"] = genome_summary(ua.get("genome"))
+        row["datetime_start"] = t.datetime_start
+        row["datetime_complete"] = t.datetime_complete
+        rows.append(row)
+    return rows
+
+
+def load_study(run_dir_or_storage: Any, study_name: str | None = None) -> pd.DataFrame:
+    """One row per trial of the study and of its '<name>.references' study (column `study`:
+    'search' or 'reference'). Objective columns are named after the objectives; metadata is in
+    df.attrs: study_name, objectives, config, target, fidelity, storage."""
+    storage = open_storage(run_dir_or_storage)
+    name = resolve_study_name(storage, study_name, run_dir_or_storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    ua = study.user_attrs
+    objectives = ua.get("objectives") or [
+        {"name": f"value{i}", "direction": d.name.lower()} for i, d in enumerate(study.directions)]
+    rows = _rows(study, "search", objectives)
+    ref_name = name + REFERENCES_SUFFIX
+    if any(s.study_name == ref_name for s in storage.get_all_studies()):
+        rows += _rows(optuna.load_study(study_name=ref_name, storage=storage), "reference", objectives)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame(columns=["number", "study", "state", *ATTR_COLUMNS, "genome", "genome_summary",
+                                   "datetime_start", "datetime_complete"])
+    for o in objectives:  # present even when no trial has completed yet
+        if o["name"] not in df.columns:
+            df[o["name"]] = float("nan")
+    for c in ("datetime_start", "datetime_complete"):
+        df[c] = pd.to_datetime(df[c])
+    df.attrs.update(study_name=name, objectives=objectives, config=ua.get("config") or {},
+                    target=ua.get("target") or {}, fidelity=ua.get("fidelity") or {},
+                    storage=str(run_dir_or_storage) if not isinstance(run_dir_or_storage, optuna.storages.BaseStorage)
+                    else type(run_dir_or_storage).__name__)
+    return df
+
+
+def objectives_of(df: pd.DataFrame, objectives: list[dict] | None = None) -> list[dict]:
+    objs = objectives if objectives is not None else df.attrs.get("objectives")
+    if not objs:
+        raise UserError("the table has no objectives (load it with analysis.load_study)")
+    return list(objs)
+
+
+def completed(df: pd.DataFrame, kind: str = "search") -> pd.DataFrame:
+    """The results that may enter a front: COMPLETE trials of the searched study ('search') or of
+    the references ('reference'), less status 'diverged' (stored COMPLETE at chance-level top-1 so
+    the sampler learns to avoid the network, but not a measured accuracy)."""
+    return df[(df["study"] == kind) & (df["state"] == "COMPLETE") & (df["status"] != "diverged")]
+
+
+def newest_run_dir(roots=("runs", "../runs")) -> Path:
+    """The most recently modified folder under the first root that has any (for notebooks)."""
+    for root in roots:
+        root = Path(root)
+        dirs = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+        if dirs:
+            return max(dirs, key=lambda p: (p / JOURNAL).stat().st_mtime if (p / JOURNAL).exists()
+                       else p.stat().st_mtime)
+    raise UserError(f"no run folder under {', '.join(map(str, roots))}; set PARETO_RUN_DIR")
+
+
+__all__ = ["open_storage", "resolve_study_name", "load_study", "flatten_genome", "genome_summary",
+           "genome_dict", "genome_columns", "stage_count", "objectives_of", "completed", "newest_run_dir"]

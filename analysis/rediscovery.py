@@ -1,0 +1,244 @@
+"""Does the search find the published designs again, or something that dominates them?
+
+For every catalog design in the study's space: its proxy result (from the '<study>.references'
+study), whether a searched trial dominates or equals it, whether the search sampled the very same
+genome (same genome key), and the nearest searched genome by `genome_distance`.
+
+Genome distance (documented, symmetric, in [0, 1]): the fraction of differing fields among
+  global: stem, downsampling, kw_options                                    (3 fields)
+  per stage: plugin types (chain order), positions, r values, plugin options,
+             fusion (type, r, options), stage module (type, r, options), KW budget   (7 per stage)
+so 0 means the same network and 1/(3 + 7*S) is one field changed. Different backbones (or stage
+counts) are at distance 1.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .load import completed, genome_dict, genome_summary, objectives_of
+from .pareto import to_minimization
+
+
+# -- catalog access (searchspace.catalog may not exist yet in a partial checkout) ---------------
+def catalog_designs(names: Iterable[str] | None = None) -> list:
+    """Designs of searchspace.catalog (all, or the given names); [] if there is no catalog."""
+    try:
+        from searchspace import catalog
+    except ImportError:
+        return []
+    return [catalog.get(n) for n in (catalog.names() if names is None else names)]
+
+
+def _field(obj: Any, key: str, default=None):
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def published_records(design) -> list[dict]:
+    """The design's published rows as dicts {params, flops, top1, top5, source}: one per printed
+    accuracy row (`design.results`, each with its own recipe), the size falling back to the
+    design's exact counts; else the flat `design.published`."""
+    counts = {k: _field(c, "value", c) for k, c in (_field(design, "counts") or {}).items()}
+    rows = _field(design, "results")
+    if rows:
+        return [{"top1": _field(r, "top1"), "top5": _field(r, "top5"), "source": _field(r, "source"),
+                 "params": _field(r, "params") or counts.get("params"),
+                 "flops": _field(r, "flops") or counts.get("flops")} for r in rows]
+    pub = _field(design, "published")
+    recs = pub if isinstance(pub, (list, tuple)) else [pub] if pub else []
+    return [{k: _field(r, k) for k in ("params", "flops", "top1", "top5")}
+            | {"source": _field(r, "source") or _field(r, "recipe") or _field(design, "source")} for r in recs]
+
+
+def design_key(design) -> str | None:
+    g = _field(design, "genome")
+    if hasattr(g, "key"):
+        return g.key
+    d = genome_dict(g)
+    if d is None:
+        return None
+    try:  # the same canonical key the studies layer stores
+        from searchspace.genome import Genome
+
+        return Genome.from_dict(d).key
+    except Exception:  # no registry yet: hash the dict as Genome.key does (exact if canonical)
+        import hashlib
+
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+# -- distance -----------------------------------------------------------------------------------
+def _canon(x: Any) -> str:
+    return json.dumps(x, sort_keys=True)
+
+
+def _module(p: dict | None) -> tuple:
+    return (None,) if not p else (p.get("type"), p.get("r"), _canon(p.get("options") or {}))
+
+
+def _stage_fields(st: dict | None) -> tuple:
+    st = st or {}
+    ps = st.get("plugins") or []
+    return (tuple(p.get("type") for p in ps), tuple(p.get("position") for p in ps),
+            tuple(p.get("r") for p in ps), tuple(_canon(p.get("options") or {}) for p in ps),
+            _module(st.get("fusion")), _module(st.get("stage_module")), st.get("kw"))
+
+
+def genome_distance(a: Any, b: Any) -> float:
+    """Normalised Hamming distance over genome fields (see the module docstring)."""
+    da, db = genome_dict(a), genome_dict(b)
+    if da is None or db is None:
+        return 1.0
+    sa, sb = da.get("stages") or [], db.get("stages") or []
+    if da.get("backbone") != db.get("backbone") or len(sa) != len(sb):
+        return 1.0
+    diff = sum(da.get(k) != db.get(k) for k in ("stem", "downsampling"))
+    diff += _canon(da.get("kw_options") or {}) != _canon(db.get("kw_options") or {})
+    for x, y in zip(sa, sb):
+        diff += sum(u != v for u, v in zip(_stage_fields(x), _stage_fields(y)))
+    return diff / (3 + 7 * len(sa))
+
+
+# -- in space -----------------------------------------------------------------------------------
+def _as_set(v) -> set | None:
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        return set(v)
+    return set(v) if isinstance(v, (list, tuple, set)) else {v}
+
+
+def _spec_contains(space: dict, genome) -> bool | None:
+    """searchspace.space.contains (exact: could the sampler return this genome?); None if the
+    spec or the genome cannot be read with the installed searchspace."""
+    try:
+        from searchspace.genome import Genome
+        from searchspace.space import SpaceSpec, contains
+
+        g = genome if isinstance(genome, Genome) else Genome.from_dict(genome_dict(genome))
+        return bool(contains(SpaceSpec.from_dict({k: v for k, v in space.items() if not k.startswith("_")}), g))
+    except Exception:
+        return None
+
+
+def in_space(design, config: dict | None, target: dict | None = None) -> tuple[bool, str]:
+    """(in space?, why). With a [space] table in the study config: searchspace.space.contains, i.e.
+    the sampler can produce exactly this genome (or, if that cannot be evaluated, a check of
+    backbone, plugins, positions, stems, downsampling and KW budgets against the listed values).
+    Without one: the design's backbone is the study's backbone."""
+    genome = _field(design, "genome")
+    g = genome_dict(genome) or {}
+    config, target = config or {}, target or {}
+    space = config.get("space")
+    if isinstance(space, dict):
+        exact = _spec_contains(space, genome)
+        if exact is not None:
+            return exact, "sampler can produce it" if exact else "outside the [space] spec"
+    backbone = (space or {}).get("backbone") or target.get("backbone") or config.get("backbone")
+    allowed = _as_set(backbone)
+    if allowed is not None and g.get("backbone") not in allowed:
+        return False, f"backbone {g.get('backbone')} not in {sorted(allowed)}"
+    if not isinstance(space, dict):
+        return True, "backbone matches" if allowed else "no space spec"
+    stages = [st or {} for st in g.get("stages") or []]
+    checks = {
+        "plugins": {p["type"] for st in stages for p in st.get("plugins") or []},
+        "positions": {p["position"] for st in stages for p in st.get("plugins") or []},
+        "fusions": {st["fusion"]["type"] for st in stages if st.get("fusion")},
+        "stage_modules": {st["stage_module"]["type"] for st in stages if st.get("stage_module")},
+        "stems": {g.get("stem")},
+        "downsampling": {g.get("downsampling")},
+        "kw": {float(st["kw"]) for st in stages if st.get("kw") is not None},
+    }
+    for key, used in checks.items():
+        allow = _as_set(space.get(key))
+        if key == "kw" and allow is not None:
+            allow = {float(b) for b in allow if b not in ("off", None)}
+        if allow is not None and not used <= allow:
+            return False, f"{key} {sorted(map(str, used - allow))} not in the space"
+    return True, "matches the listed [space] values"
+
+
+# -- the table ----------------------------------------------------------------------------------
+def _nearest(genome, searched: pd.DataFrame) -> tuple[Any, float]:
+    best, best_d = None, 2.0
+    for idx, g in searched["genome"].items():
+        d = genome_distance(genome, g)
+        if d < best_d:
+            best, best_d = idx, d
+    return best, best_d
+
+
+def rediscovery(df: pd.DataFrame, designs: Sequence | None = None,
+                objectives: list[dict] | None = None) -> pd.DataFrame:
+    """One row per catalog design in the study's space (designs default to the whole catalog).
+
+    Columns: design, in_space_reason, genome_key, evaluated, <objective>_proxy, verdict
+    ('dominated' | 'equalled' | 'not dominated' | 'not evaluated'), dominated_by (count),
+    best_dominating (trial number), equalled_by (trial numbers), sampled (trial numbers with the
+    same genome key), nearest_trial, nearest_distance, nearest_genome, <objective>_nearest,
+    published_top1, published_flops, published_params, published_source.
+    """
+    objs = objectives_of(df, objectives)
+    names, dirs = [o["name"] for o in objs], [o["direction"] for o in objs]
+    designs = catalog_designs() if designs is None else list(designs)
+    searched_all = df[df["study"] == "search"]
+    done = completed(df)
+    done_vals = to_minimization(done[names].astype(float).to_numpy(), dirs) if len(done) else np.empty((0, len(objs)))
+    refs = completed(df, "reference")
+    rows = []
+    for d in designs:
+        ok, why = in_space(d, df.attrs.get("config"), df.attrs.get("target"))
+        if not ok:
+            continue
+        name, key = _field(d, "name"), design_key(d)
+        row: dict[str, Any] = {"design": name, "in_space_reason": why, "genome_key": key}
+        ev = refs[refs["reference"] == name] if "reference" in refs else refs.iloc[0:0]
+        ev = ev.sort_values("datetime_complete")
+        row["evaluated"] = len(ev) > 0
+        vals = ev[names].astype(float).iloc[-1].to_numpy() if len(ev) else None  # latest evaluation
+        for n, v in zip(names, vals if vals is not None else [np.nan] * len(names)):
+            row[f"{n}_proxy"] = v
+        row.update(verdict="not evaluated", dominated_by=0, best_dominating=None, equalled_by=[])
+        if vals is not None and np.isfinite(vals).all() and len(done):
+            p = to_minimization([vals], dirs)[0]
+            le, lt = (done_vals <= p).all(axis=1), (done_vals < p).any(axis=1)
+            dom, eq = le & lt, (done_vals == p).all(axis=1)
+            row["dominated_by"] = int(dom.sum())
+            row["equalled_by"] = done["number"][eq].tolist()
+            if dom.any():
+                # The dominating trial with the largest margin on the first objective.
+                margin = (p - done_vals)[:, 0]
+                row["best_dominating"] = int(done["number"].to_numpy()[np.flatnonzero(dom)[np.argmax(margin[dom])]])
+            row["verdict"] = "dominated" if dom.any() else "equalled" if eq.any() else "not dominated"
+        elif vals is not None:
+            row["verdict"] = "not dominated"
+        row["sampled"] = searched_all["number"][searched_all["genome_key"] == key].tolist() if key else []
+        near, dist = _nearest(_field(d, "genome"), done if len(done) else searched_all)
+        row["nearest_trial"] = None if near is None else int(df.loc[near, "number"])
+        row["nearest_distance"] = None if near is None else dist
+        row["nearest_genome"] = None if near is None else df.loc[near, "genome_summary"]
+        for n in names:
+            row[f"{n}_nearest"] = np.nan if near is None else df.loc[near, n]
+        pubs = published_records(d)
+        first = pubs[0] if pubs else {}
+        row.update(published_top1=first.get("top1"), published_flops=first.get("flops"),
+                   published_params=first.get("params"), published_source=first.get("source"))
+        row["design_genome"] = genome_summary(_field(d, "genome"))
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for c in ("best_dominating", "nearest_trial"):  # trial numbers, possibly missing
+        if c in out:
+            out[c] = out[c].astype("Int64")
+    return out
+
+
+__all__ = ["rediscovery", "genome_distance", "in_space", "catalog_designs", "published_records", "design_key"]

@@ -1,0 +1,174 @@
+"""One self-contained HTML report of a study.
+
+    python -m analysis.report RUN_DIR_OR_STORAGE [--study NAME] [--out report.html]
+
+Plotly's JavaScript is inlined once in <head>, so the file opens offline. The file is written to a
+temporary name next to the target and renamed, so a reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import plotly.offline
+
+from searchspace.errors import UserError, cli_main
+
+from . import plots
+from .load import completed, load_study, objectives_of
+from .pareto import hypervolume_history, pareto_front
+from .rediscovery import catalog_designs, rediscovery
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
+table.t{border-collapse:collapse;font-size:12px;margin:8px 0}
+table.t td,table.t th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+table.t th{background:#f4f4f4}.note{color:#666;font-size:13px}dl.meta dt{font-weight:600}
+dl.meta dd{margin:0 0 6px 16px;font-family:monospace;font-size:12px}
+table.t td:last-child{font-size:11px;min-width:240px}"""
+
+
+def _table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return '<p class="note">(none)</p>'
+    return ('<div style="overflow-x:auto">' + df.to_html(index=False, classes="t", border=0, na_rep="",
+                                                          float_format=lambda v: f"{v:.4g}") + "</div>")
+
+
+def _cost_units(df: pd.DataFrame) -> pd.DataFrame:
+    """Costs in G / M (raw counts are unreadable in a table), the unit in the header."""
+    out = df.copy()
+    for c in out.columns:
+        base = c.split("_")[0] if c.endswith(("_proxy", "_nearest")) or c.startswith("published_") else c
+        base = c[len("published_"):] if c.startswith("published_") else base
+        if base in ("flops", "params", "activations"):
+            f, unit = plots.UNITS[base][0], "G" if base == "flops" else "M"
+            out[c] = pd.to_numeric(out[c], errors="coerce") / f
+            out = out.rename(columns={c: f"{c} ({unit})"})
+    return out
+
+
+def rediscovery_display(red: pd.DataFrame) -> pd.DataFrame:
+    """The rediscovery table as shown: empty lists blank, long genome text last."""
+    if red.empty:
+        return red
+    out = red.drop(columns=["in_space_reason", "genome_key", "design_genome"], errors="ignore").copy()
+    for c in ("equalled_by", "sampled"):
+        out[c] = out[c].map(lambda v: ", ".join(map(str, v)) if v else "")
+    out["evaluated"] = out["evaluated"].map({True: "yes", False: "no"})
+
+    def published(r):  # one readable cell: top-1 @ FLOPs (source)
+        if r["published_top1"] is None or r["published_top1"] != r["published_top1"]:
+            return ""
+        flops = f" @ {r['published_flops'] / 1e9:.3f} G" if r["published_flops"] == r["published_flops"] \
+            and r["published_flops"] is not None else ""
+        return f"{r['published_top1']:g}{flops} ({r['published_source']})"
+
+    out["published ImageNet-1K"] = red.apply(published, axis=1)
+    out = out.drop(columns=["published_top1", "published_flops", "published_params", "published_source"],
+                   errors="ignore")
+    cols = [c for c in out.columns if c not in ("nearest_genome", "published ImageNet-1K")]
+    return _cost_units(out[cols + ["published ImageNet-1K", "nearest_genome"]])
+
+
+def _fig(fig, div_id: str) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"responsive": True})
+
+
+def build_report(df: pd.DataFrame, designs=None) -> str:
+    """The report's HTML text for a table from load_study."""
+    objs = objectives_of(df)
+    names = [o["name"] for o in objs]
+    designs = catalog_designs() if designs is None else list(designs)
+    name = df.attrs.get("study_name", "study")
+    parts = [f"<h1>Study {html.escape(name)}</h1>",
+             '<dl class="meta">' + "".join(
+                 f"<dt>{k}</dt><dd>{html.escape(str(v))}</dd>" for k, v in [
+                     ("storage", df.attrs.get("storage")),
+                     ("objectives", ", ".join(f"{o['name']} ({o['direction']})" for o in objs)),
+                     ("target (costs are of this network)", df.attrs.get("target")),
+                     ("fidelity (accuracy is from this proxy)", df.attrs.get("fidelity"))]) + "</dl>"]
+    counts = df.groupby(["study", "state", "status"], dropna=False).size().reset_index(name="trials")
+    parts += ["<h2>Trials by state</h2>", _table(counts)]
+    done = completed(df)
+    if done.empty:
+        parts.append('<p class="note">No completed searched trials yet: no front or hypervolume.</p>')
+    else:
+        hist = hypervolume_history(df)
+        ref = ", ".join(f"{n}={v:.4g}" for n, v in hist.attrs["reference_point"].items())
+        parts += ["<h2>Pareto front</h2>",
+                  f'<p>Hypervolume {hist["hypervolume"].iloc[-1]:.6g} '
+                  f'(normalised {hist["hypervolume_normalized"].iloc[-1]:.4f}) with reference point '
+                  f'{html.escape(ref)} <span class="note">(reference point: the worst observed value of each '
+                  'objective over the completed searched trials, so points worst in some objective add no '
+                  'volume; normalised: divided by the volume of the box between the best observed values and '
+                  'the reference point)</span></p>',
+                  _fig(plots.front_figure(df, designs=designs), "front")]
+        front = pareto_front(df)
+        parts.append(_table(_cost_units(front[["number", *names, "genome_summary", "genome_key"]])))
+        parts += ["<h2>Hypervolume history</h2>", _fig(plots.hypervolume_figure(hist), "hv")]
+        f3 = plots.front3d_figure(df)
+        if f3 is not None:
+            parts += ["<h2>Three objectives</h2>", _fig(f3, "front3d")]
+        parts += ["<h2>Where the modules sit on the front</h2>", _fig(plots.stage_map_figure(df), "stagemap"),
+                  "<h2>Genome fields (parallel coordinates)</h2>", _fig(plots.parallel_figure(df), "parcoords")]
+    red = rediscovery(df, designs)
+    parts += ["<h2>Rediscovery of published designs</h2>",
+              '<p class="note">verdict: does a searched trial dominate or equal the design\'s proxy result '
+              '(from the references study)? sampled: searched trials with the same genome key. nearest: the '
+              'completed searched genome at the smallest normalised Hamming distance over stem, downsampling, '
+              'KW options and, per stage, plugin types / positions / r / options, fusion, stage module and KW '
+              'budget (0 = same network). Published numbers are ImageNet-1K under each paper\'s own recipe.</p>',
+              _table(rediscovery_display(red))]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(name)} — Pareto report</title><style>{CSS}</style>"
+            f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"
+            + "\n".join(parts) + f"<p class='note'>Generated {stamp} by analysis.report.</p></body></html>")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_report(run_dir_or_storage, study_name: str | None = None, out_path=None, designs=None) -> Path:
+    """Load the study and write the report; returns its path (default RUN_DIR/report.html, or
+    ./report.html for a storage URL)."""
+    if out_path is None:
+        p = Path(str(run_dir_or_storage))
+        out_path = p / "report.html" if "://" not in str(run_dir_or_storage) and p.is_dir() else Path("report.html")
+    out_path = Path(out_path)
+    if not out_path.parent.is_dir():  # say so before the (slower) loading
+        raise UserError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
+    write_atomic(out_path, build_report(load_study(run_dir_or_storage, study_name), designs))
+    return out_path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    ap.add_argument("storage", help="run folder (holding study.journal), a .journal file or a storage URL")
+    ap.add_argument("--study", help="study name (default: config.toml's name, else the only study)")
+    ap.add_argument("--out", help="output HTML file (default: RUN_DIR/report.html or ./report.html)")
+    a = ap.parse_args(argv)
+    print(write_report(a.storage, a.study, a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)

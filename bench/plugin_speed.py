@@ -1,0 +1,90 @@
+"""Training-step throughput of each catalog design relative to its plain backbone.
+
+One step = forward, backward, SGD step on a fixed batch. Designs and their baselines are timed
+interleaved (baseline, design, baseline, design, ...) in the same process, so machine noise hits
+both alike; the ratio is design images/s over baseline images/s (1.0 = free, lower = slower).
+
+    python bench/plugin_speed.py                       # every attention design, 64 and 128 px
+    python bench/plugin_speed.py --designs se_resnet50 fcanet50 --resolutions 112 224 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from searchspace import Genome, build, catalog
+
+ATTENTION = ["se_resnet18", "se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b", "dsnet50_c", "msa_resnet18_r16",
+             "msa_resnet18_r4", "msaf_resnet18_r16", "msaf_resnet18_r4", "aff_resnet18_r4", "iaff_resnet18_r4",
+             "sda_resnet86"]
+
+
+def step_time(model, opt, x, y, device) -> float:
+    opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def make(genome, device, width):
+    model = build(genome, num_classes=100, width_mult=width).to(device).train()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def compare(design, resolution, args, device) -> tuple[float, float, float]:
+    base_genome = Genome(design.genome.backbone)
+    models = [make(base_genome, device, args.width), make(design.genome, device, args.width)]
+    x = torch.randn(args.batch, 3, resolution, resolution, device=device)
+    if device.type == "cuda":
+        x = x.to(memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (args.batch,), device=device)
+    times = [[], []]
+    for i in range(args.warmup + args.repeats):
+        for k, (m, opt) in enumerate(models):
+            t = step_time(m, opt, x, y, device)
+            if i >= args.warmup:
+                times[k].append(t)
+    base, plug = (args.batch / statistics.median(t) for t in times)
+    return base, plug, plug / base
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--designs", nargs="*", default=ATTENTION)
+    ap.add_argument("--resolutions", nargs="*", type=int, default=[64, 128])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} width={args.width} "
+          f"repeats={args.repeats} (median step, interleaved with the plain backbone)")
+    print(f"{'design':22}{'res':>5}{'base img/s':>12}{'design img/s':>14}{'ratio':>8}")
+    worst = (float("inf"), "")
+    for name in args.designs:
+        d = catalog.get(name)
+        for res in args.resolutions:
+            base, plug, ratio = compare(d, res, args, device)
+            print(f"{name:22}{res:>5}{base:>12.1f}{plug:>14.1f}{ratio:>8.3f}", flush=True)
+            worst = min(worst, (ratio, f"{name}@{res}"))
+    print(f"worst_ratio={worst[0]:.3f} ({worst[1]})")
+
+
+if __name__ == "__main__":
+    main()
