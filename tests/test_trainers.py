@@ -78,15 +78,32 @@ def test_disk_cache_round_trip(real_tree, monkeypatch):
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.val_y, b.val_y) and a.classes == b.classes
 
 
-def test_bundled_default_extracts_once(tmp_path):
-    root = tdata.bundled_root()
-    assert root == tdata.bundled_root()  # second call: already there
-    train = sorted(p.name for p in (root / "train").iterdir())
+def test_bundled_tarball_checksum_and_class_list():
+    import hashlib
+
+    assert hashlib.sha256(BUNDLED.read_bytes()).hexdigest() == (ROOT / "trainers/data/imagenette-64.tar.gz.sha256").read_text().split()[0]
     listed = [line.split()[0] for line in (ROOT / "trainers/data/imagenette-64.classes.txt").read_text().splitlines()]
-    assert train == sorted(listed) and len(train) == 10
-    assert sum(1 for _ in (root / "train").rglob("*.JPEG")) == 9469
-    assert sum(1 for _ in (root / "val").rglob("*.JPEG")) == 3925
-    assert not [p for p in root.parents[0].iterdir() if p.name.startswith(".extract-")]  # no temp left
+    assert len(listed) == 10 and {TWO[0], TWO[1], "n01440764"} <= set(listed)
+
+
+def test_bundled_default_extracts_once_and_checks_sha(real_tree, tmp_path, monkeypatch):
+    """The extraction mechanism on a small tarball of the same layout (the real one takes ~10 s)."""
+    import hashlib
+
+    tgz = tmp_path / "imagenette-64.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(real_tree, arcname="imagenette-64")
+    (tmp_path / "imagenette-64.tar.gz.sha256").write_text(hashlib.sha256(tgz.read_bytes()).hexdigest() + "  x\n")
+    monkeypatch.setattr(tdata, "BUNDLED", tgz)
+    d = load_data(None, 32)
+    assert len(d.classes) == 3 and len(d.train_y) == 250
+    root = tdata.bundled_root()
+    assert root.name == "imagenette-64" and tdata.bundled_root() == root
+    assert [p.name for p in root.parents[1].iterdir() if p.name.startswith(".")] == []  # no temp folder left
+    shutil.rmtree(root.parent)
+    tgz.write_bytes(tgz.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(UserError, match="sha256"):
+        tdata.bundled_root()
 
 
 def test_bad_data_is_a_user_error(real_tree, tmp_path):
@@ -99,6 +116,9 @@ def test_bad_data_is_a_user_error(real_tree, tmp_path):
     with pytest.raises(UserError, match="not in"):
         load_data(DataSpec(root=str(tree), classes_file=str(tmp_path / "bad.txt")), 32)
     (tree / "train" / "n09999999").mkdir()
+    with pytest.raises(UserError, match="empty class folder"):
+        load_data(DataSpec(root=str(tree)), 32)
+    shutil.copy(next((tree / "train" / TWO[0]).iterdir()), tree / "train" / "n09999999")
     with pytest.raises(UserError, match="missing"):  # a train class without a val folder
         load_data(DataSpec(root=str(tree)), 32)
     (tree / "val" / "n09999999").mkdir()
@@ -140,10 +160,10 @@ def test_short_run_learns_above_chance(real_tree, tmp_path):
     (tmp_path / "two.txt").write_text("\n".join(TWO))
     two = load_data(DataSpec(root=str(real_tree), classes_file=str(tmp_path / "two.txt")), 32)
     seen = []
-    res = train(Genome(backbone="resnet18"), Fidelity(**{**TINY.to_dict(), "epochs": 4, "lr": 0.05}), two,
+    res = train(Genome(backbone="resnet18"), Fidelity(**{**TINY.to_dict(), "epochs": 4, "lr": 0.05, "batch_size": 16}), two,
                 device="cpu", report=lambda e, m: seen.append(e))
     assert res.status == "ok" and res.epochs == 4 and seen == [1, 2, 3, 4]
-    assert res.top1 > 0.7, res.history  # chance is 0.5 on 100 val images
+    assert res.top1 > 0.65, res.history  # chance: 0.5 +- 0.05 on 100 val images; seeds 0-3 give 0.77-0.85
     assert res.top5 == 1.0 and res.images_per_s > 0 and res.device == "cpu" and res.num_classes == 2
     json.dumps(res.to_dict())
 
@@ -162,7 +182,22 @@ def test_same_seed_same_result_and_stop(real_tree):
 def test_absurd_learning_rate_diverges(real_tree):
     data = load_data(DataSpec(root=str(real_tree), max_per_class=40), 32)
     res = train("resnet18", Fidelity(**{**TINY.to_dict(), "epochs": 2, "lr": 1e12, "warmup_epochs": 0}), data, device="cpu")
-    assert res.status == "diverged" and res.top1 is None and res.epochs == 1
+    assert res.status == "diverged" and res.top1 is None and res.loss is None and res.epochs == 1
+    json.dumps(res.to_dict(), allow_nan=False)
+
+
+def test_out_of_memory_is_a_status(real_tree):
+    class Hungry(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    data = load_data(DataSpec(root=str(real_tree), max_per_class=8), 32)
+    res = train(Hungry(), TINY, data, device="cpu")
+    assert res.status == "oom" and res.top1 is None and res.epochs == 0
 
 
 def test_fidelity_json_round_trip_and_bad_values():
@@ -186,24 +221,36 @@ def test_measure_smoke():
 # --- command line -------------------------------------------------------------------------------
 
 
-def _cli(*args, tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PLUGIN_EXPLORER_CACHE": str(tmp_path / "cache"),
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "trainers.train", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+def _cli(*args, capsys):
+    """The entry point in-process (a fresh interpreter costs seconds): exit status, stdout, stderr."""
+    from searchspace.errors import cli_main
+    from trainers.train import main
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(lambda: main(list(args)))
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
 
 
-@pytest.mark.parametrize("args", [["no_such_design"], ["{not json"], ["resnet18", "--data-root", "/nonexistent"],
-                                  ["resnet18", "--epochs", "0"]])
-def test_cli_bad_input_exits_2_with_one_line(args, tmp_path):
-    r = _cli(*args, tmp_path=tmp_path)
-    assert r.returncode == 2 and r.stdout == "", r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
+@pytest.mark.parametrize("args", [["{not json"], ["resnet18", "--data-root", "/nonexistent"], ["resnet18", "--epochs", "0"],
+                                  ["resnet18", "--device", "tpu"], ["resnet18", "--width", "-1"]])
+def test_cli_bad_input_exits_2_with_one_line(args, capsys):
+    code, out, err = _cli(*args, capsys=capsys)
+    assert code == 2 and out == "", err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
 
 
-def test_cli_json(real_tree, tmp_path):
+def test_cli_as_a_module_exits_2_on_an_unknown_design(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PLUGIN_EXPLORER_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "trainers.train", "no_such_design"], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_cli_json(real_tree, tmp_path, capsys):
     (tmp_path / "g.json").write_text(Genome(backbone="resnet18").to_json())
-    r = _cli(str(tmp_path / "g.json"), "--epochs", "1", "--resolution", "32", "--width", "0.125", "--data-root",
-             str(real_tree), "--num-classes", "2", "--device", "cpu", "--json", tmp_path=tmp_path)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    assert out["status"] == "ok" and out["epochs"] == 1 and 0 <= out["top1"] <= 1 and out["images_per_s"] > 0
+    code, out, err = _cli(str(tmp_path / "g.json"), "--epochs", "1", "--resolution", "32", "--width", "0.125",
+                          "--data-root", str(real_tree), "--num-classes", "2", "--device", "cpu", "--json", capsys=capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["status"] == "ok" and res["epochs"] == 1 and 0 <= res["top1"] <= 1 and res["images_per_s"] > 0

@@ -1,0 +1,109 @@
+"""Measured cost of a model on the machine at hand: training throughput and inference latency.
+
+Each figure is a warm-up followed by the median of repeats (CUDA events on a GPU, perf_counter on
+the CPU), so one slow repeat (another process, a clock change) does not move it. Usable as extra
+objectives next to the paper-convention FLOPs and params of searchspace.cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _setup(model: nn.Module, device):
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = dev.type == "cuda"
+    mf = torch.channels_last if cuda else torch.contiguous_format
+    amp = (lambda: torch.autocast("cuda", torch.bfloat16)) if cuda else contextlib.nullcontext
+    return model.to(dev, memory_format=mf), dev, mf, amp
+
+
+def _timed(fn, dev, warmup: int, repeats: int) -> float:
+    """Median seconds of one call of `fn` after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if dev.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bare_train_step(model: nn.Module, batch_size: int, resolution: int, device=None, num_classes: int | None = None,
+                    lr: float = 0.01, label_smoothing: float = 0.1):
+    """A closure doing forward, backward and an SGD step on pre-made tensors: the floor a trainer is
+    compared with. Returns (step, device)."""
+    model, dev, mf, amp = _setup(model, device)
+    model.train()
+    x = torch.randn(batch_size, 3, resolution, resolution, device=dev).contiguous(memory_format=mf)
+    with torch.no_grad():
+        k = num_classes or model(x[:2]).shape[1]
+    y = torch.randint(0, k, (batch_size,), device=dev)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def step():
+        with amp():
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, dev
+
+
+def train_throughput(model: nn.Module, batch_size: int = 128, resolution: int = 32, device=None,
+                     steps: int = 5, warmup: int = 2, repeats: int = 3) -> float:
+    """Training images/s of forward + backward + SGD step (blocks of `steps`; median block).
+
+    Note: trains `model` in place on random data; pass a copy if its weights matter."""
+    step, dev = bare_train_step(model, batch_size, resolution, device)
+
+    def block():
+        for _ in range(steps):
+            step()
+
+    return batch_size * steps / _timed(block, dev, max(1, -(-warmup // steps)), repeats)  # warm-up in whole blocks
+
+
+@torch.inference_mode()
+def inference_latency(model: nn.Module, resolution: int = 224, batch_sizes=(1, 32), device=None,
+                      warmup: int = 3, repeats: int = 10) -> dict[int, float]:
+    """Median milliseconds of one forward pass in eval mode, for each batch size."""
+    model, dev, mf, amp = _setup(model, device)
+    model.eval()
+    out = {}
+    for b in batch_sizes:
+        x = torch.randn(b, 3, resolution, resolution, device=dev).contiguous(memory_format=mf)
+
+        def fwd():
+            with amp():
+                model(x)
+
+        out[b] = _timed(fwd, dev, warmup, repeats) * 1000
+    return out
+
+
+def measure(model: nn.Module, resolution: int = 224, batch_size: int = 32, device=None, train: bool = True) -> dict:
+    """The measured objectives of one model: latency at batch 1 and `batch_size`, and (optionally)
+    training images/s at `batch_size`. Keys: latency_ms_b1, latency_ms_b<N>, train_images_per_s."""
+    lat = inference_latency(model, resolution, (1, batch_size), device)
+    res = {f"latency_ms_b{b}": v for b, v in lat.items()}
+    if train:
+        res["train_images_per_s"] = train_throughput(model, batch_size, resolution, device)
+    return res

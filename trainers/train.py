@@ -1,0 +1,384 @@
+"""Proxy training: one genome, one fidelity, the images already on the device.
+
+The loop follows airbench: the uint8 set lives on the device, each epoch draws a permutation and
+the augmentation parameters for every image at once (one seeded torch.Generator), and a step is
+index -> crop/flip -> normalise -> forward/backward/step with no per-image Python and no host sync.
+
+    python -m trainers.train resnet18 --epochs 2 --resolution 32 --width 0.25 --num-classes 10 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from searchspace.errors import UserError, cli_main
+
+from .data import DataSpec, ImageData, crop_flip, load_data, normalize, pad_reflect, resized_crop_flip, rrc_params
+
+STATUSES = ("ok", "diverged", "oom", "stopped")
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How a genome is proxy-trained. Defaults: a CPU-friendly proxy of ResNet-style networks."""
+
+    epochs: int = 10
+    resolution: int = 32
+    width_mult: float = 0.25
+    batch_size: int = 128
+    lr: float = 0.1  # peak learning rate, reached after the warm-up
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # not applied to norm weights and biases
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine to zero (per iteration)
+    augment: str = "crop"  # "crop" (pad + random crop + flip), "rrc" (random-resized crop + flip), "none"
+    crop_pad: int | None = None  # "crop" padding; None = resolution // 8
+    kw_temperature_epochs: float | None = None  # KernelWarehouse tau 1 -> 0; None = 20% of the epochs
+    eval_batch_size: int = 512
+    compile: bool = False  # torch.compile the model (pays off on CUDA for long runs)
+    deterministic: bool = False  # also on CUDA (slower); CPU runs are always reproducible
+
+    def __post_init__(self):
+        checks = {
+            "epochs": isinstance(self.epochs, int) and self.epochs >= 1,
+            "resolution": isinstance(self.resolution, int) and self.resolution >= 8,
+            "width_mult": self.width_mult > 0,
+            "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 2,
+            "lr": self.lr > 0,
+            "optimizer": self.optimizer in ("sgd", "adamw"),
+            "weight_decay": self.weight_decay >= 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "augment": self.augment in ("crop", "rrc", "none"),
+            "crop_pad": self.crop_pad is None or (isinstance(self.crop_pad, int) and 0 <= self.crop_pad < self.resolution),
+            "kw_temperature_epochs": self.kw_temperature_epochs is None or self.kw_temperature_epochs >= 0,
+            "eval_batch_size": isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise UserError(f"fidelity.{bad[0]}: bad value {getattr(self, bad[0])!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Fidelity":
+        known = {f.name for f in fields(cls)}
+        if set(d) - known:
+            raise UserError(f"fidelity: unknown keys {sorted(set(d) - known)} (allowed: {sorted(known)})")
+        try:
+            return cls(**d)
+        except TypeError as e:  # e.g. a string where a number belongs
+            raise UserError(f"fidelity: {e}") from None
+
+
+@dataclass
+class TrainResult:
+    status: str  # "ok" | "diverged" | "oom" | "stopped"
+    top1: float | None  # validation accuracy in [0, 1] after the last completed epoch; None unless trained
+    top5: float | None  # top-min(5, classes)
+    loss: float | None  # mean training loss of the last completed epoch
+    val_loss: float | None
+    epochs: int  # epochs completed
+    images_per_s: float  # training images per second (training steps only, no evaluation)
+    wall_s: float  # everything: data to device, build, training, evaluation
+    train_s: float  # training steps only
+    peak_mem_mb: float  # CUDA: peak allocated by this run; CPU: the process's peak RSS
+    device: str
+    params: int
+    seed: int
+    num_classes: int
+    skipped_images: int
+    fidelity: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)  # per epoch: the dict passed to `report`
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_model(genome, num_classes: int, width_mult: float) -> nn.Module:
+    """A Genome or a catalog name via searchspace.build; an nn.Module is used as it is."""
+    if isinstance(genome, nn.Module):
+        return genome
+    from searchspace import build
+
+    return build(resolve_genome(genome) if isinstance(genome, str) else genome, num_classes=num_classes, width_mult=width_mult)
+
+
+def resolve_genome(text: str):
+    """A catalog name, a path to a genome .json file, or inline genome JSON -> Genome."""
+    from searchspace import Genome
+
+    text = text.strip()
+    if text.startswith("{"):
+        return Genome.from_json(text)
+    if text.endswith(".json") or Path(text).is_file():
+        try:
+            return Genome.from_json(Path(text).read_text())
+        except OSError as e:
+            raise UserError(f"genome file {text!r}: {e.strerror or e}") from None
+    from searchspace import catalog
+
+    return catalog.get(text).genome
+
+
+def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec | None = None,
+          device: str | torch.device | None = None, seed: int = 0,
+          report: Callable[[int, dict], bool | None] | None = None) -> TrainResult:
+    """Proxy-train `genome` (Genome, catalog name or nn.Module) and evaluate it on the val split.
+
+    `report(epoch, metrics)` is called after every epoch (metrics: loss, top1, top5, val_loss, lr,
+    images_per_s, train_s, cpu_s); returning False stops the run with status "stopped". A non-finite loss
+    gives "diverged" and CUDA running out of memory "oom"; neither raises.
+    """
+    fid = fidelity or Fidelity()
+    t_start = time.perf_counter()
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda: no CUDA device available here")
+    if not isinstance(data, ImageData):
+        data = load_data(data, fid.resolution)
+    data = data.at(fid.resolution)
+    torch.manual_seed(seed)  # the initialisation
+    model = build_model(genome, data.num_classes, fid.width_mult)
+    base = dict(device=str(dev), params=sum(p.numel() for p in model.parameters()), seed=seed,
+                num_classes=data.num_classes, skipped_images=len(data.skipped), fidelity=fid.to_dict())
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    run = _Run(model, fid, data, dev, seed, report)
+    del model  # `run` owns it, so that an OOM can free everything
+    oom = False
+    with _determinism(dev.type == "cpu" or fid.deterministic, dev):
+        try:
+            run.fit()
+        except torch.OutOfMemoryError:
+            oom = True  # handled below, outside the except block, so the tensors can be freed
+        except RuntimeError as e:  # the CPU allocator's out-of-memory is a plain RuntimeError
+            if "can't allocate memory" not in str(e):
+                raise
+            oom = True
+    if oom:
+        run.status = "oom"
+        run.release()
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    last = run.history[-1] if run.history else {}
+    trusted = run.status in ("ok", "stopped")
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return TrainResult(
+        status=run.status, top1=last.get("top1") if trusted else None, top5=last.get("top5") if trusted else None,
+        loss=last.get("loss"), val_loss=last.get("val_loss") if trusted else None, epochs=run.epochs_done,
+        images_per_s=run.images / run.train_s if run.train_s else 0.0, wall_s=time.perf_counter() - t_start,
+        train_s=run.train_s, peak_mem_mb=peak, history=run.history, **base)
+
+
+class _Run:
+    """The state of one training run; `fit` is the hot loop."""
+
+    def __init__(self, model, fid: Fidelity, data: ImageData, dev, seed, report):
+        self.model, self.fid, self.data, self.dev, self.report = model, fid, data, dev, report
+        self.gen = torch.Generator().manual_seed(seed)  # data order and augmentation
+        self.status, self.history, self.epochs_done, self.images, self.train_s = "ok", [], 0, 0, 0.0
+
+    def release(self):
+        self.model = self.opt = self.xtr = self.ytr = self.xva = self.yva = self.step_model = None
+
+    def fit(self):
+        fid, dev, data = self.fid, self.dev, self.data
+        cuda = dev.type == "cuda"
+        self.mf = torch.channels_last if cuda else torch.contiguous_format
+        self.amp = (lambda: torch.autocast("cuda", torch.bfloat16)) if cuda else contextlib.nullcontext
+        model = self.model.to(dev, memory_format=self.mf)
+        r = fid.resolution
+        pad = (r // 8 if fid.crop_pad is None else fid.crop_pad) if fid.augment == "crop" else 0
+        self.xtr = pad_reflect(data.train_x.to(dev), pad) if pad else data.train_x.to(dev)
+        self.ytr, self.xva, self.yva = data.train_y.to(dev), data.val_x.to(dev), data.val_y.to(dev)
+        n = len(self.ytr)
+        bs = min(fid.batch_size, n)
+        steps = n // bs  # drop the ragged last batch: equal steps, no tiny BatchNorm batches
+        total = steps * fid.epochs
+        warm = min(round(fid.warmup_epochs * steps), total // 4)  # short runs still get their cosine decay
+        kw_t = fid.epochs * 0.2 if fid.kw_temperature_epochs is None else fid.kw_temperature_epochs
+        try:
+            from searchspace import set_kw_epoch
+        except ImportError:  # before the package re-exports it
+            from searchspace.build import set_kw_epoch
+
+        decay = [p for p in model.parameters() if p.ndim > 1]  # norm weights and biases (1-d) get no decay
+        no_decay = [p for p in model.parameters() if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": fid.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if fid.optimizer == "sgd":
+            self.opt = torch.optim.SGD(groups, lr=fid.lr, momentum=fid.momentum, nesterov=True)
+        else:
+            self.opt = torch.optim.AdamW(groups, lr=fid.lr)
+        opt = self.opt
+        self.step_model = torch.compile(model) if fid.compile else model
+
+        def lr_at(it):
+            if it < warm:
+                return fid.lr * (it + 1) / warm
+            return fid.lr * 0.5 * (1 + math.cos(math.pi * (it - warm) / max(1, total - warm)))
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(range(fid.epochs), desc="train", unit="ep", disable=not sys.stderr.isatty(), leave=False)
+        for epoch in bar:
+            t0, c0 = time.perf_counter(), time.process_time()
+            g = self.gen
+            perm = torch.randperm(n, generator=g)[: steps * bs].to(dev)
+            if fid.augment == "crop":
+                dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(dev)
+                dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(dev)
+                flip = (torch.rand(n, generator=g) < 0.5).to(dev)
+            elif fid.augment == "rrc":
+                rrc = rrc_params(n, g).to(dev)
+            model.train()
+            loss_sum = torch.zeros((), device=dev)
+            for i in range(steps):
+                it = epoch * steps + i
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(it)
+                set_kw_epoch(model, it / steps, kw_t)
+                idx = perm[i * bs : (i + 1) * bs]
+                if fid.augment == "crop":
+                    x = normalize(crop_flip(self.xtr[idx], dy[idx], dx[idx], flip[idx], r), torch.float32)
+                elif fid.augment == "rrc":
+                    x = resized_crop_flip(normalize(self.xtr[idx], torch.float32), rrc[idx], r)
+                else:
+                    x = normalize(self.xtr[idx], torch.float32)
+                with self.amp():
+                    out = self.step_model(x.contiguous(memory_format=self.mf))
+                loss = F.cross_entropy(out.float(), self.ytr[idx], label_smoothing=fid.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach()
+            mean_loss = loss_sum.item() / steps  # the one host sync of the epoch
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+            self.train_s += dt
+            self.images += steps * bs
+            metrics = {"epoch": epoch + 1, "loss": mean_loss, "lr": lr_at(min(it, total - 1)),
+                       "images_per_s": steps * bs / dt, "train_s": dt, "cpu_s": cpu}  # cpu_s: this process, all threads
+            if not math.isfinite(mean_loss):
+                self.status, metrics["loss"] = "diverged", None  # None: results stay strict JSON
+                self.history.append(metrics)
+                self.epochs_done = epoch + 1
+                return
+            last = epoch + 1 == fid.epochs
+            if self.report is not None or last:  # evaluating costs ~15% of an epoch: only when read
+                metrics.update(self.evaluate())
+            self.history.append(metrics)
+            self.epochs_done = epoch + 1
+            bar.set_postfix(loss=f"{mean_loss:.3f}", top1=f"{metrics.get('top1', float('nan')):.3f}")
+            if self.report is not None and self.report(epoch + 1, dict(metrics)) is False and not last:
+                self.status = "stopped"
+                return
+
+    @torch.inference_mode()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        k = min(5, self.data.num_classes)
+        correct1 = correct5 = 0
+        loss = torch.zeros((), device=self.dev)
+        for i in range(0, len(self.yva), self.fid.eval_batch_size):
+            x = normalize(self.xva[i : i + self.fid.eval_batch_size], torch.float32)
+            y = self.yva[i : i + self.fid.eval_batch_size]
+            with self.amp():
+                out = self.step_model(x.contiguous(memory_format=self.mf)).float()
+            loss += F.cross_entropy(out, y, reduction="sum")
+            hit = out.topk(k, 1).indices == y[:, None]
+            correct1 += hit[:, 0].sum()
+            correct5 += hit.any(1).sum()
+        n = len(self.yva)
+        return {"top1": int(correct1) / n, "top5": int(correct5) / n, "val_loss": loss.item() / n}
+
+
+@contextlib.contextmanager
+def _determinism(on: bool, dev):
+    """torch.use_deterministic_algorithms for this run only (warn-only: never fails a run)."""
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_bench = torch.backends.cudnn.benchmark
+    if on:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fastest kernels for the fixed shapes
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        torch.backends.cudnn.benchmark = prev_bench
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _raise(e):
+    raise e
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.split("\n\n")[0])
+    p.error = lambda msg: _raise(UserError(f"{msg} (see --help)"))  # one line and exit 2, like every entry
+    p.add_argument("genome", metavar="NAME_OR_GENOME_JSON", help="catalog name, genome .json file, or inline JSON")
+    d = Fidelity()
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--resolution", type=int, default=d.resolution)
+    p.add_argument("--width", type=float, default=d.width_mult, help="width multiplier of the proxy network")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d.optimizer)
+    p.add_argument("--augment", choices=("crop", "rrc", "none"), default=d.augment)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--data-root", help="ImageFolder tree with train/ and val/ (default: the bundled Imagenette-64)")
+    p.add_argument("--num-classes", type=int, help="keep the first K classes (sorted)")
+    p.add_argument("--classes-file", help="class ids to keep, one per line")
+    p.add_argument("--max-per-class", type=int, help="cap on training images per class")
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    fid = Fidelity(epochs=a.epochs, resolution=a.resolution, width_mult=a.width, batch_size=a.batch_size, lr=a.lr,
+                   optimizer=a.optimizer, augment=a.augment, compile=a.compile)
+    spec = DataSpec(root=a.data_root, num_classes=a.num_classes, classes_file=a.classes_file, max_per_class=a.max_per_class)
+    genome = resolve_genome(a.genome)
+    data = load_data(spec, fid.resolution)
+
+    def show(epoch, m):
+        if not a.json and not sys.stderr.isatty():  # the bar shows progress on a terminal
+            print(f"epoch {epoch}: loss {m['loss']:.4f} top1 {m['top1']:.4f} ({m['images_per_s']:.0f} img/s)", flush=True)
+
+    res = train(genome, fid, data, device=a.device, seed=a.seed, report=show)
+    if a.json:
+        print(json.dumps({k: v for k, v in res.to_dict().items() if k != "history"}))
+    else:
+        top = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        print(f"status {res.status}  top1 {top(res.top1)}  top5 {top(res.top5)}  loss {top(res.loss)}  "
+              f"epochs {res.epochs}  {res.images_per_s:.0f} img/s  train {res.train_s:.1f}s  wall {res.wall_s:.1f}s  "
+              f"params {res.params}  peak {res.peak_mem_mb:.0f} MB  device {res.device}")
+    return 0 if res.status in ("ok", "stopped") else 1
+
+
+if __name__ == "__main__":
+    cli_main(main)
