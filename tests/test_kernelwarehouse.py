@@ -8,13 +8,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from searchspace import catalog
-from searchspace.backbones import mobilenet  # noqa: F401  (registers the MobileNet specs)
-from searchspace.build import build
+from searchspace.build import build, set_kw_epoch
 from searchspace.count_bsconv import bsconv_flops
 from searchspace.errors import UserError
 from searchspace.genome import Genome, Stage, make_plugin
-from searchspace.plugins.kernelwarehouse import (KernelWarehouseConvs, KWConv2d, kw_assembly_macs, kw_convs,
-                                                 set_kw_epoch)
+from searchspace.plugins.kernelwarehouse import KernelWarehouseConvs, KWConv2d, kw_assembly_macs, kw_convs
 
 
 def nparams(m):

@@ -272,3 +272,23 @@ def test_inspect_bad_input_one_line_exit_2(args):
     r = run_inspect(*args)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: ")
+
+
+def test_full_convention_adds_what_fvcore_skips():
+    plain, se = Genome("resnet50"), catalog.get("se_resnet50").genome
+    extra = lambda g: cost(g, "full").flops - cost(g).flops
+    # ResNet-50: every ReLU, residual add and the stem max-pool are now counted
+    assert extra(plain) > 11_000_000
+    # SE adds its sigmoid and the gating multiply on every Bottleneck output
+    assert extra(se) - extra(plain) >= sum(4 * p * hw * hw * n for p, hw, n in
+                                           ((64, 56, 3), (128, 28, 4), (256, 14, 6), (512, 7, 3)))
+
+
+def test_kw_kernel_assembly_is_in_the_paper_count():
+    """attention @ warehouse is a matmul: fvcore counts it, so `full` must not add it again."""
+    from searchspace.plugins.kernelwarehouse import kw_assembly_macs
+
+    kw = catalog.get("kw_resnet18_1x").genome
+    assembly = kw_assembly_macs(build(kw))
+    assert cost(kw).flops - cost(Genome("resnet18")).flops >= assembly
+    assert cost(kw, "full").flops - cost(kw).flops < assembly

@@ -218,10 +218,7 @@ class _Run:
         total = steps * fid.epochs
         warm = min(round(fid.warmup_epochs * steps), total // 4)  # short runs still get their cosine decay
         kw_t = fid.epochs * 0.2 if fid.kw_temperature_epochs is None else fid.kw_temperature_epochs
-        try:
-            from searchspace import set_kw_epoch
-        except ImportError:  # before the package re-exports it
-            from searchspace.build import set_kw_epoch
+        from searchspace import set_kw_epoch
 
         decay = [p for p in model.parameters() if p.ndim > 1]  # norm weights and biases (1-d) get no decay
         no_decay = [p for p in model.parameters() if p.ndim <= 1]

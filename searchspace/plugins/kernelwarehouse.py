@@ -8,7 +8,8 @@ a mixture of the warehouse's n cells, weighted by an input-dependent attention:
 
 z comes from a small per-conv head (GAP -> Linear -> BN1d -> ReLU -> Linear, n+1 logits per
 cell; the last is a zero cell that is never stored), beta is a fixed one-hot start and tau falls
-1 -> 0 over the first epochs (`set_kw_epoch`). The per-sample kernels run as one grouped conv.
+1 -> 0 over the first epochs (`searchspace.set_kw_epoch`; the authors anneal over 20 epochs, 15 for
+MobileNetV2). The per-sample kernels run as one grouped conv.
 
 `KernelWarehouseConvs` is the conv maker of `backbones/convs.py`: a backbone asks it for every
 conv, naming the warehouse; `finalize(model)` then sizes the cells and warehouses (it needs all
@@ -264,17 +265,4 @@ def kw_assembly_macs(model: nn.Module) -> int:
     return sum(math.prod(c.weight_shape) * c.warehouse_weight.shape[0] for c in kw_convs(model) if c._bank)
 
 
-def set_kw_epoch(model: nn.Module, epoch: float, temperature_epochs: float = 20.0) -> float:
-    """tau = max(0, 1 - epoch / temperature_epochs) on every KW attention; call it every iteration.
-
-    The authors anneal over 20 epochs (15 for MobileNetV2). Returns tau.
-    """
-    tau = max(0.0, 1.0 - epoch / temperature_epochs) if temperature_epochs > 0 else 0.0
-    for m in model.modules():
-        if hasattr(m, "set_temperature"):
-            m.set_temperature(tau)
-    return tau
-
-
-__all__ = ["KernelWarehouseConvs", "KWConv2d", "KWAttention", "KWWarehouses", "kw_assembly_macs", "kw_convs",
-           "set_kw_epoch"]
+__all__ = ["KernelWarehouseConvs", "KWConv2d", "KWAttention", "KWWarehouses", "kw_assembly_macs", "kw_convs"]

@@ -1,0 +1,101 @@
+"""Downsampling styles and stems change shapes, parameters and FLOPs as PLUGINS.md says."""
+
+import pytest
+import torch
+from torch import nn
+
+from searchspace import Genome, build, catalog, cost
+from searchspace.backbones.resnet import BlurPool, PaddingFreeConv
+from searchspace.backbones.specs import RESNET_DOWNSAMPLING, RESNET_STEMS
+
+BASE = cost(Genome("resnet50"))
+
+
+def stage_sizes(genome, resolution=224):
+    model = build(genome).eval()
+    sizes = []
+    for stage in model.stages:
+        stage.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, resolution, resolution))
+    return sizes
+
+
+def test_v15_maps_halve():
+    assert stage_sizes(Genome("resnet50")) == [56, 28, 14, 7]
+
+
+def test_padding_free_maps_shrink_faster_and_cost_less():
+    g = Genome("resnet50", downsampling="padding_free")
+    assert stage_sizes(g) == [56, 27, 13, 6]  # floor((H - 3) / 2) + 1
+    m = build(g)
+    first = m.stages[1].blocks[0]
+    assert isinstance(first.conv2, PaddingFreeConv) and first.conv2.conv.padding == (0, 0)
+    assert isinstance(first.conv2.pool, nn.MaxPool2d) and isinstance(first.conv2.proj, nn.Identity)
+    dw, bn1, pw, bn2 = first.shortcut  # depthwise 3x3 s2 p0 -> BN -> 1x1 -> BN
+    assert (dw.groups, dw.kernel_size, dw.stride, dw.padding) == (256, (3, 3), (2, 2), (0, 0))
+    assert isinstance(bn1, nn.BatchNorm2d) and pw.kernel_size == (1, 1) and isinstance(bn2, nn.BatchNorm2d)
+    c = cost(g)
+    # the shortcut gains a depthwise conv and a BN per strided stage; the 1x1 loses its stride only
+    assert c.params - BASE.params == sum(9 * cin + 2 * cin for cin in (256, 512, 1024))
+    assert c.flops < 0.9 * BASE.flops
+
+
+def test_padding_free_basic_block_projects_the_pool_branch():
+    m = build(Genome("resnet18", downsampling="padding_free"))
+    conv = m.stages[1].blocks[0].conv1
+    assert isinstance(conv, PaddingFreeConv) and conv.proj.kernel_size == (1, 1)  # 64 -> 128 channels
+
+
+def test_v1_moves_the_stride_to_the_first_1x1():
+    m = build(Genome("resnet50", downsampling="v1"))
+    block = m.stages[1].blocks[0]
+    assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
+    c = cost(Genome("resnet50", downsampling="v1"))
+    assert c.params == BASE.params
+    assert abs(c.flops - 3.86e9) / 3.86e9 < 0.01  # "about 3.86 G MACs"
+
+
+def test_avgdown_is_resnet_d_shortcut():
+    m = build(Genome("resnet50", downsampling="avgdown"))
+    pool, conv, _ = m.stages[2].blocks[0].shortcut
+    assert isinstance(pool, nn.AvgPool2d) and pool.ceil_mode and not pool.count_include_pad
+    assert conv.stride == (1, 1)
+    assert cost(Genome("resnet50", downsampling="avgdown")).params == BASE.params
+
+
+def test_blur_adds_fixed_filters_only():
+    g = Genome("resnet50", downsampling="blur")
+    m = build(g)
+    blurs = [x for x in m.modules() if isinstance(x, BlurPool)]
+    assert len(blurs) == 1 + 3 * 2  # stem max-pool, and each strided stage's main path and shortcut
+    k = blurs[0].kernel[0, 0]
+    assert torch.allclose(k, torch.outer(torch.tensor([1., 3, 3, 1]), torch.tensor([1., 3, 3, 1])) / 64)
+    assert cost(g).params == BASE.params  # filters are buffers
+    assert stage_sizes(g) == [56, 28, 14, 7]
+
+
+def test_stems():
+    deep = cost(Genome("resnet50", stem="deep"))
+    # three 3x3 conv-BN-ReLU (32, 32, 64) replace the 7x7 conv-BN
+    assert deep.params - BASE.params == (3 * 32 * 9 + 32 * 32 * 9 + 32 * 64 * 9 + 2 * 128) - (3 * 64 * 49 + 128)
+    hybrid = cost(Genome("resnet50", stem="hybrid"))
+    # 3x3 conv + BN, depthwise 3x3 + BN, 1x1 128->64 + BN
+    assert hybrid.params - BASE.params == (3 * 64 * 9 + 128 + 64 * 9 + 128 + 128 * 64 + 128) - (3 * 64 * 49 + 128)
+    for stem in RESNET_STEMS:
+        assert stage_sizes(Genome("resnet50", stem=stem)) == [56, 28, 14, 7]
+
+
+@pytest.mark.parametrize("style", RESNET_DOWNSAMPLING)
+def test_styles_combine_with_plugin_placements(style):
+    for name in ("dsnet50_c", "fcanet50"):
+        g = Genome("resnet50", catalog.get(name).genome.stages, stem="deep", downsampling=style).validate()
+        m = build(g, num_classes=10, width_mult=0.25)
+        out = m(torch.randn(2, 3, 64, 64))
+        out.sum().backward()
+        assert out.shape == (2, 10) and all(p.grad is not None for p in m.parameters())
+
+
+def test_cifar_resnet20_keeps_32px_until_stage_2():
+    assert stage_sizes(Genome("resnet20_cifar"), 32) == [32, 16, 8]
+    assert stage_sizes(Genome("resnet20_cifar", downsampling="padding_free"), 32) == [32, 15, 7]
