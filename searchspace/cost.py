@@ -9,6 +9,8 @@ Conventions (PLUGINS.md, "Counting conventions"):
   fvcore already counts it in `paper` too.
 - `bsconv`: the padding-free paper's counter (conv MACs + bias ops + 2 per BN element + ReLU
   elements + pooling input elements), for its CIFAR tables.
+- `conv_linear`: SDA-xNet's counter (conv and linear MACs plus one op per bias element).
+  Activations are fvcore's under every convention.
 Counts are cached by (genome key, convention, resolution, classes).
 """
 
@@ -23,10 +25,11 @@ from math import prod
 import torch
 from torch import nn
 
+from .counters import COUNTERS, hook_flops
 from .errors import UserError
 from .genome import Genome
 
-CONVENTIONS = ("paper", "full", "bsconv")
+CONVENTIONS = ("paper", "full", "bsconv", "conv_linear")
 
 
 @dataclass(frozen=True)
@@ -111,10 +114,8 @@ def _cost(genome_json: str, convention: str, resolution: int, num_classes: int) 
     x = torch.zeros(1, 3, resolution, resolution)
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     with torch.no_grad():
-        if convention == "bsconv":
-            from .count_bsconv import bsconv_flops
-
-            flops, acts = bsconv_flops(model, x), _fvcore_counts(model, x, False)[1]
+        if convention in COUNTERS:
+            flops, acts = hook_flops(model, x, convention), _fvcore_counts(model, x, False)[1]
         else:
             flops, acts = _fvcore_counts(model, x, convention == "full")
     return Cost(params, flops, acts, convention, resolution, num_classes)

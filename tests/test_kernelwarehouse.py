@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from searchspace import catalog
 from searchspace.build import build, set_kw_epoch
-from searchspace.count_bsconv import bsconv_flops
+from searchspace.counters import hook_flops
 from searchspace.errors import UserError
 from searchspace.genome import Genome, Stage, make_plugin
 from searchspace.plugins.kernelwarehouse import KernelWarehouseConvs, KWConv2d, kw_assembly_macs, kw_convs
@@ -215,7 +215,7 @@ def test_bsconv_counts_mobilenetv3(name):
     x = torch.zeros(1, 3, d.target.resolution, d.target.resolution)
     assert d.target.convention == "bsconv"
     assert d.counts["params"].matches(nparams(model))
-    assert d.counts["flops"].matches(bsconv_flops(model, x))
+    assert d.counts["flops"].matches(hook_flops(model, x, 'bsconv'))
 
 
 def test_bsconv_counter_rules():
@@ -223,7 +223,7 @@ def test_bsconv_counter_rules():
                       nn.Hardswish(), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
     hw = 8 * 8
     expect = hw * 4 * 27 + 4 * hw + 2 * 4 * hw + 4 * hw + 4 * hw + 4 * 16 + 4 * 5 + 5
-    assert bsconv_flops(m, torch.zeros(1, 3, 8, 8)) == expect
+    assert hook_flops(m, torch.zeros(1, 3, 8, 8), 'bsconv') == expect
 
 
 # -- MobileNets ------------------------------------------------------------------------------------------

@@ -143,10 +143,11 @@ def test_resume_after_sigkill(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline:  # wait for the first stored trial, then kill the driver hard
+        while time.time() < deadline:  # a trial stored and the next one running: kill the driver hard
             if (out / "study.journal").exists():
                 try:
-                    if any(t.state == TrialState.COMPLETE for t in _study(out).trials):
+                    states = {t.state for t in _study(out).trials}
+                    if {TrialState.COMPLETE, TrialState.RUNNING} <= states:
                         break
                 except KeyError:  # study not created yet
                     pass
@@ -173,7 +174,7 @@ def test_resume_after_sigkill(tmp_path):
     for n in kept:  # nothing lost or rewritten
         assert study.trials[n].state == TrialState.COMPLETE and study.trials[n].values == before[n].values
     interrupted = [t for t in study.trials if t.user_attrs.get("status") == "interrupted"]
-    assert all(t.state == TrialState.FAIL for t in interrupted)
+    assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
     requeued = [t for t in study.trials if "requeued_from" in t.user_attrs]
     assert sorted(t.user_attrs["requeued_from"] for t in requeued) == sorted(t.number for t in interrupted)
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -184,7 +185,8 @@ def test_resume_after_sigkill(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_node_cluster(tmp_path):
+def test_two_node_cluster_with_asha(tmp_path):
+    """Trials on both nodes of a two-node cluster; ASHA's early-stopped trials are PRUNED, not COMPLETE."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
@@ -192,10 +194,15 @@ def test_two_node_cluster(tmp_path):
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         out = tmp_path / "run"
-        r = _run(["--out", str(out), "--address", cluster.address, "--concurrency", "2"])
+        r = _run(["--out", str(out), "--address", cluster.address, "--concurrency", "2", "--asha", "--epochs", "3",
+                  "--trials", "8"])
         assert r.returncode == 0, r.stderr[-3000:]
-        nodes = {t.user_attrs.get("node") for t in _study(out).trials if t.state == TrialState.COMPLETE}
-        assert len(nodes) == 2, nodes
+        trials = _study(out).trials
+        nodes = {t.user_attrs.get("node") for t in trials}
+        assert len(nodes) == 2 and None not in nodes, nodes
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
+        assert pruned and all(t.user_attrs["epochs_completed"] < 3 and t.values is None for t in pruned)
+        assert all(t.user_attrs["epochs_completed"] == 3 for t in trials if t.state == TrialState.COMPLETE)
     finally:
         cluster.shutdown()
 
@@ -221,7 +228,13 @@ def _cli(argv, capsys):
 def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "study.journal").write_bytes(b'{"op_code": 0, "worker_id": "x", "study_name": "smoke", "directions": [1, 2]}\n')
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from studies import config
+
+    existing = optuna.create_study(study_name="smoke", directions=["maximize", "minimize"],
+                                   storage=JournalStorage(JournalFileBackend(str(run / "study.journal"))))
+    existing.set_user_attr("fidelity", config.load("smoke").fidelity)
     before = (run / "study.journal").read_bytes()
     os.chmod(bad_toml[1], 0o644)
     unreadable = tmp_path / "secret.toml"
@@ -237,13 +250,15 @@ def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys)
         "invalid config": ([str(bad_toml[1])], "sampler.name"),
         "unreadable": ([str(unreadable)], "cannot read"),
         "resume without study": (["smoke", "--resume", "--out", str(tmp_path / "empty")], "--resume"),
+        "other fidelity": (["smoke", "--epochs", "5"], "use --name"),
+        "bad address": (["smoke", "--address", "127.0.0.1:1"], "--address"),
     }
     for what, (argv, needle) in cases.items():
         code, err = _cli([*argv, "--out", str(run)] if "--out" not in argv else argv, capsys)
         assert code == 2, what
         assert err.count("\n") == 1 and err.startswith("error:") and needle in err, (what, err)
         assert (run / "study.journal").read_bytes() == before, what
-    assert sorted(p.name for p in run.iterdir()) == ["study.journal"]
+    assert sorted(p.name for p in run.iterdir()) in (["study.journal"], ["driver.lock", "study.journal"])
 
 
 def test_config_loading_and_overrides():
@@ -317,10 +332,11 @@ def postgres(tmp_path):
     pytest.importorskip("psycopg2")
     if not (initdb and pg_ctl):
         pytest.skip("no PostgreSQL binaries")
-    as_pg = [] if os.getuid() != 0 else ["runuser", "-u", "postgres", "--"]
-    data = tmp_path / "pg"
-    data.mkdir()
-    tmp_path.chmod(0o755)
+    import tempfile
+
+    as_pg = [] if os.getuid() != 0 else ["runuser", "-u", "postgres", "--"]  # postgres refuses root
+    data = Path(tempfile.mkdtemp(prefix="studies-pg-"))  # pytest's tmp is private to root
+    data.chmod(0o700)
     if as_pg:
         shutil.chown(data, "postgres")
     with socket.socket() as s:
@@ -335,6 +351,7 @@ def postgres(tmp_path):
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
-"""The `bsconv` counting convention: the FLOP counter of the BSConv code the padding-free paper used.
+"""Per-module FLOP counters of other papers, run with forward hooks on one image.
 
-Per leaf module, for the batch it is given (pass one image):
+`bsconv`: the counter of the BSConv code the padding-free paper used. Per leaf module:
 - Conv2d: output positions x kernel weights (MACs), plus one op per output element if it has a bias;
 - Linear: input elements x out features, plus one per output element with a bias;
 - BatchNorm: 2 ops per input element (1 without affine);
@@ -8,6 +8,10 @@ Per leaf module, for the batch it is given (pass one image):
 - max / average pooling, adaptive or not: one op per input element.
 Everything else (additions, concatenation, the SE product, activations above) counts 0.
 A KernelWarehouse conv counts as the conv it assembles; its attention's layers count as above.
+
+`conv_linear`: SDA-xNet's tables: conv and linear MACs plus one op per bias element, nothing else
+(the classifier included). It gives SDA-ResNet-86's published 3.88 G (3,880,021,224); adding one
+op per BatchNorm element, as PLUGINS.md's summary of their counter says, would give 3.897 G.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, 
           nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 
 
-def _module_flops(m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
+COUNTERS = ("bsconv", "conv_linear")
+
+
+def _module_flops(m: nn.Module, inp: torch.Tensor, out: torch.Tensor, counter: str) -> int:
     from .plugins.kernelwarehouse import KWConv2d
 
     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, KWConv2d)):
@@ -28,6 +35,8 @@ def _module_flops(m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
         return out[:, 0].numel() * weight + (out.numel() if m.bias is not None else 0)
     if isinstance(m, nn.Linear):
         return inp.numel() * m.out_features + (out.numel() if m.bias is not None else 0)
+    if counter == "conv_linear":
+        return 0
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return inp.numel() * (2 if m.affine else 1)
     if isinstance(m, nn.ReLU):
@@ -37,15 +46,15 @@ def _module_flops(m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
     return 0
 
 
-def bsconv_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """Total FLOPs of `model(x)` under the BSConv counter (see the module docstring)."""
+def hook_flops(model: nn.Module, x: torch.Tensor, counter: str = "bsconv") -> int:
+    """Total FLOPs of `model(x)` under one of the COUNTERS (see the module docstring)."""
     from .plugins.kernelwarehouse import KWConv2d
 
     total = 0
 
     def hook(m, args, out):
         nonlocal total
-        total += _module_flops(m, args[0], out)
+        total += _module_flops(m, args[0], out, counter)
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, KWConv2d) or not any(True for _ in m.children())]
@@ -58,4 +67,4 @@ def bsconv_flops(model: nn.Module, x: torch.Tensor) -> int:
     return int(total)
 
 
-__all__ = ["bsconv_flops"]
+__all__ = ["COUNTERS", "hook_flops"]
