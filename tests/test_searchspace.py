@@ -292,3 +292,11 @@ def test_kw_kernel_assembly_is_in_the_paper_count():
     assembly = kw_assembly_macs(build(kw))
     assert cost(kw).flops - cost(Genome("resnet18")).flops >= assembly
     assert cost(kw, "full").flops - cost(kw).flops < assembly
+
+
+@pytest.mark.parametrize("plugin", ["se", "msca", "dsm", "dam", "msa"])
+def test_plugins_build_at_narrow_proxy_width(plugin):
+    """At width 1/8 a stage has 8 channels: r=16 must still leave one hidden channel."""
+    g = uniform("resnet50", make_plugin(plugin, "after_add" if plugin == "msa" else "after_conv3", 16))
+    out = build(g, num_classes=4, width_mult=0.125)(torch.randn(2, 3, 64, 64))
+    assert torch.isfinite(out).all()

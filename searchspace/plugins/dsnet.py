@@ -27,7 +27,7 @@ class DecoupledAttention(nn.Module):
 
     def __init__(self, channels: int, r: int, bias: bool = False):
         super().__init__()
-        c = channels // r
+        c = max(channels // r, 1)  # narrow proxy widths: keep at least one hidden channel
         # channel branch: softmax-weighted spatial pooling of a reduced value map
         self.ch_value = nn.Conv2d(channels, c, 1, bias=bias)
         self.ch_query = nn.Conv2d(channels, 1, 1, bias=bias)

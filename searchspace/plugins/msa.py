@@ -28,7 +28,7 @@ class Branch(nn.Sequential):
     """conv C->c (bias) -> BN -> ReLU -> conv c->C (bias) -> BN, optionally on a P x P pooled map."""
 
     def __init__(self, channels: int, r: int, pool: int | None = None):
-        c = channels // r
+        c = max(channels // r, 1)  # narrow proxy widths: keep at least one hidden channel
         layers = [nn.AdaptiveAvgPool2d(pool)] if pool is not None else []
         layers += [nn.Conv2d(channels, c, 1), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
                    nn.Conv2d(c, channels, 1), nn.BatchNorm2d(channels)]

@@ -1,0 +1,5 @@
+from searchspace.errors import cli_main
+
+from .run import main
+
+cli_main(main)

@@ -1,0 +1,216 @@
+"""Study configs: load a TOML file, check every field, return a plain `StudyConfig`.
+
+A config names the search space ([space], handed to searchspace.space.SpaceSpec.from_dict), the
+objectives, the full-size target the costs are counted on, the proxy fidelity accuracy is measured
+at, the data, the budget, the sampler and optional ASHA early stopping. Any mistake is one
+UserError line naming the field; nothing is opened or written while loading.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from searchspace.errors import UserError
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+OBJECTIVES = {"top1": "maximize", "flops": "minimize", "params": "minimize", "activations": "minimize",
+              "latency_ms": "minimize"}  # the metrics a trial reports (latency = measured, per image)
+SAMPLERS = ("nsga2", "tpe", "random")
+
+DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "seed": 0,
+    "objectives": {"top1": "maximize", "flops": "minimize"},
+    "target": {"resolution": 224, "num_classes": 1000, "convention": "paper"},
+    "fidelity": {"epochs": 2, "resolution": 32, "width": 0.25, "batch_size": 64, "lr": 0.1},
+    "data": {"root": None, "num_classes": 10, "max_per_class": None, "max_val_per_class": None,
+             "classes_file": None},
+    "budget": {"trials": 32, "concurrency": 0},  # 0 = as many as the cluster's resources allow
+    "sampler": {"name": "nsga2", "population": 16},
+    "early_stopping": {"asha": False, "grace_period": 1, "reduction_factor": 2},
+    "resources": {"cpus_per_trial": 1, "gpus_per_trial": "auto"},  # auto = 1 GPU per trial if any
+    "inject_failure_trial": None,  # testing hook: this trial number raises inside the trainable
+}
+SECTIONS = {k for k, v in DEFAULTS.items() if isinstance(v, dict)} | {"space"}
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    source: str  # the file it came from
+    raw: dict  # the merged config as a dict (stored as the study's "config" user attr)
+    space: dict = field(default_factory=dict)
+
+    def __getitem__(self, key):
+        return self.raw[key]
+
+    @property
+    def objectives(self) -> list[dict]:
+        return [{"name": k, "direction": v} for k, v in self.raw["objectives"].items()]
+
+    @property
+    def target(self) -> dict:
+        return {"backbone": self.space.get("backbone", "resnet50"), **self.raw["target"]}
+
+    @property
+    def fidelity(self) -> dict:
+        """The proxy protocol as stored with the study: training settings plus the data subset."""
+        d = self.raw["data"]
+        return {**self.raw["fidelity"], "num_classes": d["num_classes"], "max_per_class": d["max_per_class"]}
+
+    @property
+    def trainer_fidelity(self) -> dict:
+        """[fidelity] in trainers.Fidelity's names (width -> width_mult)."""
+        f = dict(self.raw["fidelity"])
+        f["width_mult"] = f.pop("width")
+        return f
+
+
+def shipped() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def resolve(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.parent != Path("."):
+        if not p.is_file():
+            raise UserError(f"study config {name_or_path!r}: no such file")
+        return p
+    p = CONFIG_DIR / f"{name_or_path}.toml"
+    if not p.is_file():
+        raise UserError(f"unknown study {name_or_path!r} (shipped: {', '.join(shipped())}; or give a path to a .toml)")
+    return p
+
+
+def load(name_or_path: str, overrides: dict | None = None) -> StudyConfig:
+    """Read, merge with the defaults, apply `overrides` ({"fidelity.epochs": 3, ...}), validate."""
+    path = resolve(name_or_path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: invalid TOML ({e})") from None
+    return from_dict(doc, name=path.stem, source=str(path), overrides=overrides)
+
+
+def from_dict(doc: dict, name: str, source: str = "<dict>", overrides: dict | None = None) -> StudyConfig:
+    where = Path(source).name
+    unknown = sorted(set(doc) - set(DEFAULTS) - {"space", "name"})
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(set(DEFAULTS) | {'space', 'name'}))})")
+    raw = copy.deepcopy(DEFAULTS)
+    for key, val in doc.items():
+        if key in SECTIONS and key != "space":
+            if not isinstance(val, dict):
+                raise UserError(f"{where}: [{key}] must be a table")
+            if key == "objectives":
+                raw[key] = dict(val)  # replaces the default list, keeps the file's order
+                continue
+            bad = sorted(set(val) - set(raw[key]))
+            if bad and key != "fidelity":  # other trainer settings are checked by trainers.Fidelity
+                raise UserError(f"{where}: [{key}] unknown key {bad[0]!r} (known: {', '.join(raw[key])})")
+            raw[key].update(val)
+        else:
+            raw[key] = val
+    for dotted, val in (overrides or {}).items():
+        if val is not None:
+            sec, _, key = dotted.partition(".")
+            raw[sec][key] = val
+    raw["name"] = str(raw.get("name") or name)
+    if "space" not in raw or not isinstance(raw["space"], dict):
+        raise UserError(f"{where}: missing [space] table")
+    validate(raw, where)
+    return StudyConfig(raw["name"], source, raw, raw["space"])
+
+
+def _int(v, what, lo=1, none_ok=False):
+    if v is None and none_ok:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise UserError(f"{what}: expected an integer >= {lo}, got {v!r}")
+
+
+def _num(v, what, lo=0.0, hi=None, strict=True):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (v > lo if strict else v >= lo)
+    if not ok or (hi is not None and v > hi):
+        raise UserError(f"{what}: expected a number {'>' if strict else '>='} {lo}{f' and <= {hi}' if hi else ''}, got {v!r}")
+
+
+def validate(raw: dict, where: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", raw["name"]):
+        raise UserError(f"{where}: name {raw['name']!r} may only use letters, digits, '_', '-' and '.'")
+    _int(raw["seed"], f"{where}: seed", lo=0)
+    obj = raw["objectives"]
+    if not obj:
+        raise UserError(f"{where}: [objectives] is empty (known: {', '.join(OBJECTIVES)})")
+    for k, d in obj.items():
+        if k not in OBJECTIVES:
+            raise UserError(f"{where}: objective {k!r} unknown (known: {', '.join(OBJECTIVES)})")
+        if d not in ("maximize", "minimize"):
+            raise UserError(f"{where}: objective {k} = {d!r}; expected \"maximize\" or \"minimize\"")
+    if "top1" not in obj:
+        raise UserError(f"{where}: the objectives must include top1")
+    t = raw["target"]
+    _int(t["resolution"], f"{where}: target.resolution", lo=8)
+    _int(t["num_classes"], f"{where}: target.num_classes", lo=2)
+    from searchspace.cost import CONVENTIONS
+
+    if t["convention"] not in CONVENTIONS:
+        raise UserError(f"{where}: target.convention {t['convention']!r} unknown (known: {', '.join(CONVENTIONS)})")
+    f = raw["fidelity"]
+    _int(f["epochs"], f"{where}: fidelity.epochs")
+    _int(f["resolution"], f"{where}: fidelity.resolution", lo=8)
+    _num(f["width"], f"{where}: fidelity.width", hi=4)
+    _int(f["batch_size"], f"{where}: fidelity.batch_size")
+    _num(f["lr"], f"{where}: fidelity.lr")
+    d = raw["data"]
+    if d["root"] is not None and not isinstance(d["root"], str):
+        raise UserError(f"{where}: data.root: expected a path string, got {d['root']!r}")
+    if d["root"] == "":
+        d["root"] = None  # "" = the bundled Imagenette-64
+    _int(d["num_classes"], f"{where}: data.num_classes", lo=2, none_ok=True)
+    _int(d["max_per_class"], f"{where}: data.max_per_class", none_ok=True)
+    _int(d["max_val_per_class"], f"{where}: data.max_val_per_class", none_ok=True)
+    b = raw["budget"]
+    _int(b["trials"], f"{where}: budget.trials (trials)")
+    _int(b["concurrency"], f"{where}: budget.concurrency", lo=0)
+    s = raw["sampler"]
+    if s["name"] not in SAMPLERS:
+        raise UserError(f"{where}: sampler.name {s['name']!r} unknown (known: {', '.join(SAMPLERS)})")
+    _int(s["population"], f"{where}: sampler.population", lo=2)
+    e = raw["early_stopping"]
+    if not isinstance(e["asha"], bool):
+        raise UserError(f"{where}: early_stopping.asha: expected true or false, got {e['asha']!r}")
+    _int(e["grace_period"], f"{where}: early_stopping.grace_period")
+    _int(e["reduction_factor"], f"{where}: early_stopping.reduction_factor", lo=2)
+    r = raw["resources"]
+    _num(r["cpus_per_trial"], f"{where}: resources.cpus_per_trial")
+    if r["gpus_per_trial"] != "auto":
+        _num(r["gpus_per_trial"], f"{where}: resources.gpus_per_trial", strict=False)
+    _int(raw["inject_failure_trial"], f"{where}: inject_failure_trial", lo=0, none_ok=True)
+    if "padding_free" in (raw["space"].get("downsampling") or []) and f["resolution"] < 64:
+        # its unpadded stride-2 convs shrink the map to nothing below 64 pixels
+        raise UserError(f"{where}: downsampling 'padding_free' needs fidelity.resolution >= 64, got {f['resolution']}")
+    # the space last: its own messages already name the field
+    from searchspace import space as _space
+
+    try:
+        raw["_spec"] = _space.SpaceSpec.from_dict(raw["space"])
+    except UserError as e:
+        raise UserError(f"{where}: [space] {e}") from None
+
+
+def spec(cfg: StudyConfig):
+    return cfg.raw["_spec"]
+
+
+def to_storable(cfg: StudyConfig) -> dict:
+    """The config as JSON-able data (no parsed objects), for the study's user attrs."""
+    return {k: v for k, v in cfg.raw.items() if not k.startswith("_")}

@@ -1,0 +1,245 @@
+"""The driver side of a study: Ray, the searcher, references, resume, the closing summary."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from . import config as config_mod
+from . import storage as st
+from .search import GenomeSpace, StudySearch, _fmt, genome_summary, make_sampler
+from .trainable import run_trial
+
+REPO = Path(__file__).resolve().parent.parent
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def init_ray(address: str | None) -> bool:
+    """Start (or join) Ray; returns True when this call started it (and must shut it down)."""
+    import logging
+
+    import ray
+
+    # A failed trial is reported on one line by the searcher; Ray's own traceback is in its logs.
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV per trial
+    if ray.is_initialized():
+        return False
+    path = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    # Workers import studies/searchspace/trainers from the same checkout (cluster nodes: same path).
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": path}} if address else None)
+    return True
+
+
+def resources(cfg) -> dict:
+    import ray
+
+    r = cfg["resources"]
+    total = ray.cluster_resources()
+    gpus = r["gpus_per_trial"]
+    if gpus == "auto":
+        gpus = 1 if total.get("GPU", 0) >= 1 else 0
+    cpus = float(r["cpus_per_trial"])
+    conc = cfg["budget"]["concurrency"]
+    if not conc:  # as many as the resources hold
+        conc = int(total.get("GPU", 0) // gpus) if gpus else int(total.get("CPU", 1) // cpus)
+    return {"cpu": cpus, "gpu": float(gpus), "concurrency": max(1, conc), "device": "cuda" if gpus else "cpu",
+            "cluster": {k: total.get(k, 0) for k in ("CPU", "GPU")}, "nodes": sum(1 for n in ray.nodes() if n.get("Alive"))}
+
+
+def _ctx(cfg, res, inject: bool) -> dict:
+    return {"data": {k: v for k, v in cfg["data"].items()}, "fidelity": cfg.fidelity,
+            "trainer_fidelity": cfg.trainer_fidelity, "target": cfg.target, "seed": cfg["seed"],
+            "device": res["device"], "cpus_per_trial": res["cpu"],
+            "inject_failure_trial": _inject(cfg) if inject else None}
+
+
+def _inject(cfg):
+    env = os.environ.get("STUDIES_INJECT_FAILURE_TRIAL")
+    return int(env) if env not in (None, "") else cfg["inject_failure_trial"]
+
+
+def _study_attrs(study, cfg):
+    study.set_user_attr("objectives", cfg.objectives)
+    study.set_user_attr("config", config_mod.to_storable(cfg))
+    study.set_user_attr("target", cfg.target)
+    study.set_user_attr("fidelity", cfg.fidelity)
+
+
+def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, inject: bool = False) -> None:
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    scheduler = None
+    es = cfg["early_stopping"]
+    if es["asha"]:
+        from ray.tune.schedulers import ASHAScheduler
+
+        # time_attr = epochs (not Ray's iteration count: the trainable sends one extra final result)
+        scheduler = ASHAScheduler(time_attr="epochs_completed", metric="top1", mode="max",
+                                  max_t=cfg["fidelity"]["epochs"], grace_period=es["grace_period"],
+                                  reduction_factor=es["reduction_factor"])
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=_ctx(cfg, res, inject)),
+                                    {"cpu": res["cpu"], "gpu": res["gpu"]})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(search, max_concurrent=res["concurrency"]),
+                                    scheduler=scheduler, num_samples=n, reuse_actors=True,
+                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune.RunConfig(name=f"{tag}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(run_dir / "ray"),
+                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    tuner.fit()
+
+
+def _new_search(cfg, storage, name, n_existing, spec, attrs, log, sampler=None) -> StudySearch:
+    s = cfg["sampler"]
+    # seed + trials so far: a resumed sampler does not replay the first run's draws
+    sampler = sampler or make_sampler(s["name"], cfg["seed"] + n_existing, s["population"])
+    return StudySearch(GenomeSpace(spec), cfg.objectives, name, storage, sampler, cfg["fidelity"]["epochs"],
+                       attrs, log)
+
+
+def _designs_in_space(spec):
+    from searchspace import catalog, space
+
+    return [d for d in (catalog.get(n) for n in catalog.names()) if space.contains(spec, d.genome)]
+
+
+def _enqueue_known(study, designs, spec, attr: str, log) -> int:
+    """Enqueue each design not yet present (finished, running or waiting) under user attr `attr`."""
+    from searchspace import space
+
+    have = {t.user_attrs.get(attr) for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("status") != st.INTERRUPTED}
+    todo = [d for d in designs if d.name not in have]
+    for d in todo:
+        study.enqueue_trial(space.to_params(d.genome, spec), user_attrs={attr: d.name}, skip_if_exists=False)
+    if todo:
+        log(f"enqueued {len(todo)} known design(s): {', '.join(d.name for d in todo)}")
+    return len(todo)
+
+
+def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
+    log = (lambda *_: None) if args.quiet else (lambda m: print(m, flush=True))
+    spec = config_mod.spec(cfg)
+    attrs = {"fidelity": cfg.fidelity, "seed": cfg["seed"], "reference": None}
+    directions = [o["direction"] for o in cfg.objectives]
+    summary = {"requeued": [], "ran": 0, "references": 0}
+    from searchspace import space
+
+    log(f"study {cfg.name}: {space.count(spec):,} genomes in the space; storage {st.describe(url)}")
+    # Put the storage in order first (no Ray needed): requeue a dead driver's trials, enqueue designs.
+    ref, ref_waiting = None, 0
+    if args.reference:  # in their own study, so they never steer the sampler
+        ref = optuna.create_study(study_name=cfg.name + ".references", storage=storage, directions=directions,
+                                  load_if_exists=True)
+        _study_attrs(ref, cfg)
+        summary["requeued"] += st.recover(ref)
+        _enqueue_known(ref, _designs_in_space(spec), spec, "reference", log)
+        ref_waiting = len(ref.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    study = existing or optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
+                                            load_if_exists=True)
+    _study_attrs(study, cfg)
+    requeued = st.recover(study)
+    if requeued:
+        log(f"resuming: trial(s) {requeued} of a stopped driver marked FAIL (interrupted) and requeued")
+    summary["requeued"] += requeued
+    if args.seed_known:
+        _enqueue_known(study, _designs_in_space(spec), spec, "seeded_from", log)
+    done, want = st.counted(study), cfg["budget"]["trials"]
+    summary["before"] = done
+    if done >= want and not ref_waiting:
+        log(f"study {cfg.name} already has {done} of {want} trials; nothing to run")
+        summary["report"] = _report(cfg, url, run_dir, log)
+        return summary
+
+    started = init_ray(args.address)
+    try:
+        res = resources(cfg)
+        summary["resources"] = res
+        log(f"ray: {res['nodes']} node(s), {res['cluster']['CPU']:g} CPU, {res['cluster']['GPU']:g} GPU; per trial "
+            f"{res['cpu']:g} CPU, {res['gpu']:g} GPU on {res['device']}; up to {res['concurrency']} at a time")
+        if ref_waiting:
+            log(f"evaluating {ref_waiting} reference design(s) in study {ref.study_name!r}")
+            ref_attrs = {k: v for k, v in attrs.items() if k != "reference"}  # keep the name set at enqueue
+            search = _new_search(cfg, storage, ref.study_name, 0, spec, ref_attrs, log,
+                                 sampler=optuna.samplers.RandomSampler(seed=cfg["seed"]))
+            _tune(cfg, res, search, ref_waiting, run_dir, "references", log)
+            summary["references"] = len(search.finished)
+        if done < want:
+            log(f"running {want - done} trial(s) ({done} of {want} already done)")
+            search = _new_search(cfg, storage, cfg.name, len(study.trials), spec, attrs, log)
+            _tune(cfg, res, search, want - done, run_dir, "search", log, inject=True)
+            summary["ran"] = len(search.finished)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    summary["report"] = _report(cfg, url, run_dir, log)
+    return summary
+
+
+def _report(cfg, url, run_dir: Path, log):
+    """The HTML report and the dashboard figures (analysis package), if it is there."""
+    out = run_dir / "report.html"
+    try:
+        import analysis
+    except ImportError as e:
+        log(f"report skipped: analysis not importable ({e})")
+        return None
+    try:
+        analysis.write_report(url if "://" in url else run_dir, cfg.name, out)
+    except Exception as e:  # the study is stored; a report problem must not fail the run
+        log(f"report skipped: {type(e).__name__}: {e}")
+        out = None
+    try:
+        analysis.push_to_dashboard(st.open_storage(url), cfg.name)
+    except Exception as e:
+        log(f"dashboard figures skipped: {type(e).__name__}: {e}")
+    return out
+
+
+def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
+    study = optuna.load_study(study_name=cfg.name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    states = {}
+    for t in trials:
+        key = t.user_attrs.get("status") or t.state.name.lower()
+        states[key] = states.get(key, 0) + 1
+    print(f"\nstudy {cfg.name}: {st.counted(study)} of {cfg['budget']['trials']} trials "
+          f"({', '.join(f'{n} {k}' for k, n in sorted(states.items()))}); this run {summary.get('ran', 0)} trial(s) "
+          f"in {summary['wall_s']:.0f}s")
+    names = [o["name"] for o in cfg.objectives]
+    front = sorted(study.best_trials if any(t.state == TrialState.COMPLETE for t in trials) else [],
+                   key=lambda t: t.values[names.index("top1")], reverse=True)
+    rows = [(str(t.number), *[_fmt(n, v) for n, v in zip(names, t.values)], t.user_attrs.get("status", ""),
+             genome_summary(t.user_attrs["genome"]) if "genome" in t.user_attrs else "") for t in front]
+    ref = st.find_study(storage, cfg.name + ".references")
+    if ref:
+        rows += [(f"ref {t.user_attrs.get('reference')}", *[_fmt(n, v) for n, v in zip(names, t.values)],
+                  t.user_attrs.get("status", ""), "") for t in ref.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    print(f"Pareto front ({len(front)} trial(s){', then the reference designs' if ref else ''}):")
+    _table(["trial", *names, "status", "genome"], rows)
+    print(f"\nrun folder : {run_dir}")
+    print(f"storage    : {st.describe(url)}  (study {cfg.name!r}{', references in ' + repr(cfg.name + '.references') if ref else ''})")
+    print(f"dashboard  : optuna-dashboard {st.describe(url)}")
+    if summary.get("report"):
+        print(f"report     : {summary['report']}")
+
+
+def _table(header, rows) -> None:
+    rows = [tuple(header)] + [tuple(map(str, r)) for r in rows]
+    w = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for j, r in enumerate(rows):
+        print("  " + "  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
+        if j == 0:
+            print("  " + "  ".join("-" * x for x in w))

@@ -1,0 +1,179 @@
+"""`python -m studies.run NAME [flags]`: a multi-objective architecture search distributed by Ray Tune.
+
+NAME is a shipped config (studies/configs/NAME.toml) or a path to a .toml. Everything the user
+gave is checked before any storage is opened or created; re-running the same command continues an
+interrupted study (finished trials kept, trials of a dead driver requeued, none counted twice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from searchspace.errors import UserError, cli_main
+
+from . import config as config_mod
+from . import storage as st
+
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, like every other user mistake
+        raise UserError(message)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = _Parser(prog="python -m studies.run", description=__doc__.splitlines()[0])
+    ap.add_argument("study", help=f"shipped config ({', '.join(config_mod.shipped())}) or a .toml path")
+    ap.add_argument("--trials", type=int, help="total trials the study should reach")
+    ap.add_argument("--epochs", type=int, help="proxy epochs per trial")
+    ap.add_argument("--resolution", type=int, help="proxy training resolution")
+    ap.add_argument("--width", type=float, help="proxy width multiplier")
+    ap.add_argument("--data-root", help="ImageFolder tree with train/ and val/ (default: bundled Imagenette-64)")
+    ap.add_argument("--out", help="run folder (default: runs/<study name>)")
+    ap.add_argument("--name", help="study name (default: the config's)")
+    ap.add_argument("--storage", help="Optuna storage: an RDB URL (postgresql://...) or a journal file path")
+    ap.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 if the cluster has GPUs)")
+    ap.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
+    ap.add_argument("--address", help="join a running Ray cluster (e.g. auto or 10.0.0.1:6379)")
+    ap.add_argument("--resume", action="store_true", help="continue an existing study (an error if there is none)")
+    ap.add_argument("--seed", type=int, help="seed of the sampler, the data order and the initialisation")
+    ap.add_argument("--reference", action="store_true", help="also evaluate the catalog designs inside the space "
+                    "(stored in '<name>.references', never seen by the sampler)")
+    ap.add_argument("--seed-known", action="store_true", help="enqueue the catalog designs inside the space as trials")
+    ap.add_argument("--concurrency", type=int, help="trials at the same time (default: what the resources allow)")
+    ap.add_argument("--asha", action="store_true", default=None, help="ASHA early stopping on top1")
+    ap.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    return ap.parse_args(argv)
+
+
+def _positive(name, v, kind=int):
+    if v is not None and (v <= 0 if kind is float else v < 1):
+        raise UserError(f"--{name}: expected a positive {'number' if kind is float else 'integer'}, got {v}")
+
+
+def prepare(args) -> dict:
+    """Every check that needs no storage and no Ray: returns the plan, or raises UserError."""
+    for n in ("trials", "epochs", "resolution", "concurrency"):
+        _positive(n, getattr(args, n))
+    for n in ("width", "cpus_per_trial"):
+        _positive(n.replace("_", "-"), getattr(args, n), float)
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UserError(f"--gpus-per-trial: expected >= 0, got {args.gpus_per_trial}")
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed: expected >= 0, got {args.seed}")
+    cfg = config_mod.load(args.study, {
+        "budget.trials": args.trials, "fidelity.epochs": args.epochs, "fidelity.resolution": args.resolution,
+        "fidelity.width": args.width, "data.root": args.data_root, "budget.concurrency": args.concurrency,
+        "resources.cpus_per_trial": args.cpus_per_trial, "resources.gpus_per_trial": args.gpus_per_trial,
+        "early_stopping.asha": args.asha})
+    if args.seed is not None:
+        cfg.raw["seed"] = args.seed
+    if args.name:
+        cfg.raw["name"] = cfg.name = args.name
+        config_mod.validate(cfg.raw, "--name")
+    root = cfg.raw["data"]["root"]
+    if root:
+        p = Path(root).expanduser()
+        if not p.is_dir():
+            raise UserError(f"data root {root!r}: no such folder")
+        for split in ("train", "val"):
+            if not (p / split).is_dir():
+                raise UserError(f"data root {root!r}: no {split}/ folder (expected {split}/<class>/<image>)")
+        cfg.raw["data"]["root"] = str(p.resolve())
+    from trainers.train import Fidelity
+
+    Fidelity.from_dict(cfg.trainer_fidelity)  # trainer settings in [fidelity] are checked here
+    run_dir = Path(args.out or Path("runs") / cfg.name).expanduser().resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {str(run_dir)!r}: exists and is not a folder")
+    url = st.check_url(args.storage) if args.storage else str(run_dir / "study.journal")
+    if args.address:
+        _check_address(args.address)
+    if args.resume and "://" not in url and not Path(url).is_file():
+        raise UserError(f"--resume: no study storage at {st.describe(url)} (run without --resume to start one)")
+    return {"cfg": cfg, "run_dir": run_dir, "url": url}
+
+
+def _check_address(address: str) -> None:
+    """A host:port cluster address must answer before anything is written (ray.init would hang)."""
+    import socket
+
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address!r}: expected host:port (the head's GCS, e.g. 10.0.0.1:6379), or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"--address {address!r}: no Ray head answers there ({e.strerror or e})") from None
+
+
+def _toml(d: dict) -> str:
+    """A small TOML writer for the config (scalars, lists, inline tables, one level of tables)."""
+    def val(v):
+        if v is None:
+            return '""'
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return "{ " + ", ".join(f"{json.dumps(k) if not k.isidentifier() else k} = {val(x)}" for k, x in v.items()) + " }"
+
+    top = [f"{k} = {val(v)}" for k, v in d.items() if not isinstance(v, dict) and v is not None]
+    tables = [f"\n[{k}]\n" + "\n".join(f"{kk} = {val(vv)}" for kk, vv in v.items() if vv is not None)
+              for k, v in d.items() if isinstance(v, dict)]
+    return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _open_study(storage, name: str, cfg, resume: bool, ref: bool = False):
+    """Load the study if it exists (checking it was run with the same protocol), else None."""
+    study = st.find_study(storage, name)
+    if study is None:
+        if resume and not ref:
+            raise UserError(f"--resume: no study {name!r} in the storage")
+        return None
+    for key, want in (("objectives", cfg.objectives), ("fidelity", cfg.fidelity), ("target", cfg.target)):
+        have = study.user_attrs.get(key)
+        if have is not None and have != want:
+            raise UserError(f"study {name!r} was run with {key} {json.dumps(have)}; this run asks for "
+                            f"{json.dumps(want)} (use --name for a new study)")
+    return study
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    plan = prepare(args)  # nothing has been opened or written up to here
+    cfg, run_dir, url = plan["cfg"], plan["run_dir"], plan["url"]
+    t_start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with st.DriverLock(run_dir):
+        storage = st.open_storage(url)
+        existing = _open_study(storage, cfg.name, cfg, args.resume)
+        _open_study(storage, cfg.name + ".references", cfg, args.resume, ref=True)
+        _write_atomic(run_dir / "config.toml", f"# {cfg.name}: effective config (from {cfg.source})\n"
+                      + _toml(config_mod.to_storable(cfg)))
+        from . import driver
+
+        summary = driver.run(cfg, storage, url, run_dir, args, existing)
+    summary["wall_s"] = time.perf_counter() - t_start
+    driver.print_summary(cfg, storage, url, run_dir, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)
