@@ -4,9 +4,9 @@ Conventions (PLUGINS.md, "Counting conventions"):
 - `paper`: every nn.Parameter including the classifier; FLOPs and activations by fvcore on the
   backbone plus global pool (no classifier), eval mode, batch 1, one multiply-add = one FLOP.
 - `full`: `paper` plus the work fvcore skips: elementwise ops (one per output element), softmax
-  (three per element: exp, sum, divide), reductions and max pooling (one per input element).
-  KernelWarehouse's kernel assembly (attention @ warehouse, sum |W_l| * n MACs) is a matmul, so
-  fvcore already counts it in `paper` too.
+  (three per element: exp, sum, divide), reductions and max pooling (one per input element), and
+  KernelWarehouse's kernel assembly (attention @ warehouse, sum |W_l| * n MACs per image), which
+  `paper` leaves out.
 - `bsconv`: the padding-free paper's counter (conv MACs + bias ops + 2 per BN element + ReLU
   elements + pooling input elements), for its CIFAR tables.
 - `conv_linear`: SDA-xNet's counter (conv and linear MACs plus one op per bias element).
@@ -118,6 +118,12 @@ def _cost(genome_json: str, convention: str, resolution: int, num_classes: int) 
             flops, acts = hook_flops(model, x, convention), _fvcore_counts(model, x, False)[1]
         else:
             flops, acts = _fvcore_counts(model, x, convention == "full")
+            if convention == "paper" and genome.uses_kw:
+                # PLUGINS.md leaves KernelWarehouse's kernel assembly out of the paper count and into
+                # `full`; fvcore sees our assembly (a matmul), so take it back out here.
+                from .plugins.kernelwarehouse import kw_assembly_macs
+
+                flops -= kw_assembly_macs(model)
     return Cost(params, flops, acts, convention, resolution, num_classes)
 
 

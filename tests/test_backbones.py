@@ -69,10 +69,16 @@ def test_blur_adds_fixed_filters_only():
     m = build(g)
     blurs = [x for x in m.modules() if isinstance(x, BlurPool)]
     assert len(blurs) == 1 + 3 * 2  # stem max-pool, and each strided stage's main path and shortcut
+    block = m.stages[1].blocks[0]
+    assert block.conv2.stride == (1, 1) and isinstance(block.down2, BlurPool)  # conv-BN-ReLU, then blur
+    assert isinstance(block.shortcut[0], BlurPool)
     k = blurs[0].kernel[0, 0]
     assert torch.allclose(k, torch.outer(torch.tensor([1., 3, 3, 1]), torch.tensor([1., 3, 3, 1])) / 64)
     assert cost(g).params == BASE.params  # filters are buffers
     assert stage_sizes(g) == [56, 28, 14, 7]
+    # the strided 3x3 now runs at the pre-stride resolution, and the blurs are convolutions too
+    assert cost(g).flops > BASE.flops + sum(9 * p * p * (hw * hw - hw * hw // 4)
+                                            for p, hw in ((128, 56), (256, 28), (512, 14)))
 
 
 def test_stems():
@@ -99,3 +105,31 @@ def test_styles_combine_with_plugin_placements(style):
 def test_cifar_resnet20_keeps_32px_until_stage_2():
     assert stage_sizes(Genome("resnet20_cifar"), 32) == [32, 16, 8]
     assert stage_sizes(Genome("resnet20_cifar", downsampling="padding_free"), 32) == [32, 15, 7]
+
+
+def test_sda_stage_with_after_add_plugin_uses_every_parameter():
+    from searchspace import Plugin, Stage, make_plugin
+    st = Stage(plugins=(make_plugin("se", "after_add", 4),), stage_module=make_plugin("sda", "stage", 16))
+    g = Genome("resnet18", (st, Stage(), Stage(), Stage())).validate()
+    m = build(g, num_classes=10, width_mult=0.25)
+    m(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_grouped_backbone_builds_at_any_proxy_width():
+    for w in (0.3, 0.15, 0.5):
+        build(Genome("resnet86g8"), num_classes=10, width_mult=w)(torch.randn(2, 3, 32, 32))
+
+
+def test_msca_folds_the_pooling_into_its_filters():
+    """At a proxy resolution FcaNet pools the map to the filter size; folding that pool into the
+    filters must give the same gate (pooling is linear)."""
+    from torch.nn import functional as F
+    from searchspace.plugins.msca import MultiSpectralAttention
+
+    m = MultiSpectralAttention(64, 16, 56).double()
+    for size in ((16, 16), (56, 56), (100, 90), (7, 9)):
+        x = torch.randn(2, 64, *size, dtype=torch.float64)
+        pooled = x if size == (56, 56) else F.adaptive_avg_pool2d(x, 56)
+        gate = m.fc((pooled * m.dct).sum((2, 3))).sigmoid()[:, :, None, None]
+        assert torch.allclose(m(x), x * gate, atol=1e-12)

@@ -8,6 +8,7 @@ pre-ReLU output. All convolutions come from a conv maker so KernelWarehouse can 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -91,9 +92,8 @@ class Block(nn.Module):
                 return convs.conv(cin_, cout_, k, 1, k // 2, groups=groups, warehouse=warehouse)
             if style == "padding_free" and k == 3:
                 return PaddingFreeConv(convs, cin_, cout_, groups, warehouse)
-            if style == "blur":  # blur then stride-1 conv, as in the anti-aliased ResNets
-                return nn.Sequential(BlurPool(cin_), convs.conv(cin_, cout_, k, 1, k // 2, groups=groups,
-                                                                warehouse=warehouse))
+            if style == "blur":  # stride-1 conv; the BlurPool follows its BN-ReLU (see self.down)
+                return convs.conv(cin_, cout_, k, 1, k // 2, groups=groups, warehouse=warehouse)
             return convs.conv(cin_, cout_, k, s, k // 2, groups=groups, warehouse=warehouse)
 
         if kind == "bottleneck":
@@ -113,6 +113,10 @@ class Block(nn.Module):
             self.bn2 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = self._shortcut(cin, cout, s, style, convs, wf)
+        # Anti-aliased downsampling: conv(stride 1) -> BN -> ReLU -> BlurPool(stride 2) on the strided conv.
+        blur = style == "blur" and s == 2
+        self.down1 = BlurPool(width) if blur and strided_first else nn.Identity()
+        self.down2 = BlurPool(width) if blur and not strided_first else nn.Identity()
 
         hw = {"after_conv1": hw_c1, "after_conv2": plan.hw_out, "after_conv3": plan.hw_out,
               "after_add": plan.hw_out, "fusion": plan.hw_out}
@@ -150,9 +154,9 @@ class Block(nn.Module):
 
     def forward_preact(self, x):
         """The block's output before its final ReLU (what SDA aggregates)."""
-        out = self._plug("after_conv1", self.relu(self.bn1(self.conv1(x))))
+        out = self._plug("after_conv1", self.down1(self.relu(self.bn1(self.conv1(x)))))
         if self.kind == "bottleneck":
-            out = self._plug("after_conv2", self.relu(self.bn2(self.conv2(out))))
+            out = self._plug("after_conv2", self.down2(self.relu(self.bn2(self.conv2(out)))))
             out = self._plug("after_conv3", self.bn3(self.conv3(out)))
         else:
             out = self._plug("after_conv2", self.bn2(self.conv2(out)))
@@ -178,11 +182,13 @@ class Stage(nn.Module):
                 x = b(x)
             return x
         zs = []
-        for b in self.blocks:
-            z = b.forward_preact(x)
-            zs.append(z)
-            x = b.finish(z)
-        return self.stage_module(zs)
+        for i, b in enumerate(self.blocks):
+            zs.append(b.forward_preact(x))
+            if i + 1 < len(self.blocks):
+                x = b.finish(zs[-1])
+        # The stage module's output replaces the last block's post-ReLU output, so that block's
+        # after_add plugins (if any) apply to it.
+        return self.blocks[-1]._plug("after_add", self.stage_module(zs))
 
 
 def _stem(kind: str, cout: int, convs, cifar: bool) -> tuple[nn.Module, int]:
@@ -214,9 +220,9 @@ class HybridStemMix(nn.Module):
         return self.mix(torch.cat([self.dw(x), self.pool(x)], 1))
 
 
-def scaled(c: int, width_mult: float) -> int:
-    """Proxy width: channels scaled and rounded to a multiple of 4 (never below 8)."""
-    return c if width_mult == 1.0 else max(8, int(round(c * width_mult / 4)) * 4)
+def scaled(c: int, width_mult: float, multiple: int = 4) -> int:
+    """Proxy width: channels scaled and rounded to a multiple of `multiple` (never below 8)."""
+    return c if width_mult == 1.0 else max(8, multiple, int(round(c * width_mult / multiple)) * multiple)
 
 
 class ResNet(nn.Module):
@@ -234,7 +240,7 @@ class ResNet(nn.Module):
         cin = stem_c
         stages = []
         for si, (depth, planes, st) in enumerate(zip(spec.depths, spec.widths, genome.stages)):
-            planes = scaled(planes, width_mult)
+            planes = scaled(planes, width_mult, math.lcm(4, spec.groups))  # grouped 3x3 needs divisible widths
             blocks = []
             for bi in range(depth):
                 stride = 2 if (si > 0 and bi == 0) else 1

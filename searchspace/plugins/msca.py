@@ -40,13 +40,32 @@ class MultiSpectralAttention(nn.Module):
         super().__init__()
         self.hw = hw
         self.register_buffer("dct", dct_filters(channels, hw, hw), persistent=False)
+        self._pooled_dct: dict = {}  # input size -> filters that fold in the adaptive pooling
         hidden = max(channels // r, 1)
         self.fc = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True),
                                 nn.Linear(hidden, channels, bias=False))
 
+    def filters_for(self, h: int, w: int) -> torch.Tensor:
+        """DCT filters for an [h, w] input: sum(pool(x) * f) == sum(x * pool^T(f)) since pooling is linear.
+
+        FcaNet pools a map of another size to the filter size first; folding the pool's transpose into
+        the filters once gives the same numbers without resampling every feature map (at a proxy
+        resolution the pool would otherwise upsample, e.g. 16x16 -> 56x56, on every forward).
+        """
+        h, w = int(h), int(w)  # plain ints, also while a tracer (fvcore) records the forward
+        if (h, w) == (self.hw, self.hw):
+            return self.dct
+        key = (h, w, self.dct.device, self.dct.dtype)
+        if key not in self._pooled_dct:
+            with torch.no_grad():
+                ph = F.adaptive_avg_pool1d(torch.eye(h, dtype=torch.float64)[None], self.hw)[0]  # [h, hw]
+                pw = F.adaptive_avg_pool1d(torch.eye(w, dtype=torch.float64)[None], self.hw)[0]  # [w, hw]
+                f = torch.einsum("ia,cab,jb->cij", ph, self.dct.double(), pw)
+            self._pooled_dct[key] = f.to(self.dct)
+        return self._pooled_dct[key]
+
     def forward(self, x):
-        y = x if x.shape[-2:] == (self.hw, self.hw) else F.adaptive_avg_pool2d(x, self.hw)
-        y = (y * self.dct).sum(dim=(2, 3))
+        y = (x * self.filters_for(*x.shape[-2:])).sum(dim=(2, 3))
         return x * self.fc(y).sigmoid()[:, :, None, None]
 
 
