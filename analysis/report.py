@@ -8,7 +8,6 @@ temporary name next to the target and renamed, so a reader never sees half a rep
 
 from __future__ import annotations
 
-import argparse
 import html
 import os
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.offline
 
-from searchspace.errors import UserError, cli_main
+from searchspace.errors import UserError, argument_parser, cli_main
 
 from . import plots
 from .load import completed, load_study, objectives_of
@@ -161,7 +160,7 @@ def write_report(run_dir_or_storage, study_name: str | None = None, out_path=Non
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    ap = argument_parser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
     ap.add_argument("storage", help="run folder (holding study.journal), a .journal file or a storage URL")
     ap.add_argument("--study", help="study name (default: config.toml's name, else the only study)")
     ap.add_argument("--out", help="output HTML file (default: RUN_DIR/report.html or ./report.html)")

@@ -16,9 +16,8 @@ import time
 import torch
 from torch import nn
 
-from searchspace.build import build
+from searchspace.build import build, set_kw_epoch
 from searchspace.genome import Genome, Stage
-from searchspace.plugins.kernelwarehouse import set_kw_epoch
 
 
 def _step(mod: nn.Module, x: torch.Tensor) -> None:

@@ -9,7 +9,6 @@ index -> crop/flip -> normalise -> forward/backward/step with no per-image Pytho
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from searchspace.errors import UserError, cli_main
+from searchspace.errors import UserError, argument_parser, cli_main
 
 from .data import DataSpec, ImageData, crop_flip, load_data, normalize, pad_reflect, resized_crop_flip, rrc_params
 
@@ -328,13 +327,9 @@ def _determinism(on: bool, dev):
 # --- command line ------------------------------------------------------------------------------
 
 
-def _raise(e):
-    raise e
-
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.split("\n\n")[0])
-    p.error = lambda msg: _raise(UserError(f"{msg} (see --help)"))  # one line and exit 2, like every entry
+    p = argument_parser(prog="python -m trainers.train", description=__doc__.split("\n\n")[0])
     p.add_argument("genome", metavar="NAME_OR_GENOME_JSON", help="catalog name, genome .json file, or inline JSON")
     d = Fidelity()
     p.add_argument("--epochs", type=int, default=d.epochs)
