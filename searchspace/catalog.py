@@ -12,6 +12,7 @@ ResNet-50-C/D). Where we rebuilt an authors' model to the unit, the note says wh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .errors import UserError
@@ -23,13 +24,15 @@ class Count:
     value: float
     step: float = 1  # 1 = exact; otherwise the printed precision (e.g. 1e4 for "11.93 M")
     source: str = ""
+    truncated: bool = False  # the source cut digits off instead of rounding
 
     @property
     def exact(self) -> bool:
         return self.step == 1
 
     def matches(self, measured: float) -> bool:
-        return round(measured / self.step) == round(self.value / self.step)
+        cut = math.floor if self.truncated else round
+        return cut(measured / self.step) == round(self.value / self.step)
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,8 @@ def exact(n: int, source: str = "") -> Count:
     return Count(n, 1, source)
 
 
-def rounded(value: float, step: float, source: str = "") -> Count:
-    return Count(value, step, source)
+def rounded(value: float, step: float, source: str = "", truncated: bool = False) -> Count:
+    return Count(value, step, source, truncated)
 
 
 M, G = 1e6, 1e9
@@ -234,10 +237,11 @@ for _b, _tag, _params, _printed, _top1, _top5 in ((1.0, "1x", 5_168_146, 5.17, 7
 
 add(Design("mobilenetv3_large_cifar", Genome("mobilenetv3_large_cifar").validate(),
            "BSConv MobileNetV3-large (CIFAR layout), as the padding-free paper counts it",
-           {"params": rounded(3.066 * M, 0.001 * M, PFD), "flops": rounded(68.5 * M, 0.1 * M, PFD)},
+           {"params": rounded(3.066 * M, 0.001 * M, PFD, truncated=True), "flops": rounded(68.5 * M, 0.1 * M, PFD)},
            (Result(75.37, None, PFD, 3.066 * M, 68.5 * M),), target=_CIFAR_BSCONV,
            note="FLOPs by the BSConv profiler (conv MACs + bias + 2/BN element + ReLU + pool inputs; "
-                "hard-swish and hard-sigmoid count 0); their code builds 3,066,512 params / 68,540,808 FLOPs."))
+                "hard-swish and hard-sigmoid count 0); their code builds 3,066,512 params / 68,540,808 FLOPs, and "
+                "3.066 M is 3,066,512 cut, not rounded, to three decimals."))
 add(Design("pfd_mobilenetv3_large_cifar",
            Genome("mobilenetv3_large_cifar", stem="hybrid", downsampling="padding_free").validate(),
            "Padding-free downsampling + hybrid stem on MobileNetV3-large (CIFAR)",
