@@ -18,7 +18,10 @@ from searchspace.errors import UserError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 OBJECTIVES = {"top1": "maximize", "flops": "minimize", "params": "minimize", "activations": "minimize",
-              "latency_ms": "minimize"}  # the metrics a trial reports (latency = measured, per image)
+              "latency_ms": "minimize"}  # the metrics a trial reports
+# latency_ms: inference latency of the trained proxy network at batch 1 and fidelity.resolution on the
+# trial's device (trainers.measure.inference_latency, median of 10), measured for every trained trial
+# whether or not it is an objective (cheap at proxy size); training throughput is "images_per_s".
 SAMPLERS = ("nsga2", "tpe", "random")
 
 DEFAULTS: dict[str, Any] = {
@@ -61,6 +64,11 @@ class StudyConfig:
         """The proxy protocol as stored with the study: training settings plus the data subset."""
         d = self.raw["data"]
         return {**self.raw["fidelity"], "num_classes": d["num_classes"], "max_per_class": d["max_per_class"]}
+
+    @property
+    def data(self) -> dict:
+        """[data] as stored with the study (root resolved by studies.run; None = bundled Imagenette-64)."""
+        return dict(self.raw["data"])
 
     @property
     def trainer_fidelity(self) -> dict:
@@ -195,9 +203,10 @@ def validate(raw: dict, where: str) -> None:
     if r["gpus_per_trial"] != "auto":
         _num(r["gpus_per_trial"], f"{where}: resources.gpus_per_trial", strict=False)
     _int(raw["inject_failure_trial"], f"{where}: inject_failure_trial", lo=0, none_ok=True)
-    if "padding_free" in (raw["space"].get("downsampling") or []) and f["resolution"] < 64:
-        # its unpadded stride-2 convs shrink the map to nothing below 64 pixels
-        raise UserError(f"{where}: downsampling 'padding_free' needs fidelity.resolution >= 64, got {f['resolution']}")
+    if "padding_free" in (raw["space"].get("downsampling") or []) and not _padding_free_fits(raw["space"], f["resolution"]):
+        # its unpadded stride-2 convs shrink the map faster: the last stage must keep at least 1 pixel
+        raise UserError(f"{where}: downsampling 'padding_free' shrinks the map to nothing at fidelity.resolution "
+                        f"{f['resolution']} for backbone {raw['space'].get('backbone', 'resnet50')!r}; raise it")
     # the space last: its own messages already name the field
     from searchspace import space as _space
 
@@ -205,6 +214,23 @@ def validate(raw: dict, where: str) -> None:
         raw["_spec"] = _space.SpaceSpec.from_dict(raw["space"])
     except UserError as e:
         raise UserError(f"{where}: [space] {e}") from None
+
+
+def _padding_free_fits(space: dict, resolution: int) -> bool:
+    """Whether the last stage of a padding-free network keeps a map of >= 1 pixel at `resolution`.
+
+    ResNets: the stem divides by 4 (by 1 for CIFAR stems), then each later stage's unpadded stride-2
+    step gives floor((H - 3) / 2) + 1. Other families (and unknown backbones): the old rule, >= 64.
+    """
+    from searchspace.backbones.specs import BACKBONE_SPECS
+
+    b = BACKBONE_SPECS.get(space.get("backbone", "resnet50"))
+    if b is None or b.family != "resnet":
+        return resolution >= 64
+    h = resolution if b.stems[0] == "cifar" else resolution // 4
+    for _ in range(b.num_stages - 1):
+        h = (h - 3) // 2 + 1
+    return h >= 1
 
 
 def spec(cfg: StudyConfig):

@@ -71,6 +71,8 @@ def _study_attrs(study, cfg):
     study.set_user_attr("config", config_mod.to_storable(cfg))
     study.set_user_attr("target", cfg.target)
     study.set_user_attr("fidelity", cfg.fidelity)
+    study.set_user_attr("data", cfg.data)  # compared on resume with the seed (studies.run._open_study)
+    study.set_user_attr("seed", cfg["seed"])
 
 
 def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, inject: bool = False) -> None:
@@ -99,11 +101,11 @@ def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, i
     tuner.fit()
 
 
-def _new_search(cfg, storage, name, n_existing, spec, attrs, log, sampler=None) -> StudySearch:
+def _new_search(cfg, storage, name, n_existing, spec, attrs, log, sampler=None, driver=None) -> StudySearch:
     s = cfg["sampler"]
     # seed + trials so far: a resumed sampler does not replay the first run's draws
     sampler = sampler or make_sampler(s["name"], cfg["seed"] + n_existing, s["population"])
-    return StudySearch(GenomeSpace(spec), cfg.objectives, name, storage, sampler, cfg["fidelity"]["epochs"],
+    return StudySearch(GenomeSpace(spec, driver), cfg.objectives, name, storage, sampler, cfg["fidelity"]["epochs"],
                        attrs, log)
 
 
@@ -148,7 +150,7 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
     study = existing or optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
                                             load_if_exists=True)
     _study_attrs(study, cfg)
-    requeued = st.recover(study)
+    requeued = st.recover(study)  # a live driver's (another run folder on this storage) are left alone
     if requeued:
         log(f"resuming: trial(s) {requeued} of a stopped driver marked FAIL (interrupted) and requeued")
     summary["requeued"] += requeued
@@ -162,6 +164,7 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
         return summary
 
     started = init_ray(args.address)
+    heartbeat = st.Heartbeat([x for x in (ref, study) if x is not None]).start()
     try:
         res = resources(cfg)
         summary["resources"] = res
@@ -171,15 +174,16 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
             log(f"evaluating {ref_waiting} reference design(s) in study {ref.study_name!r}")
             ref_attrs = {k: v for k, v in attrs.items() if k != "reference"}  # keep the name set at enqueue
             search = _new_search(cfg, storage, ref.study_name, 0, spec, ref_attrs, log,
-                                 sampler=optuna.samplers.RandomSampler(seed=cfg["seed"]))
+                                 sampler=optuna.samplers.RandomSampler(seed=cfg["seed"]), driver=heartbeat.id)
             _tune(cfg, res, search, ref_waiting, run_dir, "references", log)
             summary["references"] = len(search.finished)
         if done < want:
             log(f"running {want - done} trial(s) ({done} of {want} already done)")
-            search = _new_search(cfg, storage, cfg.name, len(study.trials), spec, attrs, log)
+            search = _new_search(cfg, storage, cfg.name, len(study.trials), spec, attrs, log, driver=heartbeat.id)
             _tune(cfg, res, search, want - done, run_dir, "search", log, inject=True)
             summary["ran"] = len(search.finished)
     finally:
+        heartbeat.stop()
         if started:
             import ray
 
@@ -197,7 +201,7 @@ def _report(cfg, url, run_dir: Path, log):
         log(f"report skipped: analysis not importable ({e})")
         return None
     try:
-        analysis.write_report(url if "://" in url else run_dir, cfg.name, out)
+        analysis.write_report(url, cfg.name, out)  # a journal path or an RDB URL, wherever it lives
     except Exception as e:  # the study is stored; a report problem must not fail the run
         log(f"report skipped: {type(e).__name__}: {e}")
         out = None

@@ -13,20 +13,14 @@ import os
 import time
 from pathlib import Path
 
-from searchspace.errors import UserError, cli_main
+from searchspace.errors import UserError, argument_parser, cli_main
 
 from . import config as config_mod
 from . import storage as st
 
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, like every other user mistake
-        raise UserError(message)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = _Parser(prog="python -m studies.run", description=__doc__.splitlines()[0])
+    ap = argument_parser(prog="python -m studies.run", description=__doc__.splitlines()[0])
     ap.add_argument("study", help=f"shipped config ({', '.join(config_mod.shipped())}) or a .toml path")
     ap.add_argument("--trials", type=int, help="total trials the study should reach")
     ap.add_argument("--epochs", type=int, help="proxy epochs per trial")
@@ -152,6 +146,17 @@ def _open_study(storage, name: str, cfg, resume: bool, ref: bool = False):
         if have is not None and have != want:
             raise UserError(f"study {name!r} was run with {key} {json.dumps(have)}; this run asks for "
                             f"{json.dumps(want)} (use --name for a new study)")
+    # The space (a changed choice list breaks Optuna's distributions inside Ray), the data subset and
+    # the seed. Not the sampler: switching it, or its population, on resume is legitimate and safe.
+    stored_space = (study.user_attrs.get("config") or {}).get("space")
+    for key, have, want in (("[space]", stored_space, cfg.space), ("[data]", study.user_attrs.get("data"), cfg.data),
+                            ("seed", study.user_attrs.get("seed"), cfg["seed"])):
+        want = json.loads(json.dumps(want))  # as stored (tuples -> lists)
+        if have is not None and have != want:
+            diff = (", ".join(sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k)))
+                    if isinstance(have, dict) and isinstance(want, dict) else f"stored {have}, asked {want}")
+            raise UserError(f"study {name!r}: {key} differs from the stored study ({diff}); "
+                            "use --name for a new study")
     return study
 
 

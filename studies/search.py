@@ -32,12 +32,15 @@ class GenomeSpace:
     A class (not a closure) so that Ray can pickle the searcher with it.
     """
 
-    def __init__(self, spec):
+    def __init__(self, spec, driver: str | None = None):
         self.spec = spec
+        self.driver = driver  # studies.storage.Heartbeat.id: which driver runs the trial (for recover)
 
     def __call__(self, trial) -> dict:
         from searchspace import space
 
+        if self.driver:
+            trial.set_user_attr("driver", self.driver)
         genome = space.suggest(trial, self.spec)
         text = genome.to_json()
         trial.set_user_attr("genome", text)  # visible in the dashboard while the trial runs
@@ -88,7 +91,8 @@ class StudySearch(OptunaSearch):
         values = None
         if status in ("error", "oom"):
             state = TrialState.FAIL
-        elif not r.get("final") or status == "stopped" or r.get("epochs_completed", 0) < self._epochs:
+        elif (not r.get("final") or status == "stopped"  # "diverged" stops early by design: not pruned
+              or (status != "diverged" and r.get("epochs_completed", 0) < self._epochs)):
             state, status = TrialState.PRUNED, "pruned"
         else:
             values = [r.get(o["name"]) for o in self._objectives]
@@ -104,8 +108,11 @@ class StudySearch(OptunaSearch):
         try:
             self._ot_study.tell(ot, values, state=state)
         except Exception as e:  # never lose the study over one trial
-            self._log(f"  trial {ot.number}: could not tell Optuna ({e}); marked FAIL")
-            self._ot_study.tell(ot, None, state=TrialState.FAIL)
+            try:
+                self._ot_study.tell(ot, None, state=TrialState.FAIL)
+                self._log(f"  trial {ot.number}: could not tell Optuna ({e}); marked FAIL")
+            except Exception as e2:  # the storage itself is failing: log it, keep the run going
+                self._log(f"  trial {ot.number}: could not tell Optuna ({e}) nor mark it FAIL ({e2}); left as is")
         self._completed_trials.add(trial_id)
         self.finished.append(ot.number)
         self._log(_line(ot, r, state, values, self._objectives))

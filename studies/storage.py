@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -17,6 +20,8 @@ from searchspace.errors import UserError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 INTERRUPTED = "interrupted"  # status of a trial whose driver died; it is requeued, not counted
+HEARTBEAT_S = 30.0  # a running driver refreshes its study-level heartbeat this often
+STALE_S = 300.0  # a heartbeat older than this: that driver is taken for dead (clocks of hosts may differ a bit)
 
 
 def check_url(url: str) -> str:
@@ -82,7 +87,8 @@ def find_study(storage, name: str):
 
 
 class DriverLock:
-    """One driver per run folder: an flock the kernel drops when the process dies (even SIGKILL)."""
+    """One driver per run folder (its config.toml, ray/ and report): an flock the kernel drops when the
+    process dies (even SIGKILL). Drivers of other run folders may share the storage; see Heartbeat."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "driver.lock"
@@ -104,14 +110,86 @@ class DriverLock:
         os.close(self.fd)
 
 
+class Heartbeat:
+    """This driver's identity ("host:pid:start", user attr "driver" of the trials it asks) and its
+    heartbeat: study system attr "driver:<id>" = {"beat": unix time, "stopped": bool}, refreshed
+    every HEARTBEAT_S by a daemon thread, so that another driver on the same storage (another run
+    folder, another host) can tell whether this one's RUNNING trials are alive (see recover)."""
+
+    def __init__(self, studies, interval: float = HEARTBEAT_S):
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
+        self.studies, self.interval = list(studies), interval
+        self._stop = threading.Event()
+        self._thread = None
+
+    def beat(self, stopped: bool = False) -> None:
+        for s in self.studies:
+            try:
+                s._storage.set_study_system_attr(s._study_id, "driver:" + self.id,
+                                                 {"beat": time.time(), "stopped": stopped})
+            except Exception:  # a storage hiccup: the next beat tries again
+                pass
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def start(self) -> "Heartbeat":
+        self.beat()
+        self._thread = threading.Thread(target=self._loop, name="studies-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.beat(stopped=True)  # a later driver need not wait STALE_S
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def driver_alive(study, driver: str | None, now: float | None = None) -> bool:
+    """Whether the driver `driver` ("host:pid:start") still runs: its heartbeat is fresher than
+    STALE_S and not stopped, and on this host its process exists too. No id (a trial of an older
+    version): dead."""
+    if not driver or driver.count(":") < 2:
+        return False
+    beat = study._storage.get_study_system_attrs(study._study_id).get("driver:" + driver)
+    if not isinstance(beat, dict) or beat.get("stopped") or (now or time.time()) - beat.get("beat", 0) > STALE_S:
+        return False
+    host, pid, _ = driver.rsplit(":", 2)
+    return _pid_alive(int(pid)) if host == socket.gethostname() else True
+
+
 def recover(study) -> list[int]:
     """Mark RUNNING trials of a dead driver FAIL ("interrupted") and enqueue their params again.
 
-    Called while holding the driver lock, so no live driver owns a RUNNING trial. Returns the
-    numbers of the requeued trials. WAITING trials (enqueued, never asked) are left to be asked.
+    RUNNING trials of a live driver (another run folder on the same storage; see driver_alive) are
+    left alone. Returns the numbers of the requeued trials. WAITING trials (enqueued, never asked)
+    are left to be asked. Known gap: a trial another driver is asking at this very moment (RUNNING,
+    its "driver" attr not yet written: milliseconds) is taken for dead; that driver then logs that
+    it could not tell Optuna. Two live drivers on one study also each run up to the budget.
     """
     requeued = []
+    now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if driver_alive(study, t.user_attrs.get("driver"), now):
+            continue
         keep = {k: t.user_attrs[k] for k in ("seeded_from", "reference") if k in t.user_attrs}
         tid = t._trial_id
         study._storage.set_trial_user_attr(tid, "status", INTERRUPTED)

@@ -12,17 +12,25 @@ import os
 import time
 import traceback
 
-_DATA: dict = {}  # per worker process: the decoded data set, loaded once and reused by later trials
-
 
 def _data(ctx: dict):
+    """The decoded data set; trainers.data.load_data memoizes it per worker process (reused actors)."""
     from trainers.data import DataSpec, load_data
 
-    key = (tuple(sorted(ctx["data"].items())), ctx["fidelity"]["resolution"])
-    if key not in _DATA:
-        _DATA.clear()
-        _DATA[key] = load_data(DataSpec(**ctx["data"]), ctx["fidelity"]["resolution"])
-    return _DATA[key]
+    return load_data(DataSpec(**ctx["data"]), ctx["fidelity"]["resolution"])
+
+
+def _latency_ms(model, ctx: dict) -> float | None:
+    """Measured inference latency of the trained proxy network: batch 1 at the proxy resolution, eval
+    mode, median of 10 after 3 warm-up passes (trainers.measure). Measured for every trained trial,
+    objective or not: at batch 1 and proxy size it costs well under a second."""
+    from trainers.measure import inference_latency
+
+    try:
+        return inference_latency(model, resolution=ctx["fidelity"]["resolution"], batch_sizes=(1,),
+                                 device=ctx["device"])[1]
+    except Exception:  # e.g. out of memory: no latency (a FAIL only where latency_ms is an objective)
+        return None
 
 
 def _node() -> str:
@@ -41,7 +49,7 @@ def run_trial(config: dict, ctx: dict) -> None:
 
     import searchspace
     from searchspace import Genome
-    from trainers.train import Fidelity, train
+    from trainers.train import Fidelity, build_model, train
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
@@ -65,11 +73,14 @@ def run_trial(config: dict, ctx: dict) -> None:
             if epoch < epochs:  # the last epoch goes out with the final record (ASHA may stop on it)
                 tune.report(dict(rec))
 
-        res = train(genome, fid, data, device=ctx["device"], seed=ctx["seed"], report=report)
+        torch.manual_seed(ctx["seed"])  # the same initialisation train() would make; kept to time it after
+        model = build_model(genome, data.num_classes, fid.width_mult)
+        res = train(model, fid, data, device=ctx["device"], seed=ctx["seed"], report=report)
         rec.update(status=res.status, epochs_completed=res.epochs, top1=_f(res.top1), top5=_f(res.top5),
                    loss=_f(res.loss), wall_s=time.perf_counter() - t0, train_s=res.train_s,
-                   images_per_s=res.images_per_s, latency_ms=1000.0 / res.images_per_s if res.images_per_s else 0.0,
+                   images_per_s=res.images_per_s, latency_ms=None if res.status == "oom" else _latency_ms(model, ctx),
                    device=res.device, peak_mem_mb=res.peak_mem_mb, seed=res.seed, num_classes=res.num_classes)
+        del model
         if res.status == "diverged":
             rec["top1"] = 1.0 / res.num_classes  # chance level: see studies/search.py
         if res.status == "oom":

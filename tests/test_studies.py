@@ -22,7 +22,8 @@ from searchspace.errors import UserError, cli_main
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SCHEMA = ("genome", "genome_key", "params", "flops", "activations", "fidelity", "top1", "top5", "loss",
-          "epochs_completed", "status", "wall_s", "train_s", "images_per_s", "device", "seed", "reference", "node")
+          "epochs_completed", "status", "wall_s", "train_s", "images_per_s", "latency_ms", "device", "seed",
+          "reference", "node", "driver")
 
 
 def _env(**extra):
@@ -74,7 +75,7 @@ def test_smoke_end_to_end(smoke_run, capsys):
     print(f"smoke wall {wall:.1f}s")
     study = _study(out)
     assert len(_counted(study)) == 4 and (out / "config.toml").is_file()
-    assert {"objectives", "config", "target", "fidelity"} <= set(study.user_attrs)
+    assert {"objectives", "config", "target", "fidelity", "data", "seed"} <= set(study.user_attrs)
     assert [o["name"] for o in study.user_attrs["objectives"]] == ["top1", "flops"]
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(done) == 3
@@ -83,6 +84,7 @@ def test_smoke_end_to_end(smoke_run, capsys):
         assert t.user_attrs["status"] == "ok" and t.user_attrs["reference"] is None
         assert t.values == [t.user_attrs["top1"], t.user_attrs["flops"]]
         assert t.user_attrs["epochs_completed"] == 1
+        assert t.user_attrs["latency_ms"] > 0 and t.user_attrs["images_per_s"] > 0
     assert study.best_trials
     assert [study.trials[i].user_attrs.get("seeded_from") for i in (0, 1)] == ["resnet18", "se_resnet18"]
 
@@ -234,7 +236,19 @@ def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys)
 
     existing = optuna.create_study(study_name="smoke", directions=["maximize", "minimize"],
                                    storage=JournalStorage(JournalFileBackend(str(run / "study.journal"))))
-    existing.set_user_attr("fidelity", config.load("smoke").fidelity)
+    smoke = config.load("smoke")
+    for k, v in (("fidelity", smoke.fidelity), ("data", smoke.data), ("seed", 0),
+                 ("config", config.to_storable(smoke))):
+        existing.set_user_attr(k, v)
+    other = optuna.create_study(study_name="space_changed", directions=["maximize", "minimize"],
+                                storage=existing._storage)  # the same storage, [space] of another choice list
+    other.set_user_attr("config", {**config.to_storable(smoke), "space": {**smoke.space, "plugins": ["none"]}})
+    other_root = tmp_path / "imgs"
+    for split in ("train", "val"):
+        (other_root / split).mkdir(parents=True)
+    fewer = tmp_path / "smoke.toml"  # same study name, fewer val images per class
+    fewer.write_text((REPO / "studies/configs/smoke.toml").read_text().replace("max_val_per_class = 8",
+                                                                                "max_val_per_class = 4"))
     before = (run / "study.journal").read_bytes()
     os.chmod(bad_toml[1], 0o644)
     unreadable = tmp_path / "secret.toml"
@@ -251,6 +265,10 @@ def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys)
         "unreadable": ([str(unreadable)], "cannot read"),
         "resume without study": (["smoke", "--resume", "--out", str(tmp_path / "empty")], "--resume"),
         "other fidelity": (["smoke", "--epochs", "5"], "use --name"),
+        "other space": (["smoke", "--name", "space_changed"], "[space] differs from the stored study (plugins)"),
+        "other data root": (["smoke", "--data-root", str(other_root)], "[data] differs from the stored study (root)"),
+        "other max_val_per_class": ([str(fewer)], "[data] differs from the stored study (max_val_per_class)"),
+        "other seed": (["smoke", "--seed", "3"], "seed differs from the stored study"),
         "bad address": (["smoke", "--address", "127.0.0.1:1"], "--address"),
     }
     for what, (argv, needle) in cases.items():
@@ -301,7 +319,7 @@ def test_searcher_states_without_ray():
     cases = {
         "full": (dict(full), False),
         "asha": ({**full, "final": False, "epochs_completed": 1}, False),
-        "diverged": ({**full, "status": "diverged", "top1": 0.5}, False),
+        "diverged": ({**full, "status": "diverged", "top1": 0.5, "epochs_completed": 1}, False),  # stops early
         "raised": ({"final": True, "status": "error", "error": "RuntimeError: x", "epochs_completed": 0}, True),
         "died": (None, True),
         "oom": ({**full, "status": "oom", "error": "out of memory"}, False),
@@ -321,6 +339,94 @@ def test_searcher_states_without_ray():
     assert t[0].values == [0.7, 5e8] and t[1].user_attrs["epochs_completed"] == 1
     assert "RuntimeError" in t[3].user_attrs["error"] and "worker died" in t[4].user_attrs["error"]
     assert s.study.best_trials[0].number in (0, 2)
+    assert t[2].values == [0.5, 5e8] and t[2].user_attrs["epochs_completed"] == 1
+
+
+def test_searcher_survives_a_failing_storage():
+    """If Optuna's tell raises, and so does the fallback tell(FAIL), the run goes on with one log line."""
+    from studies import config
+    from studies.search import GenomeSpace, StudySearch
+
+    cfg = config.load("smoke")
+    lines = []
+    s = StudySearch(GenomeSpace(config.spec(cfg)), cfg.objectives, "u", optuna.storages.InMemoryStorage(),
+                    optuna.samplers.RandomSampler(0), epochs=1, attrs={}, log=lines.append)
+    s.suggest("a")
+
+    def broken(*a, **k):
+        raise RuntimeError("storage gone")
+
+    s._ot_study.tell = broken
+    s.on_trial_complete("a", {"final": True, "status": "ok", "epochs_completed": 1, "top1": 0.5, "flops": 1.0})
+    assert len(lines) == 2 and "nor mark it FAIL" in lines[0] and "storage gone" in lines[0]
+
+
+def test_padding_free_resolution_per_backbone():
+    from studies import config
+
+    cifar = {"backbone": "resnet20_cifar", "stems": ["cifar"], "downsampling": ["v1.5", "padding_free"]}
+    assert config.from_dict({"space": cifar, "fidelity": {"resolution": 32}}, "x")  # stride-1 stem: 32 -> 15 -> 7
+    r50 = {"backbone": "resnet50", "downsampling": ["v1.5", "padding_free"]}
+    assert config.from_dict({"space": r50, "fidelity": {"resolution": 64}}, "x")  # 16 -> 7 -> 3 -> 1
+    with pytest.raises(UserError, match="padding_free"):
+        config.from_dict({"space": r50, "fidelity": {"resolution": 56}}, "x")  # 14 -> 6 -> 2 -> 0
+
+
+def test_report_gets_the_storage_not_the_run_folder(tmp_path, monkeypatch):
+    import analysis
+    from studies import config, driver
+
+    got = {}
+    monkeypatch.setattr(analysis, "write_report", lambda src, name, out: got.setdefault("report", src))
+    monkeypatch.setattr(analysis, "push_to_dashboard", lambda st, name: got.setdefault("dash", st))
+    journal = tmp_path / "elsewhere" / "x.journal"
+    journal.parent.mkdir()
+    assert driver._report(config.load("smoke"), str(journal), tmp_path / "run", print) == tmp_path / "run" / "report.html"
+    assert got["report"] == str(journal) and "dash" in got
+
+
+def test_latency_is_measured_inference(tmp_path):
+    from studies.trainable import _latency_ms
+    from trainers.train import build_model
+
+    model = build_model("resnet18", num_classes=2, width_mult=0.125)
+    ms = _latency_ms(model, {"fidelity": {"resolution": 32}, "device": "cpu"})
+    assert isinstance(ms, float) and 0 < ms < 1000
+
+
+def test_recover_leaves_live_drivers_trials_alone():
+    """Two drivers on one storage: only RUNNING trials of a dead driver are requeued."""
+    import socket
+
+    from studies import storage as st
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), directions=["maximize"])
+    dead = subprocess.run([PY, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    beat = lambda who, age, stopped=False: study._storage.set_study_system_attr(  # noqa: E731
+        study._study_id, "driver:" + who, {"beat": time.time() - age, "stopped": stopped})
+    owners = {"live": None, "dead_pid": f"{host}:{dead.stdout.strip()}:1", "other_host_fresh": "elsewhere:1:1",
+              "other_host_stale": "elsewhere:2:1", "stopped": "elsewhere:3:1", "legacy": None}
+    with st.Heartbeat([study], interval=0.05) as hb:
+        owners["live"] = hb.id
+        beat(owners["dead_pid"], 0)
+        beat(owners["other_host_fresh"], 10)
+        beat(owners["other_host_stale"], st.STALE_S + 10)
+        beat(owners["stopped"], 0, stopped=True)
+        trials = {}
+        for what, who in owners.items():
+            t = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+            if who:
+                t.set_user_attr("driver", who)
+            trials[what] = t.number
+        time.sleep(0.2)  # a few beats
+        assert time.time() - study._storage.get_study_system_attrs(study._study_id)["driver:" + hb.id]["beat"] < 0.2
+        requeued = st.recover(study)
+    assert sorted(requeued) == sorted(trials[k] for k in ("dead_pid", "other_host_stale", "stopped", "legacy"))
+    running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
+    assert running == [trials["live"], trials["other_host_fresh"]]
+    assert study._storage.get_study_system_attrs(study._study_id)["driver:" + hb.id]["stopped"]
+    assert not st.driver_alive(study, hb.id)  # stopped on exit: the next driver need not wait
 
 
 @pytest.fixture
