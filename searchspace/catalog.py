@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import UserError
-from .genome import Genome, Plugin, Stage, make_plugin, uniform
+from .genome import Genome, Stage, make_plugin, uniform
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,25 @@ def get(name: str) -> Design:
 
 def names() -> list[str]:
     return list(_CATALOG)
+
+
+def resolve(text: str) -> tuple[str, Genome, Design | None]:
+    """A catalog name, a path to a genome .json file, or inline genome JSON -> (name, genome, design)."""
+    text = text.strip()
+    if text in _CATALOG:
+        d = _CATALOG[text]
+        return d.name, d.genome, d
+    if not text.startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise UserError(f"{text!r} is neither a catalog name (see `python -m searchspace.inspect --list`) "
+                            "nor a genome JSON file")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"genome file {str(path)!r} cannot be read: {e}") from None
+    g = Genome.from_json(text)
+    return g.key, g, None
 
 
 def designs() -> list[Design]:

@@ -10,33 +10,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from . import catalog
 from .cost import CONVENTIONS, cost
 from .errors import UserError, argument_parser, cli_main
-from .genome import Genome
 
 COUNTS = ("params", "flops", "activations")
 
 
-def resolve(arg: str) -> tuple[str, Genome, catalog.Design | None]:
-    """A catalog name, a path to a genome JSON file, or inline genome JSON."""
-    if arg in catalog.names():
-        d = catalog.get(arg)
-        return d.name, d.genome, d
-    text = arg
-    if not arg.lstrip().startswith("{"):
-        path = Path(arg)
-        if not path.is_file():
-            raise UserError(f"{arg!r} is neither a catalog name (see --list) nor a genome JSON file")
-        text = path.read_text()
-    g = Genome.from_json(text)
-    return g.key, g, None
-
-
 def report(arg: str, convention: str | None = None, resolution: int | None = None) -> dict:
-    name, genome, design = resolve(arg)
+    name, genome, design = catalog.resolve(arg)
     target = design.target if design else None
     convention = convention or (target.convention if target else "paper")
     if resolution is None and target is not None:

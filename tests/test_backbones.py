@@ -108,7 +108,7 @@ def test_cifar_resnet20_keeps_32px_until_stage_2():
 
 
 def test_sda_stage_with_after_add_plugin_uses_every_parameter():
-    from searchspace import Plugin, Stage, make_plugin
+    from searchspace import Stage, make_plugin
     st = Stage(plugins=(make_plugin("se", "after_add", 4),), stage_module=make_plugin("sda", "stage", 16))
     g = Genome("resnet18", (st, Stage(), Stage(), Stage())).validate()
     m = build(g, num_classes=10, width_mult=0.25)

@@ -17,13 +17,13 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from searchspace import catalog
 from searchspace.errors import UserError, argument_parser, cli_main
 
 from .data import DataSpec, ImageData, crop_flip, load_data, normalize, pad_reflect, resized_crop_flip, rrc_params
@@ -116,24 +116,7 @@ def build_model(genome, num_classes: int, width_mult: float) -> nn.Module:
         return genome
     from searchspace import build
 
-    return build(resolve_genome(genome) if isinstance(genome, str) else genome, num_classes=num_classes, width_mult=width_mult)
-
-
-def resolve_genome(text: str):
-    """A catalog name, a path to a genome .json file, or inline genome JSON -> Genome."""
-    from searchspace import Genome
-
-    text = text.strip()
-    if text.startswith("{"):
-        return Genome.from_json(text)
-    if text.endswith(".json") or Path(text).is_file():
-        try:
-            return Genome.from_json(Path(text).read_text())
-        except OSError as e:
-            raise UserError(f"genome file {text!r}: {e.strerror or e}") from None
-    from searchspace import catalog
-
-    return catalog.get(text).genome
+    return build(catalog.resolve(genome)[1] if isinstance(genome, str) else genome, num_classes=num_classes, width_mult=width_mult)
 
 
 def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec | None = None,
@@ -354,7 +337,7 @@ def main(argv=None) -> int:
     fid = Fidelity(epochs=a.epochs, resolution=a.resolution, width_mult=a.width, batch_size=a.batch_size, lr=a.lr,
                    optimizer=a.optimizer, augment=a.augment, compile=a.compile)
     spec = DataSpec(root=a.data_root, num_classes=a.num_classes, classes_file=a.classes_file, max_per_class=a.max_per_class)
-    genome = resolve_genome(a.genome)
+    genome = catalog.resolve(a.genome)[1]
     data = load_data(spec, fid.resolution)
 
     def show(epoch, m):
