@@ -26,6 +26,50 @@ def _freeze(opts: Mapping[str, Any] | Options | None) -> Options:
     return tuple(sorted(dict(opts or {}).items()))
 
 
+_NO_MATCH = object()
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def match_choice(value, allowed):
+    """The element of `allowed` equal to `value`, or _NO_MATCH. Stricter than `in`: a bool never
+    matches a number (True == 1 in Python), a string only a string; ints and floats match by value
+    (so 1 finds 1.0 and the canonical value is the allowed one)."""
+    for a in allowed:
+        if isinstance(a, bool) != isinstance(value, bool):
+            continue
+        if (_is_number(a) and _is_number(value)) or type(a) is type(value):
+            if a == value:
+                return a
+    return _NO_MATCH
+
+
+def _allowed(values) -> str:
+    return ", ".join("null" if v is None else str(v) for v in values)
+
+
+def _name_field(d: Mapping, key: str, where: str, what: str, allowed=(), default=None):
+    """d[key] when it is a string (or absent/null: default); else a UserError naming field and value."""
+    v = d.get(key)
+    if v is None:
+        return default
+    if isinstance(v, str):
+        return v
+    hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+    raise UserError(f"{where}: expected {what} (a string), got {v!r}{hint}")
+
+
+def _mapping_field(d: Mapping, key: str, where: str, what: str) -> Mapping:
+    v = d.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise UserError(f"{where}: expected {what} (an object), got {v!r}")
+    return v
+
+
 @dataclass(frozen=True)
 class Plugin:
     """A module placed in a stage: `position` is a block position, "fusion" or "stage"."""
@@ -37,10 +81,14 @@ class Plugin:
 
     def __post_init__(self):
         # Defaults are written out so that equal networks have equal JSON and keys.
-        info = registry._REGISTRY.get(self.type)
+        info = registry._REGISTRY.get(self.type) if isinstance(self.type, str) else None
         opts = dict(self.options)
         if info is not None:
             opts = {**info.default_options(), **opts}
+            for k, v in opts.items():  # an allowed value in its canonical form (4.0 -> 4)
+                m = match_choice(v, info.options.get(k, ()))
+                if m is not _NO_MATCH:
+                    opts[k] = m
             if self.r is None:
                 object.__setattr__(self, "r", info.default_r)
         object.__setattr__(self, "options", _freeze(opts))
@@ -57,13 +105,18 @@ class Plugin:
         if not isinstance(d, Mapping):
             raise UserError(f"{where}: expected an object with 'type' and 'position', got {d!r}")
         _no_unknown_keys(d, {"type", "position", "r", "options"}, where)
-        if "type" not in d:
-            raise UserError(f"{where}.type: missing")
-        info = registry.get(d["type"])
-        position = d.get("position", info.positions[0] if len(info.positions) == 1 else None)
+        type_ = _name_field(d, "type", f"{where}.type", "a plugin name", registry.names())
+        if type_ is None:
+            raise UserError(f"{where}.type: missing (known: {', '.join(registry.names())})")
+        info = _plugin_info(type_, f"{where}.type")
+        position = _name_field(d, "position", f"{where}.position", "a position", info.positions,
+                               default=info.positions[0] if len(info.positions) == 1 else None)
         if position is None:
             raise UserError(f"{where}.position: missing (allowed for {info.name!r}: {', '.join(info.positions)})")
-        return cls(d["type"], position, d.get("r"), d.get("options") or {})
+        r = d.get("r")
+        if r is not None and (not isinstance(r, int) or isinstance(r, bool)):
+            raise UserError(f"{where}.r: {r!r} must be an integer >= 1 (or null for the default)")
+        return cls(type_, position, r, _mapping_field(d, "options", f"{where}.options", "option values"))
 
 
 @dataclass(frozen=True)
@@ -75,6 +128,11 @@ class Stage:
 
     def __post_init__(self):
         object.__setattr__(self, "plugins", tuple(self.plugins))
+        if _is_number(self.kw) and not isinstance(self.kw, float):  # kw 1 and 1.0 are one network, one key
+            try:
+                object.__setattr__(self, "kw", float(self.kw))
+            except OverflowError:
+                pass  # validate() rejects it
 
     def to_dict(self) -> dict:
         return {
@@ -91,15 +149,21 @@ class Stage:
         if not isinstance(d, Mapping):
             raise UserError(f"{where}: expected an object, got {d!r}")
         _no_unknown_keys(d, {"plugins", "fusion", "stage_module", "kw"}, where)
-        plugins = d.get("plugins") or []
+        plugins = d.get("plugins")
+        if plugins is None:
+            plugins = []
         if not isinstance(plugins, (list, tuple)):
-            raise UserError(f"{where}.plugins: expected a list, got {plugins!r}")
+            raise UserError(f"{where}.plugins: expected a list of plugin objects, got {plugins!r}")
         kw = d.get("kw")
+        if kw is not None and not _is_number(kw):
+            raise UserError(f"{where}.kw: expected a number or null, got {kw!r} "
+                            f"(allowed: null, {', '.join(str(b) for b in KW_BUDGETS)})")
+        fusion, stage_module = d.get("fusion"), d.get("stage_module")
         return cls(
             tuple(Plugin.from_dict(p, f"{where}.plugins[{i}]") for i, p in enumerate(plugins)),
-            Plugin.from_dict(d["fusion"], f"{where}.fusion") if d.get("fusion") else None,
-            Plugin.from_dict(d["stage_module"], f"{where}.stage_module") if d.get("stage_module") else None,
-            float(kw) if isinstance(kw, (int, float)) and not isinstance(kw, bool) else kw,
+            None if fusion is None else Plugin.from_dict(fusion, f"{where}.fusion"),
+            None if stage_module is None else Plugin.from_dict(stage_module, f"{where}.stage_module"),
+            kw,
         )
 
 
@@ -112,7 +176,7 @@ class Genome:
     kw_options: Options = ()
 
     def __post_init__(self):
-        spec = BACKBONE_SPECS.get(self.backbone)
+        spec = BACKBONE_SPECS.get(self.backbone) if isinstance(self.backbone, str) else None
         stages = tuple(self.stages)
         if spec is not None:
             if not stages:
@@ -146,15 +210,23 @@ class Genome:
         if not isinstance(d, Mapping):
             raise UserError(f"genome: expected a JSON object, got {type(d).__name__}")
         _no_unknown_keys(d, {"backbone", "stem", "downsampling", "kw_options", "stages"}, "genome")
-        stages = d.get("stages") or []
+        backbone = _name_field(d, "backbone", "backbone", "a backbone name", sorted(BACKBONE_SPECS), "resnet50")
+        spec = BACKBONE_SPECS.get(backbone)
+        stem = _name_field(d, "stem", "stem", "a stem name", spec.stems if spec else ())
+        downsampling = _name_field(d, "downsampling", "downsampling", "a downsampling style",
+                                   spec.downsampling if spec else ())
+        kw_options = _mapping_field(d, "kw_options", "kw_options", "KernelWarehouse options such as {\"nonlocal_basis\": false}")
+        stages = d.get("stages")
+        if stages is None:
+            stages = []
         if not isinstance(stages, (list, tuple)):
-            raise UserError(f"stages: expected a list, got {stages!r}")
+            raise UserError(f"stages: expected a list of stage objects, got {stages!r}")
         g = cls(
-            backbone=d.get("backbone", "resnet50"),
+            backbone=backbone,
             stages=tuple(Stage.from_dict(s, f"stages[{i}]") for i, s in enumerate(stages)),
-            stem=d.get("stem"),
-            downsampling=d.get("downsampling"),
-            kw_options=d.get("kw_options") or {},
+            stem=stem,
+            downsampling=downsampling,
+            kw_options=kw_options,
         )
         return g.validate()
 
@@ -178,7 +250,7 @@ class Genome:
 
     # -- validation ----------------------------------------------------------------------------
     def validate(self) -> "Genome":
-        spec = BACKBONE_SPECS.get(self.backbone)
+        spec = BACKBONE_SPECS.get(self.backbone) if isinstance(self.backbone, str) else None
         if spec is None:
             raise UserError(f"backbone: unknown {self.backbone!r} (allowed: {', '.join(sorted(BACKBONE_SPECS))})")
         if self.stem not in spec.stems:
@@ -187,26 +259,47 @@ class Genome:
             raise UserError(f"downsampling: {self.downsampling!r} is not available for {spec.name} "
                             f"(allowed: {', '.join(spec.downsampling)})")
         for k, v in self.kw_options:
-            if k not in KW_OPTIONS or v not in KW_OPTIONS[k]:
-                raise UserError(f"kw_options.{k}: {v!r} not allowed (allowed: {KW_OPTIONS})")
+            if k not in KW_OPTIONS:
+                raise UserError(f"kw_options.{k}: unknown option (known: {', '.join(KW_OPTIONS)})")
+            if match_choice(v, KW_OPTIONS[k]) is _NO_MATCH:
+                raise UserError(f"kw_options.{k}: {v!r} not allowed (allowed: {_allowed(KW_OPTIONS[k])})")
         if len(self.stages) != spec.num_stages:
             raise UserError(f"stages: {spec.name} has {spec.num_stages} stages, the genome gives {len(self.stages)}")
         for i, st in enumerate(self.stages):
             where = f"stages[{i}]"
+            if not spec.supports_plugins:
+                for field_, mods in (("plugins", st.plugins), ("fusion", st.fusion), ("stage_module", st.stage_module)):
+                    if mods:
+                        raise UserError(f"{where}.{field_}: block, fusion and stage plugins are not supported on "
+                                        f"{spec.name} (allowed: none; {spec.family} backbones take KernelWarehouse, "
+                                        f"stems and downsampling styles only)")
             for j, p in enumerate(st.plugins):
                 _check_plugin(p, "block", f"{where}.plugins[{j}]", spec)
             if st.fusion is not None:
                 _check_plugin(st.fusion, "fusion", f"{where}.fusion", spec)
             if st.stage_module is not None:
                 _check_plugin(st.stage_module, "stage", f"{where}.stage_module", spec)
-            if st.kw is not None and st.kw not in KW_BUDGETS:
+            if st.kw is not None and match_choice(st.kw, KW_BUDGETS) is _NO_MATCH:
                 raise UserError(f"{where}.kw: {st.kw!r} is not a KernelWarehouse budget "
                                 f"(allowed: null, {', '.join(str(b) for b in KW_BUDGETS)})")
+            if st.kw is not None and not spec.supports_kw:
+                raise UserError(f"{where}.kw: {st.kw!r} not allowed: KernelWarehouse is not supported on {spec.name} "
+                                f"(allowed: null; KW backbones: {', '.join(kw_backbones())})")
         return self
 
 
+def kw_backbones() -> list[str]:
+    return sorted(n for n, s in BACKBONE_SPECS.items() if s.supports_kw)
+
+
+def _plugin_info(name, where: str):
+    if not isinstance(name, str) or name not in registry.names():
+        raise UserError(f"{where}: unknown plugin {name!r} (known: {', '.join(registry.names())})")
+    return registry.get(name)
+
+
 def _check_plugin(p: Plugin, kind: str, where: str, spec) -> None:
-    info = registry.get(p.type)
+    info = _plugin_info(p.type, f"{where}.type")
     if info.kind != kind:
         raise UserError(f"{where}.type: {p.type!r} is a {info.kind} module, not a {kind} module "
                         f"(allowed here: {', '.join(registry.names(kind))})")
@@ -222,7 +315,7 @@ def _check_plugin(p: Plugin, kind: str, where: str, spec) -> None:
         if k not in info.options:
             raise UserError(f"{where}.options.{k}: unknown option for {p.type!r} "
                             f"(known: {', '.join(info.options) or 'none'})")
-        if v not in info.options[k]:
+        if match_choice(v, info.options[k]) is _NO_MATCH:
             raise UserError(f"{where}.options.{k}: {v!r} not allowed (allowed: {', '.join(map(str, info.options[k]))})")
 
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from .backbones.specs import BACKBONE_SPECS
 from .errors import UserError
-from .genome import KW_BUDGETS, Genome, Plugin, Stage
+from .genome import _NO_MATCH, KW_BUDGETS, Genome, Plugin, Stage, kw_backbones, match_choice
 from .plugins import registry
 
 NONE = "none"
@@ -44,31 +44,60 @@ class SpaceSpec:
         extra = sorted(set(d) - known)
         if extra:
             raise UserError(f"space.{extra[0]}: unknown key (known: {', '.join(sorted(known))})")
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
-        if "plugin_options" in kw:
-            kw["plugin_options"] = {p: {o: tuple(vals) for o, vals in opts.items()}
-                                    for p, opts in kw["plugin_options"].items()}
-        if "kw" in kw:
-            kw["kw"] = tuple(KW_OFF if b in (KW_OFF, None) else float(b) for b in kw["kw"])
+        kw: dict[str, Any] = {}
+        for key, v in d.items():
+            where = f"space.{key}"
+            if key == "backbone":
+                if not isinstance(v, str):
+                    raise UserError(f"{where}: expected a backbone name (a string), got {v!r} "
+                                    f"(allowed: {', '.join(sorted(BACKBONE_SPECS))})")
+                kw[key] = v
+            elif key == "kw_per_stage":
+                if not isinstance(v, bool):
+                    raise UserError(f"{where}: expected true or false, got {v!r}")
+                kw[key] = v
+            elif key == "plugin_options":
+                kw[key] = _options_table(v)
+            elif key == "kw":
+                kw[key] = tuple(KW_OFF if b in (KW_OFF, None) else _kw_budget(b) for b in _list(where, v, "budgets"))
+            elif key == "r":
+                kw[key] = _list(where, v, "integers >= 1")
+            else:  # stems, downsampling, plugins, positions, fusions, stage_modules: lists of names
+                kw[key] = _list(where, v, "names", str)
         return cls(**kw).validate()
 
     def validate(self) -> "SpaceSpec":
-        spec = BACKBONE_SPECS.get(self.backbone)
+        spec = BACKBONE_SPECS.get(self.backbone) if isinstance(self.backbone, str) else None
         if spec is None:
             raise UserError(f"space.backbone: unknown {self.backbone!r} (allowed: {', '.join(sorted(BACKBONE_SPECS))})")
         _subset("space.stems", self.stems, spec.stems)
         _subset("space.downsampling", self.downsampling, spec.downsampling)
-        _subset("space.plugins", self.plugins, (NONE, *registry.names("block")))
+        if spec.supports_plugins:
+            _subset("space.plugins", self.plugins, (NONE, *registry.names("block")), empty_ok=False)
+            _subset("space.fusions", self.fusions, (NONE, *registry.names("fusion")), empty_ok=False)
+            _subset("space.stage_modules", self.stage_modules, (NONE, *registry.names("stage")), empty_ok=False)
+        else:
+            why = f"; plugins are not supported on {spec.name}"
+            _subset("space.plugins", self.plugins, (NONE,), empty_ok=False, why=why)
+            _subset("space.fusions", self.fusions, (NONE,), empty_ok=False, why=why)
+            _subset("space.stage_modules", self.stage_modules, (NONE,), empty_ok=False, why=why)
         _subset("space.positions", self.positions, registry.BLOCK_POSITIONS)
-        _subset("space.fusions", self.fusions, (NONE, *registry.names("fusion")))
-        _subset("space.stage_modules", self.stage_modules, (NONE, *registry.names("stage")))
-        _subset("space.kw", self.kw, (KW_OFF, *KW_BUDGETS))
+        if spec.supports_kw:
+            _subset("space.kw", self.kw, (KW_OFF, *KW_BUDGETS), empty_ok=False)
+        else:
+            _subset("space.kw", self.kw, (KW_OFF,), empty_ok=False,
+                    why=f"; KernelWarehouse is not supported on {spec.name}, only on {', '.join(kw_backbones())}")
         if not self.r or any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in self.r):
             raise UserError(f"space.r: {list(self.r)!r} must be a non-empty list of integers >= 1")
         for p, opts in self.plugin_options.items():
+            if p not in registry.names():
+                raise UserError(f"space.plugin_options.{p}: unknown plugin {p!r} (known: {', '.join(registry.names())})")
             info = registry.get(p)
             for o, vals in opts.items():
-                _subset(f"space.plugin_options.{p}.{o}", vals, info.options.get(o, ()))
+                if o not in info.options:
+                    raise UserError(f"space.plugin_options.{p}.{o}: unknown option for {p!r} "
+                                    f"(known: {', '.join(info.options) or 'none'})")
+                _subset(f"space.plugin_options.{p}.{o}", vals, info.options[o], empty_ok=False)
         for p in self.plugins:
             if p != NONE and not self.positions_for(p):
                 raise UserError(f"space.plugins: {p!r} has no position allowed by space.positions on {self.backbone}")
@@ -99,10 +128,46 @@ class SpaceSpec:
         return BACKBONE_SPECS[self.backbone].num_stages
 
 
-def _subset(where: str, values, allowed) -> None:
+def _subset(where: str, values, allowed, empty_ok: bool = True, why: str = "") -> None:
+    if not empty_ok and not values:
+        raise UserError(f"{where}: must not be empty (allowed: {', '.join(map(str, allowed))}{why})")
     for v in values:
-        if v not in allowed:
-            raise UserError(f"{where}: {v!r} is not allowed (allowed: {', '.join(map(str, allowed))})")
+        if match_choice(v, allowed) is _NO_MATCH:  # strict: true is not 1.0
+            raise UserError(f"{where}: {v!r} is not allowed (allowed: {', '.join(map(str, allowed))}{why})")
+
+
+def _list(where: str, v, what: str, item_type: type | None = None) -> tuple:
+    """A TOML array as a tuple; a bare string or number is refused rather than read letter by letter."""
+    if not isinstance(v, (list, tuple)):
+        hint = f" (write [{v!r}])".replace("'", '"') if isinstance(v, (str, int, float)) and not isinstance(v, bool) else ""
+        raise UserError(f"{where}: expected a list of {what}, got {v!r}{hint}")
+    if item_type is not None:
+        for x in v:
+            if not isinstance(x, item_type):
+                raise UserError(f"{where}: expected a list of {what}, got {x!r} in {list(v)!r}")
+    return tuple(v)
+
+
+def _kw_budget(b):
+    if isinstance(b, (int, float)) and not isinstance(b, bool):
+        try:
+            return float(b)
+        except OverflowError:
+            pass
+    raise UserError(f"space.kw: {b!r} is not allowed (allowed: {KW_OFF}, {', '.join(map(str, KW_BUDGETS))})")
+
+
+def _options_table(v) -> dict:
+    """[space.plugin_options]: {plugin: {option: [values]}}."""
+    where = "space.plugin_options"
+    if not isinstance(v, Mapping):
+        raise UserError(f"{where}: expected a table {{plugin = {{option = [values]}}}}, got {v!r}")
+    out = {}
+    for p, opts in v.items():
+        if not isinstance(opts, Mapping):
+            raise UserError(f"{where}.{p}: expected a table {{option = [values]}}, got {opts!r}")
+        out[p] = {o: _list(f"{where}.{p}.{o}", vals, "option values") for o, vals in opts.items()}
+    return out
 
 
 def _choose(trial, name: str, choices: tuple):
@@ -179,16 +244,14 @@ def _params(genome: Genome, spec: SpaceSpec) -> dict[str, Any]:
 
 
 def contains(spec: SpaceSpec, genome: Genome) -> bool:
-    """Whether `suggest` can return this genome."""
-    import optuna
-
+    """Whether `suggest` can return this genome (no Optuna needed)."""
     if genome.backbone != spec.backbone or any(len(s.plugins) > 1 for s in genome.stages):
         return False
     if not spec.kw_per_stage and len({s.kw for s in genome.stages}) > 1:
         return False
     try:
-        return suggest(optuna.trial.FixedTrial(_params(genome, spec)), spec) == genome
-    except (ValueError, UserError):  # FixedTrial rejects a value outside the choices
+        return suggest(_FixedAnswers(_params(genome, spec)), spec) == genome
+    except UserError:  # a value outside the choices, or a genome that does not validate
         return False
 
 
@@ -231,6 +294,23 @@ def enumerate_genomes(spec: SpaceSpec, limit: int = 10_000):
 
     walk({})
     return list(seen.values())
+
+
+class _FixedAnswers:
+    """A trial that answers from fixed parameters, like optuna.trial.FixedTrial (which `suggest` also takes),
+    but refuses a value outside the choices instead of warning."""
+
+    def __init__(self, params: Mapping[str, Any]):
+        self.params = params
+
+    def suggest_categorical(self, name, choices):
+        if name not in self.params:
+            raise UserError(f"parameter {name!r}: no value given")
+        value = match_choice(self.params[name], choices)
+        if value is _NO_MATCH:
+            raise UserError(f"parameter {name!r}: {self.params[name]!r} is not allowed "
+                            f"(allowed: {', '.join(map(str, choices))})")
+        return value
 
 
 class _Recorder:

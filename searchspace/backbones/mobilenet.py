@@ -84,7 +84,7 @@ class PaddingFreeDW(nn.Module):
         return self.conv(x) + self.pool(x)
 
 
-class SqueezeExcite(nn.Module):
+class HardSqueezeExcite(nn.Module):
     """MobileNetV3 SE as in the BSConv models: squeeze C // 4, ReLU, hard-sigmoid gate."""
 
     def __init__(self, c: int):
@@ -116,7 +116,7 @@ class InvertedResidual(nn.Module):
         else:
             layers.append(ConvBNAct(convs, mid, mid, k, stride, mid, act, warehouse=w_dw))
         if se:
-            layers.append(SqueezeExcite(mid))
+            layers.append(HardSqueezeExcite(mid))
         layers += [convs.conv(mid, cout, 1, warehouse=w_proj), nn.BatchNorm2d(cout)]
         self.conv = nn.Sequential(*layers)
 
@@ -215,18 +215,15 @@ class MobileNetV3LargeCifar(MobileNet):
 
 
 def build_mobilenet(genome, num_classes: int, width_mult: float, convs) -> nn.Module:
-    """The MobileNet a genome describes; `width_mult` narrows it further for proxy training."""
-    for i, st in enumerate(genome.stages):
-        if st.plugins or st.fusion or st.stage_module:
-            raise UserError(f"stages[{i}]: block, fusion and stage plugins are not supported on {genome.backbone} "
-                            f"(MobileNets take KernelWarehouse, stems and downsampling styles only)")
+    """The MobileNet a genome describes; `width_mult` narrows it further for proxy training.
+
+    Called by `build` after `genome.validate()`, which refuses plugins on MobileNets and KW on
+    MobileNetV3 (BackboneSpec.supports_plugins / supports_kw), so neither is checked again here.
+    """
     if genome.backbone in V2_WIDTH:
         budgets = {i: st.kw for i, st in enumerate(genome.stages)}
         return MobileNetV2(V2_WIDTH[genome.backbone] * width_mult, budgets, genome.downsampling, num_classes, convs)
     if genome.backbone == "mobilenetv3_large_cifar":
-        if genome.uses_kw:
-            raise UserError(f"stages[*].kw: KernelWarehouse is not offered on {genome.backbone} "
-                            f"(use mobilenetv2_1x, mobilenetv2_0.5x or a ResNet)")
         return MobileNetV3LargeCifar(width_mult, genome.stem, genome.downsampling, num_classes, convs)
     raise UserError(f"backbone: {genome.backbone!r} is not a MobileNet this builder knows")
 

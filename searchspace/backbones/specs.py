@@ -25,6 +25,8 @@ class BackboneSpec:
     groups: int = 1  # grouped 3x3 (SDA-ResNet-86 uses 8)
     target_resolution: int = 224
     target_classes: int = 1000
+    supports_plugins: bool = True  # block, fusion and stage modules (the MobileNet builders place none)
+    supports_kw: bool = True  # KernelWarehouse budgets
 
     @property
     def num_stages(self) -> int:
@@ -57,11 +59,11 @@ for _spec in (
                  downsampling=("v1.5", "padding_free"), target_resolution=32, target_classes=100),
     # MobileNets (backbones/mobilenet.py): "stages" are the KernelWarehouse sharing groups.
     BackboneSpec("mobilenetv2_1x", "mobilenet", "inverted", (1, 2, 3, 4, 3, 4), (16, 24, 32, 64, 96, 160),
-                 stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING),
+                 stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING, supports_plugins=False),
     BackboneSpec("mobilenetv2_0.5x", "mobilenet", "inverted", (1, 2, 3, 4, 3, 4), (8, 16, 16, 32, 48, 80),
-                 stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING),
+                 stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING, supports_plugins=False),
     BackboneSpec("mobilenetv3_large_cifar", "mobilenet", "inverted", (1, 2, 3, 6, 3), (16, 24, 40, 112, 160),
                  stems=("standard", "hybrid"), downsampling=MOBILENET_DOWNSAMPLING,
-                 target_resolution=32, target_classes=100),
+                 target_resolution=32, target_classes=100, supports_plugins=False, supports_kw=False),
 ):
     add_backbone_spec(_spec)

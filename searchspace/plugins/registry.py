@@ -47,7 +47,6 @@ class PluginInfo:
     factory: Callable[..., Any]
     default_r: int | None
     options: dict[str, tuple] = field(default_factory=dict)  # option -> allowed values; first is default
-    doc: str = ""
 
     def default_options(self) -> dict[str, Any]:
         return {k: v[0] for k, v in self.options.items()}
@@ -71,8 +70,7 @@ def register(name: str, *, kind: str = "block", positions: tuple[str, ...] = (),
     def deco(factory):
         if name in _REGISTRY and _REGISTRY[name].factory is not factory:
             raise ValueError(f"plugin {name!r} is already registered")
-        _REGISTRY[name] = PluginInfo(name, kind, tuple(positions), factory, default_r, dict(options or {}),
-                                     (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else "")
+        _REGISTRY[name] = PluginInfo(name, kind, tuple(positions), factory, default_r, dict(options or {}))
         return factory
 
     return deco
@@ -83,6 +81,8 @@ def unregister(name: str) -> None:
 
 
 def get(name: str) -> PluginInfo:
+    if not isinstance(name, str):
+        raise UserError(f"plugin: expected a plugin name (a string), got {name!r} (known: {', '.join(sorted(_REGISTRY))})")
     try:
         return _REGISTRY[name]
     except KeyError:
