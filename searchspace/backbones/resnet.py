@@ -264,8 +264,7 @@ class ResNet(nn.Module):
             stages.append(Stage(blocks, sm))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        # SDA-ResNet-86 puts a BatchNorm on the pooled features.
-        self.post_pool_norm = nn.BatchNorm2d(cin) if spec.name == "resnet86g8" else nn.Identity()
+        self.post_pool_norm = nn.BatchNorm2d(cin) if spec.post_pool_norm else nn.Identity()
         self.num_features = cin
         self.fc = nn.Linear(cin, num_classes)
         self._init_weights()

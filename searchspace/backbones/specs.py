@@ -23,6 +23,7 @@ class BackboneSpec:
     stems: tuple[str, ...] = RESNET_STEMS
     downsampling: tuple[str, ...] = RESNET_DOWNSAMPLING
     groups: int = 1  # grouped 3x3 (SDA-ResNet-86 uses 8)
+    post_pool_norm: bool = False  # a BatchNorm on the pooled features (SDA-ResNet-86)
     target_resolution: int = 224
     target_classes: int = 1000
     supports_plugins: bool = True  # block, fusion and stage modules (the MobileNet builders place none)
@@ -51,7 +52,8 @@ for _spec in (
     BackboneSpec("resnet50", "resnet", "bottleneck", (3, 4, 6, 3), (64, 128, 256, 512)),
     BackboneSpec("resnet101", "resnet", "bottleneck", (3, 4, 23, 3), (64, 128, 256, 512)),
     # SDA-xNet's ResNet-86: grouped 3x3 (groups=8) at standard widths, extra BN after the pool.
-    BackboneSpec("resnet86g8", "resnet", "bottleneck", (5, 6, 12, 5), (64, 128, 256, 512), groups=8),
+    BackboneSpec("resnet86g8", "resnet", "bottleneck", (5, 6, 12, 5), (64, 128, 256, 512), groups=8,
+                 post_pool_norm=True),
     # CIFAR ResNet-20 as the padding-free paper counts it (0.278 M params at 100 classes): 1x1 conv +
     # BN shortcuts where the shape changes (He et al.'s option B), 3x3 stem at stride 1.
     # "hybrid" on CIFAR: the padding-free paper's stem mixer after a stride-1 3x3, no max-pool.
