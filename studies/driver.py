@@ -9,9 +9,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from analysis.load import genome_summary
+
 from . import config as config_mod
 from . import storage as st
-from .search import GenomeSpace, StudySearch, _fmt, genome_summary, make_sampler
+from .search import GenomeSpace, StudySearch, _fmt, make_sampler
 from .trainable import run_trial
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,6 @@ What a finished Ray trial becomes in Optuna (the driver is the only writer):
 
 from __future__ import annotations
 
-import json
 from typing import Callable
 
 import optuna
@@ -142,19 +141,3 @@ def _fmt(name, v):
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def genome_summary(text: str) -> str:
-    """One line per genome: downsampling/stem if not default, then each stage's modules."""
-    g = json.loads(text)
-    parts = []
-    if g.get("stem", "standard") != "standard":
-        parts.append(f"stem={g['stem']}")
-    if g.get("downsampling", "v1.5") != "v1.5":
-        parts.append(f"ds={g['downsampling']}")
-    for i, s in enumerate(g["stages"], 1):
-        mods = [f"{p['type']}@{p['position'].replace('after_', '')}" + (f"/{p['r']}" if p.get("r") else "")
-                for p in s["plugins"]]
-        mods += [s[k]["type"] for k in ("fusion", "stage_module") if s.get(k)]
-        if s.get("kw") is not None:
-            mods.append(f"kw{s['kw']:g}")
-        parts.append(f"S{i}:{'+'.join(mods) or '-'}")
-    return " ".join(parts)
