@@ -20,17 +20,17 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from searchspace import catalog
+from searchspace.genome import Genome
+from searchspace.space import SpaceSpec, contains
+
 from .load import completed, genome_dict, genome_summary, objectives_of
 from .pareto import to_minimization
 
 
-# -- catalog access (searchspace.catalog may not exist yet in a partial checkout) ---------------
+# -- catalog access -----------------------------------------------------------------------------
 def catalog_designs(names: Iterable[str] | None = None) -> list:
-    """Designs of searchspace.catalog (all, or the given names); [] if there is no catalog."""
-    try:
-        from searchspace import catalog
-    except ImportError:
-        return []
+    """Designs of searchspace.catalog (all, or the given names)."""
     return [catalog.get(n) for n in (catalog.names() if names is None else names)]
 
 
@@ -63,16 +63,7 @@ def design_key(design) -> str | None:
     if hasattr(g, "key"):
         return g.key
     d = genome_dict(g)
-    if d is None:
-        return None
-    try:  # the same canonical key the studies layer stores
-        from searchspace.genome import Genome
-
-        return Genome.from_dict(d).key
-    except Exception:  # no registry yet: hash the dict as Genome.key does (exact if canonical)
-        import hashlib
-
-        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    return None if d is None else Genome.from_dict(d).key  # the canonical key the studies layer stores
 
 
 # -- distance -----------------------------------------------------------------------------------
@@ -108,63 +99,20 @@ def genome_distance(a: Any, b: Any) -> float:
 
 
 # -- in space -----------------------------------------------------------------------------------
-def _as_set(v) -> set | None:
-    if v is None:
-        return None
-    if isinstance(v, dict):
-        return set(v)
-    return set(v) if isinstance(v, (list, tuple, set)) else {v}
-
-
-def _spec_contains(space: dict, genome) -> bool | None:
-    """searchspace.space.contains (exact: could the sampler return this genome?); None if the
-    spec or the genome cannot be read with the installed searchspace."""
-    try:
-        from searchspace.genome import Genome
-        from searchspace.space import SpaceSpec, contains
-
-        g = genome if isinstance(genome, Genome) else Genome.from_dict(genome_dict(genome))
-        return bool(contains(SpaceSpec.from_dict({k: v for k, v in space.items() if not k.startswith("_")}), g))
-    except Exception:
-        return None
-
-
 def in_space(design, config: dict | None, target: dict | None = None) -> tuple[bool, str]:
     """(in space?, why). With a [space] table in the study config: searchspace.space.contains, i.e.
-    the sampler can produce exactly this genome (or, if that cannot be evaluated, a check of
-    backbone, plugins, positions, stems, downsampling and KW budgets against the listed values).
-    Without one: the design's backbone is the study's backbone."""
+    the sampler can produce exactly this genome. Without one: the design's backbone is the study's."""
     genome = _field(design, "genome")
-    g = genome_dict(genome) or {}
+    g = genome if isinstance(genome, Genome) else Genome.from_dict(genome_dict(genome))
     config, target = config or {}, target or {}
     space = config.get("space")
     if isinstance(space, dict):
-        exact = _spec_contains(space, genome)
-        if exact is not None:
-            return exact, "sampler can produce it" if exact else "outside the [space] spec"
-    backbone = (space or {}).get("backbone") or target.get("backbone") or config.get("backbone")
-    allowed = _as_set(backbone)
-    if allowed is not None and g.get("backbone") not in allowed:
-        return False, f"backbone {g.get('backbone')} not in {sorted(allowed)}"
-    if not isinstance(space, dict):
-        return True, "backbone matches" if allowed else "no space spec"
-    stages = [st or {} for st in g.get("stages") or []]
-    checks = {
-        "plugins": {p["type"] for st in stages for p in st.get("plugins") or []},
-        "positions": {p["position"] for st in stages for p in st.get("plugins") or []},
-        "fusions": {st["fusion"]["type"] for st in stages if st.get("fusion")},
-        "stage_modules": {st["stage_module"]["type"] for st in stages if st.get("stage_module")},
-        "stems": {g.get("stem")},
-        "downsampling": {g.get("downsampling")},
-        "kw": {float(st["kw"]) for st in stages if st.get("kw") is not None},
-    }
-    for key, used in checks.items():
-        allow = _as_set(space.get(key))
-        if key == "kw" and allow is not None:
-            allow = {float(b) for b in allow if b not in ("off", None)}
-        if allow is not None and not used <= allow:
-            return False, f"{key} {sorted(map(str, used - allow))} not in the space"
-    return True, "matches the listed [space] values"
+        spec = SpaceSpec.from_dict({k: v for k, v in space.items() if not k.startswith("_")})
+        return (True, "sampler can produce it") if contains(spec, g) else (False, "outside the [space] spec")
+    backbone = target.get("backbone") or config.get("backbone")
+    if backbone is not None and g.backbone != backbone:
+        return False, f"backbone {g.backbone} is not the study's {backbone}"
+    return True, "backbone matches" if backbone else "no space spec"
 
 
 # -- the table ----------------------------------------------------------------------------------
