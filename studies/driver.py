@@ -60,6 +60,7 @@ def _ctx(cfg, res, inject: bool) -> dict:
     return {"data": {k: v for k, v in cfg["data"].items()}, "fidelity": cfg.fidelity,
             "trainer_fidelity": cfg.trainer_fidelity, "target": cfg.target, "seed": cfg["seed"],
             "device": res["device"], "cpus_per_trial": res["cpu"],
+            "evaluate_every_epoch": bool(cfg["early_stopping"]["asha"]),  # only ASHA reads per-epoch top-1
             "inject_failure_trial": _inject(cfg) if inject else None}
 
 

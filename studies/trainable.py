@@ -75,7 +75,8 @@ def run_trial(config: dict, ctx: dict) -> None:
 
         torch.manual_seed(ctx["seed"])  # the same initialisation train() would make; kept to time it after
         model = build_model(genome, data.num_classes, fid.width_mult)
-        res = train(model, fid, data, device=ctx["device"], seed=ctx["seed"], report=report)
+        res = train(model, fid, data, device=ctx["device"], seed=ctx["seed"], report=report,
+                    evaluate_every_epoch=ctx.get("evaluate_every_epoch", True))
         rec.update(status=res.status, epochs_completed=res.epochs, top1=_f(res.top1), top5=_f(res.top5),
                    loss=_f(res.loss), wall_s=time.perf_counter() - t0, train_s=res.train_s,
                    images_per_s=res.images_per_s, latency_ms=None if res.status == "oom" else _latency_ms(model, ctx),

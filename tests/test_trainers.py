@@ -179,6 +179,15 @@ def test_same_seed_same_result_and_stop(real_tree):
     assert c.status == "ok" and c.loss != a.loss
 
 
+def test_evaluate_only_after_the_last_epoch(real_tree):
+    data = load_data(DataSpec(root=str(real_tree), max_per_class=40), 32)
+    seen = []
+    res = train("resnet18", Fidelity(**{**TINY.to_dict(), "epochs": 2}), data, device="cpu",
+                report=lambda e, m: seen.append(m), evaluate_every_epoch=False)
+    assert res.status == "ok" and res.top1 is not None
+    assert "top1" not in seen[0] and "top1" in seen[1]  # the val split is read once, at the end
+
+
 def test_absurd_learning_rate_diverges(real_tree):
     data = load_data(DataSpec(root=str(real_tree), max_per_class=40), 32)
     res = train("resnet18", Fidelity(**{**TINY.to_dict(), "epochs": 2, "lr": 1e12, "warmup_epochs": 0}), data, device="cpu")

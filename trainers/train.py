@@ -121,11 +121,14 @@ def build_model(genome, num_classes: int, width_mult: float) -> nn.Module:
 
 def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec | None = None,
           device: str | torch.device | None = None, seed: int = 0,
-          report: Callable[[int, dict], bool | None] | None = None) -> TrainResult:
+          report: Callable[[int, dict], bool | None] | None = None,
+          evaluate_every_epoch: bool = True) -> TrainResult:
     """Proxy-train `genome` (Genome, catalog name or nn.Module) and evaluate it on the val split.
 
     `report(epoch, metrics)` is called after every epoch (metrics: loss, top1, top5, val_loss, lr,
-    images_per_s, train_s, cpu_s); returning False stops the run with status "stopped". A non-finite loss
+    images_per_s, train_s, cpu_s); returning False stops the run with status "stopped". With
+    `evaluate_every_epoch=False` the val split is evaluated after the last epoch only (top1 and
+    friends are then missing from earlier reports). A non-finite loss
     gives "diverged" and CUDA running out of memory "oom"; neither raises.
     """
     fid = fidelity or Fidelity()
@@ -142,7 +145,7 @@ def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec |
                 num_classes=data.num_classes, skipped_images=len(data.skipped), fidelity=fid.to_dict())
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    run = _Run(model, fid, data, dev, seed, report)
+    run = _Run(model, fid, data, dev, seed, report, evaluate_every_epoch)
     del model  # `run` owns it, so that an OOM can free everything
     oom = False
     with _determinism(dev.type == "cpu" or fid.deterministic, dev):
@@ -176,8 +179,9 @@ def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec |
 class _Run:
     """The state of one training run; `fit` is the hot loop."""
 
-    def __init__(self, model, fid: Fidelity, data: ImageData, dev, seed, report):
+    def __init__(self, model, fid: Fidelity, data: ImageData, dev, seed, report, evaluate_every_epoch=True):
         self.model, self.fid, self.data, self.dev, self.report = model, fid, data, dev, report
+        self.evaluate_every_epoch = evaluate_every_epoch
         self.gen = torch.Generator().manual_seed(seed)  # data order and augmentation
         self.status, self.history, self.epochs_done, self.images, self.train_s = "ok", [], 0, 0, 0.0
 
@@ -263,7 +267,7 @@ class _Run:
                 self.epochs_done = epoch + 1
                 return
             last = epoch + 1 == fid.epochs
-            if self.report is not None or last:  # evaluating costs ~15% of an epoch: only when read
+            if (self.report is not None and self.evaluate_every_epoch) or last:  # ~15% of an epoch: only when read
                 metrics.update(self.evaluate())
             self.history.append(metrics)
             self.epochs_done = epoch + 1
