@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from searchspace.errors import UserError
+from searchspace.errors import UserError, redact
 
 JOURNAL = "study.journal"
 REFERENCES_SUFFIX = ".references"
@@ -40,7 +40,7 @@ def open_storage(run_dir_or_storage: Any) -> optuna.storages.BaseStorage:
         try:
             return optuna.storages.RDBStorage(s, skip_table_creation=True)
         except Exception as e:  # bad URL, server down, missing driver
-            raise UserError(f"cannot open storage {s}: {str(e).splitlines()[0]}") from None
+            raise UserError(redact(f"cannot open storage {s}: {str(e).splitlines()[0]}")) from None
     p = Path(s)
     journal = p / JOURNAL if p.is_dir() else p
     if not journal.is_file():
@@ -209,7 +209,7 @@ def load_study(run_dir_or_storage: Any, study_name: str | None = None) -> pd.Dat
         df[c] = pd.to_datetime(df[c])
     df.attrs.update(study_name=name, objectives=objectives, config=ua.get("config") or {},
                     target=ua.get("target") or {}, fidelity=ua.get("fidelity") or {},
-                    storage=str(run_dir_or_storage) if not isinstance(run_dir_or_storage, optuna.storages.BaseStorage)
+                    storage=redact(str(run_dir_or_storage)) if not isinstance(run_dir_or_storage, optuna.storages.BaseStorage)
                     else type(run_dir_or_storage).__name__)
     return df
 

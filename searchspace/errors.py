@@ -4,8 +4,19 @@ Every command-line entry point turns it into one line on stderr and exit status 
 """
 
 
+import re
+
+# scheme://user:password@host -> scheme://user:***@host (SQLAlchemy-style URLs in any text)
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"]*):([^@\s'\"]+)@")
+
+
 class UserError(ValueError):
     """A mistake in what the user asked for; the message says what and what is allowed."""
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***: storage URLs carry credentials."""
+    return _URL_PASSWORD.sub(r"\1:***@", str(text))
 
 
 def cli_main(main):
@@ -15,7 +26,7 @@ def cli_main(main):
     try:
         code = main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         raise SystemExit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -10,10 +10,11 @@ import optuna
 from optuna.trial import TrialState
 
 from analysis.load import genome_summary
+from searchspace.errors import UserError
 
 from . import config as config_mod
 from . import storage as st
-from .search import GenomeSpace, StudySearch, _fmt, make_sampler
+from .search import GenomeSpace, SamplerSpec, StudySearch, _fmt
 from .trainable import run_trial
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,8 +36,11 @@ def init_ray(address: str | None) -> bool:
         return False
     path = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     # Workers import studies/searchspace/trainers from the same checkout (cluster nodes: same path).
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": path}} if address else None)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 runtime_env={"env_vars": {"PYTHONPATH": path}} if address else None)
+    except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:  # e.g. auto with no cluster running
+        raise UserError(f"--address {address!r}: cannot join the Ray cluster ({str(e).strip().splitlines()[0]})") from None
     return True
 
 
@@ -104,11 +108,11 @@ def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, i
     tuner.fit()
 
 
-def _new_search(cfg, storage, name, n_existing, spec, attrs, log, sampler=None, driver=None) -> StudySearch:
+def _new_search(cfg, url, name, n_existing, spec, attrs, log, sampler=None, driver=None) -> StudySearch:
     s = cfg["sampler"]
     # seed + trials so far: a resumed sampler does not replay the first run's draws
-    sampler = sampler or make_sampler(s["name"], cfg["seed"] + n_existing, s["population"])
-    return StudySearch(GenomeSpace(spec, driver), cfg.objectives, name, storage, sampler, cfg["fidelity"]["epochs"],
+    sampler = sampler or SamplerSpec(s["name"], cfg["seed"] + n_existing, s["population"])
+    return StudySearch(GenomeSpace(spec, driver), cfg.objectives, name, url, sampler, cfg["fidelity"]["epochs"],
                        attrs, log)
 
 
@@ -147,13 +151,13 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
         ref = optuna.create_study(study_name=cfg.name + ".references", storage=storage, directions=directions,
                                   load_if_exists=True)
         _study_attrs(ref, cfg)
-        summary["requeued"] += st.recover(ref)
+        summary["requeued"] += st.recover(storage, ref)
         _enqueue_known(ref, _designs_in_space(spec), spec, "reference", log)
         ref_waiting = len(ref.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     study = existing or optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
                                             load_if_exists=True)
     _study_attrs(study, cfg)
-    requeued = st.recover(study)  # a live driver's (another run folder on this storage) are left alone
+    requeued = st.recover(storage, study)  # a live driver's (another run folder on this storage) are left alone
     if requeued:
         log(f"resuming: trial(s) {requeued} of a stopped driver marked FAIL (interrupted) and requeued")
     summary["requeued"] += requeued
@@ -167,7 +171,7 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
         return summary
 
     started = init_ray(args.address)
-    heartbeat = st.Heartbeat([x for x in (ref, study) if x is not None]).start()
+    heartbeat = st.Heartbeat(storage, [x.study_name for x in (ref, study) if x is not None]).start()
     try:
         res = resources(cfg)
         summary["resources"] = res
@@ -176,13 +180,13 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
         if ref_waiting:
             log(f"evaluating {ref_waiting} reference design(s) in study {ref.study_name!r}")
             ref_attrs = {k: v for k, v in attrs.items() if k != "reference"}  # keep the name set at enqueue
-            search = _new_search(cfg, storage, ref.study_name, 0, spec, ref_attrs, log,
-                                 sampler=optuna.samplers.RandomSampler(seed=cfg["seed"]), driver=heartbeat.id)
+            search = _new_search(cfg, url, ref.study_name, 0, spec, ref_attrs, log,
+                                 sampler=SamplerSpec("random", cfg["seed"]), driver=heartbeat.id)
             _tune(cfg, res, search, ref_waiting, run_dir, "references", log)
             summary["references"] = len(search.finished)
         if done < want:
             log(f"running {want - done} trial(s) ({done} of {want} already done)")
-            search = _new_search(cfg, storage, cfg.name, len(study.trials), spec, attrs, log, driver=heartbeat.id)
+            search = _new_search(cfg, url, cfg.name, len(study.trials), spec, attrs, log, driver=heartbeat.id)
             _tune(cfg, res, search, want - done, run_dir, "search", log, inject=True)
             summary["ran"] = len(search.finished)
     finally:

@@ -92,8 +92,10 @@ def prepare(args) -> dict:
     return {"cfg": cfg, "run_dir": run_dir, "url": url}
 
 
-def _check_address(address: str) -> None:
-    """A host:port cluster address must answer before anything is written (ray.init would hang)."""
+def _check_address(address: str, timeout: float = 3.0) -> None:
+    """A host:port cluster address must be a Ray head before anything is written: ray.init on a
+    wrong address retries for minutes. Ray's GCS is a gRPC (HTTP/2) server, so it answers the
+    HTTP/2 client preface with a SETTINGS frame; nothing else we might reach does."""
     import socket
 
     if address in ("auto", "local") or address.startswith("ray://"):
@@ -101,10 +103,16 @@ def _check_address(address: str) -> None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"--address {address!r}: expected host:port (the head's GCS, e.g. 10.0.0.1:6379), or auto")
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            sock.sendall(preface)
+            frame = sock.recv(9)
     except OSError as e:
         raise UserError(f"--address {address!r}: no Ray head answers there ({e.strerror or e})") from None
+    if len(frame) < 4 or frame[3] != 4:  # frame type 4 = SETTINGS
+        raise UserError(f"--address {address!r}: something answers there, but not a Ray head (GCS) "
+                        "(give the port `ray start --head` printed, 6379 by default)")
 
 
 def _toml(d: dict) -> str:
@@ -165,7 +173,25 @@ def main(argv=None) -> int:
     plan = prepare(args)  # nothing has been opened or written up to here
     cfg, run_dir, url = plan["cfg"], plan["run_dir"], plan["url"]
     t_start = time.perf_counter()
+    from . import driver
+
+    # A cluster given with --address is joined before anything is written: if it cannot be joined,
+    # the run folder and the storage are as they were.
+    joined = driver.init_ray(args.address) if args.address else False
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        summary = _run(args, cfg, run_dir, url)
+    finally:
+        if joined:
+            import ray
+
+            ray.shutdown()
+    summary["wall_s"] = time.perf_counter() - t_start
+    driver.print_summary(cfg, st.open_storage(url), url, run_dir, summary)
+    return 0
+
+
+def _run(args, cfg, run_dir: Path, url: str) -> dict:
     with st.DriverLock(run_dir):
         storage = st.open_storage(url)
         existing = _open_study(storage, cfg.name, cfg, args.resume)
@@ -174,10 +200,7 @@ def main(argv=None) -> int:
                       + _toml(config_mod.to_storable(cfg)))
         from . import driver
 
-        summary = driver.run(cfg, storage, url, run_dir, args, existing)
-    summary["wall_s"] = time.perf_counter() - t_start
-    driver.print_summary(cfg, storage, url, run_dir, summary)
-    return 0
+        return driver.run(cfg, storage, url, run_dir, args, existing)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,18 @@ What a finished Ray trial becomes in Optuna (the driver is the only writer):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 # Copied from the final result to the trial's user attrs (plus genome, fidelity, reference, ...).
 RESULT_ATTRS = ("genome_key", "params", "flops", "activations", "top1", "top5", "loss", "latency_ms",
                 "epochs_completed", "status", "wall_s", "train_s", "images_per_s", "device", "seed", "node",
                 "peak_mem_mb", "error", "traceback")
+SAMPLERS = ("nsga2", "tpe", "random")
 
 
 class GenomeSpace:
@@ -46,44 +48,105 @@ class GenomeSpace:
         return {"genome": text, "trial_number": trial.number}
 
 
-def make_sampler(name: str, seed: int, population: int) -> optuna.samplers.BaseSampler:
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
-    if name == "tpe":  # constant_liar: concurrent trials do not all go to the same spot
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True, group=True)
-    return optuna.samplers.RandomSampler(seed=seed)
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler's description, not the sampler. Ray pickles the searcher, and a live sampler may hold
+    what does not pickle (Optuna 5.1's genetic samplers keep a threading.Lock): the searcher keeps
+    this and builds the sampler in the process that asks."""
+
+    name: str = "nsga2"
+    seed: int = 0
+    population: int = 16
+
+    def build(self) -> optuna.samplers.BaseSampler:
+        if self.name == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=self.population, seed=self.seed)
+        if self.name == "tpe":  # constant_liar: concurrent trials do not all go to the same spot
+            return optuna.samplers.TPESampler(seed=self.seed, constant_liar=True, multivariate=True, group=True)
+        if self.name == "random":
+            return optuna.samplers.RandomSampler(seed=self.seed)
+        raise ValueError(f"unknown sampler {self.name!r} (known: {', '.join(SAMPLERS)})")
 
 
-class StudySearch(OptunaSearch):
-    def __init__(self, space: GenomeSpace, objectives: list[dict], study_name: str, storage, sampler,
+class StudySearch(Searcher):
+    """A Ray Tune searcher that asks and tells an Optuna study through Optuna's public API.
+
+    It keeps descriptions (study name, storage, sampler spec) and rebuilds the study handle and its
+    sampler on first use, so pickling it (Ray does, when it builds the Tuner) never touches a live
+    sampler. The Optuna storage, not this object, is the checkpoint: resume reads it
+    (studies.storage.recover).
+    """
+
+    def __init__(self, space: GenomeSpace, objectives: list[dict], study_name: str, storage, sampler: SamplerSpec,
                  epochs: int, attrs: dict, log: Callable[[str], None] = print):
-        super().__init__(space, metric=[o["name"] for o in objectives],
-                         mode=["max" if o["direction"] == "maximize" else "min" for o in objectives],
-                         sampler=sampler, study_name=study_name, storage=storage)
-        self._objectives = objectives
+        super().__init__(metric=[o["name"] for o in objectives],
+                         mode=["max" if o["direction"] == "maximize" else "min" for o in objectives])
+        self.space = space
+        self.objectives = objectives
+        self.study_name = study_name
+        self.storage = storage  # a journal path or RDB URL (reopened after a pickle), or a storage object
+        self.sampler = sampler
         self._epochs = epochs
         self._attrs = attrs  # constant per study: fidelity, seed, reference default
-        self._last: dict[str, dict] = {}
         self._log = log
+        self._study: optuna.Study | None = None
+        self._storage: optuna.storages.BaseStorage | None = None
+        self._asked: dict[str, tuple[int, str | None]] = {}  # Ray trial id -> (trial number, reference), until told
+        self._last: dict[str, dict] = {}
         self.finished: list[int] = []
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_study": None, "_storage": None}
 
     @property
     def study(self) -> optuna.Study:
-        return self._ot_study
+        if self._study is None:
+            from .storage import open_storage
 
-    def on_trial_result(self, trial_id: str, result: dict):
+            self._storage = open_storage(self.storage) if isinstance(self.storage, str) else self.storage
+            self._study = optuna.load_study(study_name=self.study_name, storage=self._storage,
+                                            sampler=self.sampler.build())
+        return self._study
+
+    def _set_attrs(self, number: int, attrs: dict) -> None:
+        # BaseStorage's public interface: a trial is addressed by (study id, trial number).
+        study = self.study  # opens self._storage too
+        tid = self._storage.get_trial_id_from_study_id_trial_number(
+            self._storage.get_study_id_from_name(study.study_name), number)
+        for k, v in attrs.items():
+            self._storage.set_trial_user_attr(tid, k, v)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        trial = self.study.ask()
+        self._asked[trial_id] = (trial.number, trial.user_attrs.get("reference"))
+        return self.space(trial)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last[trial_id] = result  # an errored trial's complete call carries no result
-        ot = self._ot_trials.get(trial_id)
-        if ot is not None and not result.get("final"):  # progress for the dashboard
-            for k in ("epochs_completed", "top1", "node"):
-                if result.get(k) is not None:
-                    ot.set_user_attr(k, result[k])
+        if trial_id in self._asked and not result.get("final"):  # progress for the dashboard
+            self._set_attrs(self._asked[trial_id][0], {k: result[k] for k in ("epochs_completed", "top1", "node")
+                                     if result.get(k) is not None})
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._asked:
             return
-        ot = self._ot_trials[trial_id]
+        number, reference = self._asked.pop(trial_id)
         r = {**self._last.pop(trial_id, {}), **(result or {})}
+        state, values = self._outcome(r, error)
+        try:
+            self._set_attrs(number, {**self._attrs, **{k: r[k] for k in RESULT_ATTRS if k in r}})
+            self.study.tell(number, values, state=state)
+        except Exception as e:  # never lose the study over one trial
+            try:
+                self.study.tell(number, None, state=TrialState.FAIL)
+                self._log(f"  trial {number}: could not tell Optuna ({e}); marked FAIL")
+            except Exception as e2:  # the storage itself is failing: log it, keep the run going
+                self._log(f"  trial {number}: could not tell Optuna ({e}) nor mark it FAIL ({e2}); left as is")
+        self.finished.append(number)
+        self._log(_line(number, reference, r, state, values, self.objectives))
+
+    def _outcome(self, r: dict, error: bool) -> tuple[TrialState, list | None]:
+        """The Optuna state and values of a finished Ray trial (see the module docstring); sets r["status"]."""
         status = r.get("status")
         if error and status != "error":
             status, r["error"] = "error", r.get("error") or "the Ray trial failed without reporting (worker died?)"
@@ -94,40 +157,25 @@ class StudySearch(OptunaSearch):
               or (status != "diverged" and r.get("epochs_completed", 0) < self._epochs)):
             state, status = TrialState.PRUNED, "pruned"
         else:
-            values = [r.get(o["name"]) for o in self._objectives]
+            values = [r.get(o["name"]) for o in self.objectives]
             state = TrialState.COMPLETE if None not in values else TrialState.FAIL
             if state == TrialState.FAIL:
                 status, r["error"], values = "error", f"missing objective values {values}", None
         r["status"] = status
-        for k, v in self._attrs.items():
-            ot.set_user_attr(k, v)
-        for k in RESULT_ATTRS:
-            if k in r:
-                ot.set_user_attr(k, r[k])
-        try:
-            self._ot_study.tell(ot, values, state=state)
-        except Exception as e:  # never lose the study over one trial
-            try:
-                self._ot_study.tell(ot, None, state=TrialState.FAIL)
-                self._log(f"  trial {ot.number}: could not tell Optuna ({e}); marked FAIL")
-            except Exception as e2:  # the storage itself is failing: log it, keep the run going
-                self._log(f"  trial {ot.number}: could not tell Optuna ({e}) nor mark it FAIL ({e2}); left as is")
-        self._completed_trials.add(trial_id)
-        self.finished.append(ot.number)
-        self._log(_line(ot, r, state, values, self._objectives))
+        return state, values
 
-    def save(self, checkpoint_path: str):
-        pass  # the Optuna storage is the checkpoint; resume reads it (studies.storage.recover)
+    def save(self, checkpoint_path: str) -> None:
+        pass  # the Optuna storage is the checkpoint
 
-    def restore(self, checkpoint_path: str):
+    def restore(self, checkpoint_path: str) -> None:
         pass
 
 
-def _line(ot, r, state, values, objectives) -> str:
+def _line(number, reference, r, state, values, objectives) -> str:
     what = ", ".join(f"{o['name']}={_fmt(o['name'], v)}" for o, v in zip(objectives, values or []))
-    ref = f" [{ot.user_attrs.get('reference')}]" if ot.user_attrs.get("reference") else ""
+    ref = f" [{reference}]" if reference else ""
     err = f" {r.get('error')}" if state == TrialState.FAIL else ""
-    return (f"  trial {ot.number:>3}{ref} {state.name.lower():8} {r.get('status', ''):8} {what}"
+    return (f"  trial {number:>3}{ref} {state.name.lower():8} {r.get('status', ''):8} {what}"
             f" epochs={r.get('epochs_completed', 0)} {r.get('wall_s', 0) or 0:.1f}s{err}")
 
 

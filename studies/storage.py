@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from searchspace.errors import UserError
+from searchspace.errors import UserError, redact
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 INTERRUPTED = "interrupted"  # status of a trial whose driver died; it is requeued, not counted
@@ -39,7 +39,8 @@ def check_url(url: str) -> str:
         u = make_url(url)
         dialect = u.get_dialect()  # raises for an unknown database kind
     except Exception as e:  # sqlalchemy raises several types for a bad URL
-        raise UserError(f"--storage {url!r}: not a usable database URL ({type(e).__name__}: {e})".replace("\n", " ")) from None
+        raise UserError(redact(f"--storage {url!r}: not a usable database URL ({type(e).__name__}: {e})"
+                               .replace("\n", " "))) from None
     try:
         dialect.import_dbapi()
     except ImportError as e:
@@ -51,9 +52,9 @@ def check_url(url: str) -> str:
             except ImportError:
                 pass
         hint = " (pip install psycopg2-binary)" if u.get_backend_name() == "postgresql" else ""
-        raise UserError(f"--storage {url!r}: its database driver is not installed: {e}{hint}") from None
+        raise UserError(f"--storage {describe(url)!r}: its database driver is not installed: {e}{hint}") from None
     if u.get_backend_name() == "sqlite" and u.database and not Path(u.database).parent.is_dir():
-        raise UserError(f"--storage {url!r}: folder of {u.database!r} does not exist")
+        raise UserError(f"--storage {describe(url)!r}: folder of {u.database!r} does not exist")
     return url
 
 
@@ -65,15 +66,14 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as e:
-        raise UserError(f"--storage {url!r}: cannot open ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise UserError(redact(f"--storage {describe(url)!r}: cannot open "
+                               f"({type(e).__name__}: {str(e).splitlines()[0]})")) from None
 
 
 def describe(url: str) -> str:
     """A journal path relative to the current folder when inside it (shorter to copy)."""
     if "://" in url:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
+        return redact(url)
     rel = os.path.relpath(url)
     return url if rel.startswith("..") else rel
 
@@ -116,17 +116,17 @@ class Heartbeat:
     every HEARTBEAT_S by a daemon thread, so that another driver on the same storage (another run
     folder, another host) can tell whether this one's RUNNING trials are alive (see recover)."""
 
-    def __init__(self, studies, interval: float = HEARTBEAT_S):
+    def __init__(self, storage, study_names, interval: float = HEARTBEAT_S):
         self.id = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
-        self.studies, self.interval = list(studies), interval
+        self.storage, self.study_names, self.interval = storage, list(study_names), interval
         self._stop = threading.Event()
         self._thread = None
 
     def beat(self, stopped: bool = False) -> None:
-        for s in self.studies:
+        for name in self.study_names:
             try:
-                s._storage.set_study_system_attr(s._study_id, "driver:" + self.id,
-                                                 {"beat": time.time(), "stopped": stopped})
+                self.storage.set_study_system_attr(self.storage.get_study_id_from_name(name), "driver:" + self.id,
+                                                   {"beat": time.time(), "stopped": stopped})
             except Exception:  # a storage hiccup: the next beat tries again
                 pass
 
@@ -163,20 +163,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def driver_alive(study, driver: str | None, now: float | None = None) -> bool:
+def driver_alive(storage, study_name: str, driver: str | None, now: float | None = None) -> bool:
     """Whether the driver `driver` ("host:pid:start") still runs: its heartbeat is fresher than
     STALE_S and not stopped, and on this host its process exists too. No id (a trial of an older
     version): dead."""
     if not driver or driver.count(":") < 2:
         return False
-    beat = study._storage.get_study_system_attrs(study._study_id).get("driver:" + driver)
+    beat = storage.get_study_system_attrs(storage.get_study_id_from_name(study_name)).get("driver:" + driver)
     if not isinstance(beat, dict) or beat.get("stopped") or (now or time.time()) - beat.get("beat", 0) > STALE_S:
         return False
     host, pid, _ = driver.rsplit(":", 2)
     return _pid_alive(int(pid)) if host == socket.gethostname() else True
 
 
-def recover(study) -> list[int]:
+def recover(storage, study) -> list[int]:
     """Mark RUNNING trials of a dead driver FAIL ("interrupted") and enqueue their params again.
 
     RUNNING trials of a live driver (another run folder on the same storage; see driver_alive) are
@@ -187,14 +187,15 @@ def recover(study) -> list[int]:
     """
     requeued = []
     now = time.time()
+    study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if driver_alive(study, t.user_attrs.get("driver"), now):
+        if driver_alive(storage, study.study_name, t.user_attrs.get("driver"), now):
             continue
         keep = {k: t.user_attrs[k] for k in ("seeded_from", "reference") if k in t.user_attrs}
-        tid = t._trial_id
-        study._storage.set_trial_user_attr(tid, "status", INTERRUPTED)
-        study._storage.set_trial_user_attr(tid, "error", "the driver stopped before this trial finished; requeued")
-        study._storage.set_trial_state_values(tid, TrialState.FAIL)
+        tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(tid, "status", INTERRUPTED)
+        storage.set_trial_user_attr(tid, "error", "the driver stopped before this trial finished; requeued")
+        storage.set_trial_state_values(tid, TrialState.FAIL)
         if t.params:
             study.enqueue_trial(t.params, user_attrs={**keep, "requeued_from": t.number}, skip_if_exists=False)
         requeued.append(t.number)

@@ -227,21 +227,55 @@ def _cli(argv, capsys):
     return e.value.code, err
 
 
-def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys):
+@pytest.fixture
+def fake_heads():
+    """Two local ports that are not Ray heads: one answers like an HTTP/1 server, one accepts and stays silent."""
+    import threading
+
+    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    stop = threading.Event()
+
+    def serve(srv, reply):
+        srv.settimeout(0.2)
+        held = []
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            if reply:
+                conn.sendall(reply)
+            held.append(conn)
+        for c in held:
+            c.close()
+
+    threads = [threading.Thread(target=serve, args=(srv, reply), daemon=True)
+               for srv, reply in zip(servers, (b"HTTP/1.0 400 Bad Request\r\n\r\n", None))]
+    for t in threads:
+        t.start()
+    yield [srv.getsockname()[1] for srv in servers]
+    stop.set()
+    for t, srv in zip(threads, servers):
+        t.join(2)
+        srv.close()
+
+
+def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys, fake_heads):
+    http_port, silent_port = fake_heads
     run = tmp_path / "run"
     run.mkdir()
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from studies import config
 
-    existing = optuna.create_study(study_name="smoke", directions=["maximize", "minimize"],
-                                   storage=JournalStorage(JournalFileBackend(str(run / "study.journal"))))
+    journal = JournalStorage(JournalFileBackend(str(run / "study.journal")))
+    existing = optuna.create_study(study_name="smoke", directions=["maximize", "minimize"], storage=journal)
     smoke = config.load("smoke")
     for k, v in (("fidelity", smoke.fidelity), ("data", smoke.data), ("seed", 0),
                  ("config", config.to_storable(smoke))):
         existing.set_user_attr(k, v)
     other = optuna.create_study(study_name="space_changed", directions=["maximize", "minimize"],
-                                storage=existing._storage)  # the same storage, [space] of another choice list
+                                storage=journal)  # the same storage, [space] of another choice list
     other.set_user_attr("config", {**config.to_storable(smoke), "space": {**smoke.space, "plugins": ["none"]}})
     other_root = tmp_path / "imgs"
     for split in ("train", "val"):
@@ -270,11 +304,20 @@ def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys)
         "other max_val_per_class": ([str(fewer)], "[data] differs from the stored study (max_val_per_class)"),
         "other seed": (["smoke", "--seed", "3"], "seed differs from the stored study"),
         "bad address": (["smoke", "--address", "127.0.0.1:1"], "--address"),
+        "address answering HTTP/1": (["smoke", "--address", f"127.0.0.1:{http_port}"], "not a Ray head"),
+        "address that never answers": (["smoke", "--address", f"127.0.0.1:{silent_port}"], "--address"),
+        "unreachable RDB with a password": (["smoke", "--storage", "postgresql://alice:s3cret@127.0.0.1:9/optuna"],
+                                            "alice:***@127.0.0.1:9"),
+        "bad RDB URL with a password": (["smoke", "--storage", "postgresql://alice:s3cret@db:port/optuna"],
+                                        "--storage"),
     }
     for what, (argv, needle) in cases.items():
+        t0 = time.monotonic()
         code, err = _cli([*argv, "--out", str(run)] if "--out" not in argv else argv, capsys)
         assert code == 2, what
         assert err.count("\n") == 1 and err.startswith("error:") and needle in err, (what, err)
+        assert "s3cret" not in err, (what, err)
+        assert time.monotonic() - t0 < 60, what  # a bound against minutes of retries, not a speed test
         assert (run / "study.journal").read_bytes() == before, what
     assert sorted(p.name for p in run.iterdir()) in (["study.journal"], ["driver.lock", "study.journal"])
 
@@ -306,15 +349,29 @@ def test_published_resnet50_designs_lie_in_imagenet_subset():
         [n for n in r50 if not space.contains(spec, catalog.get(n).genome)]
 
 
-def test_searcher_states_without_ray():
+def _searcher(tmp_path, cfg, sampler=None, **kw):
+    """A StudySearch over a new study in a journal file, as the driver makes one."""
+    from studies.search import GenomeSpace, SamplerSpec, StudySearch
+
+    url = str(tmp_path / "study.journal")
+    optuna.create_study(study_name="u", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(url)), directions=[o["direction"] for o in cfg.objectives])
+    kw = {"epochs": cfg["fidelity"]["epochs"], "attrs": {"fidelity": cfg.fidelity, "seed": 0, "reference": None},
+          "log": lambda m: None, **kw}
+    return StudySearch(GenomeSpace(config_spec(cfg)), cfg.objectives, "u", url, sampler or SamplerSpec("random", 0), **kw)
+
+
+def config_spec(cfg):
+    from studies import config
+
+    return config.spec(cfg)
+
+
+def test_searcher_states_without_ray(tmp_path):
     """What each kind of finished Ray trial becomes in Optuna (ASHA-stopped -> PRUNED, not COMPLETE)."""
     from studies import config
-    from studies.search import GenomeSpace, StudySearch
 
-    cfg = config.load("smoke", {"fidelity.epochs": 3})
-    storage = optuna.storages.InMemoryStorage()
-    s = StudySearch(GenomeSpace(config.spec(cfg)), cfg.objectives, "u", storage, optuna.samplers.RandomSampler(0),
-                    epochs=3, attrs={"fidelity": cfg.fidelity, "seed": 0, "reference": None}, log=lambda m: None)
+    s = _searcher(tmp_path, config.load("smoke", {"fidelity.epochs": 3}))
     full = {"final": True, "status": "ok", "epochs_completed": 3, "top1": 0.7, "flops": 5e8, "node": "n"}
     cases = {
         "full": (dict(full), False),
@@ -324,11 +381,12 @@ def test_searcher_states_without_ray():
         "died": (None, True),
         "oom": ({**full, "status": "oom", "error": "out of memory"}, False),
     }
-    for tid, (result, err) in cases.items():
+    for n, (tid, (result, err)) in enumerate(cases.items()):
         cfg_ = s.suggest(tid)
-        assert "genome" in cfg_ and cfg_["trial_number"] == s._ot_trials[tid].number
+        assert "genome" in cfg_ and cfg_["trial_number"] == n
         if result and not result["final"]:
             s.on_trial_result(tid, result)
+            assert s.study.trials[n].user_attrs["epochs_completed"] == 1  # progress shown while it runs
             result = None  # Ray hands the last result back on stop; also cover "none given"
         s.on_trial_complete(tid, result, error=err)
     got = {t.number: (t.state, t.user_attrs.get("status")) for t in s.study.trials}
@@ -342,23 +400,54 @@ def test_searcher_states_without_ray():
     assert t[2].values == [0.5, 5e8] and t[2].user_attrs["epochs_completed"] == 1
 
 
-def test_searcher_survives_a_failing_storage():
+def test_searcher_survives_a_failing_storage(tmp_path, monkeypatch):
     """If Optuna's tell raises, and so does the fallback tell(FAIL), the run goes on with one log line."""
     from studies import config
-    from studies.search import GenomeSpace, StudySearch
 
-    cfg = config.load("smoke")
     lines = []
-    s = StudySearch(GenomeSpace(config.spec(cfg)), cfg.objectives, "u", optuna.storages.InMemoryStorage(),
-                    optuna.samplers.RandomSampler(0), epochs=1, attrs={}, log=lines.append)
+    s = _searcher(tmp_path, config.load("smoke"), log=lines.append)
     s.suggest("a")
 
     def broken(*a, **k):
         raise RuntimeError("storage gone")
 
-    s._ot_study.tell = broken
+    monkeypatch.setattr(s.study, "tell", broken)
     s.on_trial_complete("a", {"final": True, "status": "ok", "epochs_completed": 1, "top1": 0.5, "flops": 1.0})
     assert len(lines) == 2 and "nor mark it FAIL" in lines[0] and "storage gone" in lines[0]
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random"])
+def test_searcher_pickles_and_builds_a_tuner(tmp_path, sampler):
+    """Ray pickles the searcher when it builds the Tuner: that must work with every sampler the
+    configs accept, under the Optuna installed, and the unpickled searcher must tell the same study
+    with the same sampler settings."""
+    from ray import cloudpickle, tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from studies import config
+    from studies.search import SamplerSpec
+
+    spec = SamplerSpec(sampler, seed=7, population=4)
+    s = _searcher(tmp_path, config.load("smoke"), sampler=spec)
+    s.suggest("before")  # a live study and sampler inside: the pickle must not carry them
+    tuner = tune.Tuner(lambda cfg: None, tune_config=tune.TuneConfig(
+        search_alg=ConcurrencyLimiter(s, max_concurrent=1), num_samples=1),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="t"))
+    assert tuner is not None
+    clone = cloudpickle.loads(cloudpickle.dumps(s))  # as Ray pickles it
+    assert clone.sampler == spec and clone.study_name == "u" and clone.storage == s.storage
+    sampler_obj = clone.study.sampler
+    assert type(sampler_obj) is type(spec.build())
+    if sampler == "nsga2":
+        assert sampler_obj.population_size == 4
+    cfg_ = clone.suggest("after")
+    clone.on_trial_complete("after", {"final": True, "status": "ok", "epochs_completed": 1, "top1": 0.6,
+                                      "flops": 2.0})
+    stored = optuna.load_study(study_name="u", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(s.storage)))
+    assert [t.number for t in stored.trials] == [0, 1] and cfg_["trial_number"] == 1
+    assert stored.trials[1].state == TrialState.COMPLETE and stored.trials[1].values == [0.6, 2.0]
+    assert stored.trials[1].user_attrs["genome"] == cfg_["genome"]
 
 
 def test_padding_free_resolution_per_backbone():
@@ -400,14 +489,16 @@ def test_recover_leaves_live_drivers_trials_alone():
 
     from studies import storage as st
 
-    study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), directions=["maximize"])
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, directions=["maximize"])
+    study_id = storage.get_study_id_from_name(study.study_name)
     dead = subprocess.run([PY, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname()
-    beat = lambda who, age, stopped=False: study._storage.set_study_system_attr(  # noqa: E731
-        study._study_id, "driver:" + who, {"beat": time.time() - age, "stopped": stopped})
+    beat = lambda who, age, stopped=False: storage.set_study_system_attr(  # noqa: E731
+        study_id, "driver:" + who, {"beat": time.time() - age, "stopped": stopped})
     owners = {"live": None, "dead_pid": f"{host}:{dead.stdout.strip()}:1", "other_host_fresh": "elsewhere:1:1",
               "other_host_stale": "elsewhere:2:1", "stopped": "elsewhere:3:1", "legacy": None}
-    with st.Heartbeat([study], interval=0.05) as hb:
+    with st.Heartbeat(storage, [study.study_name], interval=0.05) as hb:
         owners["live"] = hb.id
         beat(owners["dead_pid"], 0)
         beat(owners["other_host_fresh"], 10)
@@ -420,13 +511,13 @@ def test_recover_leaves_live_drivers_trials_alone():
                 t.set_user_attr("driver", who)
             trials[what] = t.number
         time.sleep(0.2)  # a few beats
-        assert time.time() - study._storage.get_study_system_attrs(study._study_id)["driver:" + hb.id]["beat"] < 0.2
-        requeued = st.recover(study)
+        assert time.time() - storage.get_study_system_attrs(study_id)["driver:" + hb.id]["beat"] < 0.2
+        requeued = st.recover(storage, study)
     assert sorted(requeued) == sorted(trials[k] for k in ("dead_pid", "other_host_stale", "stopped", "legacy"))
     running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
     assert running == [trials["live"], trials["other_host_fresh"]]
-    assert study._storage.get_study_system_attrs(study._study_id)["driver:" + hb.id]["stopped"]
-    assert not st.driver_alive(study, hb.id)  # stopped on exit: the next driver need not wait
+    assert storage.get_study_system_attrs(study_id)["driver:" + hb.id]["stopped"]
+    assert not st.driver_alive(storage, study.study_name, hb.id)  # stopped on exit: the next driver need not wait
 
 
 @pytest.fixture
