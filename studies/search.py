@@ -55,6 +55,8 @@ def make_sampler(name: str, seed: int, population: int) -> optuna.samplers.BaseS
 
 
 class StudySearch(OptunaSearch):
+    progress = None  # a studies.progress.Progress, set by the driver: counts asked and finished trials
+
     def __init__(self, space: GenomeSpace, objectives: list[dict], study_name: str, storage, sampler,
                  epochs: int, attrs: dict, log: Callable[[str], None] = print):
         super().__init__(space, metric=[o["name"] for o in objectives],
@@ -70,6 +72,12 @@ class StudySearch(OptunaSearch):
     @property
     def study(self) -> optuna.Study:
         return self._ot_study
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if self.progress is not None and trial_id in self._ot_trials:
+            self.progress.started(trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict):
         self._last[trial_id] = result  # an errored trial's complete call carries no result
@@ -114,7 +122,11 @@ class StudySearch(OptunaSearch):
                 self._log(f"  trial {ot.number}: could not tell Optuna ({e}) nor mark it FAIL ({e2}); left as is")
         self._completed_trials.add(trial_id)
         self.finished.append(ot.number)
-        self._log(_line(ot, r, state, values, self._objectives))
+        line = _line(ot, r, state, values, self._objectives)
+        if self.progress is not None:  # the line, with the study's count and ETA
+            self.progress.finished(trial_id, state, line)
+        else:
+            self._log(line)
 
     def save(self, checkpoint_path: str):
         pass  # the Optuna storage is the checkpoint; resume reads it (studies.storage.recover)
