@@ -303,9 +303,10 @@ def test_progress_counts_and_eta():
     p.started("c")
     now[0] = 90.0
     p.finished("b", TrialState.FAIL, "  trial 3")
-    # mean 75 s; 5 waiting -> 375 s; c has run 30 s -> 45 s left; 420 s over 2 slots
+    # at 60 s: mean 60, 6 waiting, b due now -> 360 s over 2 slots; at 90 s: mean 75, 5 waiting -> 375 s,
+    # c has run 30 s -> 45 s left: 420 s over 2 slots
     assert p.eta() == pytest.approx(210.0)
-    assert out.getvalue().splitlines() == ["  trial 2  | 3/10 trials done, 1 running, 0 failed, 1m00s elapsed, ETA 4m00s",
+    assert out.getvalue().splitlines() == ["  trial 2  | 3/10 trials done, 1 running, 0 failed, 1m00s elapsed, ETA 3m00s",
                                            "  trial 3  | 4/10 trials done, 1 running, 1 failed, 1m30s elapsed, ETA 3m30s"]
     assert err.getvalue() == ""  # not a terminal: no status line
     assert [duration(s) for s in (None, 5, 65, 3725)] == ["?", "5s", "1m05s", "1h02m"]
