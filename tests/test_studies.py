@@ -287,6 +287,25 @@ def test_progress_on_a_terminal_piped_and_quiet_and_metric_names(tmp_path):
     assert not re.search(r"  trial +\d+ ", r.stdout) and "ETA" not in r.stdout + r.stderr  # the summary only
 
 
+def test_readme_says_what_the_configs_say():
+    """The README's shipped-configs table is the one generated from the configs, and the run time it
+    quotes for imagenet_subset is the one the config's note gives, for the config's trial count."""
+    from studies import config, readme
+
+    text = (REPO / "README.md").read_text()
+    assert readme.block(text) == readme.table(), \
+        "README.md's shipped-configs table is out of date: run python -m studies.readme --write"
+    row = readme.row("imagenet_subset")  # spot-check the generator against the raw TOML
+    raw = config.load("imagenet_subset").raw
+    assert f"{raw['data']['max_per_class']} train images" in row["proxy"]
+    assert f"{raw['fidelity']['epochs']} epochs" in row["proxy"] and f"{raw['fidelity']['resolution']} px" in row["proxy"]
+    quoted = re.search(r"studies\.run imagenet_subset +# ~(\d+) min on (\d+) CPU cores", text)
+    note = re.search(r"sized so that a (\d+)-core CPU runs (\d+) trials in about (\d+)\s+(?:# )?minutes",
+                     (REPO / "studies/configs/imagenet_subset.toml").read_text())
+    assert quoted and note, "the README's or the config's run-time sentence changed shape"
+    assert (quoted[1], quoted[2]) == (note[3], note[1]) and int(note[2]) == raw["budget"]["trials"]
+
+
 def test_progress_counts_and_eta():
     """The ETA spreads the remaining trials over the slots at the mean finished wall time."""
     import io
