@@ -133,6 +133,7 @@ def test_dashboard_serves_the_study(smoke_run):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{smoke['study_id']}", timeout=10) as r:
             detail = json.load(r)
         assert len(detail["trials"]) == 4
+        assert detail["objective_names"] == ["top1", "flops"]  # its plots' labels
         assert {t["state"] for t in detail["trials"]} == {"Complete", "Fail"}
     finally:
         proc.terminate()
