@@ -87,9 +87,9 @@ class Progress:
     """Progress of one batch of trials (a search, or the reference designs) towards `total`.
 
     `done` trials were finished before this run. The ETA spreads the remaining trials over
-    `concurrency` slots at the mean wall time of the trials finished in this run (from ask to
-    tell, as the driver saw them: training plus scheduling), less what the running ones have
-    already spent; before the first trial finishes it is unknown ("?").
+    `concurrency` slots at the mean wall time of the trials finished in this run (the wall time
+    each trial reported; not ask to tell, which also holds a worker's one-off start), less what
+    the running ones have already spent; before the first trial finishes it is unknown ("?").
     """
 
     def __init__(self, console: Console, total: int, done: int = 0, concurrency: int = 1, label: str = "trials",
@@ -110,9 +110,12 @@ class Progress:
         self.running[key] = self.clock()
         self.refresh()
 
-    def finished(self, key, state: TrialState, line: str) -> None:
+    def finished(self, key, state: TrialState, line: str, wall_s: float | None = None) -> None:
+        """`wall_s`: the trial's own wall time as it reported it; without one, ask to tell."""
         start = self.running.pop(key, None)
-        if start is not None:
+        if wall_s:
+            self.walls.append(float(wall_s))
+        elif start is not None:
             self.walls.append(self.clock() - start)
         kind = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(state, "failed")
         self.counts[kind] += 1

@@ -124,7 +124,7 @@ class StudySearch(OptunaSearch):
         self.finished.append(ot.number)
         line = _line(ot, r, state, values, self._objectives)
         if self.progress is not None:  # the line, with the study's count and ETA
-            self.progress.finished(trial_id, state, line)
+            self.progress.finished(trial_id, state, line, r.get("wall_s"))
         else:
             self._log(line)
 

@@ -330,6 +330,9 @@ def test_progress_counts_and_eta():
                                            "  trial 3  | 4/10 trials done, 1 running, 1 failed, 1m30s elapsed, ETA 3m30s"]
     assert err.getvalue() == ""  # not a terminal: no status line
     assert [duration(s) for s in (None, 5, 65, 3725)] == ["?", "5s", "1m05s", "1h02m"]
+    # a trial's reported wall time, when there is one, rather than ask to tell (a worker's start)
+    p.finished("c", TrialState.COMPLETE, "  trial 4", wall_s=15.0)  # mean (60 + 90 + 15) / 3 = 55
+    assert p.eta() == pytest.approx(5 * 55.0 / 2)
 
 
 @pytest.fixture
