@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Sequence
 
@@ -61,16 +62,14 @@ def front_figure(df: pd.DataFrame, x: str | None = None, y: str | None = None, d
     names = [o["name"] for o in objs]
     x, y = _axes(objs, x, y)
     (fx, xlabel), (fy, ylabel) = _unit(x), _unit(y)
-    designs = catalog_designs() if designs is None else list(designs)
-    backbone = (df.attrs.get("target") or {}).get("backbone")
-    # Published points of the study's backbone only: other backbones would only stretch the axis.
-    pubs = [(_field(d, "name"), r) for d in designs for r in published_records(d)
-            if r.get(x) is not None and r.get("top1") is not None
-            and (backbone is None or (genome_dict(_field(d, "genome")) or {}).get("backbone") == backbone)
-            ] if published else []
-    rows = 2 if pubs else 1
-    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.12,
-                        row_heights=[0.65, 0.35][:rows],
+    pubs = published_points(df, designs, x) if published else pd.DataFrame()
+    rows = 2 if len(pubs) else 1
+    refs = completed(df, "reference").dropna(subset=[x, y])
+    # Fixed pixel heights per panel: the labels are spread on them (see _callouts).
+    panel_px = [max(380, LABEL_PX * (len(refs) + 2)), max(260, LABEL_PX * (len(pubs) + 2))][:rows]
+    gap_px = 70
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=gap_px / (sum(panel_px) + gap_px),
+                        row_heights=panel_px,
                         subplot_titles=[f"{y} vs {x}: searched trials and Pareto front", PUBLISHED_NOTE][:rows])
     done = add_ranks(df, objs)
     done = completed(done).dropna(subset=[x, y])
@@ -95,37 +94,144 @@ def front_figure(df: pd.DataFrame, x: str | None = None, y: str | None = None, d
                                      name=f"front over all {len(objs)} objectives",
                                      marker=dict(symbol="circle-open", color=FRONT_COLOR, size=14, line=dict(width=2)),
                                      customdata=custom, hovertemplate=tmpl), row=1, col=1)
-    refs = completed(df, "reference").dropna(subset=[x, y])
     if len(refs):
         custom, tmpl = _hover(refs, hover_names)
-        fig.add_trace(go.Scatter(x=refs[x] / fx, y=refs[y] / fy, mode="markers+text", name="catalog designs (proxy)",
-                                 text=refs["reference"].fillna("reference"), textposition="top center",
+        fig.add_trace(go.Scatter(x=refs[x] / fx, y=refs[y] / fy, mode="markers", name="catalog designs (proxy)",
+                                 text=refs["reference"].fillna("reference"),
                                  marker=dict(symbol="star", size=15, color=REF_COLOR, line=dict(color="white", width=1)),
                                  customdata=custom, hovertemplate="<b>%{text}</b><br>" + tmpl), row=1, col=1)
     if not len(done) and not len(refs):
         fig.add_annotation(text="no completed trials yet", showarrow=False, xref="x domain", yref="y domain",
                            x=0.5, y=0.5, row=1, col=1)
-    if pubs:
-        pf = pd.DataFrame([{"design": n, "x": r[x] / fx, "top1": r["top1"], "source": r.get("source") or "?"}
-                           for n, r in pubs])
-        # One colour per source: each paper trained with its own recipe.
-        for k, (src, part) in enumerate(pf.groupby("source", sort=False)):
-            fig.add_trace(go.Scatter(x=part["x"], y=part["top1"], mode="markers+text", text=part["design"],
-                                     textposition="top center", textfont=dict(size=10),
-                                     name=f"published: {src if len(src) < 48 else src[:46] + '…'}", legendgroup="published",
-                                     legendgrouptitle_text="published ImageNet-1K (other recipes)" if k == 0 else None,
-                                     marker=dict(symbol="diamond", size=10, color=PUB_COLORS[k % len(PUB_COLORS)]),
-                                     hovertemplate="<b>%{text}</b><br>top-1 %{y}<br>%{x:.4g}<extra>" + src[:60]
-                                                   + "</extra>"), row=2, col=1)
-        pad = max(0.5, 0.15 * (pf["top1"].max() - pf["top1"].min()))  # room for the labels
-        fig.update_yaxes(title_text="published top-1 (%)", range=[pf["top1"].min() - pad, pf["top1"].max() + 2 * pad],
-                         row=2, col=1)
+    xs = [v for v in (*(done[x] / fx if len(done) else []), *(refs[x] / fx), *(pubs["x"] if len(pubs) else []))]
+    x_range = _label_room(xs)
+    if len(refs):
+        ys = [*(done[y] / fy if len(done) else []), *(refs[y] / fy)]
+        y_range = _callouts(fig, 1, refs[x] / fx, refs[y] / fy, refs["reference"].fillna("reference"),
+                            [REF_COLOR] * len(refs), x_range, panel_px[0], (min(ys), max(ys)),
+                            others=list(zip(done[x] / fx, done[y] / fy)) if len(done) else ())
+        fig.update_yaxes(range=y_range, row=1, col=1)
+    if len(pubs):
+        # One colour per source: each paper trained with its own recipe; the legend names it
+        # briefly, the hover text and the table under the figure in full.
+        colors = {}
+        for k, (src, part) in enumerate(pubs.groupby("short_source", sort=False)):
+            colors[src] = PUB_COLORS[k % len(PUB_COLORS)]
+            fig.add_trace(go.Scatter(x=part["x"], y=part["top1"], mode="markers", text=part["design"],
+                                     name=src, legendgroup="published", customdata=part[["source"]].to_numpy(),
+                                     legendgrouptitle_text="published ImageNet-1K (each paper's own recipe)" if k == 0 else None,
+                                     marker=dict(symbol="diamond", size=10, color=colors[src]),
+                                     hovertemplate="<b>%{text}</b><br>top-1 %{y}<br>%{x:.4g}<br>%{customdata[0]}"
+                                                   "<extra></extra>"), row=2, col=1)
+        y_range = _callouts(fig, 2, pubs["x"], pubs["top1"], pubs["design"], [colors[s] for s in pubs["short_source"]],
+                            x_range, panel_px[1])
+        fig.update_yaxes(title_text="published top-1 (%)", range=y_range, row=2, col=1)
         fig.update_xaxes(title_text=xlabel, row=2, col=1)
+    if x_range is not None:
+        fig.update_xaxes(range=x_range)
     fig.update_xaxes(title_text=xlabel, row=1, col=1, showticklabels=True)
     fig.update_yaxes(title_text=ylabel, row=1, col=1)
-    fig.update_layout(height=820 if rows == 2 else 520, template="plotly_white",
-                      legend=dict(orientation="h", yanchor="bottom", y=1.04, x=0, font=dict(size=11)))
+    fig.update_layout(height=sum(panel_px) + gap_px * (rows - 1) + FRONT_MARGIN["t"] + FRONT_MARGIN["b"],
+                      template="plotly_white", margin=FRONT_MARGIN,
+                      legend=dict(orientation="v", yanchor="top", y=1, x=1.01, xanchor="left", font=dict(size=11)))
     return fig
+
+
+def short_source(source: str, others=()) -> str:
+    """A legend name for a published source string: its head, before any ' (', ',', ':' or ' / ',
+    without the 'seed ' prefix; when two different sources would read the same, the first
+    comma-separated remainder that differs is added back."""
+    def head(s):
+        s = s[5:] if s.startswith("seed ") else s
+        return re.split(r" \(|,|:| / ", s, maxsplit=1)[0].strip() or s
+
+    short = head(source)
+    if any(o != source and head(o) == short for o in others):
+        extra = [p.strip() for p in source.split(",")[1:]]
+        short = f"{short}, {extra[0]}" if extra else short
+    return short if len(short) <= 40 else short[:39] + "…"
+
+
+def published_points(df: pd.DataFrame, designs=None, x: str = "flops") -> pd.DataFrame:
+    """The catalog's published ImageNet rows with a top-1 and an `x` cost, for the study's backbone
+    only (others would only stretch the axis): design, x (in plot units), top1, source, short_source,
+    each row as the paper printed it."""
+    designs = catalog_designs() if designs is None else list(designs)
+    backbone = (df.attrs.get("target") or {}).get("backbone")
+    fx = _unit(x)[0]
+    rows = [{"design": _field(d, "name"), "x": r[x] / fx, "top1": r["top1"], "source": r.get("source") or "?"}
+            for d in designs for r in published_records(d)
+            if r.get(x) is not None and r.get("top1") is not None
+            and (backbone is None or (genome_dict(_field(d, "genome")) or {}).get("backbone") == backbone)]
+    out = pd.DataFrame(rows, columns=["design", "x", "top1", "source"])
+    sources = list(dict.fromkeys(out["source"]))
+    out["short_source"] = [short_source(s, sources) for s in out["source"]]
+    return out
+
+
+LABEL_PX = 16  # vertical room of one 10 px label
+CHAR_PX = 6.2  # width of one character of a 10 px label (generous for sans-serif names)
+PLOT_MIN_PX = 600  # the narrowest plot area the labels are laid out for (a 1300 px window gives ~850)
+FRONT_MARGIN = dict(l=70, r=20, t=60, b=60)
+
+
+def _label_room(xs) -> list[float] | None:
+    """An x range with room right of the data for the labels of the rightmost points."""
+    xs = [float(v) for v in xs if v == v]
+    if not xs:
+        return None
+    lo, hi = min(xs), max(xs)
+    span = max(hi - lo, 0.02 * abs(hi) or 1.0)
+    return [lo - 0.04 * span, hi + 0.3 * span]
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _callouts(fig, row: int, xs, ys, names, colors, x_range, panel_px: int, y_extent=None,
+              others=()) -> list[float] | None:
+    """Name each point by a label just right of it, joined by a short line. Labels are laid out
+    greedily in pixels (the panel's fixed height, the narrowest plot width expected): each takes
+    the nearest free height, alternately above and below its point, so no label covers another or
+    another point's marker (nor one of `others`, (x, y) points drawn unlabelled). A wider plot
+    only moves points apart. Returns the y range laid out on
+    (set it on the axis)."""
+    pts = [(float(x), float(y), str(n), c) for x, y, n, c in zip(xs, ys, names, colors)]
+    if not pts or x_range is None:
+        return None
+    lo, hi = y_extent or (min(p[1] for p in pts), max(p[1] for p in pts))
+    pad = 0.12 * ((hi - lo) or max(0.05 * abs(hi), 0.01))
+    y0, y1 = lo - pad, hi + pad
+    x0, x1 = x_range
+
+    def px(x, y):
+        return (x - x0) / (x1 - x0) * PLOT_MIN_PX, (y1 - y) / (y1 - y0) * panel_px
+
+    markers = [(*(c - 6 for c in px(x, y)), *(c + 6 for c in px(x, y))) for x, y, *_ in pts]
+    markers += [(*(c - 5 for c in px(x, y)), *(c + 5 for c in px(x, y))) for x, y in others]
+    placed = []
+    sub = fig.get_subplot(row, 1)
+    xa, ya = sub.xaxis.plotly_name.replace("axis", ""), sub.yaxis.plotly_name.replace("axis", "")
+    steps = [0] + [k * s for k in range(1, 2 * len(pts) + 4) for s in (-1, 1)]  # px up is negative
+    for i in sorted(range(len(pts)), key=lambda i: (-pts[i][1], pts[i][0])):  # top first
+        x, y, name, color = pts[i]
+        cx, cy = px(x, y)
+        w, h = CHAR_PX * len(name) + 6, LABEL_PX - 2
+
+        def box(dy):
+            return (cx + 12, cy + dy - h / 2, cx + 12 + w, cy + dy + h / 2)
+
+        free = [dy for dy in (k * LABEL_PX / 2 for k in steps)
+                if 0 <= box(dy)[1] and box(dy)[3] <= panel_px
+                and not any(_overlaps(box(dy), b) for b in placed)
+                and not any(_overlaps(box(dy), m) for j, m in enumerate(markers) if j != i)]
+        dy = free[0] if free else 0.0
+        placed.append(box(dy))
+        fig.add_annotation(x=x, y=y, xref=xa, yref=ya, ax=12, ay=dy, text=name, name=f"label:{name}",
+                           showarrow=True, arrowhead=0, arrowwidth=0.8, arrowcolor=color, standoff=4,
+                           xanchor="left", yanchor="middle", font=dict(size=10, color=color))
+    return [y0, y1]
 
 
 def hypervolume_figure(history: pd.DataFrame) -> go.Figure:
@@ -149,30 +255,49 @@ def hypervolume_figure(history: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def parallel_figure(df: pd.DataFrame, objectives: list[dict] | None = None) -> go.Figure:
-    """Parallel coordinates over the genome fields that vary, then the objectives; coloured by
-    the first objective; the last axis says whether the trial is on the front."""
+PARALLEL_AXES = 8  # genome axes shown at first; the menu shows all that vary
+
+
+def parallel_figure(df: pd.DataFrame, objectives: list[dict] | None = None, max_axes: int = PARALLEL_AXES) -> go.Figure:
+    """Parallel coordinates of the completed trials: genome fields, then the objectives, then
+    whether the trial is on the front; coloured by the first objective. The fields that vary on
+    the front come first (most values on the front first), at most `max_axes` of them at first;
+    a menu switches to every field that varies over the trials (constant ones never show)."""
     objs = objectives_of(df, objectives)
-    done = add_ranks(df, objs)
-    done = completed(done)
-    dims = []
-    for c in genome_columns(done):
+    done = completed(add_ranks(df, objs))
+    on_front = done["front_rank"] == 0 if len(done) else pd.Series(dtype=bool)
+    fields = []
+    for k, c in enumerate(genome_columns(done)):
         vals = done[c].map(_category)
-        cats = sorted(vals.unique())
-        if len(cats) > 1:  # constant fields only add clutter
-            code = {v: i for i, v in enumerate(cats)}
-            dims.append(dict(label=c, values=vals.map(code), tickvals=list(code.values()), ticktext=cats))
-    for o in objs:
-        f, _ = _unit(o["name"])
-        dims.append(dict(label=o["name"], values=done[o["name"]].astype(float) / f))
-    dims.append(dict(label="on front", values=(done["front_rank"] == 0).astype(int), tickvals=[0, 1],
-                     ticktext=["no", "yes"]))
-    color = done[objs[0]["name"]].astype(float) if len(done) else []
-    fig = go.Figure(go.Parcoords(dimensions=dims, labelangle=-30, labelside="top", tickfont=dict(size=9),
+        if vals.nunique() > 1:
+            fields.append((-vals[on_front].nunique(), -vals.nunique(), k, c, vals))
+    fields.sort(key=lambda f: f[:3])
+
+    def axis(vals, label):
+        code = {v: i for i, v in enumerate(sorted(vals.unique()))}
+        return dict(label=label, values=vals.map(code).tolist(), tickvals=list(code.values()), ticktext=list(code))
+
+    genome_axes = [axis(vals, c) for *_, c, vals in fields]
+    tail = [dict(label=o["name"], values=(done[o["name"]].astype(float) / _unit(o["name"])[0]).tolist()) for o in objs]
+    tail.append(dict(label="on front", values=on_front.astype(int).tolist(), tickvals=[0, 1], ticktext=["no", "yes"]))
+    varying_on_front = sum(1 for f in fields if f[0] < -1)
+    first = genome_axes[:max(min(max_axes, varying_on_front), min(max_axes, len(genome_axes)))]
+    color = done[objs[0]["name"]].astype(float).tolist() if len(done) else []
+    fig = go.Figure(go.Parcoords(dimensions=first + tail, labelangle=-30, labelside="top", tickfont=dict(size=9),
                                  line=dict(color=color, colorscale="Viridis", showscale=True,
                                            colorbar=dict(title=objs[0]["name"]))))
-    fig.update_layout(height=560, template="plotly_white", margin=dict(l=90, r=90, t=150, b=40),
-                      title=dict(text="Genome fields and objectives of the completed trials", font=dict(size=14)))
+    if len(first) < len(genome_axes):
+        fig.update_layout(updatemenus=[dict(
+            type="dropdown", x=0, xanchor="left", y=1.34, yanchor="top", showactive=True,
+            buttons=[dict(label=f"{len(first)} fields that vary most on the front", method="restyle",
+                          args=[{"dimensions": [first + tail]}, [0]]),
+                     dict(label=f"all {len(genome_axes)} fields that vary", method="restyle",
+                          args=[{"dimensions": [genome_axes + tail]}, [0]])])])
+    shown = (f"{len(first)} of {len(genome_axes)} genome fields that vary, those varying on the front first"
+             if len(first) < len(genome_axes) else f"the {len(genome_axes)} genome fields that vary")
+    fig.update_layout(height=560, template="plotly_white", margin=dict(l=90, r=90, t=170, b=40),
+                      title=dict(text=f"Completed trials: {shown}, then the objectives", font=dict(size=14),
+                                 y=0.98, yref="container", yanchor="top"))
     return fig
 
 

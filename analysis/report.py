@@ -111,6 +111,13 @@ def build_report(df: pd.DataFrame, designs=None) -> str:
                   _fig(plots.front_figure(df, designs=designs), "front")]
         front = pareto_front(df)
         parts.append(_table(_cost_units(front[["number", *names, "genome_summary", "genome_key"]])))
+        x = plots._axes(objs, None, None)[0]  # the front figure's cost axis
+        pubs = plots.published_points(df, designs, x)
+        if len(pubs):
+            parts += ['<p class="note">The lower panel\'s published points, each as its source printed it '
+                      '(ImageNet-1K, that source\'s own training recipe):</p>',
+                      _table(pubs.rename(columns={"x": plots.UNITS.get(x, (1, x))[1], "top1": "top-1 (%)",
+                                                  "short_source": "legend"}))]
         parts += ["<h2>Hypervolume history</h2>", _fig(plots.hypervolume_figure(hist), "hv")]
         f3 = plots.front3d_figure(df)
         if f3 is not None:

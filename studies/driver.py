@@ -14,6 +14,7 @@ from searchspace.errors import UserError
 
 from . import config as config_mod
 from . import storage as st
+from .progress import Console, Progress
 from .search import GenomeSpace, SamplerSpec, StudySearch, _fmt
 from .trainable import run_trial
 
@@ -73,7 +74,23 @@ def _inject(cfg):
     return int(env) if env not in (None, "") else cfg["inject_failure_trial"]
 
 
+def name_objectives(study: optuna.Study, objectives: list[dict]) -> None:
+    """Store the objective names as the study's metric names, so optuna-dashboard labels its Pareto
+    front, history and importance plots "top1", "flops" rather than "Objective 0", "Objective 1".
+    Every study the driver opens (searched, references, any later kind) is named through here, on
+    a fresh run and on resume (a study stored before names were written gets them then)."""
+    import warnings
+
+    names = [o["name"] for o in objectives]
+    if study.metric_names == names:
+        return
+    with warnings.catch_warnings():  # experimental in Optuna (since 3.2), and public
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
+
+
 def _study_attrs(study, cfg):
+    name_objectives(study, cfg.objectives)
     study.set_user_attr("objectives", cfg.objectives)
     study.set_user_attr("config", config_mod.to_storable(cfg))
     study.set_user_attr("target", cfg.target)
@@ -137,7 +154,8 @@ def _enqueue_known(study, designs, spec, attr: str, log) -> int:
 
 
 def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
-    log = (lambda *_: None) if args.quiet else (lambda m: print(m, flush=True))
+    console = Console(quiet=args.quiet)
+    log = console.log
     spec = config_mod.spec(cfg)
     attrs = {"fidelity": cfg.fidelity, "seed": cfg["seed"], "reference": None}
     directions = [o["direction"] for o in cfg.objectives]
@@ -182,12 +200,14 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
             ref_attrs = {k: v for k, v in attrs.items() if k != "reference"}  # keep the name set at enqueue
             search = _new_search(cfg, url, ref.study_name, 0, spec, ref_attrs, log,
                                  sampler=SamplerSpec("random", cfg["seed"]), driver=heartbeat.id)
-            _tune(cfg, res, search, ref_waiting, run_dir, "references", log)
+            with Progress(console, ref_waiting, 0, res["concurrency"], "references") as search.progress:
+                _tune(cfg, res, search, ref_waiting, run_dir, "references", log)
             summary["references"] = len(search.finished)
         if done < want:
             log(f"running {want - done} trial(s) ({done} of {want} already done)")
             search = _new_search(cfg, url, cfg.name, len(study.trials), spec, attrs, log, driver=heartbeat.id)
-            _tune(cfg, res, search, want - done, run_dir, "search", log, inject=True)
+            with Progress(console, want, done, res["concurrency"]) as search.progress:
+                _tune(cfg, res, search, want - done, run_dir, "search", log, inject=True)
             summary["ran"] = len(search.finished)
     finally:
         heartbeat.stop()

@@ -77,6 +77,8 @@ class StudySearch(Searcher):
     (studies.storage.recover).
     """
 
+    progress = None  # a studies.progress.Progress, set by the driver: counts asked and finished trials
+
     def __init__(self, space: GenomeSpace, objectives: list[dict], study_name: str, storage, sampler: SamplerSpec,
                  epochs: int, attrs: dict, log: Callable[[str], None] = print):
         super().__init__(metric=[o["name"] for o in objectives],
@@ -119,6 +121,8 @@ class StudySearch(Searcher):
     def suggest(self, trial_id: str) -> dict | None:
         trial = self.study.ask()
         self._asked[trial_id] = (trial.number, trial.user_attrs.get("reference"))
+        if self.progress is not None:
+            self.progress.started(trial_id)
         return self.space(trial)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -143,7 +147,11 @@ class StudySearch(Searcher):
             except Exception as e2:  # the storage itself is failing: log it, keep the run going
                 self._log(f"  trial {number}: could not tell Optuna ({e}) nor mark it FAIL ({e2}); left as is")
         self.finished.append(number)
-        self._log(_line(number, reference, r, state, values, self.objectives))
+        line = _line(number, reference, r, state, values, self.objectives)
+        if self.progress is not None:  # the line, with the study's count and ETA
+            self.progress.finished(trial_id, state, line, r.get("wall_s"))
+        else:
+            self._log(line)
 
     def _outcome(self, r: dict, error: bool) -> tuple[TrialState, list | None]:
         """The Optuna state and values of a finished Ray trial (see the module docstring); sets r["status"]."""

@@ -273,12 +273,40 @@ def test_figures_two_objectives(tmp_path):
     assert "Pareto front (top1, flops)" in names and "catalog designs (proxy)" in names
     assert fig.data[names.index("Pareto front (top1, flops)")].line.shape == "hv"
     pub = [t for t in fig.data if t.legendgroup == "published"]
-    assert [t.name for t in pub] == ["published: synthetic"]  # one trace (colour) per source / recipe
+    assert [t.name for t in pub] == ["synthetic"]  # one trace (colour) per source / recipe
     # the study's backbone only (r18_se is a ResNet-18); msca_s4 has no published numbers
     assert list(pub[0].text) == ["se_all", "se_s4", "msca_all"] and pub[0].yaxis == "y2"
+    labels = [a for a in fig.layout.annotations if (a.name or "").startswith("label:")]
+    assert sorted(a.text for a in labels) == ["msca_all", "se_all", "se_all", "se_s4"]  # 1 proxy + 3 published
     assert analysis.front3d_figure(df) is None
     heat = analysis.stage_map_figure(df).data[0]
     assert "none" in heat.y
+
+
+def test_short_source_names():
+    from analysis.plots import short_source
+
+    dsnet = "seed DSNet-ImageNet-COCO (mmpretrain configs)"
+    assert short_source(dsnet) == "DSNet-ImageNet-COCO"
+    assert short_source("SDA-xNet README / paper table (SENet-50 row)") == "SDA-xNet README"
+    assert short_source("ResNet-50 V1C: deep stem, stride on the 3x3") == "ResNet-50 V1C"
+    # two recipes of one repository stay apart
+    assert short_source(dsnet + ", no AMP", [dsnet, dsnet + ", no AMP"]) == "DSNet-ImageNet-COCO, no AMP"
+
+
+def test_parallel_axes_varying_on_the_front_first(run_dir):
+    df = load_study(run_dir)
+    fig = analysis.parallel_figure(df, max_axes=2)
+    dims = fig.data[0].dimensions
+    front = analysis.add_ranks(df, df.attrs["objectives"])
+    front = front[(front["study"] == "search") & (front["front_rank"] == 0)]
+    on_front = {d.label: front[d.label].map(str).nunique() for d in dims if d.label.startswith("s")}
+    assert len(on_front) == 2 and min(on_front.values()) > 1, on_front  # both vary on the front
+    assert [d.label for d in dims][-4:] == ["top1", "flops", "params", "on front"]
+    (menu,) = fig.layout.updatemenus  # the reader can switch to every field that varies
+    every = menu.buttons[1].args[0]["dimensions"][0]
+    assert menu.buttons[1].label.startswith("all ") and len(every) > len(dims)
+    assert analysis.parallel_figure(df, max_axes=50).layout.updatemenus == ()  # all shown: no menu
 
 
 def test_empty_study_report(tmp_path):
@@ -378,3 +406,67 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     assert img.shape == (2000, 1280) and img.std() > 10  # not a blank page
     if os.environ.get("ANALYSIS_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["ANALYSIS_KEEP_SCREENSHOT"])
+
+
+# After plotly has drawn the page: the bounding box of every point label (annotations named
+# "label:...") of the front figure, and of the figure's SVG, written into the DOM for --dump-dom.
+MEASURE_LABELS = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const gd = document.getElementById("front"), out = {labels: [], svg: null};
+  const box = r => ({l: r.left, t: r.top, r: r.right, b: r.bottom});
+  gd.querySelectorAll("g.annotation").forEach(g => {
+    const a = gd.layout.annotations[+g.getAttribute("data-index")];
+    if (a && String(a.name || "").startsWith("label:"))
+      out.labels.push({text: a.text, yref: a.yref, ...box(g.querySelector("text").getBoundingClientRect())});
+  });
+  out.svg = box(gd.querySelector("svg.main-svg").getBoundingClientRect());
+  const pre = document.createElement("pre");
+  pre.id = "label-boxes";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+}, 500));</script>"""
+
+
+def _label_boxes(page: Path, tmp_path: Path) -> dict:
+    import html as html_mod
+    import re
+
+    measured = page.with_name(page.stem + "-measured.html")
+    measured.write_text(page.read_text().replace("</body>", MEASURE_LABELS + "</body>"))
+    p = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                        "--no-first-run", f"--user-data-dir={tmp_path / 'profile-labels'}",
+                        "--virtual-time-budget=15000", "--window-size=1300,2000", "--dump-dom", measured.as_uri()],
+                       capture_output=True, text=True, timeout=180)
+    m = re.search(r'<pre id="label-boxes">(.*?)</pre>', p.stdout, re.S)
+    assert m, p.stderr[-2000:]
+    return json.loads(html_mod.unescape(m.group(1)))
+
+
+def _overlapping(labels: list[dict]) -> list[tuple[str, str]]:
+    return [(a["text"], b["text"]) for i, a in enumerate(labels) for b in labels[i + 1:]
+            if a["l"] < b["r"] and b["l"] < a["r"] and a["t"] < b["b"] and b["t"] < a["b"]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (CI installs the Debian package 'chromium')")
+def test_report_labels_do_not_overlap_in_chromium(run_dir, tmp_path):
+    """The front figure's labels as Chromium draws them at 1300 px: the catalog's published
+    ResNet-50 rows (three at 4.11 G) and the proxy references, no two boxes overlapping, all
+    inside the figure."""
+    import plotly.graph_objects as go
+
+    control = tmp_path / "control.html"  # the measurement must see an overlap where there is one
+    fig = go.Figure(go.Scatter(x=[1, 2], y=[1, 2]))
+    for name in ("a", "b"):
+        fig.add_annotation(x=1, y=1, text=f"label {name}", name=f"label:{name}")
+    control.write_text(fig.to_html(include_plotlyjs=True, div_id="front"))
+    assert _overlapping(_label_boxes(control, tmp_path)["labels"]) == [("label a", "label b")]
+
+    out = analysis.write_report(run_dir, out_path=tmp_path / "report.html")  # the real catalog
+    boxes = _label_boxes(out, tmp_path)
+    published = [b for b in boxes["labels"] if b["yref"] == "y2"]
+    assert len(published) >= 8 and [b["text"] for b in published].count("resnet50") == 3, boxes["labels"]
+    assert len(boxes["labels"]) == len(published) + 3  # and the three proxy references
+    assert not _overlapping(boxes["labels"]), _overlapping(boxes["labels"])
+    svg = boxes["svg"]
+    assert all(svg["l"] <= b["l"] and b["r"] <= svg["r"] and svg["t"] <= b["t"] and b["b"] <= svg["b"]
+               for b in boxes["labels"])
