@@ -108,7 +108,7 @@ def _new_search(cfg, storage, name, n_existing, spec, attrs, log, sampler=None, 
     s = cfg["sampler"]
     # seed + trials so far: a resumed sampler does not replay the first run's draws
     sampler = sampler or make_sampler(s["name"], cfg["seed"] + n_existing, s["population"])
-    return StudySearch(GenomeSpace(spec, driver), cfg.objectives, name, storage, sampler, cfg["fidelity"]["epochs"],
+    return StudySearch(GenomeSpace(spec, driver, cfg.target), cfg.objectives, name, storage, sampler, cfg["fidelity"]["epochs"],
                        attrs, log)
 
 

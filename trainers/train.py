@@ -181,7 +181,8 @@ def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec |
     base = dict(device=str(dev), params=sum(p.numel() for p in model.parameters()), seed=seed,
                 num_classes=data.num_classes, skipped_images=len(data.skipped), fidelity=fid.to_dict())
     if data_on_device is None:
-        data_on_device = dev.type != "cuda" or data_fits_on_device(_nbytes(data), dev, memory_fraction)
+        data_on_device = dev.type != "cuda" or data_fits_on_device(
+            _nbytes(data), torch.cuda.get_device_properties(dev).total_memory, memory_fraction)
     run = _Run(model, fid, data, dev, seed, report, evaluate_every_epoch, data_on_device)
     del model  # `run` owns it, so that releasing the run frees everything
     oom, latency = False, None
@@ -236,10 +237,11 @@ def release_memory(dev) -> None:
         torch.cuda.empty_cache()
 
 
-def data_fits_on_device(nbytes: int, dev, memory_fraction: float | None = None) -> bool:
-    """DATA_ON_DEVICE_SHARE of the device memory this run may use (its fraction when packed)."""
-    total = torch.cuda.get_device_properties(dev).total_memory
-    return nbytes <= DATA_ON_DEVICE_SHARE * total * (memory_fraction if memory_fraction and memory_fraction < 1 else 1.0)
+def data_fits_on_device(nbytes: int, device_bytes: int, memory_fraction: float | None = None) -> bool:
+    """Whether `nbytes` of images take at most DATA_ON_DEVICE_SHARE of the device memory this run may
+    use (`device_bytes`, times its fraction when packed)."""
+    share = memory_fraction if memory_fraction and memory_fraction < 1 else 1.0
+    return nbytes <= DATA_ON_DEVICE_SHARE * device_bytes * share
 
 
 def _nbytes(data: ImageData) -> int:
