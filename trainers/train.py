@@ -195,6 +195,7 @@ def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec |
                 if not is_out_of_memory(e):
                     raise
                 oom = True  # handled below, outside the except block, so the tensors can be freed
+            peak = _peak_memory_mb(dev)  # of the training, before the latency's eval copy
             if measure_latency and not oom:
                 latency = _latency(run, dev)
     finally:
@@ -204,10 +205,6 @@ def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec |
         run.status = "oom"
     last = run.history[-1] if run.history else {}
     trusted = run.status in ("ok", "stopped")
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     nondet = sorted(det["ops"]) + ([] if cublas_ok else ["cuBLAS (CUBLAS_WORKSPACE_CONFIG set after CUDA started)"])
     return TrainResult(
         status=run.status, top1=last.get("top1") if trusted else None, top5=last.get("top5") if trusted else None,
@@ -242,6 +239,13 @@ def data_fits_on_device(nbytes: int, device_bytes: int, memory_fraction: float |
     use (`device_bytes`, times its fraction when packed)."""
     share = memory_fraction if memory_fraction and memory_fraction < 1 else 1.0
     return nbytes <= DATA_ON_DEVICE_SHARE * device_bytes * share
+
+
+def _peak_memory_mb(dev) -> float:
+    """CUDA: peak allocated since the run's reset; CPU: the process's peak RSS."""
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _nbytes(data: ImageData) -> int:
