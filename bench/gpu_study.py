@@ -199,8 +199,8 @@ def main() -> int:
         print_trials(trials)
         ok = [t.user_attrs for t in trials if t.user_attrs.get("status") == "ok"]
         summary.append(f"{name}: {len(ok)}/{len(trials)} ok, {wall:.0f}s, peak MB max "
-                       f"{max((x.get('peak_mem_mb') or 0) for x in ok) if ok else 0:.0f}, util mean "
-                       f"{util.get('util_mean', float('nan')):.0f}%")
+                       f"{max((x.get('peak_mem_mb') or 0) for x in ok) if ok else 0:.0f}, GPU util mean "
+                       + (f"{util['util_mean']:.0f}%" if "util_mean" in util else "-"))
         if name == studies[-1][0] and a.compare:
             ratios = alone_vs_bare(name, trials, a.device, a.compare)
     print("\nsummary: " + "; ".join(summary))

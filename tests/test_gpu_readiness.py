@@ -6,6 +6,7 @@ warm-up kept out of the throughput, latency on a cast eval copy, target costs co
 """
 
 import json
+import pickle
 import weakref
 
 import optuna
@@ -275,6 +276,6 @@ def test_target_cost_is_counted_once_and_cached_on_disk(tmp_path, monkeypatch):
     cfg = config_mod.load("smoke")
     space = GenomeSpace(config_mod.spec(cfg), target=cfg.target)
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    out = space(trial)
+    out = pickle.loads(pickle.dumps(space))(trial)  # Ray pickles the searcher with its space
     got = Genome.from_json(out["genome"])
     assert out["cost"]["flops"] == cost(got, "paper", 224, 1000).flops
