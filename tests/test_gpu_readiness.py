@@ -279,3 +279,13 @@ def test_target_cost_is_counted_once_and_cached_on_disk(tmp_path, monkeypatch):
     out = pickle.loads(pickle.dumps(space))(trial)  # Ray pickles the searcher with its space
     got = Genome.from_json(out["genome"])
     assert out["cost"]["flops"] == cost(got, "paper", 224, 1000).flops
+
+
+def test_kw_networks_train_in_nchw_on_cuda():
+    from trainers.measure import memory_format_for
+
+    kw = build(Genome("resnet18", (Stage(kw=1.0), Stage(), Stage(), Stage())), num_classes=3, width_mult=0.125)
+    plain = build(Genome("resnet18"), num_classes=3, width_mult=0.125)
+    assert memory_format_for(plain, "cuda") == torch.channels_last
+    assert memory_format_for(kw, "cuda") == torch.contiguous_format
+    assert memory_format_for(plain, "cpu") == torch.contiguous_format
