@@ -3,13 +3,18 @@
 The KW conv is ResNet-18's layer3 3x3 conv (256 -> 256 at 14x14) inside the real KW ResNet-18
 (so it draws on its stage's warehouse: 47 cells of 256x256 at b=1, 188 at b=4). Both convs run in
 the same process, interleaved repeat by repeat; the table gives medians and the KW/plain time ratio.
+`--layouts nchw channels_last` and `--dtypes fp32 bf16` (CUDA autocast, as the trainer) add rows:
+a channels_last input makes the KW conv convert its input to NCHW and its output back (the trainer
+therefore keeps KW networks in NCHW; these rows measure what that choice saves).
 
     python bench/kw_conv.py [--device cuda] [--batches 8 32] [--repeats 15] [--budgets 1 4]
+                            [--layouts nchw channels_last] [--dtypes fp32 bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -20,9 +25,14 @@ from searchspace.build import build, set_kw_epoch
 from searchspace.genome import Genome, Stage
 
 
+_AMP = contextlib.nullcontext
+
+
 def _step(mod: nn.Module, x: torch.Tensor) -> None:
     mod.zero_grad(set_to_none=True)
-    mod(x).sum().backward()
+    with _AMP():
+        y = mod(x)
+    y.float().sum().backward()
 
 
 def _time(mod, x, device) -> float:
@@ -35,15 +45,19 @@ def _time(mod, x, device) -> float:
     return time.perf_counter() - t
 
 
-def bench(budget: float, batch: int, repeats: int, device: torch.device, hw: int = 14) -> dict:
+def bench(budget: float, batch: int, repeats: int, device: torch.device, hw: int = 14, layout: str = "nchw",
+          dtype: str = "fp32") -> dict:
+    global _AMP
+    _AMP = (lambda: torch.autocast(device.type, torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+    mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     torch.manual_seed(0)
     model = build(Genome("resnet18", tuple(Stage(kw=budget) for _ in range(4))))
     kw = model.stages[2].blocks[1].conv1  # 256 -> 256, 3x3, stride 1, warehouse of stage 3
     # Keep only what the conv needs: its attention (a submodule) and the warehouses it points at.
     holder = nn.ModuleDict({"conv": kw, "warehouses": model.kw_warehouses}).to(device).train()
     set_kw_epoch(holder, 5.0)
-    plain = nn.Conv2d(256, 256, 3, 1, 1, bias=False).to(device).train()
-    x = torch.randn(batch, 256, hw, hw, device=device, requires_grad=True)
+    plain = nn.Conv2d(256, 256, 3, 1, 1, bias=False).to(device, memory_format=mf).train()
+    x = torch.randn(batch, 256, hw, hw, device=device).contiguous(memory_format=mf).requires_grad_()
     for _ in range(2):  # warm-up (allocator, cuDNN algorithm choice)
         _step(holder["conv"], x)
         _step(plain, x)
@@ -53,7 +67,8 @@ def bench(budget: float, batch: int, repeats: int, device: torch.device, hw: int
         t_plain.append(_time(plain, x, device))
     ratios = [a / b for a, b in zip(t_kw, t_plain)]
     n = kw.warehouse_weight.shape[0]
-    return {"b": budget, "batch": batch, "n": n, "plain_ms": 1e3 * statistics.median(t_plain),
+    return {"b": budget, "batch": batch, "n": n, "layout": layout, "dtype": dtype,
+            "plain_ms": 1e3 * statistics.median(t_plain),
             "kw_ms": 1e3 * statistics.median(t_kw), "ratio": statistics.median(ratios),
             "plain_img_s": batch / statistics.median(t_plain), "kw_img_s": batch / statistics.median(t_kw)}
 
@@ -65,19 +80,23 @@ def main() -> None:
     ap.add_argument("--budgets", type=float, nargs="+", default=[1.0, 4.0])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--layouts", nargs="+", choices=("nchw", "channels_last"), default=["nchw"])
+    ap.add_argument("--dtypes", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"device {device} ({torch.get_num_threads()} CPU threads), conv 256->256 3x3 @14x14, fwd+bwd, "
           f"median of {args.repeats} interleaved repeats")
-    print(f"{'b':>4} {'batch':>5} {'n':>4} {'plain ms':>9} {'KW ms':>9} {'plain img/s':>12} {'KW img/s':>10} "
-          f"{'KW/plain':>9}")
-    for b in args.budgets:
-        for batch in args.batches:
-            r = bench(b, batch, args.repeats, device)
-            print(f"{r['b']:>4g} {r['batch']:>5} {r['n']:>4} {r['plain_ms']:>9.2f} {r['kw_ms']:>9.2f} "
-                  f"{r['plain_img_s']:>12.1f} {r['kw_img_s']:>10.1f} {r['ratio']:>8.2f}x")
+    print(f"{'layout':<13} {'dtype':<5} {'b':>4} {'batch':>5} {'n':>4} {'plain ms':>9} {'KW ms':>9} {'plain img/s':>12} "
+          f"{'KW img/s':>10} {'KW/plain':>9}")
+    for layout in args.layouts:
+        for dtype in args.dtypes:
+            for b in args.budgets:
+                for batch in args.batches:
+                    r = bench(b, batch, args.repeats, device, layout=layout, dtype=dtype)
+                    print(f"{layout:<13} {dtype:<5} {r['b']:>4g} {r['batch']:>5} {r['n']:>4} {r['plain_ms']:>9.2f} "
+                          f"{r['kw_ms']:>9.2f} {r['plain_img_s']:>12.1f} {r['kw_img_s']:>10.1f} {r['ratio']:>8.2f}x")
 
 
 if __name__ == "__main__":

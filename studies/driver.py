@@ -129,7 +129,7 @@ def _new_search(cfg, url, name, n_existing, spec, attrs, log, sampler=None, driv
     s = cfg["sampler"]
     # seed + trials so far: a resumed sampler does not replay the first run's draws
     sampler = sampler or SamplerSpec(s["name"], cfg["seed"] + n_existing, s["population"])
-    return StudySearch(GenomeSpace(spec, driver), cfg.objectives, name, url, sampler, cfg["fidelity"]["epochs"],
+    return StudySearch(GenomeSpace(spec, driver, cfg.target), cfg.objectives, name, url, sampler, cfg["fidelity"]["epochs"],
                        attrs, log)
 
 

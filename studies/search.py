@@ -23,7 +23,8 @@ from ray.tune.search import Searcher
 # Copied from the final result to the trial's user attrs (plus genome, fidelity, reference, ...).
 RESULT_ATTRS = ("genome_key", "params", "flops", "activations", "top1", "top5", "loss", "latency_ms",
                 "epochs_completed", "status", "wall_s", "train_s", "images_per_s", "device", "seed", "node",
-                "peak_mem_mb", "error", "traceback")
+                "peak_mem_mb", "error", "traceback", "warmup_s", "compiled_graphs", "deterministic_requested", "deterministic",
+                "nondeterministic_ops", "data_on_device", "gpus_per_trial", "memory_fraction")
 SAMPLERS = ("nsga2", "tpe", "random")
 
 
@@ -33,9 +34,10 @@ class GenomeSpace:
     A class (not a closure) so that Ray can pickle the searcher with it.
     """
 
-    def __init__(self, spec, driver: str | None = None):
+    def __init__(self, spec, driver: str | None = None, target: dict | None = None):
         self.spec = spec
         self.driver = driver  # studies.storage.Heartbeat.id: which driver runs the trial (for recover)
+        self.target = target  # counted here, once per genome (studies.costs), not in the GPU trial
 
     def __call__(self, trial) -> dict:
         from searchspace import space
@@ -45,7 +47,15 @@ class GenomeSpace:
         genome = space.suggest(trial, self.spec)
         text = genome.to_json()
         trial.set_user_attr("genome", text)  # visible in the dashboard while the trial runs
-        return {"genome": text, "trial_number": trial.number}
+        config = {"genome": text, "trial_number": trial.number}
+        if self.target:
+            from .costs import target_cost
+
+            try:
+                config["cost"] = target_cost(genome, self.target)
+            except Exception:  # the trial counts it again and reports the error as its own
+                pass
+        return config
 
 
 @dataclass(frozen=True)

@@ -20,17 +20,14 @@ def _data(ctx: dict):
     return load_data(DataSpec(**ctx["data"]), ctx["fidelity"]["resolution"])
 
 
-def _latency_ms(model, ctx: dict) -> float | None:
-    """Measured inference latency of the trained proxy network: batch 1 at the proxy resolution, eval
-    mode, median of 10 after 3 warm-up passes (trainers.measure). Measured for every trained trial,
-    objective or not: at batch 1 and proxy size it costs well under a second."""
-    from trainers.measure import inference_latency
+def _gpu_share(ctx: dict) -> float:
+    """The GPUs Ray gave this trial (a fraction when trials are packed on one GPU)."""
+    import ray
 
     try:
-        return inference_latency(model, resolution=ctx["fidelity"]["resolution"], batch_sizes=(1,),
-                                 device=ctx["device"])[1]
-    except Exception:  # e.g. out of memory: no latency (a FAIL only where latency_ms is an objective)
-        return None
+        return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    except Exception:  # outside a Ray worker (tests, a plain call)
+        return float(ctx.get("gpus_per_trial") or 0.0)
 
 
 def _node() -> str:
@@ -43,25 +40,26 @@ def _node() -> str:
 
 
 def run_trial(config: dict, ctx: dict) -> None:
-    """config: {"genome": JSON, "trial_number": n, ...params}; ctx: the study's protocol."""
+    """config: {"genome": JSON, "trial_number": n, "cost": {...}, ...params}; ctx: the study's protocol."""
     import torch
     from ray import tune
 
-    import searchspace
     from searchspace import Genome
-    from trainers.train import Fidelity, build_model, train
+    from trainers.train import Fidelity, release_memory, train
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
     number = config["trial_number"]
     epochs = ctx["fidelity"]["epochs"]
-    base = {"trial_number": number, "node": _node(), "pid": os.getpid(), "epochs_target": epochs}
+    gpus = _gpu_share(ctx) if ctx["device"] == "cuda" else 0.0
+    base = {"trial_number": number, "node": _node(), "pid": os.getpid(), "epochs_target": epochs,
+            "gpus_per_trial": gpus}  # < 1: the GPU was shared, its throughput and latency with it
     rec = {**base, "status": "running", "epochs_completed": 0, "top1": 0.0, "flops": 0, "params": 0,
            "activations": 0, "latency_ms": 0.0}  # every report carries every objective key
     try:
         genome = Genome.from_json(config["genome"])
-        c = searchspace.cost(genome, **{k: ctx["target"][k] for k in ("convention", "resolution", "num_classes")})
-        rec.update(genome_key=genome.key, flops=c.flops, params=c.params, activations=c.activations)
+        c = config.get("cost") or _cost(genome, ctx["target"])  # the driver counts it (studies.costs)
+        rec.update(genome_key=genome.key, **c)
         if ctx.get("inject_failure_trial") is not None and number == ctx["inject_failure_trial"]:
             raise RuntimeError(f"injected failure in trial {number} (inject_failure_trial)")
         data = _data(ctx)
@@ -73,15 +71,18 @@ def run_trial(config: dict, ctx: dict) -> None:
             if epoch < epochs:  # the last epoch goes out with the final record (ASHA may stop on it)
                 tune.report(dict(rec))
 
-        torch.manual_seed(ctx["seed"])  # the same initialisation train() would make; kept to time it after
-        model = build_model(genome, data.num_classes, fid.width_mult)
-        res = train(model, fid, data, device=ctx["device"], seed=ctx["seed"], report=report,
-                    evaluate_every_epoch=ctx.get("evaluate_every_epoch", True))
+        # train() builds the model itself (seeded) and frees it before returning: nothing here keeps
+        # it on the device, also after an OOM; the latency is measured inside, on the trained model.
+        res = train(genome, fid, data, device=ctx["device"], seed=ctx["seed"], report=report,
+                    evaluate_every_epoch=ctx.get("evaluate_every_epoch", True),
+                    memory_fraction=gpus if 0 < gpus < 1 else None, measure_latency=True)
         rec.update(status=res.status, epochs_completed=res.epochs, top1=_f(res.top1), top5=_f(res.top5),
                    loss=_f(res.loss), wall_s=time.perf_counter() - t0, train_s=res.train_s,
-                   images_per_s=res.images_per_s, latency_ms=None if res.status == "oom" else _latency_ms(model, ctx),
-                   device=res.device, peak_mem_mb=res.peak_mem_mb, seed=res.seed, num_classes=res.num_classes)
-        del model
+                   images_per_s=res.images_per_s, latency_ms=res.latency_ms, device=res.device,
+                   peak_mem_mb=res.peak_mem_mb, seed=res.seed, num_classes=res.num_classes, warmup_s=res.warmup_s,
+                   compiled_graphs=res.compiled_graphs, deterministic_requested=res.deterministic_requested,
+                   deterministic=res.deterministic, nondeterministic_ops=res.nondeterministic_ops,
+                   data_on_device=res.data_on_device, memory_fraction=res.memory_fraction)
         if res.status == "diverged":
             rec["top1"] = 1.0 / res.num_classes  # chance level: see studies/search.py
         if res.status == "oom":
@@ -92,8 +93,16 @@ def run_trial(config: dict, ctx: dict) -> None:
         # One result with the error, then raise so Ray records the trial as errored too.
         rec.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:],
                    wall_s=time.perf_counter() - t0, final=True)
+        traceback.clear_frames(e.__traceback__)  # the frames' locals (tensors) must not outlive the trial
+        release_memory(ctx["device"])
         tune.report(dict(rec))
         raise
+
+
+def _cost(genome, target: dict) -> dict:
+    from .costs import target_cost
+
+    return target_cost(genome, target)
 
 
 def _f(v):

@@ -602,12 +602,13 @@ def test_report_gets_the_storage_not_the_run_folder(tmp_path, monkeypatch):
 
 
 def test_latency_is_measured_inference(tmp_path):
-    from studies.trainable import _latency_ms
+    from trainers.measure import inference_latency
     from trainers.train import build_model
 
     model = build_model("resnet18", num_classes=2, width_mult=0.125)
-    ms = _latency_ms(model, {"fidelity": {"resolution": 32}, "device": "cpu"})
+    ms = inference_latency(model, 32, (1,), device="cpu")[1]
     assert isinstance(ms, float) and math.isfinite(ms) and ms > 0
+    assert model.training  # timed on an eval copy: the model itself is left as it was
 
 
 def test_recover_leaves_live_drivers_trials_alone():

@@ -293,16 +293,26 @@ def pad_reflect(x: torch.Tensor, pad: int, chunk: int = 4096) -> torch.Tensor:
     return out
 
 
-def crop_flip(xp: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, r: int) -> torch.Tensor:
-    """Crop r x r at offsets (dy, dx) from a padded batch [B, C, R+2p, R+2p], flipping where `flip`.
+def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, r: int, pad: int = 0) -> torch.Tensor:
+    """Crop r x r at offsets (dy, dx) from a batch [B, C, H, W], flipping where `flip`.
 
-    Two gathers with per-image index grids: no per-image Python, works on any device and dtype.
+    With `pad` > 0 the offsets count in a frame reflect-padded by `pad` on every side, and the
+    padding is read through reflected indices: the same pixels as `pad_reflect` followed by the
+    crop, without a padded copy of the data set. Two gathers with per-image index grids: no
+    per-image Python, works on any device and dtype.
     """
-    b, c, _, w = xp.shape
-    ar = torch.arange(r, device=xp.device)
-    rows = (dy[:, None] + ar)[:, None, :, None].expand(b, c, r, w)
-    cols = dx[:, None] + torch.where(flip[:, None], ar.flip(0), ar)
-    return xp.gather(2, rows).gather(3, cols[:, None, None, :].expand(b, c, r, r))
+    b, c, h, w = x.shape
+    ar = torch.arange(r, device=x.device)
+    rows = _reflect(dy[:, None] + ar - pad, h)
+    cols = _reflect(dx[:, None] + torch.where(flip[:, None], ar.flip(0), ar) - pad, w)
+    x = x.gather(2, rows[:, None, :, None].expand(b, c, r, w))
+    return x.gather(3, cols[:, None, None, :].expand(b, c, r, r))
+
+
+def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Index i in [-(n-1), 2n-2] -> the pixel F.pad(mode="reflect") puts there (edge not repeated)."""
+    i = i.abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
 
 
 def resized_crop_flip(x: torch.Tensor, params: torch.Tensor, out: int) -> torch.Tensor:
@@ -329,8 +339,15 @@ def rrc_params(n: int, gen: torch.Generator, scale=(0.35, 1.0), ratio=(3 / 4, 4 
     return torch.stack([torch.where(flip, -sx, sx), sy, tx, ty], 1)
 
 
-def normalize(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 [B, 3, R, R] -> normalised `dtype` (on x's device)."""
-    mean = torch.tensor(MEAN, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
+def norm_constants(device, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) [1, 3, 1, 1] for uint8 pixels, on `device`: make them once per run and pass them to
+    `normalize` (built per batch they would be two blocking host-to-device copies every CUDA step)."""
+    mean = torch.tensor(MEAN, dtype=dtype).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, dtype=dtype).view(1, 3, 1, 1) * 255
+    return mean.to(device), std.to(device)
+
+
+def normalize(x: torch.Tensor, dtype: torch.dtype, constants: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """uint8 [B, 3, R, R] -> normalised `dtype` (on x's device); `constants` from `norm_constants`."""
+    mean, std = constants if constants is not None else norm_constants(x.device, dtype)
     return x.to(dtype).sub_(mean).div_(std)  # in place: one new tensor per batch

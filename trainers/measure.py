@@ -8,6 +8,7 @@ objectives next to the paper-convention FLOPs and params of searchspace.cost.
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import time
 
@@ -19,7 +20,7 @@ from torch import nn
 def _setup(model: nn.Module, device):
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
-    mf = torch.channels_last if cuda else torch.contiguous_format
+    mf = memory_format_for(model, dev)
     amp = (lambda: torch.autocast("cuda", torch.bfloat16)) if cuda else contextlib.nullcontext
     return model.to(dev, memory_format=mf), dev, mf, amp
 
@@ -32,6 +33,7 @@ def _timed(fn, dev, warmup: int, repeats: int) -> float:
     for _ in range(repeats):
         if dev.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(dev)  # nothing queued earlier by this process falls in the window
             start.record()
             fn()
             end.record()
@@ -81,22 +83,42 @@ def train_throughput(model: nn.Module, batch_size: int = 128, resolution: int = 
     return batch_size * steps / _timed(block, dev, max(1, -(-warmup // steps)), repeats)  # warm-up in whole blocks
 
 
-@torch.inference_mode()
+def inference_dtype(device) -> torch.dtype:
+    """What a deployed model would run in: bf16 on CUDA (as the trainer's autocast), fp32 on the CPU."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
 def inference_latency(model: nn.Module, resolution: int = 224, batch_sizes=(1, 32), device=None,
-                      warmup: int = 3, repeats: int = 10) -> dict[int, float]:
-    """Median milliseconds of one forward pass in eval mode, for each batch size."""
-    model, dev, mf, amp = _setup(model, device)
-    model.eval()
+                      warmup: int = 3, repeats: int = 10, dtype: torch.dtype | None = None) -> dict[int, float]:
+    """Median milliseconds of one forward pass in eval mode, for each batch size.
+
+    Times an eval copy cast once to `dtype` (default `inference_dtype`), so no autocast re-casts the
+    weights inside the timed call; `model` itself is left as it was. On CUDA the window is CUDA events
+    after a synchronize: it holds this process's kernels only, but on a GPU shared with other trials
+    (fractional gpus_per_trial) their kernels run concurrently and slow these down: compare latencies
+    only between trials that ran alone on their GPU, or all packed alike.
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or inference_dtype(dev)
+    mf = memory_format_for(model, dev)
+    net = copy.deepcopy(model).to(dev, dtype=dtype, memory_format=mf).eval()
     out = {}
-    for b in batch_sizes:
-        x = torch.randn(b, 3, resolution, resolution, device=dev).contiguous(memory_format=mf)
-
-        def fwd():
-            with amp():
-                model(x)
-
-        out[b] = _timed(fwd, dev, warmup, repeats) * 1000
+    with torch.inference_mode():
+        for b in batch_sizes:
+            x = torch.randn(b, 3, resolution, resolution, device=dev, dtype=dtype).contiguous(memory_format=mf)
+            out[b] = _timed(lambda: net(x), dev, warmup, repeats) * 1000
     return out
+
+
+def memory_format_for(model: nn.Module, device) -> torch.memory_format:
+    """channels_last on CUDA (tensor-core convs), except for networks with KernelWarehouse convs: those
+    run the batch as one grouped conv in NCHW, and every KW conv of a channels_last network would
+    convert its input and output (bench/kw_conv.py --channels-last measures the difference)."""
+    from searchspace.plugins.kernelwarehouse import KWConv2d
+
+    if torch.device(device).type != "cuda" or any(isinstance(m, KWConv2d) for m in model.modules()):
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 def measure(model: nn.Module, resolution: int = 224, batch_size: int = 32, device=None, train: bool = True) -> dict:

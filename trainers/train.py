@@ -13,9 +13,12 @@ import contextlib
 import gc
 import json
 import math
+import os
+import re
 import resource
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
@@ -26,9 +29,21 @@ from torch import nn
 from searchspace import catalog
 from searchspace.errors import UserError, argument_parser, cli_main
 
-from .data import DataSpec, ImageData, crop_flip, load_data, normalize, pad_reflect, resized_crop_flip, rrc_params
+from . import compiler
+from .data import DataSpec, ImageData, crop_flip, load_data, norm_constants, normalize, resized_crop_flip, rrc_params
+from .measure import memory_format_for
 
 STATUSES = ("ok", "diverged", "oom", "stopped")
+# The uint8 images go to the device when they take at most this share of the run's device memory
+# (the whole device, or its fraction when trials share a GPU); larger sets stay in host memory and
+# each batch is copied over (pinned, asynchronously). ImageNet-1k at 64 px is ~16 GB: on the device
+# of an 80 GB GPU alone, per batch for four trials packed on it.
+DATA_ON_DEVICE_SHARE = 0.25
+# Allocation failures that reach Python as a plain RuntimeError (cuBLAS/cuDNN handles and
+# workspaces, CUDA runtime calls, the CPU allocator) rather than torch.OutOfMemoryError.
+OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                "CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`",  # handle creation OOM
+                "can't allocate memory", "not enough memory")
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,14 @@ class TrainResult:
     skipped_images: int
     fidelity: dict = field(default_factory=dict)
     history: list = field(default_factory=list)  # per epoch: the dict passed to `report`
+    warmup_s: float = 0.0  # the first training step (compilation, kernel choice): not in train_s / images_per_s
+    compiled_graphs: int = 0  # graphs torch.compile built for this run (0: ran eager)
+    deterministic_requested: bool = False  # always on the CPU; on CUDA when fidelity.deterministic
+    deterministic: bool | None = None  # requested and achieved: no op reported a nondeterministic kernel
+    nondeterministic_ops: list = field(default_factory=list)  # what torch reported (CUDA)
+    data_on_device: bool = True  # False: the images stayed in host memory, copied per batch
+    memory_fraction: float | None = None  # the cap set on this process's CUDA memory (packed trials)
+    latency_ms: float | None = None  # with measure_latency: batch-1 inference at the proxy resolution
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,20 +145,34 @@ def build_model(genome, num_classes: int, width_mult: float) -> nn.Module:
 def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec | None = None,
           device: str | torch.device | None = None, seed: int = 0,
           report: Callable[[int, dict], bool | None] | None = None,
-          evaluate_every_epoch: bool = True) -> TrainResult:
+          evaluate_every_epoch: bool = True, memory_fraction: float | None = None,
+          data_on_device: bool | None = None, measure_latency: bool = False) -> TrainResult:
     """Proxy-train `genome` (Genome, catalog name or nn.Module) and evaluate it on the val split.
 
     `report(epoch, metrics)` is called after every epoch (metrics: loss, top1, top5, val_loss, lr,
     images_per_s, train_s, cpu_s); returning False stops the run with status "stopped". With
     `evaluate_every_epoch=False` the val split is evaluated after the last epoch only (top1 and
     friends are then missing from earlier reports). A non-finite loss
-    gives "diverged" and CUDA running out of memory "oom"; neither raises.
+    gives "diverged" and running out of memory "oom"; neither raises.
+
+    GPU sharing: `memory_fraction` in (0, 1) caps this process's CUDA memory (a trial packed on a
+    shared GPU cannot push its neighbours out); `data_on_device` None decides by
+    DATA_ON_DEVICE_SHARE. `measure_latency` fills `latency_ms` (trainers.measure.inference_latency
+    at batch 1) from the trained model before it is released. The run frees its model, optimizer
+    and data before returning, also after an OOM or an exception.
     """
     fid = fidelity or Fidelity()
     t_start = time.perf_counter()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device cuda: no CUDA device available here")
+    deterministic = dev.type == "cpu" or fid.deterministic
+    cublas_ok = _cublas_deterministic_config() if dev.type == "cuda" and deterministic else True  # before CUDA starts
+    if dev.type == "cuda":
+        if memory_fraction is not None and 0 < memory_fraction < 1:
+            torch.cuda.set_per_process_memory_fraction(memory_fraction, dev)
+        release_memory(dev)  # a reused worker: what the last run left in the allocator's cache
+        torch.cuda.reset_peak_memory_stats(dev)
     if not isinstance(data, ImageData):
         data = load_data(data, fid.resolution)
     data = data.at(fid.resolution)
@@ -143,61 +180,126 @@ def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec |
     model = build_model(genome, data.num_classes, fid.width_mult)
     base = dict(device=str(dev), params=sum(p.numel() for p in model.parameters()), seed=seed,
                 num_classes=data.num_classes, skipped_images=len(data.skipped), fidelity=fid.to_dict())
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    run = _Run(model, fid, data, dev, seed, report, evaluate_every_epoch)
-    del model  # `run` owns it, so that an OOM can free everything
-    oom = False
-    with _determinism(dev.type == "cpu" or fid.deterministic, dev):
-        try:
-            run.fit()
-        except torch.OutOfMemoryError:
-            oom = True  # handled below, outside the except block, so the tensors can be freed
-        except RuntimeError as e:  # the CPU allocator's out-of-memory is a plain RuntimeError
-            if "can't allocate memory" not in str(e):
-                raise
-            oom = True
+    if data_on_device is None:
+        data_on_device = dev.type != "cuda" or data_fits_on_device(
+            _nbytes(data), torch.cuda.get_device_properties(dev).total_memory, memory_fraction)
+    run = _Run(model, fid, data, dev, seed, report, evaluate_every_epoch, data_on_device)
+    del model  # `run` owns it, so that releasing the run frees everything
+    oom, latency = False, None
+    graphs0 = compiler.graphs_compiled() if fid.compile else 0
+    try:
+        with _determinism(deterministic, dev) as det:
+            try:
+                run.fit()
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                oom = True  # handled below, outside the except block, so the tensors can be freed
+            peak = _peak_memory_mb(dev)  # of the training, before the latency's eval copy
+            if measure_latency and not oom:
+                latency = _latency(run, dev)
+    finally:
+        run.release()  # also when fit raised: the traceback must not keep the model on the device
+        release_memory(dev)
     if oom:
         run.status = "oom"
-        run.release()
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
     last = run.history[-1] if run.history else {}
     trusted = run.status in ("ok", "stopped")
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    nondet = sorted(det["ops"]) + ([] if cublas_ok else ["cuBLAS (CUBLAS_WORKSPACE_CONFIG set after CUDA started)"])
     return TrainResult(
         status=run.status, top1=last.get("top1") if trusted else None, top5=last.get("top5") if trusted else None,
         loss=last.get("loss"), val_loss=last.get("val_loss") if trusted else None, epochs=run.epochs_done,
-        images_per_s=run.images / run.train_s if run.train_s else 0.0, wall_s=time.perf_counter() - t_start,
-        train_s=run.train_s, peak_mem_mb=peak, history=run.history, **base)
+        images_per_s=run.images / run.train_s if run.train_s and run.images else 0.0,
+        wall_s=time.perf_counter() - t_start, train_s=run.train_s, peak_mem_mb=peak, history=run.history,
+        warmup_s=run.warmup_s, compiled_graphs=compiler.graphs_compiled() - graphs0 if fid.compile else 0,
+        deterministic_requested=deterministic, deterministic=deterministic and not nondet,
+        nondeterministic_ops=nondet, data_on_device=data_on_device,
+        memory_fraction=memory_fraction if dev.type == "cuda" else None, latency_ms=latency, **base)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` means the device (or host) ran out of memory: a property of the genome at this
+    batch size, recorded as status "oom", not as an error."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(m.lower() in text for m in OOM_MESSAGES)
+
+
+def release_memory(dev) -> None:
+    """Collect garbage, then hand the CUDA allocator's cached blocks back (neighbours on a shared GPU
+    can use them); call after dropping the references."""
+    gc.collect()
+    if torch.device(dev).type == "cuda" and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def data_fits_on_device(nbytes: int, device_bytes: int, memory_fraction: float | None = None) -> bool:
+    """Whether `nbytes` of images take at most DATA_ON_DEVICE_SHARE of the device memory this run may
+    use (`device_bytes`, times its fraction when packed)."""
+    share = memory_fraction if memory_fraction and memory_fraction < 1 else 1.0
+    return nbytes <= DATA_ON_DEVICE_SHARE * device_bytes * share
+
+
+def _peak_memory_mb(dev) -> float:
+    """CUDA: peak allocated since the run's reset; CPU: the process's peak RSS."""
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _nbytes(data: ImageData) -> int:
+    return sum(t.numel() * t.element_size() for t in (data.train_x, data.train_y, data.val_x, data.val_y))
+
+
+def _latency(run, dev) -> float | None:
+    from .measure import inference_latency
+
+    try:
+        return inference_latency(run.model, resolution=run.fid.resolution, batch_sizes=(1,), device=dev)[1]
+    except Exception as e:  # e.g. out of memory: no latency (a FAIL only where latency_ms is an objective)
+        if not is_out_of_memory(e):
+            warnings.warn(f"latency not measured: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+        return None
 
 
 class _Run:
     """The state of one training run; `fit` is the hot loop."""
 
-    def __init__(self, model, fid: Fidelity, data: ImageData, dev, seed, report, evaluate_every_epoch=True):
+    def __init__(self, model, fid: Fidelity, data: ImageData, dev, seed, report, evaluate_every_epoch=True,
+                 data_on_device: bool = True):
         self.model, self.fid, self.data, self.dev, self.report = model, fid, data, dev, report
         self.evaluate_every_epoch = evaluate_every_epoch
+        self.on_device = data_on_device
         self.gen = torch.Generator().manual_seed(seed)  # data order and augmentation
         self.status, self.history, self.epochs_done, self.images, self.train_s = "ok", [], 0, 0, 0.0
+        self.warmup_s = 0.0
 
     def release(self):
-        self.model = self.opt = self.xtr = self.ytr = self.xva = self.yva = self.step_model = None
+        self.model = self.opt = self.xtr = self.ytr = self.xva = self.yva = self.step_model = self.norm = None
+        self.data = None
+
+    def _batch(self, x: torch.Tensor, idx: torch.Tensor | slice) -> torch.Tensor:
+        """Images `idx` of x on the device: indexed there, or (host-resident data) gathered on the host and
+        copied from pinned memory without blocking."""
+        if self.on_device or self.dev.type != "cuda":
+            return x[idx]
+        b = x[idx]
+        return b.pin_memory().to(self.dev, non_blocking=True)
 
     def fit(self):
         fid, dev, data = self.fid, self.dev, self.data
         cuda = dev.type == "cuda"
-        self.mf = torch.channels_last if cuda else torch.contiguous_format
+        self.mf = memory_format_for(self.model, dev)  # channels_last on CUDA unless KernelWarehouse
         self.amp = (lambda: torch.autocast("cuda", torch.bfloat16)) if cuda else contextlib.nullcontext
         model = self.model.to(dev, memory_format=self.mf)
+        self.norm = norm_constants(dev, torch.float32)  # once per run, not per batch
         r = fid.resolution
         pad = (r // 8 if fid.crop_pad is None else fid.crop_pad) if fid.augment == "crop" else 0
-        self.xtr = pad_reflect(data.train_x.to(dev), pad) if pad else data.train_x.to(dev)
-        self.ytr, self.xva, self.yva = data.train_y.to(dev), data.val_x.to(dev), data.val_y.to(dev)
+        # one copy of the images wherever they live: the crop reads the reflect padding through its indices
+        here = dev if self.on_device else torch.device("cpu")
+        self.xtr, self.xva = data.train_x.to(here), data.val_x.to(here)
+        self.ytr, self.yva = data.train_y.to(dev), data.val_y.to(dev)
         n = len(self.ytr)
         bs = min(fid.batch_size, n)
         steps = n // bs  # drop the ragged last batch: equal steps, no tiny BatchNorm batches
@@ -214,7 +316,11 @@ class _Run:
         else:
             self.opt = torch.optim.AdamW(groups, lr=fid.lr)
         opt = self.opt
-        self.step_model = torch.compile(model) if fid.compile else model
+        if fid.compile:
+            compiler.reset()  # see trainers/compiler.py: a reused worker would reach the recompile limit
+            self.step_model = compiler.compile_for_training(model)
+        else:
+            self.step_model = model
 
         def lr_at(it):
             if it < warm:
@@ -227,7 +333,8 @@ class _Run:
         for epoch in bar:
             t0, c0 = time.perf_counter(), time.process_time()
             g = self.gen
-            perm = torch.randperm(n, generator=g)[: steps * bs].to(dev)
+            perm_host = torch.randperm(n, generator=g)[: steps * bs]
+            perm = perm_host.to(dev)
             if fid.augment == "crop":
                 dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(dev)
                 dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(dev)
@@ -236,18 +343,20 @@ class _Run:
                 rrc = rrc_params(n, g).to(dev)
             model.train()
             loss_sum = torch.zeros((), device=dev)
+            timed_steps = steps
             for i in range(steps):
                 it = epoch * steps + i
                 for group in opt.param_groups:
                     group["lr"] = lr_at(it)
                 set_kw_epoch(model, it / steps, kw_t)
                 idx = perm[i * bs : (i + 1) * bs]
+                xb = self._batch(self.xtr, perm_host[i * bs : (i + 1) * bs] if not self.on_device else idx)
                 if fid.augment == "crop":
-                    x = normalize(crop_flip(self.xtr[idx], dy[idx], dx[idx], flip[idx], r), torch.float32)
+                    x = normalize(crop_flip(xb, dy[idx], dx[idx], flip[idx], r, pad), torch.float32, self.norm)
                 elif fid.augment == "rrc":
-                    x = resized_crop_flip(normalize(self.xtr[idx], torch.float32), rrc[idx], r)
+                    x = resized_crop_flip(normalize(xb, torch.float32, self.norm), rrc[idx], r)
                 else:
-                    x = normalize(self.xtr[idx], torch.float32)
+                    x = normalize(xb, torch.float32, self.norm)
                 with self.amp():
                     out = self.step_model(x.contiguous(memory_format=self.mf))
                 loss = F.cross_entropy(out.float(), self.ytr[idx], label_smoothing=fid.label_smoothing)
@@ -255,12 +364,18 @@ class _Run:
                 loss.backward()
                 opt.step()
                 loss_sum += loss.detach()
+                if it == 0 and steps > 1:  # compilation, kernel choice, allocator growth: timed apart
+                    if cuda:
+                        torch.cuda.synchronize(dev)  # the one extra sync of a run
+                    now = time.perf_counter()
+                    self.warmup_s, t0, timed_steps = now - t0, now, steps - 1
             mean_loss = loss_sum.item() / steps  # the one host sync of the epoch
             dt, cpu = time.perf_counter() - t0, time.process_time() - c0
             self.train_s += dt
-            self.images += steps * bs
+            self.images += timed_steps * bs
             metrics = {"epoch": epoch + 1, "loss": mean_loss, "lr": lr_at(min(it, total - 1)),
-                       "images_per_s": steps * bs / dt, "train_s": dt, "cpu_s": cpu}  # cpu_s: this process, all threads
+                       "images_per_s": timed_steps * bs / dt if dt > 0 else 0.0, "train_s": dt,
+                       "cpu_s": cpu}  # cpu_s: this process, all threads
             if not math.isfinite(mean_loss):
                 self.status, metrics["loss"] = "diverged", None  # None: results stay strict JSON
                 self.history.append(metrics)
@@ -278,15 +393,16 @@ class _Run:
 
     @torch.inference_mode()
     def evaluate(self) -> dict:
+        """Eager, even when training is compiled: eval-mode norms and another batch size would recompile."""
         self.model.eval()
         k = min(5, self.data.num_classes)
         correct1 = correct5 = 0
         loss = torch.zeros((), device=self.dev)
         for i in range(0, len(self.yva), self.fid.eval_batch_size):
-            x = normalize(self.xva[i : i + self.fid.eval_batch_size], torch.float32)
+            x = normalize(self._batch(self.xva, slice(i, i + self.fid.eval_batch_size)), torch.float32, self.norm)
             y = self.yva[i : i + self.fid.eval_batch_size]
             with self.amp():
-                out = self.step_model(x.contiguous(memory_format=self.mf)).float()
+                out = self.model(x.contiguous(memory_format=self.mf)).float()
             loss += F.cross_entropy(out, y, reduction="sum")
             hit = out.topk(k, 1).indices == y[:, None]
             correct1 += hit[:, 0].sum()
@@ -295,20 +411,52 @@ class _Run:
         return {"top1": int(correct1) / n, "top5": int(correct5) / n, "val_loss": loss.item() / n}
 
 
+_NONDETERMINISTIC = re.compile(r"(\S+) does not have a deterministic implementation")
+CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
+
+
+def _cublas_deterministic_config() -> bool:
+    """Set CUBLAS_WORKSPACE_CONFIG for deterministic cuBLAS; it only takes effect before CUDA starts in
+    this process, so returns False when it had to be set later (a reused worker of a non-deterministic
+    study)."""
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") in CUBLAS_DETERMINISTIC:
+        return True
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC[0]
+    return not torch.cuda.is_initialized()
+
+
 @contextlib.contextmanager
 def _determinism(on: bool, dev):
-    """torch.use_deterministic_algorithms for this run only (warn-only: never fails a run)."""
+    """torch.use_deterministic_algorithms for this run only, warn-only (never fails a run): the ops
+    without a deterministic kernel (on CUDA: adaptive pooling backward, reflect padding, NLL loss and
+    others) are collected into the yielded {"ops": set}, so a result can say it was not achieved."""
     prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    prev_bench = torch.backends.cudnn.benchmark
-    if on:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    elif dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fastest kernels for the fixed shapes
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
-        torch.backends.cudnn.benchmark = prev_bench
+    prev_bench, prev_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    found = {"ops": set()}
+    with contextlib.ExitStack() as stack:
+        if on:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+            stack.enter_context(warnings.catch_warnings())
+            shown = warnings.showwarning
+
+            def collect(message, category, filename, lineno, file=None, line=None):
+                text = str(message)
+                if "deterministic" in text:
+                    m = _NONDETERMINISTIC.search(text)
+                    found["ops"].add(m.group(1) if m else text.split(". ")[0][:120])
+                else:
+                    shown(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = collect
+            warnings.filterwarnings("always", message=".*deterministic")  # every op, not once per call site
+        elif dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fastest kernels for the fixed shapes
+        try:
+            yield found
+        finally:
+            torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev_bench, prev_det
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -143,10 +143,15 @@ class KWConv2d(nn.Module):
             raise RuntimeError("KWConv2d used before KernelWarehouseConvs.finalize(model)")
         b = x.shape[0]
         w = self.assemble(self.attention(x))
-        # One grouped conv for the whole batch: sample i only sees its own kernel.
-        y = F.conv2d(x.reshape(1, -1, *x.shape[2:]), w, None, self.stride, self.padding, 1, self.groups * b)
+        # One grouped conv for the whole batch: sample i only sees its own kernel. It needs the batch
+        # and channels adjacent (NCHW); a channels_last input is converted once here, explicitly, and
+        # the output given back in channels_last so that the layers after it keep their layout.
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x.contiguous().view(1, -1, *x.shape[2:]), w, None, self.stride, self.padding, 1, self.groups * b)
         y = y.reshape(b, self.out_channels, *y.shape[2:])
-        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -57,9 +57,10 @@ class MultiSpectralAttention(nn.Module):
             return self.dct
         key = (h, w, self.dct.device, self.dct.dtype)
         if key not in self._pooled_dct:
+            eye = dict(dtype=torch.float64, device=self.dct.device)  # on the filters' device (CUDA too)
             with torch.no_grad():
-                ph = F.adaptive_avg_pool1d(torch.eye(h, dtype=torch.float64)[None], self.hw)[0]  # [h, hw]
-                pw = F.adaptive_avg_pool1d(torch.eye(w, dtype=torch.float64)[None], self.hw)[0]  # [w, hw]
+                ph = F.adaptive_avg_pool1d(torch.eye(h, **eye)[None], self.hw)[0]  # [h, hw]
+                pw = F.adaptive_avg_pool1d(torch.eye(w, **eye)[None], self.hw)[0]  # [w, hw]
                 f = torch.einsum("ia,cab,jb->cij", ph, self.dct.double(), pw)
             self._pooled_dct[key] = f.to(self.dct)
         return self._pooled_dct[key]
