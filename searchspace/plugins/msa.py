@@ -9,7 +9,9 @@ broadcast). Each branch has 2Cc + 3c + 3C params.
 - MSAF (fusion):           w from the branches on x + y; out = 2x*w + 2y*(1-w)
 - AFF (fusion):            MSAF with local + global branches only
 - iAFF (fusion):           two rounds of AFF-style fusion sharing one global branch
-Fusion modules return the fused map before the block's final ReLU.
+                           (option variant="mxnet": a second global branch, as the MXNet original)
+Fusion modules return the fused map before the block's final ReLU. Formulas, sources and where we
+differ from the authors' code: docs/modules.md.
 """
 
 from __future__ import annotations
@@ -82,20 +84,27 @@ class MSAF(nn.Module):
 class IAFF(nn.Module):
     """Iterative AFF: a first fusion gives xi, which drives the second gate.
 
-    Both rounds use the same global branch (the reference code builds a second, unused one).
+    variant "port" (default, the PyTorch port; its printed 12.8 M for ResNet-18): both rounds use
+    one global branch (the port builds a second one it never calls; we do not build it).
+    variant "mxnet" (the MXNet original behind the paper's results): round two has its own global
+    branch, one more branch of parameters (2Cc + 3c + 3C).
     """
 
-    def __init__(self, channels: int, r: int = 4):
+    def __init__(self, channels: int, r: int = 4, variant: str = "port"):
         super().__init__()
+        if variant not in ("port", "mxnet"):
+            raise ValueError(f"iAFF variant must be 'port' or 'mxnet', got {variant!r}")
         self.local1 = Branch(channels, r)
         self.local2 = Branch(channels, r)
         self.glob = Branch(channels, r, pool=1)
+        self.glob2 = Branch(channels, r, pool=1) if variant == "mxnet" else None
 
     def forward(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         s = x + identity
         w = (self.local1(s) + self.glob(s)).sigmoid()
         xi = x * w + identity * (1 - w)
-        w = (self.local2(xi) + self.glob(xi)).sigmoid()
+        glob2 = self.glob if self.glob2 is None else self.glob2
+        w = (self.local2(xi) + glob2(xi)).sigmoid()
         return x * w + identity * (1 - w)
 
 
@@ -120,7 +129,7 @@ def aff(channels, r, site):
     return MSAF(channels, r, (None, 1))
 
 
-@register("iaff", kind="fusion", default_r=4)
-def iaff(channels, r, site):
-    """iAFF, iterative attentional feature fusion (Dai et al.)."""
-    return IAFF(channels, r)
+@register("iaff", kind="fusion", default_r=4, options={"variant": ("port", "mxnet")}, implicit_defaults=("variant",))
+def iaff(channels, r, site, variant="port"):
+    """iAFF, iterative attentional feature fusion (Dai et al.); variant "mxnet" = the original's second global branch."""
+    return IAFF(channels, r, variant)
