@@ -153,7 +153,7 @@ add(Design("resnet18", Genome("resnet18"), "torchvision ResNet-18",
            {"params": exact(11_689_512, "torchvision")},
            (Result(70.44, 89.72, KW, 11.69 * M), Result(69.7, None, TAKANIWA, 11.7 * M))))
 add(Design("resnet34", Genome("resnet34"), "torchvision ResNet-34",
-           note="No row of PUBLISHED.md covers ResNet-34; no published numbers are recorded."))
+           note="No published row covers ResNet-34 (docs/published.md); no published numbers are recorded."))
 add(Design("resnet50", Genome("resnet50"), "torchvision-style ResNet-50 (v1.5)",
            {"params": exact(25_557_032, SEED), "flops": exact(4_109_464_576, SEED),
             "activations": exact(11_113_984, SEED)},
@@ -179,7 +179,7 @@ add(Design("fcanet50", uniform("resnet50", make_plugin("msca", "after_conv3", 16
 # starts every conv bias at zero (the DSM/DAM convs are the only convs with biases).
 DSNET_RECIPE = Recipe(zero_init_residual=True, zero_conv_bias=True)
 
-# -- DSNet: the seed's table swaps the number rows of A and B (PLUGINS.md) ----------------------
+# -- DSNet: the seed's table swaps the number rows of A and B (docs/published.md) -------------------
 _SWAP = ("The seed's architecture rows and number rows disagree: this configuration's exact counts "
          "are printed on the seed's row labelled {row}; the accuracy row below is the one labelled "
          "{name}, whose printed size belongs to the other configuration.")
@@ -190,7 +190,7 @@ add(Design("dsnet50_a", _stages("resnet50", [None, None, None, make_plugin("dsm"
            note=_SWAP.format(row="B", name="A"), recipe=DSNET_RECIPE))
 add(Design("dsnet50_b", uniform("resnet50", make_plugin("dsm", "after_conv1", 16, bias=False)),
            "seed DSNet-ImageNet-COCO config (DSM all stages, after_conv1, r=16, no bias)",
-           {"params": exact(27_369_368, SEED), "flops": rounded(4.495 * G, 0.001 * G, "PLUGINS.md (after_conv1)")},
+           {"params": exact(27_369_368, SEED), "flops": rounded(4.495 * G, 0.001 * G, "seed architecture table placement (after_conv1), printed precision")},
            (Result(77.28, 93.60, SEED, 29.106 * M, 4.208 * G, "row labelled DSNet50-B"),),
            note=_SWAP.format(row="A", name="B") + " The seed's 4.357 G is reproduced only with the "
                 "plugins at after_conv2 (see dsnet50_b_after_conv2); after_conv1 gives 4.495 G.", recipe=DSNET_RECIPE))
@@ -202,7 +202,7 @@ add(Design("dsnet50_b_after_conv2", uniform("resnet50", make_plugin("dsm", "afte
 add(Design("dsnet50_c", _stages("resnet50", [None, None, make_plugin("dam", "after_conv2", 16, bias=False),
                                               make_plugin("dsm", "after_conv2", 16, bias=False)]),
            "seed DSNet-ImageNet-COCO architecture table",
-           note="No public config: r=16 and bias=False are our assumption (PLUGINS.md); no published counts.", recipe=DSNET_RECIPE))
+           note="No public config: r=16 and bias=False are our assumption (docs/published.md); no published counts.", recipe=DSNET_RECIPE))
 
 # -- multi-scale attention and fusion (ResNet-18, all 8 blocks) --------------------------------
 for r, params, top1_msa, top1_msaf in ((16, 12_062_152, 72.2, 72.3), (4, 13_110_952, 72.9, 73.2)):

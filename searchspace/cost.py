@@ -1,6 +1,6 @@
 """Parameter, FLOP and activation counts of a genome's full-size target network.
 
-Conventions (PLUGINS.md, "Counting conventions"):
+Conventions (docs/modules.md, "Counting conventions"):
 - `paper`: every nn.Parameter including the classifier; FLOPs and activations by fvcore on the
   backbone plus global pool (no classifier), eval mode, batch 1, one multiply-add = one FLOP.
 - `full`: `paper` plus the work fvcore skips: elementwise ops (one per output element), softmax
@@ -119,8 +119,8 @@ def _cost(genome_json: str, convention: str, resolution: int, num_classes: int) 
         else:
             flops, acts = _fvcore_counts(model, x, convention == "full")
             if convention == "paper" and genome.uses_kw:
-                # PLUGINS.md leaves KernelWarehouse's kernel assembly out of the paper count and into
-                # `full`; fvcore sees our assembly (a matmul), so take it back out here.
+                # The paper count leaves KernelWarehouse's kernel assembly out (`full` has it);
+                # fvcore sees our assembly (a matmul), so take it back out here.
                 from .plugins.kernelwarehouse import kw_assembly_macs
 
                 flops -= kw_assembly_macs(model)

@@ -11,7 +11,8 @@ A KernelWarehouse conv counts as the conv it assembles; its attention's layers c
 
 `conv_linear`: SDA-xNet's tables: conv and linear MACs plus one op per bias element, nothing else
 (the classifier included). It gives SDA-ResNet-86's published 3.88 G (3,880,021,224); adding one
-op per BatchNorm element, as PLUGINS.md's summary of their counter says, would give 3.897 G.
+op per BatchNorm element, as their counter is often summarised, would give 3.897 G.
+See docs/modules.md ("Counting conventions") and docs/published.md.
 """
 
 from __future__ import annotations

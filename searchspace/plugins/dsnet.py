@@ -8,6 +8,7 @@ and adds the pooled vector to x; DAM projects A and gates x with it.
 FLOP convention: the ops are written so fvcore counts what the authors' code counts (the three
 context products and the series outer product are matmuls; means, max pools, softmaxes and the
 DSM pooling are elementwise and uncounted). This reproduces the published DSNet50 totals exactly.
+Formulas, sources and initialisation: docs/modules.md.
 """
 
 from __future__ import annotations

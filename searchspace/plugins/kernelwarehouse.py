@@ -15,7 +15,9 @@ MobileNetV2). The per-sample kernels run as one grouped conv.
 conv, naming the warehouse; `finalize(model)` then sizes the cells and warehouses (it needs all
 members first), attaches the warehouse parameters to the model once, as `model.kw_warehouses`,
 and builds each conv's attention. Sizes follow the authors' Warehouse_Manager, so parameter counts
-match their released models to the unit.
+match their released models to the unit; each layer's slice of cells is initialised as theirs is
+(Kaiming normal, fan_out over the slice). More, and the recipe (drop-path, start temperature):
+docs/modules.md.
 """
 
 from __future__ import annotations
