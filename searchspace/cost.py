@@ -28,6 +28,7 @@ from torch import nn
 from .counters import COUNTERS, hook_flops
 from .errors import UserError
 from .genome import Genome
+from .plugins.forms import counted_forms
 
 CONVENTIONS = ("paper", "full", "bsconv", "conv_linear")
 
@@ -113,7 +114,7 @@ def _cost(genome_json: str, convention: str, resolution: int, num_classes: int) 
     params = sum(p.numel() for p in model.parameters())
     x = torch.zeros(1, 3, resolution, resolution)
     logging.getLogger("fvcore").setLevel(logging.ERROR)
-    with torch.no_grad():
+    with torch.no_grad(), counted_forms():  # fvcore traces too, but say it: count the authors' forms
         if convention in COUNTERS:
             flops, acts = hook_flops(model, x, convention), _fvcore_counts(model, x, False)[1]
         else:

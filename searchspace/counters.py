@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .plugins.forms import counted_forms
+
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
           nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
           nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
@@ -60,7 +62,7 @@ def hook_flops(model: nn.Module, x: torch.Tensor, counter: str = "bsconv") -> in
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, KWConv2d) or not any(True for _ in m.children())]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counted_forms():  # the authors' arrangement of each module
             model(x)
     finally:
         for h in handles:
