@@ -6,6 +6,11 @@ both alike; the ratio is design images/s over baseline images/s (1.0 = free, low
 
     python bench/plugin_speed.py                       # every attention design, 64 and 128 px
     python bench/plugin_speed.py --designs se_resnet50 fcanet50 --resolutions 112 224 --batch 32
+    python bench/plugin_speed.py --forms    # also time each design in its counted (authors') form
+
+With --forms a third model, the same design run in its counted form (searchspace.plugins.forms:
+the arrangement the FLOP counts count, which is also the pre-optimisation code), joins the
+interleaving, so the speed-up of the fast forms is measured in the same run.
 """
 
 from __future__ import annotations
@@ -14,21 +19,25 @@ import argparse
 import statistics
 import time
 
+import contextlib
+
 import torch
 
 from searchspace import Genome, build, catalog
+from searchspace.plugins.forms import counted_forms
 
 ATTENTION = ["se_resnet18", "se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b", "dsnet50_c", "msa_resnet18_r16",
              "msa_resnet18_r4", "msaf_resnet18_r16", "msaf_resnet18_r4", "aff_resnet18_r4", "iaff_resnet18_r4",
              "sda_resnet86"]
 
 
-def step_time(model, opt, x, y, device) -> float:
+def step_time(model, opt, x, y, device, counted=False) -> float:
     opt.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), \
+            (counted_forms() if counted else contextlib.nullcontext()):
         loss = torch.nn.functional.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
@@ -44,21 +53,29 @@ def make(genome, device, width):
     return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
 
-def compare(design, resolution, args, device) -> tuple[float, float, float]:
+def compare(design, resolution, args, device) -> tuple[float, ...]:
+    """(base img/s, design img/s, ratio) and with --forms also (counted-form img/s, its ratio)."""
     base_genome = Genome(design.genome.backbone)
     models = [make(base_genome, device, args.width), make(design.genome, device, args.width)]
+    counted = [False, False]
+    if args.forms:
+        models.append(make(design.genome, device, args.width))
+        counted.append(True)
     x = torch.randn(args.batch, 3, resolution, resolution, device=device)
     if device.type == "cuda":
         x = x.to(memory_format=torch.channels_last)
     y = torch.randint(0, 100, (args.batch,), device=device)
-    times = [[], []]
+    times = [[] for _ in models]
     for i in range(args.warmup + args.repeats):
         for k, (m, opt) in enumerate(models):
-            t = step_time(m, opt, x, y, device)
+            t = step_time(m, opt, x, y, device, counted[k])
             if i >= args.warmup:
                 times[k].append(t)
-    base, plug = (args.batch / statistics.median(t) for t in times)
-    return base, plug, plug / base
+    speeds = [args.batch / statistics.median(t) for t in times]
+    out = (speeds[0], speeds[1], speeds[1] / speeds[0])
+    if args.forms:
+        out += (speeds[2], speeds[2] / speeds[0])
+    return out
 
 
 def main():
@@ -70,19 +87,24 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--forms", action="store_true", help="also time the designs in their counted form")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} width={args.width} "
           f"repeats={args.repeats} (median step, interleaved with the plain backbone)")
-    print(f"{'design':22}{'res':>5}{'base img/s':>12}{'design img/s':>14}{'ratio':>8}")
+    extra = f"{'counted img/s':>15}{'ratio':>8}{'fast/counted':>14}" if args.forms else ""
+    print(f"{'design':22}{'res':>5}{'base img/s':>12}{'design img/s':>14}{'ratio':>8}" + extra)
     worst = (float("inf"), "")
     for name in args.designs:
         d = catalog.get(name)
         for res in args.resolutions:
-            base, plug, ratio = compare(d, res, args, device)
-            print(f"{name:22}{res:>5}{base:>12.1f}{plug:>14.1f}{ratio:>8.3f}", flush=True)
-            worst = min(worst, (ratio, f"{name}@{res}"))
+            r = compare(d, res, args, device)
+            line = f"{name:22}{res:>5}{r[0]:>12.1f}{r[1]:>14.1f}{r[2]:>8.3f}"
+            if args.forms:
+                line += f"{r[3]:>15.1f}{r[4]:>8.3f}{r[1] / r[3]:>14.3f}"
+            print(line, flush=True)
+            worst = min(worst, (r[2], f"{name}@{res}"))
     print(f"worst_ratio={worst[0]:.3f} ({worst[1]})")
 
 

@@ -3,8 +3,9 @@
 from .errors import UserError
 from .genome import Genome, Plugin, Stage, make_plugin, uniform
 from .plugins import register
+from .recipe import Recipe
 from .build import build, set_kw_epoch
 from .cost import Cost, cost
 
-__all__ = ["UserError", "Genome", "Plugin", "Stage", "make_plugin", "uniform", "register", "build",
+__all__ = ["UserError", "Genome", "Plugin", "Stage", "make_plugin", "uniform", "register", "Recipe", "build",
            "set_kw_epoch", "Cost", "cost"]

@@ -6,7 +6,9 @@ from torch import nn
 
 from .backbones.convs import StaticConvs
 from .backbones.specs import BACKBONE_SPECS
+from .errors import UserError
 from .genome import Genome
+from .recipe import Recipe
 
 
 def conv_maker(genome: Genome):
@@ -18,23 +20,37 @@ def conv_maker(genome: Genome):
     return KernelWarehouseConvs({i: s.kw for i, s in enumerate(genome.stages)}, **dict(genome.kw_options))
 
 
-def build(genome: Genome, num_classes: int | None = None, width_mult: float = 1.0) -> nn.Module:
+def build(genome: Genome, num_classes: int | None = None, width_mult: float = 1.0,
+          recipe: Recipe | None = None) -> nn.Module:
     """Build the network a genome describes.
 
     num_classes defaults to the backbone's target (1000 for ImageNet backbones); width_mult < 1
-    narrows every stage for proxy training without changing what the genome means.
+    narrows every stage for proxy training without changing what the genome means. `recipe` says
+    how the weights start and which parameter-free regularisers (dropout, drop-path) the network
+    trains with (searchspace.recipe; default Recipe()); it never changes params, FLOPs or the key.
     """
     genome.validate()
+    recipe = (recipe or Recipe()).validate()
     spec = BACKBONE_SPECS[genome.backbone]
     num_classes = spec.target_classes if num_classes is None else num_classes
     convs = conv_maker(genome)
     if spec.family == "resnet":
         from .backbones.resnet import ResNet
 
-        return ResNet(genome, spec, num_classes, width_mult, convs)
-    from .backbones.mobilenet import build_mobilenet
+        model = ResNet(genome, spec, num_classes, width_mult, convs, recipe)
+    else:
+        from .backbones.mobilenet import build_mobilenet
 
-    return build_mobilenet(genome, num_classes, width_mult, convs)
+        for name in ("zero_init_residual", "drop_path"):
+            if getattr(recipe, name):
+                raise UserError(f"recipe.{name}: {getattr(recipe, name)!r} not supported on {genome.backbone} "
+                                "(ResNet backbones only; allowed here: false / 0)")
+        model = build_mobilenet(genome, num_classes, width_mult, convs)
+        if recipe.dropout is not None:  # MobileNetV2 defaults to 0.2, V3 (CIFAR) to none
+            model.dropout = nn.Dropout(recipe.dropout) if recipe.dropout > 0 else nn.Identity()
+    for m in _temperature_modules(model):
+        m.set_temperature(recipe.kw_start_temperature)
+    return model
 
 
 def set_kw_epoch(model: nn.Module, epoch: float, temperature_epochs: float = 20.0) -> float:

@@ -5,9 +5,13 @@ Two kinds of published number are kept apart:
   reproduce, exactly (step 1) or to the printed precision (step = one unit of the last digit).
 - `results`: accuracy rows as a paper prints them, with the size printed on that row. Different
   papers trained with different recipes; each row names its source and recipe.
-Sources are those of shared/reference/PUBLISHED.md, plus a few rows it does not list, each naming its
-own source (KernelWarehouse's README for b = 2 and its MobileNetV2 rows, mmclassification's zoo for
+Sources and how each row is reproduced: docs/published.md (a few rows name their own source:
+KernelWarehouse's README for b = 2 and its MobileNetV2 rows, mmclassification's zoo for
 ResNet-50-C/D). Where we rebuilt an authors' model to the unit, the note says what their code builds.
+
+Each design also records its authors' `recipe` (searchspace.recipe): how their code initialises the
+network and which parameter-free regularisers it trains with. It is not part of the genome, so the
+genome key names the architecture only.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .genome import Genome, Stage, make_plugin, uniform
+from .recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class Design:
     results: tuple[Result, ...] = ()
     target: Target = Target()
     note: str = ""
+    recipe: Recipe = Recipe()  # how the authors' code starts and regularises it (not part of the genome)
 
     @property
     def published(self) -> dict:
@@ -84,6 +90,7 @@ def add(design: Design) -> Design:
     if design.name in _CATALOG:
         raise ValueError(f"catalog name {design.name!r} defined twice")
     design.genome.validate()
+    design.recipe.validate()
     _CATALOG[design.name] = design
     return design
 
@@ -146,7 +153,7 @@ add(Design("resnet18", Genome("resnet18"), "torchvision ResNet-18",
            {"params": exact(11_689_512, "torchvision")},
            (Result(70.44, 89.72, KW, 11.69 * M), Result(69.7, None, TAKANIWA, 11.7 * M))))
 add(Design("resnet34", Genome("resnet34"), "torchvision ResNet-34",
-           note="No row of PUBLISHED.md covers ResNet-34; no published numbers are recorded."))
+           note="No published row covers ResNet-34 (docs/published.md); no published numbers are recorded."))
 add(Design("resnet50", Genome("resnet50"), "torchvision-style ResNet-50 (v1.5)",
            {"params": exact(25_557_032, SEED), "flops": exact(4_109_464_576, SEED),
             "activations": exact(11_113_984, SEED)},
@@ -168,7 +175,11 @@ add(Design("fcanet50", uniform("resnet50", make_plugin("msca", "after_conv3", 16
                    "the seed prints 30.121 M: FcaNet's 28.07 M plus an unused 2048x1000 classifier"),
             Result(78.52, 94.14, SDA + " (FcaNet-50 row)", 28.07 * M, 4.09 * G))))
 
-# -- DSNet: the seed's table swaps the number rows of A and B (PLUGINS.md) ----------------------
+# DSNet's backbone (DPC-Net's ResNet) zero-initialises the last BN of every residual branch and
+# starts every conv bias at zero (the DSM/DAM convs are the only convs with biases).
+DSNET_RECIPE = Recipe(zero_init_residual=True, zero_conv_bias=True)
+
+# -- DSNet: the seed's table swaps the number rows of A and B (docs/published.md) -------------------
 _SWAP = ("The seed's architecture rows and number rows disagree: this configuration's exact counts "
          "are printed on the seed's row labelled {row}; the accuracy row below is the one labelled "
          "{name}, whose printed size belongs to the other configuration.")
@@ -176,22 +187,22 @@ add(Design("dsnet50_a", _stages("resnet50", [None, None, None, make_plugin("dsm"
            "seed DSNet-ImageNet-COCO config (DSM stage 4, after_conv2, r=2, bias)",
            {"params": exact(29_105_963, SEED + ", row labelled B"), "flops": exact(4_207_606_528, SEED + ", row B")},
            (Result(76.51, 93.12, SEED, 27.369 * M, 4.357 * G, "row labelled DSNet50-A"),),
-           note=_SWAP.format(row="B", name="A")))
+           note=_SWAP.format(row="B", name="A"), recipe=DSNET_RECIPE))
 add(Design("dsnet50_b", uniform("resnet50", make_plugin("dsm", "after_conv1", 16, bias=False)),
            "seed DSNet-ImageNet-COCO config (DSM all stages, after_conv1, r=16, no bias)",
-           {"params": exact(27_369_368, SEED), "flops": rounded(4.495 * G, 0.001 * G, "PLUGINS.md (after_conv1)")},
+           {"params": exact(27_369_368, SEED), "flops": rounded(4.495 * G, 0.001 * G, "seed architecture table placement (after_conv1), printed precision")},
            (Result(77.28, 93.60, SEED, 29.106 * M, 4.208 * G, "row labelled DSNet50-B"),),
            note=_SWAP.format(row="A", name="B") + " The seed's 4.357 G is reproduced only with the "
-                "plugins at after_conv2 (see dsnet50_b_after_conv2); after_conv1 gives 4.495 G."))
+                "plugins at after_conv2 (see dsnet50_b_after_conv2); after_conv1 gives 4.495 G.", recipe=DSNET_RECIPE))
 add(Design("dsnet50_b_after_conv2", uniform("resnet50", make_plugin("dsm", "after_conv2", 16, bias=False)),
            "seed DSNet-ImageNet-COCO, numbers printed on its row labelled A",
            {"params": exact(27_369_368, SEED), "flops": exact(4_356_768_820, SEED),
             "activations": exact(14_171_918, SEED)},
-           note="DSNet50-B's plugins at post-stride resolution: the configuration behind the seed's 4.357 G."))
+           note="DSNet50-B's plugins at post-stride resolution: the configuration behind the seed's 4.357 G.", recipe=DSNET_RECIPE))
 add(Design("dsnet50_c", _stages("resnet50", [None, None, make_plugin("dam", "after_conv2", 16, bias=False),
                                               make_plugin("dsm", "after_conv2", 16, bias=False)]),
            "seed DSNet-ImageNet-COCO architecture table",
-           note="No public config: r=16 and bias=False are our assumption (PLUGINS.md); no published counts."))
+           note="No public config: r=16 and bias=False are our assumption (docs/published.md); no published counts.", recipe=DSNET_RECIPE))
 
 # -- multi-scale attention and fusion (ResNet-18, all 8 blocks) --------------------------------
 for r, params, top1_msa, top1_msaf in ((16, 12_062_152, 72.2, 72.3), (4, 13_110_952, 72.9, 73.2)):
@@ -202,7 +213,10 @@ for r, params, top1_msa, top1_msaf in ((16, 12_062_152, 72.2, 72.3), (4, 13_110_
 add(Design("aff_resnet18_r4", uniform("resnet18", make_plugin("aff", "fusion", 4)), TAKANIWA,
            {"params": rounded(12.4 * M, 0.1 * M, TAKANIWA)}, (Result(72.0, None, TAKANIWA, 12.4 * M),)))
 add(Design("iaff_resnet18_r4", uniform("resnet18", make_plugin("iaff", "fusion", 4)), TAKANIWA,
-           {"params": rounded(12.8 * M, 0.1 * M, TAKANIWA)}, (Result(60.2, None, TAKANIWA, 12.8 * M),)))
+           {"params": rounded(12.8 * M, 0.1 * M, TAKANIWA)}, (Result(60.2, None, TAKANIWA, 12.8 * M),),
+           note="The PyTorch port's iAFF: both rounds share one global branch (12,755,592 params, the printed "
+                "12.8 M). The MXNet original behind the paper's own results gives round two its own global "
+                "branch: option variant='mxnet' (13,110,952 params at r=4; the original uses r=16 in its ResNets)."))
 
 # -- stage-level depth attention ----------------------------------------------------------------
 add(Design("sda_resnet86", uniform("resnet86g8", make_plugin("sda", "stage", 16)), SDA,
@@ -223,6 +237,14 @@ PFD = "Padding-free downsampling README (CIFAR-100, BSConv recipe)"
 _CIFAR_BSCONV = Target(32, 100, "bsconv")
 
 
+# The authors' KW training: drop-path 0.1 on every residual branch (configs/resnet*/kw*.json); the
+# attention temperature is 0 in a freshly built model until the schedule sets it. Their KW_ResNet
+# class defaults to dropout 0.1, but main.py passes its --dropout flag (default 0) and neither a
+# released config nor the README's commands set it, so the published runs trained without dropout.
+KW_RESNET_RECIPE = Recipe(drop_path=0.1, dropout=0.0, kw_start_temperature=0.0)
+KW_MBV2_RECIPE = Recipe(drop_path=0.0, dropout=0.0, kw_start_temperature=0.0)  # config: drop_path 0; no dropout
+
+
 def _kw(backbone: str, b: float, **kw_options) -> Genome:
     n = 6 if backbone.startswith("mobilenetv2") else 4
     return Genome(backbone, tuple(Stage(kw=b) for _ in range(n)), kw_options=kw_options).validate()
@@ -240,20 +262,20 @@ for _b, _tag, _params, _printed, _top1, _top5 in (
                note=f"One warehouse per stage; cells halved (rho=1/2) for b < 1. The authors' code builds {_params:,}."
                     + (" The README prints 4.08 M; no variant of the config we tried (cell ratio 1/4, reduction "
                        "1/8, a stage at b=1/2, nonlocal basis) gives 4.08 M, so the printed value likely comes "
-                       "from another build." if _tag == "1d4x" else "")))
+                       "from another build." if _tag == "1d4x" else ""), recipe=KW_RESNET_RECIPE))
 for _b, _tag, _params, _printed, _top1, _top5, _opts in (
         (0.5, "1d2x", 17_638_264, 17.64, 79.30, 94.71, {"nonlocal_basis": True}),
         (1.0, "1x", 28_052_310, 28.05, 80.38, 95.19, {}), (4.0, "4x", 102_015_144, 102.02, 81.05, 95.21, {})):
     add(Design(f"kw_resnet50_{_tag}", _kw("resnet50", _b, **_opts), f"KernelWarehouse ResNet-50, b={_b:g}",
                {"params": rounded(_printed * M, 0.01 * M, KW)}, (Result(_top1, _top5, KW, _printed * M),),
                note=f"layer1.0.conv1 and the layer1 shortcut stay static; the authors' code builds {_params:,}"
-                    + ("; nonlocal-basis attention (ratio 1/16)." if _opts else ".")))
+                    + ("; nonlocal-basis attention (ratio 1/16)." if _opts else "."), recipe=KW_RESNET_RECIPE))
 for _b, _tag, _params, _printed, _top1, _top5 in ((1.0, "1x", 5_168_146, 5.17, 74.68, 91.90),
                                                   (4.0, "4x", 11_379_382, 11.38, 75.92, 92.22)):
     add(Design(f"kw_mobilenetv2_{_tag}", _kw("mobilenetv2_1x", _b), f"KernelWarehouse MobileNetV2 (1.0x), b={_b:g}",
                {"params": rounded(_printed * M, 0.01 * M, KW_MBV2)}, (Result(_top1, _top5, KW_MBV2, _printed * M),),
                note=f"The authors' code builds {_params:,}. Stem conv KW in its own warehouse; per stage one depthwise and one pointwise warehouse "
-                    "(4x: expansion and projection separate); tau annealed over 15 epochs."))
+                    "(4x: expansion and projection separate); tau annealed over 15 epochs.", recipe=KW_MBV2_RECIPE))
 
 add(Design("mobilenetv3_large_cifar", Genome("mobilenetv3_large_cifar").validate(),
            "BSConv MobileNetV3-large (CIFAR layout), as the padding-free paper counts it",

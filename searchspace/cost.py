@@ -1,6 +1,6 @@
 """Parameter, FLOP and activation counts of a genome's full-size target network.
 
-Conventions (PLUGINS.md, "Counting conventions"):
+Conventions (docs/modules.md, "Counting conventions"):
 - `paper`: every nn.Parameter including the classifier; FLOPs and activations by fvcore on the
   backbone plus global pool (no classifier), eval mode, batch 1, one multiply-add = one FLOP.
 - `full`: `paper` plus the work fvcore skips: elementwise ops (one per output element), softmax
@@ -28,6 +28,7 @@ from torch import nn
 from .counters import COUNTERS, hook_flops
 from .errors import UserError
 from .genome import Genome
+from .plugins.forms import counted_forms
 
 CONVENTIONS = ("paper", "full", "bsconv", "conv_linear")
 
@@ -113,14 +114,14 @@ def _cost(genome_json: str, convention: str, resolution: int, num_classes: int) 
     params = sum(p.numel() for p in model.parameters())
     x = torch.zeros(1, 3, resolution, resolution)
     logging.getLogger("fvcore").setLevel(logging.ERROR)
-    with torch.no_grad():
+    with torch.no_grad(), counted_forms():  # fvcore traces too, but say it: count the authors' forms
         if convention in COUNTERS:
             flops, acts = hook_flops(model, x, convention), _fvcore_counts(model, x, False)[1]
         else:
             flops, acts = _fvcore_counts(model, x, convention == "full")
             if convention == "paper" and genome.uses_kw:
-                # PLUGINS.md leaves KernelWarehouse's kernel assembly out of the paper count and into
-                # `full`; fvcore sees our assembly (a matmul), so take it back out here.
+                # The paper count leaves KernelWarehouse's kernel assembly out (`full` has it);
+                # fvcore sees our assembly (a matmul), so take it back out here.
                 from .plugins.kernelwarehouse import kw_assembly_macs
 
                 flops -= kw_assembly_macs(model)

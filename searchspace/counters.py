@@ -11,13 +11,16 @@ A KernelWarehouse conv counts as the conv it assembles; its attention's layers c
 
 `conv_linear`: SDA-xNet's tables: conv and linear MACs plus one op per bias element, nothing else
 (the classifier included). It gives SDA-ResNet-86's published 3.88 G (3,880,021,224); adding one
-op per BatchNorm element, as PLUGINS.md's summary of their counter says, would give 3.897 G.
+op per BatchNorm element, as their counter is often summarised, would give 3.897 G.
+See docs/modules.md ("Counting conventions") and docs/published.md.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .plugins.forms import counted_forms
 
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
           nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
@@ -59,7 +62,7 @@ def hook_flops(model: nn.Module, x: torch.Tensor, counter: str = "bsconv") -> in
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, KWConv2d) or not any(True for _ in m.children())]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counted_forms():  # the authors' arrangement of each module
             model(x)
     finally:
         for h in handles:

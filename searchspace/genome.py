@@ -91,14 +91,19 @@ class Plugin:
                     opts[k] = m
             if self.r is None:
                 object.__setattr__(self, "r", info.default_r)
+            for k in info.implicit_defaults:  # left out at their default: older keys stay valid
+                if k in opts and match_choice(opts[k], info.options[k][:1]) is not _NO_MATCH:
+                    del opts[k]
         object.__setattr__(self, "options", _freeze(opts))
 
     @property
     def opts(self) -> dict[str, Any]:
-        return dict(self.options)
+        """Every option's value, implicit defaults included (what the plugin is built with)."""
+        info = registry._REGISTRY.get(self.type) if isinstance(self.type, str) else None
+        return {**(info.default_options() if info else {}), **dict(self.options)}
 
     def to_dict(self) -> dict:
-        return {"type": self.type, "position": self.position, "r": self.r, "options": self.opts}
+        return {"type": self.type, "position": self.position, "r": self.r, "options": dict(self.options)}
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str) -> "Plugin":

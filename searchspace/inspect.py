@@ -14,6 +14,7 @@ import sys
 from . import catalog
 from .cost import CONVENTIONS, cost
 from .errors import UserError, argument_parser, cli_main
+from .recipe import Recipe
 
 COUNTS = ("params", "flops", "activations")
 
@@ -36,6 +37,7 @@ def report(arg: str, convention: str | None = None, resolution: int | None = Non
                        for k, v in design.counts.items()},
             "results": [r.__dict__ for r in design.results],
             "note": design.note,
+            "recipe": design.recipe.to_dict(),
         }
     return out
 
@@ -67,6 +69,9 @@ def print_report(r: dict) -> None:
                   + (f"  ({res['note']})" if res["note"] else ""))
         if r["published"]["note"]:
             print(f"  note: {r['published']['note']}")
+        changed = {k: v for k, v in r["published"]["recipe"].items() if v != Recipe().to_dict()[k]}
+        if changed:  # how the authors start and regularise it (not part of the genome)
+            print("  recipe: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""Downsampling styles and stems change shapes, parameters and FLOPs as PLUGINS.md says."""
+"""Downsampling styles and stems change shapes, parameters and FLOPs as docs/modules.md says."""
 
 import pytest
 import torch

@@ -303,3 +303,39 @@ def test_deepcopy_and_state_dict_keep_one_warehouse():
     fresh = Toy({0: 1.0, 1: 1.0}).eval()
     fresh.load_state_dict(net.state_dict())
     torch.testing.assert_close(fresh(x), net(x))
+
+
+def _slices(model):
+    """(conv, its slice of warehouse rows, cell shape) in the order the convs took their slices."""
+    start: dict = {}
+    for conv in kw_convs(model):
+        e = conv.warehouse_weight
+        n = e.shape[0]
+        b = model.kw_warehouses.budgets[conv.index]
+        m = conv.attention.m
+        # the cells a layer takes: b per own cell for b >= 1; for b < 1 the cells its one-hot start uses
+        cells = m * int(b) if b >= 1 else int(conv.attention.beta[:, :n].sum())
+        s = start.get(conv.index, 0)
+        start[conv.index] = s + cells
+        yield conv, e[s:s + cells], tuple(e.shape[1:])
+
+
+@pytest.mark.parametrize("backbone,width", [("resnet18", 1.0), ("resnet50", 0.5)])
+@pytest.mark.parametrize("b", [0.5, 1.0, 4.0])
+def test_warehouse_init_is_kaiming_fan_out_per_slice(backbone, width, b):
+    """Each layer's slice has the std of Kaiming normal (fan_out) over [cells * c_out, c_in, 1, 1].
+
+    The sample std of N normal values has a relative standard error of about 1/sqrt(2N); six of
+    them is the tolerance. The previous init (the static kernel's Kaiming scale) misses this by a
+    factor sqrt(b) at ResNet-18 4x and 2 on ResNet-50 layers whose input is 4x the cell width.
+    """
+    torch.manual_seed(0)
+    model = build(Genome(backbone, tuple(Stage(kw=b) for _ in range(4))), 10, width)
+    checked = 0
+    for conv, cells, cell in _slices(model):
+        expected = math.sqrt(2.0 / (len(cells) * cell[0]))
+        got = cells.detach().std().item()
+        tol = 6 / math.sqrt(2 * cells.numel())
+        assert abs(got / expected - 1) < tol, (conv, len(cells), cell, got, expected)
+        checked += 1
+    assert checked == len(kw_convs(model))

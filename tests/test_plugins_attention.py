@@ -12,7 +12,7 @@ from searchspace.plugins.dsnet import DAM, DSM
 from searchspace.plugins.msa import IAFF, MSA, MSAF, Branch
 from searchspace.plugins.sda import SDA
 
-# Published totals come from the catalog (PUBLISHED.md's data); the baselines from the plain designs.
+# Published totals come from the catalog (docs/published.md); the baselines from the plain designs.
 PUB = {n: catalog.get(n).counts for n in ("resnet50", "resnet18", "dsnet50_a", "dsnet50_b", "dsnet50_b_after_conv2",
                                            "msa_resnet18_r16", "msa_resnet18_r4", "msaf_resnet18_r16",
                                            "msaf_resnet18_r4", "aff_resnet18_r4", "iaff_resnet18_r4")}

@@ -29,7 +29,7 @@ def test_catalog_counts_match_published(name, what):
 
 
 def test_exact_rows_are_exact():
-    """The rows PUBLISHED.md calls exact are held to the unit, not to a rounding step."""
+    """The rows docs/published.md calls exact are held to the unit, not to a rounding step."""
     for name, what in [("resnet50", "flops"), ("fcanet50", "flops"), ("dsnet50_a", "params"),
                        ("dsnet50_b_after_conv2", "activations"), ("msaf_resnet18_r4", "params")]:
         assert catalog.get(name).counts[what].exact
@@ -286,7 +286,7 @@ def test_full_convention_adds_what_fvcore_skips():
 
 
 def test_kw_kernel_assembly_is_counted_by_full_only():
-    """PLUGINS.md: the paper count leaves out attention @ warehouse; `full` adds it."""
+    """docs/modules.md: the paper count leaves out attention @ warehouse; `full` adds it."""
     from searchspace.plugins.kernelwarehouse import kw_assembly_macs
 
     kw = catalog.get("kw_resnet18_1x").genome

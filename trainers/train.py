@@ -134,12 +134,20 @@ class TrainResult:
 
 
 def build_model(genome, num_classes: int, width_mult: float) -> nn.Module:
-    """A Genome or a catalog name via searchspace.build; an nn.Module is used as it is."""
+    """A Genome or a catalog name via searchspace.build; an nn.Module is used as it is.
+
+    A catalog name is built with its design's recipe (the authors' initialisation, dropout and
+    drop-path; searchspace.recipe); a Genome with the default recipe.
+    """
     if isinstance(genome, nn.Module):
         return genome
     from searchspace import build
 
-    return build(catalog.resolve(genome)[1] if isinstance(genome, str) else genome, num_classes=num_classes, width_mult=width_mult)
+    recipe = None
+    if isinstance(genome, str):
+        _, genome, design = catalog.resolve(genome)
+        recipe = design.recipe if design is not None else None
+    return build(genome, num_classes=num_classes, width_mult=width_mult, recipe=recipe)
 
 
 def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec | None = None,

@@ -1,9 +1,12 @@
-"""ResNet family with every plugin position of PLUGINS.md, the stems and the downsampling styles.
+"""ResNet family with every plugin position (docs/modules.md), the stems and the downsampling styles.
 
 The network follows torchvision's layout (v1.5: stride on the 3x3), so its parameter and fvcore
 FLOP counts equal torchvision's for the plain genome. Plugins sit at named positions in each
 block; a fusion module replaces the residual add; a stage module (SDA) sees every block's
 pre-ReLU output. All convolutions come from a conv maker so KernelWarehouse can replace them.
+
+No in-place op acts on a map that a plugin, fusion or stage module has been handed: the in-place
+ReLUs here only act on a BatchNorm's fresh output, before any plugin sees it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from torch.nn import functional as F
 from ..genome import Genome, Plugin
 from ..plugins import registry
 from ..plugins.registry import Site
+from ..recipe import Recipe
 from .specs import BackboneSpec
-
 
 
 def _out_hw(hw: int, style: str) -> int:
@@ -39,6 +42,23 @@ class BlurPool(nn.Module):
 
     def forward(self, x):
         return F.conv2d(F.pad(x, (1, 2, 1, 2), mode="reflect"), self.kernel, stride=2, groups=self.channels)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a residual branch for a random p of the samples, rescale the rest."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = 1.0 - self.p
+        return x * x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class PaddingFreeConv(nn.Module):
@@ -77,7 +97,7 @@ class Block(nn.Module):
     """BasicBlock or Bottleneck with plugin positions, an optional fusion, strided per `style`."""
 
     def __init__(self, kind: str, cin: int, planes: int, plan: BlockPlan, plugins: tuple[Plugin, ...],
-                 fusion: Plugin | None, convs, num_blocks: int):
+                 fusion: Plugin | None, convs, num_blocks: int, drop_path: float = 0.0):
         super().__init__()
         self.kind = kind
         exp = 4 if kind == "bottleneck" else 1
@@ -111,7 +131,10 @@ class Block(nn.Module):
             self.bn1 = nn.BatchNorm2d(width)
             self.conv2 = convs.conv(width, width, 3, 1, 1, warehouse=wo)
             self.bn2 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU(inplace=True)  # only on a BN's fresh output, before any plugin sees it
+        # Not in place: the pre-ReLU sum may be held by a stage module (SDA keeps every block's) or
+        # be a map a fusion module returned and still holds. A module, so hook counters see it.
+        self.out_relu = nn.ReLU()
         self.shortcut = self._shortcut(cin, cout, s, style, convs, wf)
         # Anti-aliased downsampling: conv(stride 1) -> BN -> ReLU -> BlurPool(stride 2) on the strided conv.
         blur = style == "blur" and s == 2
@@ -132,6 +155,12 @@ class Block(nn.Module):
             if chain:
                 self.plugins[pos] = chain[0] if len(chain) == 1 else nn.Sequential(*chain)
         self.fusion = make(fusion) if fusion is not None else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else None  # recipe, not architecture
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The residual branch's last BatchNorm (what zero_init_residual zeroes)."""
+        return self.bn3 if self.kind == "bottleneck" else self.bn2
 
     @staticmethod
     def _shortcut(cin, cout, s, style, convs, warehouse):
@@ -160,11 +189,13 @@ class Block(nn.Module):
             out = self._plug("after_conv3", self.bn3(self.conv3(out)))
         else:
             out = self._plug("after_conv2", self.bn2(self.conv2(out)))
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         identity = self.shortcut(x)
         return self.fusion(out, identity) if self.fusion is not None else out + identity
 
     def finish(self, z):
-        return self._plug("after_add", self.relu(z))
+        return self._plug("after_add", self.out_relu(z))
 
     def forward(self, x):
         return self.finish(self.forward_preact(x))
@@ -226,7 +257,8 @@ def scaled(c: int, width_mult: float, multiple: int = 4) -> int:
 
 
 class ResNet(nn.Module):
-    def __init__(self, genome: Genome, spec: BackboneSpec, num_classes: int, width_mult: float, convs):
+    def __init__(self, genome: Genome, spec: BackboneSpec, num_classes: int, width_mult: float, convs,
+                 recipe: Recipe = Recipe()):
         super().__init__()
         self.genome = genome
         kind = spec.block
@@ -255,7 +287,7 @@ class ResNet(nn.Module):
                 else:
                     w_first = si
                 plan = BlockPlan(si, bi, stride, hw, hw_out, genome.downsampling, spec.groups, w_first, si)
-                blocks.append(Block(kind, cin, planes, plan, st.plugins, st.fusion, convs, depth))
+                blocks.append(Block(kind, cin, planes, plan, st.plugins, st.fusion, convs, depth, recipe.drop_path))
                 cin, hw = planes * exp, hw_out
             sm = None
             if st.stage_module is not None:
@@ -266,17 +298,24 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.post_pool_norm = nn.BatchNorm2d(cin) if spec.post_pool_norm else nn.Identity()
         self.num_features = cin
+        self.dropout = nn.Dropout(recipe.dropout) if recipe.dropout else None  # recipe, not architecture
         self.fc = nn.Linear(cin, num_classes)
-        self._init_weights()
+        self._init_weights(recipe)
         convs.finalize(self)
 
-    def _init_weights(self):
+    def _init_weights(self, recipe: Recipe):
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.weight.requires_grad:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if recipe.zero_conv_bias and m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if recipe.zero_init_residual:  # every residual branch starts as nothing: each block an identity + ReLU
+            for m in self.modules():
+                if isinstance(m, Block):
+                    nn.init.zeros_(m.last_bn.weight)
 
     def forward_features(self, x):
         """Backbone and global pool: what the paper convention counts."""
@@ -284,4 +323,5 @@ class ResNet(nn.Module):
         return self.post_pool_norm(x).flatten(1)
 
     def forward(self, x):
-        return self.fc(self.forward_features(x))
+        x = self.forward_features(x)
+        return self.fc(x if self.dropout is None else self.dropout(x))

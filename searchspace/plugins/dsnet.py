@@ -8,6 +8,7 @@ and adds the pooled vector to x; DAM projects A and gates x with it.
 FLOP convention: the ops are written so fvcore counts what the authors' code counts (the three
 context products and the series outer product are matmuls; means, max pools, softmaxes and the
 DSM pooling are elementwise and uncounted). This reproduces the published DSNet50 totals exactly.
+Formulas, sources and initialisation: docs/modules.md.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .forms import counting
 from .registry import BLOCK_POSITIONS, register
 
 
@@ -42,6 +44,33 @@ class DecoupledAttention(nn.Module):
         self.sel_expand = nn.Conv2d(c, 2 * channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_counted(x) if counting() else self.forward_fast(x)
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The counted form rearranged: one conv for the four 1x1 convs that read x, and no full map but A.
+
+        With ch [C, 1] and sp [1, N] the series map is ch sp and the parallel one ch + sp, so the gate's
+        input mean(series + parallel) = ch mean(sp) + ch + mean(sp) needs no map, and
+        A = a0 ch sp + a1 (ch + sp) = a1 ch + (a0 ch + a1) sp is one fused multiply-add.
+        """
+        b, ch, h, w = x.shape
+        c = self.ch_value.out_channels
+        convs = (self.ch_value, self.ch_query, self.sp_query, self.sp_value)
+        weight = torch.cat([m.weight for m in convs])
+        bias = torch.cat([m.bias for m in convs]) if self.ch_value.bias is not None else None
+        value, query, sp_query, sp_value = F.conv2d(x, weight, bias).flatten(2).split((c, 1, c, c), 1)
+        context = torch.matmul(value, query.softmax(-1).transpose(1, 2)).unsqueeze(-1)  # [B, c, 1, 1]
+        ch_att = self.ch_expand(F.relu(self.ch_norm(context))).sigmoid().flatten(2)  # [B, C, 1]
+        sp_weights = sp_query.amax(-1).softmax(-1).unsqueeze(1)  # [B, 1, c]
+        sp_att = torch.matmul(sp_weights, sp_value).sigmoid()  # [B, 1, N]
+        sp_mean = sp_att.mean(-1, keepdim=True)  # [B, 1, 1]
+        s = (ch_att * sp_mean + ch_att + sp_mean).unsqueeze(-1)  # mean of series + parallel, [B, C, 1, 1]
+        a = self.sel_expand(F.relu(self.sel_norm(self.sel_reduce(s)))).view(b, 2, ch, 1).softmax(1)
+        a0, a1 = a[:, 0], a[:, 1]
+        return torch.addcmul(a1 * ch_att, a0 * ch_att + a1, sp_att).view(b, ch, h, w)
+
+    def forward_counted(self, x: torch.Tensor) -> torch.Tensor:
+        """The authors' arrangement, which the published FLOPs count."""
         b, ch, h, w = x.shape
         # channel attention [B, C, 1]
         value = self.ch_value(x).flatten(2)  # [B, c, N]

@@ -15,7 +15,9 @@ MobileNetV2). The per-sample kernels run as one grouped conv.
 conv, naming the warehouse; `finalize(model)` then sizes the cells and warehouses (it needs all
 members first), attaches the warehouse parameters to the model once, as `model.kw_warehouses`,
 and builds each conv's attention. Sizes follow the authors' Warehouse_Manager, so parameter counts
-match their released models to the unit.
+match their released models to the unit; each layer's slice of cells is initialised as theirs is
+(Kaiming normal, fan_out over the slice). More, and the recipe (drop-path, start temperature):
+docs/modules.md.
 """
 
 from __future__ import annotations
@@ -222,19 +224,31 @@ class KernelWarehouseConvs:
                 local = (s0, max(0, min(int(b * m), n - s0))) if self.nonlocal_basis else None
                 attention = KWAttention(conv.in_channels, n, m, beta, local, self.reduction, self.basis_ratio)
                 conv.bind(bank, index, attention)
-                # Fresh cells start like a Kaiming (fan-out) init of this layer's static kernel.
-                std = math.sqrt(2.0 / (conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]))
                 with torch.no_grad():
-                    weight[[i % n for i in range(start, start + fresh)]] = torch.randn(fresh, *cell) * std
+                    weight[[i % n for i in range(start, start + fresh)]] = _slice_init(fresh, cell)
                 start += fresh
-            if start < n:  # rounding left cells no layer starts on
+            if start < n:  # rounding left cells no layer starts on: initialised as one more slice
                 with torch.no_grad():
-                    weight[start:] = torch.randn(n - start, *cell) * std
+                    weight[start:] = _slice_init(n - start, cell)
             bank.weights.append(nn.Parameter(weight))
             bank.keys.append(key)
             bank.budgets.append(b)
         if bank.keys:
             model.add_module("kw_warehouses", bank)
+
+
+def slice_std(cells: int, cell: tuple[int, int]) -> float:
+    """Kaiming normal (fan_out, ReLU gain) std of a layer's slice of `cells` warehouse cells.
+
+    The authors initialise each layer's slice viewed as a [cells * c_out, c_in, 1, 1] kernel, so
+    fan_out = cells * c_out: the std depends on how many cells the layer takes (b times its cell
+    count for b >= 1), not on the layer's static kernel.
+    """
+    return math.sqrt(2.0 / (cells * cell[0]))
+
+
+def _slice_init(cells: int, cell: tuple[int, int]) -> torch.Tensor:
+    return torch.randn(cells, *cell) * slice_std(cells, cell)
 
 
 def _one_hot_start(m: int, n: int, b: float, start: int) -> tuple[torch.Tensor, int]:

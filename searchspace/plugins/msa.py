@@ -9,7 +9,9 @@ broadcast). Each branch has 2Cc + 3c + 3C params.
 - MSAF (fusion):           w from the branches on x + y; out = 2x*w + 2y*(1-w)
 - AFF (fusion):            MSAF with local + global branches only
 - iAFF (fusion):           two rounds of AFF-style fusion sharing one global branch
-Fusion modules return the fused map before the block's final ReLU.
+                           (option variant="mxnet": a second global branch, as the MXNet original)
+Fusion modules return the fused map before the block's final ReLU. Formulas, sources and where we
+differ from the authors' code: docs/modules.md.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .forms import counting
 from .registry import register
 
 # Pool sizes per branch: None = local (no pooling), 1 = global.
@@ -41,6 +44,12 @@ class Branch(nn.Sequential):
             y = F.interpolate(y, size=x.shape[-2:], mode="nearest")
         return y
 
+    def on_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The branch's layers after its pool, on an already pooled map (no upsampling)."""
+        for layer in list(self)[1:]:
+            pooled = layer(pooled)
+        return pooled
+
 
 class MultiScaleLogits(nn.Module):
     """Sum of branch outputs at the given pool sizes: the gate's pre-sigmoid logits."""
@@ -48,12 +57,50 @@ class MultiScaleLogits(nn.Module):
     def __init__(self, channels: int, r: int, scales=_SCALES[4]):
         super().__init__()
         self.branches = nn.ModuleList(Branch(channels, r, p) for p in scales)
+        pools = [b.pool for b in self.branches if b.pool is not None and b.pool > 1]
+        self.finest = max(pools, default=None)
+        # the fast form needs every context pool size to divide the finest one
+        self.nested = all(self.finest % p == 0 for p in pools)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if counting() or self.finest is None or not self.nested or h % self.finest or w % self.finest:
+            return self.forward_counted(x)
+        return self.forward_fast(x)
+
+    def forward_counted(self, x: torch.Tensor) -> torch.Tensor:
+        """Every branch pools x and is upsampled back on its own (what the published counts count)."""
         out = self.branches[0](x)
         for branch in self.branches[1:]:
             out = out + branch(x)
         return out
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """Same logits with one pass over x for all pools and one full-size add for all context branches.
+
+        When the map side is a multiple of the finest pool size P, averaging into P x P cells and then
+        into coarser cells equals pooling x directly, and nearest upsampling is a block repeat, so the
+        context logits can be summed at P x P and broadcast onto the local branch's map at once.
+        """
+        b, ch, h, w = x.shape
+        P = self.finest
+        fine = F.adaptive_avg_pool2d(x, P)
+        local = ctx = None
+        for branch in self.branches:
+            if branch.pool is None:
+                local = branch(x)
+                continue
+            if branch.pool == 1:
+                y = branch.on_pooled(fine.mean((2, 3), keepdim=True))  # [B, C, 1, 1]: broadcasts below
+            elif branch.pool == P:
+                y = branch.on_pooled(fine)
+            else:
+                k = P // branch.pool
+                y = branch.on_pooled(F.avg_pool2d(fine, k))
+                y = y.view(b, ch, branch.pool, 1, branch.pool, 1).expand(-1, -1, -1, k, -1, k).reshape(b, ch, P, P)
+            ctx = y if ctx is None else ctx + y
+        out = local.view(b, ch, P, h // P, P, w // P) + ctx.view(b, ch, P, 1, P, 1)
+        return out.view(b, ch, h, w)
 
 
 class MSA(nn.Module):
@@ -76,27 +123,37 @@ class MSAF(nn.Module):
 
     def forward(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         w = self.logits(x + identity).sigmoid()
-        return 2 * x * w + 2 * identity * (1 - w)
+        if counting():
+            return 2 * x * w + 2 * identity * (1 - w)
+        return 2 * torch.lerp(identity, x, w)  # y + w (x - y): one pass instead of five
 
 
 class IAFF(nn.Module):
     """Iterative AFF: a first fusion gives xi, which drives the second gate.
 
-    Both rounds use the same global branch (the reference code builds a second, unused one).
+    variant "port" (default, the PyTorch port; its printed 12.8 M for ResNet-18): both rounds use
+    one global branch (the port builds a second one it never calls; we do not build it).
+    variant "mxnet" (the MXNet original behind the paper's results): round two has its own global
+    branch, one more branch of parameters (2Cc + 3c + 3C).
     """
 
-    def __init__(self, channels: int, r: int = 4):
+    def __init__(self, channels: int, r: int = 4, variant: str = "port"):
         super().__init__()
+        if variant not in ("port", "mxnet"):
+            raise ValueError(f"iAFF variant must be 'port' or 'mxnet', got {variant!r}")
         self.local1 = Branch(channels, r)
         self.local2 = Branch(channels, r)
         self.glob = Branch(channels, r, pool=1)
+        self.glob2 = Branch(channels, r, pool=1) if variant == "mxnet" else None
 
     def forward(self, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         s = x + identity
         w = (self.local1(s) + self.glob(s)).sigmoid()
-        xi = x * w + identity * (1 - w)
-        w = (self.local2(xi) + self.glob(xi)).sigmoid()
-        return x * w + identity * (1 - w)
+        mix = (lambda w: x * w + identity * (1 - w)) if counting() else (lambda w: torch.lerp(identity, x, w))
+        xi = mix(w)
+        glob2 = self.glob if self.glob2 is None else self.glob2
+        w = (self.local2(xi) + glob2(xi)).sigmoid()
+        return mix(w)
 
 
 _BRANCHES = {"branches": (4, 5)}
@@ -120,7 +177,7 @@ def aff(channels, r, site):
     return MSAF(channels, r, (None, 1))
 
 
-@register("iaff", kind="fusion", default_r=4)
-def iaff(channels, r, site):
-    """iAFF, iterative attentional feature fusion (Dai et al.)."""
-    return IAFF(channels, r)
+@register("iaff", kind="fusion", default_r=4, options={"variant": ("port", "mxnet")}, implicit_defaults=("variant",))
+def iaff(channels, r, site, variant="port"):
+    """iAFF, iterative attentional feature fusion (Dai et al.); variant "mxnet" = the original's second global branch."""
+    return IAFF(channels, r, variant)

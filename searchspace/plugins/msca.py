@@ -1,4 +1,4 @@
-"""Multi-spectral channel attention (FcaNet, Qin et al., 2021)."""
+"""Multi-spectral channel attention (FcaNet, Qin et al., 2021). Formulas and sources: docs/modules.md."""
 
 import math
 

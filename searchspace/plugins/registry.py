@@ -47,6 +47,9 @@ class PluginInfo:
     factory: Callable[..., Any]
     default_r: int | None
     options: dict[str, tuple] = field(default_factory=dict)  # option -> allowed values; first is default
+    # Options added after genomes using the plugin were stored: at their default they are left out
+    # of the canonical JSON, so those genomes (same network) keep their keys.
+    implicit_defaults: tuple[str, ...] = ()
 
     def default_options(self) -> dict[str, Any]:
         return {k: v[0] for k, v in self.options.items()}
@@ -56,8 +59,12 @@ _REGISTRY: dict[str, PluginInfo] = {}
 
 
 def register(name: str, *, kind: str = "block", positions: tuple[str, ...] = (), default_r: int | None = 16,
-             options: dict[str, tuple] | None = None):
-    """Decorator registering `factory(channels, r, site, **options) -> nn.Module` under `name`."""
+             options: dict[str, tuple] | None = None, implicit_defaults: tuple[str, ...] = ()):
+    """Decorator registering `factory(channels, r, site, **options) -> nn.Module` under `name`.
+
+    implicit_defaults: options added to an already-published plugin; their default is not written
+    into genomes, so existing genome keys stay valid.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "block":
@@ -70,7 +77,11 @@ def register(name: str, *, kind: str = "block", positions: tuple[str, ...] = (),
     def deco(factory):
         if name in _REGISTRY and _REGISTRY[name].factory is not factory:
             raise ValueError(f"plugin {name!r} is already registered")
-        _REGISTRY[name] = PluginInfo(name, kind, tuple(positions), factory, default_r, dict(options or {}))
+        unknown = [o for o in implicit_defaults if o not in (options or {})]
+        if unknown:
+            raise ValueError(f"plugin {name!r}: implicit_defaults {unknown} are not among its options")
+        _REGISTRY[name] = PluginInfo(name, kind, tuple(positions), factory, default_r, dict(options or {}),
+                                     tuple(implicit_defaults))
         return factory
 
     return deco

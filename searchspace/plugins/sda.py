@@ -3,6 +3,8 @@
 It sees the pre-ReLU outputs Z_1..Z_n of all n blocks of a stage and returns
 ReLU(sum_i a_i * Z_i), where a is a softmax over the depth axis, per channel, of n logit vectors
 computed from the pooled sum of the Z_i. Params per stage C*d + 2d + n*(d*C + C), d = max(C // r, L).
+The backbone hands it each block's own pre-ReLU map, which no later in-place op changes
+(docs/modules.md).
 """
 
 from __future__ import annotations

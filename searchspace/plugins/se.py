@@ -1,4 +1,4 @@
-"""Squeeze-and-Excitation (Hu et al., 2018)."""
+"""Squeeze-and-Excitation (Hu et al., 2018). Formulas and sources: docs/modules.md."""
 
 from torch import nn
 
