@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from torch import nn
 
 from .backbones.convs import StaticConvs
@@ -34,20 +36,8 @@ def build(genome: Genome, num_classes: int | None = None, width_mult: float = 1.
     spec = BACKBONE_SPECS[genome.backbone]
     num_classes = spec.target_classes if num_classes is None else num_classes
     convs = conv_maker(genome)
-    if spec.family == "resnet":
-        from .backbones.resnet import ResNet
-
-        model = ResNet(genome, spec, num_classes, width_mult, convs, recipe)
-    else:
-        from .backbones.mobilenet import build_mobilenet
-
-        for name in ("zero_init_residual", "drop_path"):
-            if getattr(recipe, name):
-                raise UserError(f"recipe.{name}: {getattr(recipe, name)!r} not supported on {genome.backbone} "
-                                "(ResNet backbones only; allowed here: false / 0)")
-        model = build_mobilenet(genome, num_classes, width_mult, convs)
-        if recipe.dropout is not None:  # MobileNetV2 defaults to 0.2, V3 (CIFAR) to none
-            model.dropout = nn.Dropout(recipe.dropout) if recipe.dropout > 0 else nn.Identity()
+    module, _, name = spec.builder.partition(":")
+    model = getattr(importlib.import_module(module), name)(genome, spec, num_classes, width_mult, convs, recipe)
     for m in _temperature_modules(model):
         m.set_temperature(recipe.kw_start_temperature)
     return model

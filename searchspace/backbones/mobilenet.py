@@ -214,18 +214,26 @@ class MobileNetV3LargeCifar(MobileNet):
         self._finish(last, num_classes, 0.0, convs)
 
 
-def build_mobilenet(genome, num_classes: int, width_mult: float, convs) -> nn.Module:
+def build_mobilenet(genome, spec, num_classes: int, width_mult: float, convs, recipe) -> nn.Module:
     """The MobileNet a genome describes; `width_mult` narrows it further for proxy training.
 
     Called by `build` after `genome.validate()`, which refuses plugins on MobileNets and KW on
     MobileNetV3 (BackboneSpec.supports_plugins / supports_kw), so neither is checked again here.
     """
+    for name in ("zero_init_residual", "drop_path"):
+        if getattr(recipe, name):
+            raise UserError(f"recipe.{name}: {getattr(recipe, name)!r} not supported on {genome.backbone} "
+                            "(ResNet backbones only; allowed here: false / 0)")
     if genome.backbone in V2_WIDTH:
         budgets = {i: st.kw for i, st in enumerate(genome.stages)}
-        return MobileNetV2(V2_WIDTH[genome.backbone] * width_mult, budgets, genome.downsampling, num_classes, convs)
-    if genome.backbone == "mobilenetv3_large_cifar":
-        return MobileNetV3LargeCifar(width_mult, genome.stem, genome.downsampling, num_classes, convs)
-    raise UserError(f"backbone: {genome.backbone!r} is not a MobileNet this builder knows")
+        model = MobileNetV2(V2_WIDTH[genome.backbone] * width_mult, budgets, genome.downsampling, num_classes, convs)
+    elif genome.backbone == "mobilenetv3_large_cifar":
+        model = MobileNetV3LargeCifar(width_mult, genome.stem, genome.downsampling, num_classes, convs)
+    else:
+        raise UserError(f"backbone: {genome.backbone!r} is not a MobileNet this builder knows")
+    if recipe.dropout is not None:  # MobileNetV2 defaults to 0.2, V3 (CIFAR) to none
+        model.dropout = nn.Dropout(recipe.dropout) if recipe.dropout > 0 else nn.Identity()
+    return model
 
 
 __all__ = ["MobileNetV2", "MobileNetV3LargeCifar", "build_mobilenet", "make_divisible", "V2_WIDTH"]

@@ -22,12 +22,9 @@ from ..genome import Genome, Plugin
 from ..plugins import registry
 from ..plugins.registry import Site
 from ..recipe import Recipe
-from .specs import BackboneSpec
+from .specs import BackboneSpec, stride2_size
 
 
-def _out_hw(hw: int, style: str) -> int:
-    """Spatial size after a stride-2 step of this style (padding-free maps shrink faster)."""
-    return (hw - 3) // 2 + 1 if style == "padding_free" else (hw - 1) // 2 + 1
 
 
 class BlurPool(nn.Module):
@@ -276,7 +273,7 @@ class ResNet(nn.Module):
             blocks = []
             for bi in range(depth):
                 stride = 2 if (si > 0 and bi == 0) else 1
-                hw_out = _out_hw(hw, genome.downsampling) if stride == 2 else hw
+                hw_out = stride2_size(hw, genome.downsampling) if stride == 2 else hw
                 # KernelWarehouse hand-over: the first block of stages 2+ lends its first conv and
                 # shortcut to the previous stage's warehouse; ResNet-50's layer1.0.conv1 and layer1
                 # shortcut stay static (their in-channels, 64, come from the stem).

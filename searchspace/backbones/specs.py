@@ -1,7 +1,8 @@
-"""What each backbone offers to a genome, as plain data (no torch here: genome validation reads it).
+"""The backbone registry: what each backbone offers to a genome, as plain data.
 
-Every backbone's spec lives in this table so that a genome can be validated before any model
-code is imported.
+No torch here: genome validation reads these specs before any model code is imported. Each spec
+names its builder as "module:callable", imported only when a network is built, so adding a
+backbone is one `add_backbone_spec` call (plus its builder), and nothing dispatches on names.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ MOBILENET_DOWNSAMPLING = ("standard", "padding_free")
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    family: str  # "resnet" | "mobilenet"
+    family: str  # "resnet" | "mobilenet": which builder, and which recipe fields apply
     block: str  # "basic" | "bottleneck" | "inverted"
     depths: tuple[int, ...]  # blocks per searchable stage
     widths: tuple[int, ...]  # planes per stage (before expansion)
@@ -28,6 +29,7 @@ class BackboneSpec:
     target_classes: int = 1000
     supports_plugins: bool = True  # block, fusion and stage modules (the MobileNet builders place none)
     supports_kw: bool = True  # KernelWarehouse budgets
+    stem_stride: int = 4  # 7x7/2 + max-pool; 1 for the CIFAR stems
 
     @property
     def num_stages(self) -> int:
@@ -36,6 +38,28 @@ class BackboneSpec:
     @property
     def expansion(self) -> int:
         return 4 if self.block == "bottleneck" else 1
+
+    @property
+    def builder(self) -> str:
+        """"module:callable" that builds this backbone: f(genome, spec, num_classes, width_mult, convs, recipe)."""
+        return {"resnet": "searchspace.backbones.resnet:ResNet",
+                "mobilenet": "searchspace.backbones.mobilenet:build_mobilenet"}[self.family]
+
+    def last_map_size(self, resolution: int, downsampling: str) -> int:
+        """Side of the last stage's map at `resolution` (ResNets; padding-free maps shrink faster,
+        floor((H - 3) / 2) + 1 per stride-2 step). MobileNets: their own rule, >= 64 px for
+        padding-free, so this returns 0 below it."""
+        if self.family != "resnet":
+            return 0 if downsampling == "padding_free" and resolution < 64 else resolution // 32
+        h = resolution // self.stem_stride
+        for _ in range(self.num_stages - 1):
+            h = stride2_size(h, downsampling)
+        return h
+
+
+def stride2_size(hw: int, downsampling: str) -> int:
+    """Map side after one stride-2 step of this downsampling style."""
+    return (hw - 3) // 2 + 1 if downsampling == "padding_free" else (hw - 1) // 2 + 1
 
 
 BACKBONE_SPECS: dict[str, BackboneSpec] = {}
@@ -58,7 +82,7 @@ for _spec in (
     # BN shortcuts where the shape changes (He et al.'s option B), 3x3 stem at stride 1.
     # "hybrid" on CIFAR: the padding-free paper's stem mixer after a stride-1 3x3, no max-pool.
     BackboneSpec("resnet20_cifar", "resnet", "basic", (3, 3, 3), (16, 32, 64), stems=("cifar", "hybrid"),
-                 downsampling=("v1.5", "padding_free"), target_resolution=32, target_classes=100),
+                 downsampling=("v1.5", "padding_free"), target_resolution=32, target_classes=100, stem_stride=1),
     # MobileNets (backbones/mobilenet.py): "stages" are the KernelWarehouse sharing groups.
     BackboneSpec("mobilenetv2_1x", "mobilenet", "inverted", (1, 2, 3, 4, 3, 4), (16, 24, 32, 64, 96, 160),
                  stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING, supports_plugins=False),
