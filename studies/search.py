@@ -45,7 +45,10 @@ class GenomeSpace:
         genome = space.suggest(trial, self.spec)
         text = genome.to_json()
         trial.set_user_attr("genome", text)  # visible in the dashboard while the trial runs
-        return {"genome": text, "trial_number": trial.number}
+        config = {"genome": text, "trial_number": trial.number}
+        if trial.user_attrs.get("trial_seed") is not None:  # set at enqueue (studies.calibrate: repeated seeds)
+            config["seed"] = trial.user_attrs["trial_seed"]
+        return config
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class StudySearch(Searcher):
 
     def suggest(self, trial_id: str) -> dict | None:
         trial = self.study.ask()
-        self._asked[trial_id] = (trial.number, trial.user_attrs.get("reference"))
+        self._asked[trial_id] = (trial.number, trial.user_attrs.get("reference") or trial.user_attrs.get("design"))
         return self.space(trial)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -54,6 +54,7 @@ def run_trial(config: dict, ctx: dict) -> None:
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
     number = config["trial_number"]
+    seed = config.get("seed", ctx["seed"])  # a trial's own seed (studies.calibrate), else the study's
     epochs = ctx["fidelity"]["epochs"]
     base = {"trial_number": number, "node": _node(), "pid": os.getpid(), "epochs_target": epochs}
     rec = {**base, "status": "running", "epochs_completed": 0, "top1": 0.0, "flops": 0, "params": 0,
@@ -73,9 +74,9 @@ def run_trial(config: dict, ctx: dict) -> None:
             if epoch < epochs:  # the last epoch goes out with the final record (ASHA may stop on it)
                 tune.report(dict(rec))
 
-        torch.manual_seed(ctx["seed"])  # the same initialisation train() would make; kept to time it after
+        torch.manual_seed(seed)  # the same initialisation train() would make; kept to time it after
         model = build_model(genome, data.num_classes, fid.width_mult)
-        res = train(model, fid, data, device=ctx["device"], seed=ctx["seed"], report=report,
+        res = train(model, fid, data, device=ctx["device"], seed=seed, report=report,
                     evaluate_every_epoch=ctx.get("evaluate_every_epoch", True))
         rec.update(status=res.status, epochs_completed=res.epochs, top1=_f(res.top1), top5=_f(res.top5),
                    loss=_f(res.loss), wall_s=time.perf_counter() - t0, train_s=res.train_s,
