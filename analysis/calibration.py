@@ -231,5 +231,47 @@ def protocol_noise(summary: dict | None, protocol: str = "study") -> Noise | Non
     return Noise.from_dict(p["noise"]) if p and p.get("noise") else None
 
 
-__all__ = ["Noise", "noise", "design_stats", "pooled_std", "std_of_means", "resolvable_difference", "t_quantile",
+def study_noise(df) -> tuple[Noise | None, str]:
+    """The noise of a loaded study's top-1 (analysis.load_study) and where it comes from:
+    its stored calibration when that was run under the study's own fidelity, else genomes the study
+    ran under several seeds (completed runs of one genome key with distinct seeds, searched and
+    reference trials together), else (None, "none")."""
+    summary = df.attrs.get("calibration")
+    p = ((summary or {}).get("protocols") or {}).get("study")
+    fid = df.attrs.get("fidelity")
+    if p and p.get("noise") and p["noise"].get("pooled_std") is not None and (not fid or p.get("fidelity") == fid):
+        n = Noise.from_dict(p["noise"])
+        return n, f"calibration ({sum(d['n'] for d in n.designs.values())} runs of {len(n.designs)} designs)"
+    if not len(df) or "genome_key" not in df or "seed" not in df:
+        return None, "none"
+    done = df[(df["state"] == "COMPLETE") & (df["status"] == "ok") & df["genome_key"].notna() & df["seed"].notna()]
+    runs = {}
+    for key, part in done.groupby("genome_key"):
+        part = part.drop_duplicates("seed")
+        if len(part) > 1:
+            runs[key] = part["top1"].astype(float).tolist()
+    n = noise(runs) if runs else None
+    if n is None or n.pooled_std is None:
+        return None, "none"
+    return n, f"repeated seeds ({len(runs)} genome(s))"
+
+
+def stage_map_sizes(backbone: str, resolution: int, stem: str = "standard") -> list[int] | None:
+    """The feature-map side each stage of a ResNet sees at `resolution` (None for other families):
+    the ImageNet stems divide by 4 (stride-2 conv, stride-2 max-pool), the CIFAR stem by 1, then
+    every later stage halves (padded stride 2: ceil)."""
+    from searchspace.backbones.specs import BACKBONE_SPECS
+
+    b = BACKBONE_SPECS.get(backbone)
+    if b is None or b.family != "resnet":
+        return None
+    h = resolution if stem == "cifar" else math.ceil(math.ceil(resolution / 2) / 2)
+    sizes = [h]
+    for _ in range(b.num_stages - 1):
+        h = math.ceil(h / 2)
+        sizes.append(h)
+    return sizes
+
+
+__all__ = ["Noise", "study_noise", "stage_map_sizes", "noise", "design_stats", "pooled_std", "std_of_means", "resolvable_difference", "t_quantile",
            "kendall_tau_b", "spearman_rho", "average_ranks", "rank_agreement", "load_calibration", "protocol_noise"]
