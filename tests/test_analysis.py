@@ -406,3 +406,19 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     assert img.shape == (2000, 1280) and img.std() > 10  # not a blank page
     if os.environ.get("ANALYSIS_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["ANALYSIS_KEEP_SCREENSHOT"])
+
+
+def test_front_error_bars_and_report_noise_section(tmp_path):
+    run = make_run(tmp_path)
+    plain = load_study(run)
+    assert all(t.error_y.value is None for t in analysis.front_figure(plain, designs=DESIGNS).data)
+    assert "No noise measurement" in analysis.build_report(plain, DESIGNS)
+    _store_calibration(run, 0.02)
+    df = load_study(run)
+    fig = analysis.front_figure(df, designs=DESIGNS)
+    barred = {t.name for t in fig.data if t.error_y.value is not None}
+    assert {"searched trials", "catalog designs (proxy)"} <= barred
+    assert all(t.error_y.value == pytest.approx(0.02) for t in fig.data if t.name in barred)
+    html_text = analysis.build_report(df, DESIGNS)
+    assert "pooled seed std 0.0200" in html_text and "calibration (9 runs of 3 designs)" in html_text
+    assert "16/8/4/2 at the proxy" not in html_text  # the synthetic fidelity has no resolution
