@@ -39,6 +39,9 @@ DESIGNS = "resnet50,se_resnet50,fcanet50,dsnet50_a,dsnet50_b,dsnet50_c,resnet50_
 
 def protocols(storage, published_only: bool = True) -> list[dict]:
     """One record per (calibration study, protocol): fidelity, data, runs per design, compute per run."""
+    from searchspace import catalog
+
+    names = set(catalog.names())
     out = []
     for s in storage.get_all_studies():
         if not s.study_name.endswith(CALIBRATION_SUFFIX):
@@ -49,7 +52,7 @@ def protocols(storage, published_only: bool = True) -> list[dict]:
             runs, cost = {}, []
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 ua = t.user_attrs
-                if ua.get("protocol") != p or ua.get("status") != "ok" or (published_only and not ua.get("published")):
+                if ua.get("protocol") != p or ua.get("status") != "ok" or (published_only and ua["design"] not in names):
                     continue
                 runs.setdefault(ua["design"], []).append(float(ua["top1"]))
                 cost.append(float(ua.get("wall_s") or 0) * float(ua.get("held") or 1))

@@ -228,9 +228,9 @@ def run(plan_: dict, log) -> dict:
 
     cfg, protocols, url = plan_["cfg"], plan_["protocols"], plan_["url"]
     spec = config_mod.spec(cfg)
-    work = plan_["run_dir"] / "calibration"  # its own lock and Ray folder: a study may run beside it
-    work.mkdir(parents=True, exist_ok=True)
     name = cfg.name + SUFFIX
+    work = plan_["run_dir"] / name  # its own lock and Ray folder: a study (or another calibration) may run beside it
+    work.mkdir(parents=True, exist_ok=True)
     with st.DriverLock(work):
         storage = st.open_storage(url)
         existing = st.find_study(storage, name)
@@ -259,7 +259,8 @@ def run(plan_: dict, log) -> dict:
         # A protocol with trials already waiting (requeued) goes first: asking pops the oldest waiting trial.
         waiting = _waiting(study)
         order = sorted(protocols, key=lambda p: (-waiting.get(p, 0), PROTOCOLS.index(p)))
-        todo = {p: sum(1 for e in entries if _key(p, e["design"], e["trial_seed"]) not in _present(study))
+        present = _present(study)
+        todo = {p: sum(1 for e in entries if _key(p, e["design"], e["trial_seed"]) not in present)
                 + waiting.get(p, 0) for p in protocols}
         ran = 0
         if any(todo.values()):
@@ -298,7 +299,9 @@ def run(plan_: dict, log) -> dict:
 # -- summary -------------------------------------------------------------------------------------
 def summarize(study, protocols: dict, seeds: int, n_boot: int = 2000, designs=None, device=None) -> dict:
     from analysis import calibration as cal
+    from searchspace import catalog
 
+    catalog_names = set(catalog.names())
     runs = {p: {} for p in protocols}
     cost = {p: {} for p in protocols}
     published = {}
@@ -309,7 +312,7 @@ def summarize(study, protocols: dict, seeds: int, n_boot: int = 2000, designs=No
             continue  # diverged runs are chance level by construction, not a measurement
         runs[p].setdefault(d, []).append(float(ua["top1"]))
         cost[p].setdefault(d, []).append(_compute_s(ua))
-        published[d] = bool(ua.get("published"))
+        published[d] = d in catalog_names  # by name: a requeued trial keeps only studies.storage.KEEP_ON_REQUEUE
     out = {"seeds": seeds, "unit": _unit(device or _device(study)), "protocols": {}, "agreement": {}}
     for p, r in runs.items():
         noise = cal.noise(r)
