@@ -72,6 +72,7 @@ def resolve_study_name(storage: optuna.storages.BaseStorage, study_name: str | N
         study_name = _config_name(run_dir_or_storage) if run_dir_or_storage is not None else None
     if study_name is None:
         searched = [n for n in names if not n.endswith(REFERENCES_SUFFIX)]
+        searched = [n for n in searched if not n.endswith(".calibration")]
         if len(searched) != 1:
             raise UserError(f"give the study name with --study (studies here: {', '.join(names) or 'none'})")
         study_name = searched[0]
@@ -211,6 +212,9 @@ def load_study(run_dir_or_storage: Any, study_name: str | None = None) -> pd.Dat
                     target=ua.get("target") or {}, fidelity=ua.get("fidelity") or {},
                     storage=redact(str(run_dir_or_storage)) if not isinstance(run_dir_or_storage, optuna.storages.BaseStorage)
                     else type(run_dir_or_storage).__name__)
+    from .calibration import load_calibration  # '<name>.calibration' (studies.calibrate), if there is one
+
+    df.attrs["calibration"] = load_calibration(storage, name)
     return df
 
 

@@ -53,6 +53,18 @@ def _axes(objs, x, y):
     return x, y
 
 
+def _noise_bars(df: pd.DataFrame, y: str) -> tuple[dict | None, str]:
+    """Error bars of +- one seed std of top-1 (analysis.calibration.study_noise), and a title note."""
+    from .calibration import study_noise
+
+    noise, source = study_noise(df) if y == "top1" else (None, "none")
+    if noise is None or noise.pooled_std is None:
+        return None, ""
+    bars = dict(type="constant", value=noise.pooled_std, thickness=1, width=3, color="rgba(90,90,90,0.6)")
+    return bars, (f" (bars: +-{noise.pooled_std:.3f} seed std; differences under {noise.resolvable_1:.3f} "
+                  f"are noise; from {source})")
+
+
 def front_figure(df: pd.DataFrame, x: str | None = None, y: str | None = None, designs=None,
                  objectives: list[dict] | None = None, published: bool = True) -> go.Figure:
     """Accuracy vs cost: searched trials, the 2-D front as a step line, the full front (when there
@@ -64,20 +76,21 @@ def front_figure(df: pd.DataFrame, x: str | None = None, y: str | None = None, d
     (fx, xlabel), (fy, ylabel) = _unit(x), _unit(y)
     pubs = published_points(df, designs, x) if published else pd.DataFrame()
     rows = 2 if len(pubs) else 1
+    bars, bars_note = _noise_bars(df, y)
     refs = completed(df, "reference").dropna(subset=[x, y])
     # Fixed pixel heights per panel: the labels are spread on them (see _callouts).
     panel_px = [max(380, LABEL_PX * (len(refs) + 2)), max(260, LABEL_PX * (len(pubs) + 2))][:rows]
     gap_px = 70
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=gap_px / (sum(panel_px) + gap_px),
                         row_heights=panel_px,
-                        subplot_titles=[f"{y} vs {x}: searched trials and Pareto front", PUBLISHED_NOTE][:rows])
+                        subplot_titles=[f"{y} vs {x}: searched trials and Pareto front{bars_note}", PUBLISHED_NOTE][:rows])
     done = add_ranks(df, objs)
     done = completed(done).dropna(subset=[x, y])
     hover_names = [n for n in dict.fromkeys([*names, x, y]) if n in df.columns]
     if len(done):
         custom, tmpl = _hover(done, hover_names)
         fig.add_trace(go.Scatter(x=done[x] / fx, y=done[y] / fy, mode="markers", name="searched trials",
-                                 marker=dict(color="rgba(120,120,120,0.55)", size=7),
+                                 marker=dict(color="rgba(120,120,120,0.55)", size=7), error_y=bars,
                                  customdata=custom, hovertemplate=tmpl), row=1, col=1)
         dx, dy = _direction(objs, x), _direction(objs, y)
         front2 = done[pareto_mask(done[[x, y]].astype(float).to_numpy(), [dx, dy])].sort_values([x, y])
@@ -85,7 +98,7 @@ def front_figure(df: pd.DataFrame, x: str | None = None, y: str | None = None, d
         # Step line = the attainment surface between front points.
         fig.add_trace(go.Scatter(x=front2[x] / fx, y=front2[y] / fy, mode="lines+markers",
                                  line=dict(shape="hv" if dx == "minimize" else "vh", color=FRONT_COLOR, width=2),
-                                 marker=dict(color=FRONT_COLOR, size=9), name=f"Pareto front ({y}, {x})",
+                                 marker=dict(color=FRONT_COLOR, size=9), name=f"Pareto front ({y}, {x})", error_y=bars,
                                  customdata=custom, hovertemplate=tmpl), row=1, col=1)
         if len(objs) > 2:
             full = done[done["front_rank"] == 0]
@@ -99,6 +112,7 @@ def front_figure(df: pd.DataFrame, x: str | None = None, y: str | None = None, d
         fig.add_trace(go.Scatter(x=refs[x] / fx, y=refs[y] / fy, mode="markers", name="catalog designs (proxy)",
                                  text=refs["reference"].fillna("reference"),
                                  marker=dict(symbol="star", size=15, color=REF_COLOR, line=dict(color="white", width=1)),
+                                 error_y=bars,
                                  customdata=custom, hovertemplate="<b>%{text}</b><br>" + tmpl), row=1, col=1)
     if not len(done) and not len(refs):
         fig.add_annotation(text="no completed trials yet", showarrow=False, xref="x domain", yref="y domain",

@@ -1,8 +1,17 @@
-"""Does the search find the published designs again, or something that dominates them?
+"""Does the search find the published designs again, or something that beats them?
 
 For every catalog design in the study's space: its proxy result (from the '<study>.references'
-study), whether a searched trial dominates or equals it, whether the search sampled the very same
-genome (same genome key), and the nearest searched genome by `genome_distance`.
+study), whether a searched trial beats or matches it within the measured noise, whether the search
+sampled the very same genome (same genome key), and the nearest searched genome by `genome_distance`.
+
+Verdicts are decided against the noise of the proxy's top-1 (analysis.calibration.study_noise: the
+study's calibration, else its repeated seeds): two top-1 values closer than the resolvable
+difference of two single runs (t test at 95 %) are a tie; costs are exact. A searched trial *beats*
+the design when it is no worse in every objective and better in one (top-1 by more than the
+resolvable difference, or a cost); it *matches within noise* when it ties every objective. Verdicts:
+"beaten", "matched within noise", "missed", "not evaluated" (no reference run), "not in space"
+(a design of the study's backbone the space cannot produce). Without a noise measurement the
+tolerance is 0: differences are taken at face value, and the report says so.
 
 Genome distance (documented, symmetric, in [0, 1]): the fraction of differing fields among
   global: stem, downsampling, kw_options                                    (3 fields)
@@ -24,6 +33,7 @@ from searchspace import catalog
 from searchspace.genome import Genome
 from searchspace.space import SpaceSpec, contains
 
+from .calibration import Noise, study_noise
 from .load import completed, genome_dict, genome_summary, objectives_of
 from .pareto import to_minimization
 
@@ -125,29 +135,55 @@ def _nearest(genome, searched: pd.DataFrame) -> tuple[Any, float]:
     return best, best_d
 
 
-def rediscovery(df: pd.DataFrame, designs: Sequence | None = None,
-                objectives: list[dict] | None = None) -> pd.DataFrame:
-    """One row per catalog design in the study's space (designs default to the whole catalog).
+def verdict_against(done_vals: np.ndarray, p: np.ndarray, tolerance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(beats, matches) masks of the rows of `done_vals` against the point `p`, all in minimisation
+    form, with a per-objective `tolerance` under which a difference is a tie."""
+    better = done_vals < p - tolerance
+    worse = done_vals > p + tolerance
+    beats = ~worse.any(axis=1) & better.any(axis=1)
+    matches = ~worse.any(axis=1) & ~better.any(axis=1)
+    return beats, matches
 
-    Columns: design, in_space_reason, genome_key, evaluated, <objective>_proxy, verdict
-    ('dominated' | 'equalled' | 'not dominated' | 'not evaluated'), dominated_by (count),
-    best_dominating (trial number), equalled_by (trial numbers), sampled (trial numbers with the
-    same genome key), nearest_trial, nearest_distance, nearest_genome, <objective>_nearest,
-    published_top1, published_flops, published_params, published_source.
+
+def rediscovery(df: pd.DataFrame, designs: Sequence | None = None,
+                objectives: list[dict] | None = None, noise: Noise | None | str = "auto") -> pd.DataFrame:
+    """One row per catalog design in the study's space (designs default to the whole catalog), plus
+    one per design of the study's backbone outside it (verdict "not in space").
+
+    Columns: design, in_space_reason, genome_key, evaluated, <objective>_proxy, verdict ('beaten' |
+    'matched within noise' | 'missed' | 'not evaluated' | 'not in space'), top1_tolerance (the
+    resolvable difference used), noise (where it comes from), dominated_by (count of trials that
+    beat it), best_dominating (trial number), equalled_by (trial numbers matching within noise),
+    sampled (trial numbers with the same genome key), nearest_trial, nearest_distance,
+    nearest_genome, <objective>_nearest, published_top1, published_flops, published_params,
+    published_source. `noise`: "auto" (study_noise(df)), a Noise, or None (face value).
     """
     objs = objectives_of(df, objectives)
     names, dirs = [o["name"] for o in objs], [o["direction"] for o in objs]
     designs = catalog_designs() if designs is None else list(designs)
+    if isinstance(noise, str):
+        noise, source = study_noise(df)
+    else:
+        source = "given" if noise is not None else "none"
+    tol_top1 = noise.resolvable_1 if noise is not None and noise.resolvable_1 is not None else 0.0
+    tolerance = np.array([tol_top1 if n == "top1" else 0.0 for n in names])
     searched_all = df[df["study"] == "search"]
     done = completed(df)
     done_vals = to_minimization(done[names].astype(float).to_numpy(), dirs) if len(done) else np.empty((0, len(objs)))
     refs = completed(df, "reference")
+    backbone = (df.attrs.get("target") or {}).get("backbone")
     rows = []
     for d in designs:
         ok, why = in_space(d, df.attrs.get("config"), df.attrs.get("target"))
-        if not ok:
-            continue
         name, key = _field(d, "name"), design_key(d)
+        if not ok:
+            g = genome_dict(_field(d, "genome")) or {}
+            if backbone is not None and g.get("backbone") == backbone and isinstance((df.attrs.get("config") or {}).get("space"), dict):
+                rows.append({"design": name, "in_space_reason": why, "genome_key": key, "evaluated": False,
+                             "verdict": "not in space", "top1_tolerance": tol_top1, "noise": source,
+                             "dominated_by": 0, "best_dominating": None, "equalled_by": [], "sampled": [],
+                             "design_genome": genome_summary(_field(d, "genome"))})
+            continue
         row: dict[str, Any] = {"design": name, "in_space_reason": why, "genome_key": key}
         ev = refs[refs["reference"] == name] if "reference" in refs else refs.iloc[0:0]
         ev = ev.sort_values("datetime_complete")
@@ -155,20 +191,20 @@ def rediscovery(df: pd.DataFrame, designs: Sequence | None = None,
         vals = ev[names].astype(float).iloc[-1].to_numpy() if len(ev) else None  # latest evaluation
         for n, v in zip(names, vals if vals is not None else [np.nan] * len(names)):
             row[f"{n}_proxy"] = v
-        row.update(verdict="not evaluated", dominated_by=0, best_dominating=None, equalled_by=[])
+        row.update(verdict="not evaluated", top1_tolerance=tol_top1, noise=source, dominated_by=0,
+                   best_dominating=None, equalled_by=[])
         if vals is not None and np.isfinite(vals).all() and len(done):
             p = to_minimization([vals], dirs)[0]
-            le, lt = (done_vals <= p).all(axis=1), (done_vals < p).any(axis=1)
-            dom, eq = le & lt, (done_vals == p).all(axis=1)
+            dom, eq = verdict_against(done_vals, p, tolerance)
             row["dominated_by"] = int(dom.sum())
             row["equalled_by"] = done["number"][eq].tolist()
             if dom.any():
-                # The dominating trial with the largest margin on the first objective.
+                # The beating trial with the largest margin on the first objective.
                 margin = (p - done_vals)[:, 0]
                 row["best_dominating"] = int(done["number"].to_numpy()[np.flatnonzero(dom)[np.argmax(margin[dom])]])
-            row["verdict"] = "dominated" if dom.any() else "equalled" if eq.any() else "not dominated"
+            row["verdict"] = "beaten" if dom.any() else "matched within noise" if eq.any() else "missed"
         elif vals is not None:
-            row["verdict"] = "not dominated"
+            row["verdict"] = "missed"
         row["sampled"] = searched_all["number"][searched_all["genome_key"] == key].tolist() if key else []
         near, dist = _nearest(_field(d, "genome"), done if len(done) else searched_all)
         row["nearest_trial"] = None if near is None else int(df.loc[near, "number"])
@@ -189,4 +225,4 @@ def rediscovery(df: pd.DataFrame, designs: Sequence | None = None,
     return out
 
 
-__all__ = ["rediscovery", "genome_distance", "in_space", "catalog_designs", "published_records", "design_key"]
+__all__ = ["rediscovery", "verdict_against", "genome_distance", "in_space", "catalog_designs", "published_records", "design_key"]

@@ -76,6 +76,56 @@ def rediscovery_display(red: pd.DataFrame) -> pd.DataFrame:
     return _cost_units(out[cols + ["published ImageNet-1K", "nearest_genome"]])
 
 
+def calibration_section(df: pd.DataFrame) -> list[str]:
+    """How sure the proxy's top-1 is: the stored calibration (studies.calibrate), else repeated
+    seeds, else a warning; and the feature-map sizes the proxy's modules saw against the target's."""
+    from .calibration import stage_map_sizes, study_noise
+
+    parts = ["<h2>Proxy noise and calibration</h2>"]
+    fid, target = df.attrs.get("fidelity") or {}, df.attrs.get("target") or {}
+    backbone = target.get("backbone")
+    proxy = stage_map_sizes(backbone, fid["resolution"]) if backbone and fid.get("resolution") else None
+    full = stage_map_sizes(backbone, target["resolution"]) if backbone and target.get("resolution") else None
+    if proxy and full:
+        parts.append(f"<p>Feature maps per stage (standard stem): {'/'.join(map(str, proxy))} at the proxy's "
+                     f"{fid['resolution']} px, {'/'.join(map(str, full))} on the target at {target['resolution']} px. "
+                     "Spatial modules (DSM/DAM, MSCA's DCT frequencies, MSA's local branch) compute on the "
+                     "proxy's maps, not the target's.</p>")
+    noise, source = study_noise(df)
+    summary = df.attrs.get("calibration")
+    if noise is None:
+        parts.append('<p class="note">No noise measurement: this storage holds no calibration of the study\'s '
+                     'protocol and no genome ran under several seeds, so differences in top-1 are taken at face '
+                     'value. Run <code>python -m studies.calibrate NAME</code> to measure the seed noise.</p>')
+        return parts
+    parts.append(f"<p>Top-1 noise ({html.escape(source)}): pooled seed std {noise.pooled_std:.4f} on {noise.df} "
+                 f"degrees of freedom; std of design means {_g(noise.std_of_means)}; single-run signal-to-noise "
+                 f"{_g(noise.snr)}. Two single runs differ resolvably (t test, 95 %) only by more than "
+                 f"{noise.resolvable_1:.4f}: the front's error bars and the rediscovery verdicts use it.</p>")
+    for p, s in ((summary or {}).get("protocols") or {}).items():
+        rows = pd.DataFrame([{"design": d, "runs": v["n"], "mean top-1": v["mean"], "seed std": v["std"],
+                              f"{summary.get('unit', 'core-s')} per run": v.get("compute_s"),
+                              "published": "yes" if v.get("published") else ""}
+                             for d, v in (s.get("designs") or s["noise"]["designs"]).items()])
+        rows = rows.sort_values("mean top-1", ascending=False)
+        n = s["noise"]
+        parts += [f"<h3>protocol {html.escape(p)}</h3><p class='note'>{html.escape(str(s.get('fidelity')))}</p>",
+                  _table(rows),
+                  f"<p>pooled seed std {_g(n['pooled_std'])}, std of design means {_g(n['std_of_means'])}, SNR "
+                  f"{_g(n['snr'])}; resolvable difference {_g(n['resolvable_1'])} (single runs), "
+                  f"{_g(n['resolvable_mean'])} (means of {n['seeds']:g}).</p>"]
+    for which, a in ((summary or {}).get("agreement") or {}).items():
+        if a.get("tau") is not None:
+            parts.append(f"<p>Rank agreement study vs versus protocol ({which}, {a['n']} designs): Kendall tau-b "
+                         f"{a['tau']:.2f} [{a['tau_ci'][0]:.2f}, {a['tau_ci'][1]:.2f}], Spearman rho {a['rho']:.2f} "
+                         f"[{a['rho_ci'][0]:.2f}, {a['rho_ci'][1]:.2f}] (95 % bootstrap intervals).</p>")
+    return parts
+
+
+def _g(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
 def _fig(fig, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"responsive": True})
 
@@ -124,10 +174,13 @@ def build_report(df: pd.DataFrame, designs=None) -> str:
             parts += ["<h2>Three objectives</h2>", _fig(f3, "front3d")]
         parts += ["<h2>Where the modules sit on the front</h2>", _fig(plots.stage_map_figure(df), "stagemap"),
                   "<h2>Genome fields (parallel coordinates)</h2>", _fig(plots.parallel_figure(df), "parcoords")]
+    parts += calibration_section(df)
     red = rediscovery(df, designs)
     parts += ["<h2>Rediscovery of published designs</h2>",
-              '<p class="note">verdict: does a searched trial dominate or equal the design\'s proxy result '
-              '(from the references study)? sampled: searched trials with the same genome key. nearest: the '
+              '<p class="note">verdict: "beaten" when a searched trial is no worse in every objective and better '
+              'in one, "matched within noise" when it ties every objective, else "missed"; two top-1 values closer '
+              'than top1_tolerance (the resolvable difference of two single runs, from the measured noise; 0 when '
+              'none is measured) are a tie. The design\'s proxy result comes from the references study. sampled: searched trials with the same genome key. nearest: the '
               'completed searched genome at the smallest normalised Hamming distance over stem, downsampling, '
               'KW options and, per stage, plugin types / positions / r / options, fusion, stage module and KW '
               'budget (0 = same network). Published numbers are ImageNet-1K under each paper\'s own recipe.</p>',

@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "sampler": {"name": "nsga2", "population": 16},
     "early_stopping": {"asha": False, "grace_period": 1, "reduction_factor": 2},
     "resources": {"cpus_per_trial": 1, "gpus_per_trial": "auto"},  # auto = 1 GPU per trial if any
+    # studies.calibrate: K random genomes besides the published designs, S seeds each, and the longer
+    # reference protocol as {"fidelity.epochs": 16, ...} overrides (checked by studies.calibrate)
+    "calibration": {"designs": 8, "seeds": 3, "versus": {}},
     "inject_failure_trial": None,  # testing hook: this trial number raises inside the trainable
 }
 SECTIONS = {k for k, v in DEFAULTS.items() if isinstance(v, dict)} | {"space"}

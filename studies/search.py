@@ -55,6 +55,8 @@ class GenomeSpace:
                 config["cost"] = target_cost(genome, self.target)
             except Exception:  # the trial counts it again and reports the error as its own
                 pass
+        if trial.user_attrs.get("trial_seed") is not None:  # set at enqueue (studies.calibrate: repeated seeds)
+            config["seed"] = trial.user_attrs["trial_seed"]
         return config
 
 
@@ -130,7 +132,7 @@ class StudySearch(Searcher):
 
     def suggest(self, trial_id: str) -> dict | None:
         trial = self.study.ask()
-        self._asked[trial_id] = (trial.number, trial.user_attrs.get("reference"))
+        self._asked[trial_id] = (trial.number, trial.user_attrs.get("reference") or trial.user_attrs.get("design"))
         if self.progress is not None:
             self.progress.started(trial_id)
         return self.space(trial)

@@ -20,6 +20,8 @@ from searchspace.errors import UserError, redact
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 INTERRUPTED = "interrupted"  # status of a trial whose driver died; it is requeued, not counted
+# What a requeued trial keeps of its enqueue-time user attrs (studies.calibrate adds design, seed, protocol)
+KEEP_ON_REQUEUE = ("seeded_from", "reference", "design", "trial_seed", "protocol")
 HEARTBEAT_S = 30.0  # a running driver refreshes its study-level heartbeat this often
 STALE_S = 300.0  # a heartbeat older than this: that driver is taken for dead (clocks of hosts may differ a bit)
 
@@ -191,7 +193,7 @@ def recover(storage, study) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if driver_alive(storage, study.study_name, t.user_attrs.get("driver"), now):
             continue
-        keep = {k: t.user_attrs[k] for k in ("seeded_from", "reference") if k in t.user_attrs}
+        keep = {k: t.user_attrs[k] for k in KEEP_ON_REQUEUE if k in t.user_attrs}
         tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         storage.set_trial_user_attr(tid, "status", INTERRUPTED)
         storage.set_trial_user_attr(tid, "error", "the driver stopped before this trial finished; requeued")

@@ -50,6 +50,7 @@ def run_trial(config: dict, ctx: dict) -> None:
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
     number = config["trial_number"]
+    seed = config.get("seed", ctx["seed"])  # a trial's own seed (studies.calibrate), else the study's
     epochs = ctx["fidelity"]["epochs"]
     gpus = _gpu_share(ctx) if ctx["device"] == "cuda" else 0.0
     base = {"trial_number": number, "node": _node(), "pid": os.getpid(), "epochs_target": epochs,
@@ -73,7 +74,7 @@ def run_trial(config: dict, ctx: dict) -> None:
 
         # train() builds the model itself (seeded) and frees it before returning: nothing here keeps
         # it on the device, also after an OOM; the latency is measured inside, on the trained model.
-        res = train(genome, fid, data, device=ctx["device"], seed=ctx["seed"], report=report,
+        res = train(genome, fid, data, device=ctx["device"], seed=seed, report=report,
                     evaluate_every_epoch=ctx.get("evaluate_every_epoch", True),
                     memory_fraction=gpus if 0 < gpus < 1 else None, measure_latency=True)
         rec.update(status=res.status, epochs_completed=res.epochs, top1=_f(res.top1), top5=_f(res.top5),

@@ -246,13 +246,41 @@ def test_genome_distance():
 def test_rediscovery_known_answer(run_dir):
     red = rediscovery(load_study(run_dir), DESIGNS).set_index("design")
     assert "r18_se" not in red.index  # other backbone: outside the space
-    assert red.loc["se_all", "verdict"] == "equalled" and red.loc["se_all", "equalled_by"] == [1]
+    assert red.loc["se_all", "verdict"] == "matched within noise" and red.loc["se_all", "equalled_by"] == [1]
     assert red.loc["se_all", "sampled"] == [1] and red.loc["se_all", "nearest_distance"] == 0.0
-    assert red.loc["se_s4", "verdict"] == "dominated" and red.loc["se_s4", "best_dominating"] == 2
+    assert red.loc["se_s4", "verdict"] == "beaten" and red.loc["se_s4", "best_dominating"] == 2
     assert red.loc["se_s4", "nearest_trial"] == 2 and red.loc["se_s4", "sampled"] == []
-    assert red.loc["msca_all", "verdict"] == "not dominated" and red.loc["msca_all", "top1_proxy"] == 0.80
+    assert red.loc["msca_all", "verdict"] == "missed" and red.loc["msca_all", "top1_proxy"] == 0.80
     assert red.loc["msca_s4", "verdict"] == "not evaluated" and red.loc["msca_s4", "sampled"] == [2]
     assert red.loc["se_s4", "published_top1"] == 76.8
+    assert (red["noise"] == "none").all() and (red["top1_tolerance"] == 0).all()  # no calibration, one seed each
+
+
+def _store_calibration(run: Path, pooled: float) -> None:
+    """A '<study>.calibration' summary as studies.calibrate stores it: 3 designs x 3 seeds whose
+    seed std is `pooled`, under the study's fidelity."""
+    from analysis.calibration import noise
+
+    runs = {d: [m - pooled, m, m + pooled] for d, m in (("a", 0.70), ("b", 0.74), ("c", 0.78))}
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(run / "study.journal")))
+    cal = optuna.create_study(study_name="synth.calibration", storage=storage, directions=[MAX, MIN, MIN])
+    cal.set_user_attr("summary", {"protocols": {"study": {"fidelity": {"epochs": 5}, "noise": noise(runs).to_dict()}}})
+
+
+@pytest.mark.parametrize("pooled, verdict", [(0.005, "beaten"), (0.03, "matched within noise")])
+def test_verdict_flips_from_beaten_to_matched_as_the_noise_grows(tmp_path, pooled, verdict):
+    # a searched trial at the design's exact costs, 0.03 higher on top-1
+    run = make_run(tmp_path, searched=[(MSCA_S4, (0.75, 4.106e9, 26.5e6))],
+                   references=[(SE_S4, (0.72, 4.106e9, 26.5e6), "se_s4")])
+    _store_calibration(run, pooled)
+    df = load_study(run)
+    red = rediscovery(df, DESIGNS[:2]).set_index("design")
+    # resolvable difference of two single runs: t(0.975, 6 df) * pooled * sqrt(2)
+    assert red.loc["se_s4", "top1_tolerance"] == pytest.approx(2.446912 * pooled * 2 ** 0.5, rel=1e-5)
+    assert red.loc["se_s4", "noise"].startswith("calibration (9 runs")
+    assert red.loc["se_s4", "verdict"] == verdict
+    assert red.loc["se_all", "verdict"] == "not evaluated"
+    assert rediscovery(df, DESIGNS[:2], noise=None).set_index("design").loc["se_s4", "verdict"] == "beaten"
 
 
 def test_in_space_from_space_spec():
@@ -470,3 +498,19 @@ def test_report_labels_do_not_overlap_in_chromium(run_dir, tmp_path):
     svg = boxes["svg"]
     assert all(svg["l"] <= b["l"] and b["r"] <= svg["r"] and svg["t"] <= b["t"] and b["b"] <= svg["b"]
                for b in boxes["labels"])
+
+
+def test_front_error_bars_and_report_noise_section(tmp_path):
+    run = make_run(tmp_path)
+    plain = load_study(run)
+    assert all(t.error_y.value is None for t in analysis.front_figure(plain, designs=DESIGNS).data)
+    assert "No noise measurement" in analysis.build_report(plain, DESIGNS)
+    _store_calibration(run, 0.02)
+    df = load_study(run)
+    fig = analysis.front_figure(df, designs=DESIGNS)
+    barred = {t.name for t in fig.data if t.error_y.value is not None}
+    assert {"searched trials", "catalog designs (proxy)"} <= barred
+    assert all(t.error_y.value == pytest.approx(0.02) for t in fig.data if t.name in barred)
+    html_text = analysis.build_report(df, DESIGNS)
+    assert "pooled seed std 0.0200" in html_text and "calibration (9 runs of 3 designs)" in html_text
+    assert "16/8/4/2 at the proxy" not in html_text  # the synthetic fidelity has no resolution
