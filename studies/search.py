@@ -23,7 +23,7 @@ from ray.tune.search import Searcher
 # Copied from the final result to the trial's user attrs (plus genome, fidelity, reference, ...).
 RESULT_ATTRS = ("genome_key", "params", "flops", "activations", "top1", "top5", "loss", "latency_ms",
                 "epochs_completed", "status", "wall_s", "train_s", "images_per_s", "device", "seed", "node",
-                "peak_mem_mb", "error", "traceback")
+                "peak_mem_mb", "error", "traceback", "top1_per_epoch", "top5_per_epoch")
 SAMPLERS = ("nsga2", "tpe", "random")
 
 

@@ -43,7 +43,10 @@ def _node() -> str:
 
 
 def run_trial(config: dict, ctx: dict) -> None:
-    """config: {"genome": JSON, "trial_number": n, ...params}; ctx: the study's protocol."""
+    """config: {"genome": JSON, "trial_number": n, optional "seed", ...params}; ctx: the study's protocol.
+
+    A "seed" in config (a benchmark table's per-trial seed) replaces the study's seed for this trial.
+    """
     import torch
     from ray import tune
 
@@ -58,6 +61,8 @@ def run_trial(config: dict, ctx: dict) -> None:
     base = {"trial_number": number, "node": _node(), "pid": os.getpid(), "epochs_target": epochs}
     rec = {**base, "status": "running", "epochs_completed": 0, "top1": 0.0, "flops": 0, "params": 0,
            "activations": 0, "latency_ms": 0.0}  # every report carries every objective key
+    seed = config.get("seed", ctx["seed"])
+    curves = {"top1_per_epoch": [], "top5_per_epoch": []}  # what a benchmark table replays
     try:
         genome = Genome.from_json(config["genome"])
         c = searchspace.cost(genome, **{k: ctx["target"][k] for k in ("convention", "resolution", "num_classes")})
@@ -70,12 +75,15 @@ def run_trial(config: dict, ctx: dict) -> None:
         def report(epoch: int, m: dict):
             rec.update(epochs_completed=epoch, top1=_f(m.get("top1")), top5=_f(m.get("top5")), loss=_f(m.get("loss")),
                        train_s=m.get("train_s"), wall_s=time.perf_counter() - t0)  # a pruned trial keeps these
+            for k in ("top1", "top5"):
+                curves[f"{k}_per_epoch"].append(rec[k])
+            rec.update({k: list(v) for k, v in curves.items()})
             if epoch < epochs:  # the last epoch goes out with the final record (ASHA may stop on it)
                 tune.report(dict(rec))
 
-        torch.manual_seed(ctx["seed"])  # the same initialisation train() would make; kept to time it after
+        torch.manual_seed(seed)  # the same initialisation train() would make; kept to time it after
         model = build_model(genome, data.num_classes, fid.width_mult)
-        res = train(model, fid, data, device=ctx["device"], seed=ctx["seed"], report=report,
+        res = train(model, fid, data, device=ctx["device"], seed=seed, report=report,
                     evaluate_every_epoch=ctx.get("evaluate_every_epoch", True))
         rec.update(status=res.status, epochs_completed=res.epochs, top1=_f(res.top1), top5=_f(res.top5),
                    loss=_f(res.loss), wall_s=time.perf_counter() - t0, train_s=res.train_s,
