@@ -75,7 +75,10 @@ def one_run(table, cfg, spec, sampler: str, stopping: bool, seed: int, budget: i
     rule = ASHA(table.epochs, cfg["early_stopping"]["grace_period"], cfg["early_stopping"]["reduction_factor"]) \
         if stopping else NoStopping()
     backend = TableBackend(table, cfg, rule=rule, seed=seed, on_missing="skip")
-    backend.run(search, budget, concurrency)
+    if isinstance(storage, optuna.storages.InMemoryStorage):
+        backend.run(search, budget, concurrency)
+    else:  # what studies.run does: a mirror in memory, one write per trial
+        backend.tune(cfg, {"concurrency": concurrency}, search, budget)
     study = optuna.load_study(study_name=name, storage=storage)
     trials = sorted((t for t in study.get_trials(deepcopy=False)
                      if t.user_attrs.get("status") != "not_in_table"), key=lambda t: t.user_attrs["sim_end_s"])

@@ -226,6 +226,10 @@ def build(args) -> int:
     spec = config_mod.spec(cfg)
     if args.seeds < 1:
         raise UserError(f"--seeds: expected an integer >= 1, got {args.seeds}")
+    if args.concurrency is not None and args.concurrency < 0:
+        raise UserError(f"--concurrency: expected an integer >= 0, got {args.concurrency}")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UserError(f"--gpus-per-trial: expected >= 0, got {args.gpus_per_trial}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit: expected an integer >= 1, got {args.limit}")
     csv_path = Path(args.csv) if args.csv else default_csv(cfg.name)
@@ -258,9 +262,11 @@ def build(args) -> int:
             f"{len(shipped)} row(s) in {_rel(csv_path)}, {len(todo)} enqueued now, {waiting} waiting; storage {_rel(url)}")
         if not waiting:
             return 0
-        if args.concurrency:
+        if args.concurrency is not None:
             cfg.raw["budget"]["concurrency"] = args.concurrency
-        started = driver.init_ray(None)
+        if args.gpus_per_trial is not None:
+            cfg.raw["resources"]["gpus_per_trial"] = args.gpus_per_trial
+        started = driver.init_ray(args.address)
         heartbeat = st.Heartbeat(storage, [study.study_name]).start()
         try:
             res = driver.resources(cfg)
@@ -432,7 +438,11 @@ def main(argv=None) -> int:
         if name == "build":
             p.add_argument("--seeds", type=int, default=2, help="seeds per genome (0 .. N-1)")
             p.add_argument("--limit", type=int, help="only the first N genomes of the generation order")
-            p.add_argument("--concurrency", type=int, help="trials at the same time (default: the config's)")
+            p.add_argument("--concurrency", type=int, help="trials at the same time (default: the config's; "
+                           "0 = what the resources hold)")
+            p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions pack trials (default: "
+                           "1 when Ray sees GPUs)")
+            p.add_argument("--address", help="join a running Ray cluster (e.g. auto)")
             p.add_argument("--no-export", action="store_true", help="leave the CSV alone when done")
     args = ap.parse_args(argv)
     return build(args) if args.command == "build" else export(args)

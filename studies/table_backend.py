@@ -105,7 +105,31 @@ class TableBackend:
     # the signature of studies.driver._tune, so the driver calls either
     def tune(self, cfg, res, search, n: int, run_dir=None, tag: str = "", log=None, inject: bool = False,
              ctx_overrides=None) -> None:
-        self.run(search, n, res["concurrency"])
+        """Run on an in-memory mirror of the study, then write each new trial to the study's storage in
+        one operation: a journal file syncs every write (about 30 per trial through the searcher),
+        which alone would cost over 50 ms per simulated trial. Trials finished before an error are
+        written too; an interrupted run writes nothing and a rerun redoes it."""
+        import copy
+
+        import optuna
+
+        real = search.study
+        storage, before = search._storage, real.get_trials(deepcopy=False)
+        mem = optuna.storages.InMemoryStorage()
+        mirror = optuna.create_study(study_name=real.study_name, storage=mem, directions=real.directions)
+        mem_id = mem.get_study_id_from_name(real.study_name)
+        for k, v in real.user_attrs.items():
+            mirror.set_user_attr(k, v)
+        for t in before:
+            mem.create_new_trial(mem_id, template_trial=t)
+        local = copy.copy(search)
+        local.storage, local._study, local._storage = mem, None, None
+        local._asked, local._last, local.finished = {}, {}, []
+        try:
+            self.run(local, n, res["concurrency"])
+        finally:
+            _flush(storage, storage.get_study_id_from_name(real.study_name), before, mirror.get_trials(deepcopy=False))
+            search.finished.extend(local.finished)
 
     def run(self, search, n: int, concurrency: int = 1) -> list[int]:
         """Run `n` trials through `search` (a StudySearch); returns the trial numbers told."""
@@ -186,3 +210,23 @@ class TableBackend:
                 "latency_ms": None, "wall_s": row["wall_s"] * epoch / epochs, "train_s": row["train_s"] * epoch / epochs,
                 "genome_key": row["genome_key"], "seed": row["seed"], "device": f"table:{row.get('device', '')}",
                 "node": "table"}
+
+
+def _flush(storage, study_id: int, before: list, after: list) -> None:
+    """Write the mirror's new or changed trials to `storage` (trial numbers follow creation order)."""
+    from optuna.trial import TrialState
+
+    old = {t.number: t for t in before}
+    for t in after:
+        if t.number not in old:
+            storage.create_new_trial(study_id, template_trial=t)
+        elif old[t.number].state == TrialState.WAITING and t.state != TrialState.WAITING:
+            # an enqueued trial (a requeued one, a reference design): fill the waiting trial in
+            tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_state_values(tid, TrialState.RUNNING)
+            for k, v in t.params.items():
+                storage.set_trial_param(tid, k, t.distributions[k].to_internal_repr(v), t.distributions[k])
+            for k, v in t.user_attrs.items():
+                storage.set_trial_user_attr(tid, k, v)
+            if t.state != TrialState.RUNNING:
+                storage.set_trial_state_values(tid, t.state, t.values)
