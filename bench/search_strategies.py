@@ -37,7 +37,12 @@ from analysis.pareto import hypervolume, pareto_mask  # noqa: E402
 from studies import config as config_mod  # noqa: E402
 from studies.search import GenomeSpace, SamplerSpec, StudySearch  # noqa: E402
 from studies.table import Table, default_csv, published_in_space  # noqa: E402
-from studies.table_backend import ASHA, NoStopping, TableBackend  # noqa: E402
+from studies.table_backend import ASHA, FromDecide, NoStopping, TableBackend  # noqa: E402
+
+try:  # the Pareto-aware promotion rule (plain Python), where this checkout has it
+    from studies.pareto_asha import ParetoRungs  # noqa: E402
+except ImportError:
+    ParetoRungs = None
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 DIRS = ["maximize", "minimize"]
@@ -65,15 +70,27 @@ def gp_available() -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
-def one_run(table, cfg, spec, sampler: str, stopping: bool, seed: int, budget: int, concurrency: int, storage=None):
+def make_rule(stopping: str, cfg, epochs: int):
+    es = cfg["early_stopping"]
+    if stopping == "asha":
+        return ASHA(epochs, es["grace_period"], es["reduction_factor"])
+    if stopping == "pareto":  # rungs as ASHA's, below the last epoch
+        milestones, m = [], es["grace_period"]
+        while m < epochs:
+            milestones.append(m)
+            m *= es["reduction_factor"]
+        return FromDecide(ParetoRungs(milestones, es["reduction_factor"], ["maximize", "minimize"]), ["top1", "flops"])
+    return NoStopping()
+
+
+def one_run(table, cfg, spec, sampler: str, stopping: str, seed: int, budget: int, concurrency: int, storage=None):
     storage = storage or optuna.storages.InMemoryStorage()
-    name = f"bench-{sampler}-{int(stopping)}-{seed}"
+    name = f"bench-{sampler}-{stopping}-{seed}"
     optuna.create_study(study_name=name, storage=storage, directions=DIRS)
     search = StudySearch(GenomeSpace(spec), cfg.objectives, name, storage,
                          BenchSampler(sampler, seed, cfg["sampler"]["population"]), table.epochs,
                          {"seed": seed}, log=lambda *_: None)
-    rule = ASHA(table.epochs, cfg["early_stopping"]["grace_period"], cfg["early_stopping"]["reduction_factor"]) \
-        if stopping else NoStopping()
+    rule = make_rule(stopping, cfg, table.epochs)
     backend = TableBackend(table, cfg, rule=rule, seed=seed, on_missing="skip")
     if isinstance(storage, optuna.storages.InMemoryStorage):
         backend.run(search, budget, concurrency)
@@ -134,10 +151,13 @@ def main() -> None:
         if why:
             print(f"gp: not available in this Optuna ({why}); left out")
             samplers.remove("gp")
-    strategies = [(s, es) for s in samplers for es in (False, True)]
+    stoppings = ["none", "asha"] + (["pareto"] if ParetoRungs is not None else [])
+    if ParetoRungs is None:
+        print("early stopping: plain ASHA on top-1 only (no studies.pareto_asha in this checkout)")
+    strategies = [(s, es) for s in samplers for es in stoppings]
 
     def label(s, es):
-        return f"{s}{'+asha' if es else ''}"
+        return s if es == "none" else f"{s}+{es}"
 
     def hv_of(found):
         return hypervolume(np.array([[mean_top1[k], flops[k]] for k in found]), DIRS, ref) / hv_true if found else 0.0
@@ -157,12 +177,12 @@ def main() -> None:
     def compute(trials):
         return np.cumsum([t.user_attrs.get("wall_s") or 0.0 for t in trials])
 
-    c_ref = float(np.median([compute(tr)[-1] for tr, _ in results[("random", False)]])) if ("random", False) in results \
+    c_ref = float(np.median([compute(tr)[-1] for tr, _ in results[("random", "none")]])) if ("random", "none") in results \
         else 1.0
     checkpoints = sorted({max(1, budget // 4), max(1, budget // 2), budget})
     shares = (0.25, 0.5, 1.0)
     print(f"\nnormalised hypervolume (1 = the table's true front), median [25%-75%] over {a.seeds} search seeds")
-    print(f"{'strategy':<12} " + " ".join(f"{'@' + str(k) + ' trials':>20}" for k in checkpoints)
+    print(f"{'strategy':<14} " + " ".join(f"{'@' + str(k) + ' trials':>20}" for k in checkpoints)
           + " " + " ".join(f"{'@' + format(f, '.0%') + ' compute':>20}" for f in shares)
           + f" {'front share':>13} {'skipped':>8}")
     summary = {}
@@ -185,13 +205,13 @@ def main() -> None:
         def q(v):
             return f"{np.median(v):.3f} [{np.percentile(v, 25):.3f}-{np.percentile(v, 75):.3f}]"
 
-        print(f"{label(s, es):<12} " + " ".join(f"{q(by_trials[k]):>20}" for k in checkpoints) + " "
+        print(f"{label(s, es):<14} " + " ".join(f"{q(by_trials[k]):>20}" for k in checkpoints) + " "
               + " ".join(f"{q(by_compute[f]):>20}" for f in shares) + f" {np.median(share):>13.2f} "
               f"{np.median(skipped):>8.0f}")
 
     print(f"\ntrials until each published design is matched or beaten within noise ({noise:.4f}): median over "
           f"seeds (- = in fewer than half of the seeds within {budget} trials)")
-    print(f"{'strategy':<12} " + " ".join(f"{n:>12}" for n, _ in designs))
+    print(f"{'strategy':<14} " + " ".join(f"{n:>12}" for n, _ in designs))
     for (s, es), runs in results.items():
         cells = []
         for _, dkey in designs:
@@ -207,7 +227,7 @@ def main() -> None:
                 hits.append(hit if hit is not None else np.inf)
             med = np.median(hits)
             cells.append(f"{med:>12.0f}" if np.isfinite(med) else f"{'-':>12}")
-        print(f"{label(s, es):<12} " + " ".join(cells))
+        print(f"{label(s, es):<14} " + " ".join(cells))
 
     # the table backend's own cost per trial, on the storage studies.run uses (a journal file)
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,11 +235,11 @@ def main() -> None:
 
         storage = open_storage(str(Path(tmp) / "study.journal"))
         t0 = time.perf_counter()
-        trials, skipped = one_run(table, cfg, spec, "nsga2", True, 0, budget, conc, storage=storage)
+        trials, skipped = one_run(table, cfg, spec, "nsga2", "asha", 0, budget, conc, storage=storage)
         ms_journal = (time.perf_counter() - t0) / max(1, len(trials) + skipped) * 1e3
     print(f"\nper simulated trial: {ms_mem:.1f} ms in memory (all strategies), {ms_journal:.1f} ms on a journal file "
-          f"(nsga2+asha); ASHA here is plain ASHA on top-1 (studies.table_backend.ASHA)")
-    base = summary.get(("random", False))
+          f"(nsga2+asha); asha = plain ASHA on top-1 (studies.table_backend.ASHA), pareto = studies.pareto_asha.ParetoRungs")
+    base = summary.get(("random", "none"))
     best = max(summary, key=summary.get)
     ratio = summary[best] / base if base else float("nan")
     print(f"best={label(*best)} hv_at_budget_vs_random={ratio:.3f}")

@@ -64,6 +64,20 @@ class ASHA:
         return CONTINUE
 
 
+class FromDecide:
+    """Adapts a rule written as `decide(trial_id, level, values) -> bool` (True = continue), such as a
+    Pareto-aware promotion rule over several objectives, to `on_result`."""
+
+    def __init__(self, rule, metrics: list[str]):
+        self.rule, self.metrics = rule, list(metrics)
+
+    def on_result(self, trial_id: str, epoch: int, metrics: dict) -> str:
+        values = [metrics.get(m) for m in self.metrics]
+        if any(v is None for v in values):
+            return CONTINUE
+        return CONTINUE if self.rule.decide(trial_id, epoch, values) else STOP
+
+
 def stopping_rule(cfg) -> StoppingRule:
     """The rule the config asks for ([early_stopping]); the same settings Ray's ASHAScheduler gets."""
     es = cfg["early_stopping"]
