@@ -7,8 +7,9 @@ saw). Printed per strategy, over the search seeds (median [25th-75th percentile]
   - hypervolume of the found set, normalised by the table's true front, after k trials and after
     a share of the simulated compute (sum of the trials' wall times, pruned ones counted in part);
   - trials until each published design in the table is matched or beaten within noise: some found
-    genome with FLOPs <= the design's and mean top-1 >= the design's - noise, where noise is the
-    table's own seed spread (pooled standard deviation of one trial's top-1);
+    genome with FLOPs <= the design's and mean top-1 >= the design's - margin, where margin is two
+    standard errors of the difference of two genomes' means, from the table's own seed spread
+    (the pooled standard deviation of one trial's top-1);
   - share of the table's true front (on mean top-1 and FLOPs) found at the budget.
 A partial table (a build still running) is used as far as it goes: genomes with every seed only;
 a sampler's proposal outside them is told FAIL and asked again, not counted (said in the output).
@@ -137,13 +138,17 @@ def main() -> None:
     spread = [np.var([r["top1"] for r in table.rows[k]], ddof=1) for k in keys if len(table.rows[k]) > 1]
     noise = float(np.sqrt(np.mean(spread))) if spread else 0.0
     designs = [(d.name, d.genome.key) for d in published_in_space(spec) if d.genome.key in table.rows]
-    print(f"true front: {len(true_front)} genomes; seed noise (pooled sd of one trial's top-1): {noise:.4f}; "
-          f"budget {budget} trials, {conc} at a time; {a.seeds} search seeds per strategy")
+    # two genomes' means differ beyond noise when apart by more than 2 standard errors of the difference
+    margin = 2 * noise * np.sqrt(2 / seeds_per_genome)
+    print(f"true front: {len(true_front)} genomes; seed noise: pooled sd of one trial's top-1 {noise:.4f}, so two "
+          f"{seeds_per_genome}-seed means differ beyond noise when apart by > {margin:.4f}")
+    print(f"budget {budget} trials, {conc} at a time; {a.seeds} search seeds per strategy")
     for name, key in designs:
-        dominated_by = [k for k in keys if flops[k] <= flops[key] and mean_top1[k] > mean_top1[key] + noise]
-        print(f"  {name:>12}: mean top-1 {mean_top1[key]:.4f} (sd {np.std([r['top1'] for r in table.rows[key]], ddof=1):.4f}),"
-              f" {flops[key] / 1e9:.3f} GFLOPs, {'on' if key in true_front else 'off'} the true front; "
-              f"{len(dominated_by)} genome(s) beat it by more than the noise at no more FLOPs")
+        beaten_by = [k for k in keys if flops[k] <= flops[key] and mean_top1[k] > mean_top1[key] + margin]
+        sd = np.std([r["top1"] for r in table.rows[key]], ddof=1)
+        print(f"  {name:>12}: mean top-1 {mean_top1[key]:.4f} (sd {sd:.4f}), {flops[key] / 1e9:.3f} GFLOPs, "
+              f"{'on' if key in true_front else 'off'} the true front of means; {len(beaten_by)} genome(s) beat it "
+              f"beyond noise at no more FLOPs" + (f": {', '.join(beaten_by[:3])}" if beaten_by else ""))
 
     samplers = [s for s in a.samplers.split(",") if s]
     if "gp" in samplers:
@@ -209,7 +214,7 @@ def main() -> None:
               + " ".join(f"{q(by_compute[f]):>20}" for f in shares) + f" {np.median(share):>13.2f} "
               f"{np.median(skipped):>8.0f}")
 
-    print(f"\ntrials until each published design is matched or beaten within noise ({noise:.4f}): median over "
+    print(f"\ntrials until each published design is matched or beaten within noise ({margin:.4f}): median over "
           f"seeds (- = in fewer than half of the seeds within {budget} trials)")
     print(f"{'strategy':<14} " + " ".join(f"{n:>12}" for n, _ in designs))
     for (s, es), runs in results.items():
@@ -221,7 +226,7 @@ def main() -> None:
                 for i, t in enumerate(trials):
                     g = t.user_attrs.get("genome_key")
                     if t.state == optuna.trial.TrialState.COMPLETE and flops[g] <= flops[dkey] \
-                            and mean_top1[g] >= mean_top1[dkey] - noise:
+                            and mean_top1[g] >= mean_top1[dkey] - margin:
                         hit = i + 1
                         break
                 hits.append(hit if hit is not None else np.inf)

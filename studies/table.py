@@ -204,7 +204,7 @@ def _have(study) -> set[tuple[str, int]]:
         seed = t.user_attrs.get("table_seed")
         if seed is None:
             continue
-        if t.state == TrialState.COMPLETE and t.user_attrs.get("status") == "ok":
+        if t.state == TrialState.COMPLETE and t.user_attrs.get("status") in ("ok", "diverged"):
             have.add((t.user_attrs["genome_key"], int(seed)))
         elif t.state in (TrialState.WAITING, TrialState.RUNNING):
             key = t.user_attrs.get("table_key")
@@ -328,7 +328,7 @@ def export_rows(cfg, url: str, csv_path: Path, log=print) -> list[dict]:
     new = []
     for t in (study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if study else []):
         a = t.user_attrs
-        if a.get("table_seed") is None or a.get("status") != "ok":
+        if a.get("table_seed") is None or a.get("status") not in ("ok", "diverged"):
             continue
         pair = (a["genome_key"], int(a["table_seed"]))
         if pair in have:

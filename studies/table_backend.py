@@ -161,7 +161,7 @@ class TableBackend:
             nonlocal counter, started, asks
             while True:
                 asks += 1
-                if asks > 50 * n + 100:
+                if asks > 200 * n + 1000:
                     raise UserError(f"table {str(self.table.path)!r}: the sampler keeps asking for genomes the table "
                                     f"does not hold ({self.skipped} skipped); the table has {len(self.table.rows)} genomes")
                 counter += 1
@@ -205,7 +205,8 @@ class TableBackend:
             search._set_attrs(number, {"sim_start_s": t0, "sim_end_s": t, "table": self.table.name,
                                        "table_seed": row["seed"]})
             if final:
-                search.on_trial_complete(tid, {**metrics, "final": True, "status": "ok", "top1": row["top1"]})
+                search.on_trial_complete(tid, {**metrics, "final": True, "status": row.get("status") or "ok",
+                                               "top1": row["top1"]})
             else:
                 search.on_trial_result(tid, metrics)
                 search.on_trial_complete(tid, metrics)  # no final record: PRUNED (studies.search)
