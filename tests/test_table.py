@@ -288,3 +288,18 @@ def test_build_trains_missing_rows_and_resumes_from_the_csv(tmp_path):
         by_key.setdefault(r["genome_key"], []).append(r)
     p = subprocess.run([*args, "--out", str(tmp_path / "b")], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0 and "0 enqueued now, 0 waiting" in p.stdout
+
+
+def test_stagewise_full_costs_equal_direct_counts():
+    """The exported full-convention counts are composed stage by stage; a direct count agrees."""
+    import searchspace
+
+    cfg = config_mod.load("smoke_table")
+    table = Table.load(default_csv("smoke_table"), cfg)
+    rows = [r[0] for r in table.rows.values() if r[0]["menu"].count("se@") == 3]
+    assert rows
+    g = Genome.from_json(rows[0]["genome"])
+    for conv in ("paper", "full"):
+        c = searchspace.cost(g, convention=conv, resolution=224, num_classes=1000)
+        assert (rows[0][f"params_{conv}"], rows[0][f"flops_{conv}"], rows[0][f"activations_{conv}"]) == \
+            (c.params, c.flops, c.activations)
