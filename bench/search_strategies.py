@@ -98,8 +98,8 @@ def one_run(table, cfg, spec, sampler: str, stopping: str, seed: int, budget: in
     else:  # what studies.run does: a mirror in memory, one write per trial
         backend.tune(cfg, {"concurrency": concurrency}, search, budget)
     study = optuna.load_study(study_name=name, storage=storage)
-    trials = sorted((t for t in study.get_trials(deepcopy=False)
-                     if t.user_attrs.get("status") != "not_in_table"), key=lambda t: t.user_attrs["sim_end_s"])
+    trials = sorted((t for t in study.get_trials(deepcopy=False) if "sim_end_s" in t.user_attrs),  # answered
+                    key=lambda t: t.user_attrs["sim_end_s"])
     return trials, backend.skipped
 
 
@@ -125,6 +125,9 @@ def main() -> None:
           f"{seeds_per_genome} seeds" + (" -- PARTIAL TABLE: results below are for this subset only; proposals "
                                           "outside it are skipped, not counted" if partial else ""))
     budget = min(a.budget, max(4, len(table.rows) // 2))
+    if budget < 16:
+        print(f"note: a budget of {budget} trials lies inside every model-based sampler's random start-up (TPE and "
+              "GP: 10 trials, NSGA-II: its first population), so they all draw what random search draws")
     conc = cfg["budget"]["concurrency"] or 1
     conv = cfg.target["convention"]
 
@@ -245,7 +248,11 @@ def main() -> None:
     print(f"\nper simulated trial: {ms_mem:.1f} ms in memory (all strategies), {ms_journal:.1f} ms on a journal file "
           f"(nsga2+asha); asha = plain ASHA on top-1 (studies.table_backend.ASHA), pareto = studies.pareto_asha.ParetoRungs")
     base = summary.get(("random", "none"))
-    best = max(summary, key=summary.get)
+    top = max(summary.values())
+    tied = [k for k, v in summary.items() if v >= top - 1e-12]
+    best = ("random", "none") if ("random", "none") in tied else tied[0]  # a tie is no win over random
+    if len(tied) > 1:
+        print(f"{len(tied)} strategies tie at the budget: {', '.join(label(*k) for k in tied)}")
     ratio = summary[best] / base if base else float("nan")
     print(f"best={label(*best)} hv_at_budget_vs_random={ratio:.3f}")
 

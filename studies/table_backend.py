@@ -175,8 +175,7 @@ class TableBackend:
                     break
                 why = (f"genome {genome.key} is not in table {str(self.table.path)!r} (table {self.table.name!r}: "
                        f"{len(self.table.rows)} genomes of the space of studies/configs/{self.table.name}.toml)")
-                search.on_trial_complete(tid, {"status": "not_in_table" if self.on_missing == "skip" else "error",
-                                               "error": why, "final": True}, error=self.on_missing != "skip")
+                search.on_trial_complete(tid, {"status": "error", "error": why, "final": True}, error=True)  # FAIL
                 if self.on_missing != "skip":
                     raise UserError(why + "; run the study on the table's own space, or extend the table "
                                     "(python -m studies.table build)")
