@@ -191,7 +191,8 @@ def recover(storage, study) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if driver_alive(storage, study.study_name, t.user_attrs.get("driver"), now):
             continue
-        keep = {k: t.user_attrs[k] for k in ("seeded_from", "reference", "table_seed") if k in t.user_attrs}
+        keep = {k: t.user_attrs[k] for k in ("seeded_from", "reference", "table_seed", "table_key")
+                if k in t.user_attrs}
         tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         storage.set_trial_user_attr(tid, "status", INTERRUPTED)
         storage.set_trial_user_attr(tid, "error", "the driver stopped before this trial finished; requeued")
