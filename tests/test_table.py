@@ -303,3 +303,23 @@ def test_stagewise_full_costs_equal_direct_counts():
         c = searchspace.cost(g, convention=conv, resolution=224, num_classes=1000)
         assert (rows[0][f"params_{conv}"], rows[0][f"flops_{conv}"], rows[0][f"activations_{conv}"]) == \
             (c.params, c.flops, c.activations)
+
+
+def test_a_killed_build_requeues_its_trials_with_their_seed(tmp_path):
+    """recover (a dead driver's RUNNING trials) keeps the table's seed and key, so the rebuild neither
+    loses the seed nor enqueues the pair twice."""
+    from studies.storage import open_storage, recover
+    from studies.table import _have
+
+    cfg = config_mod.load("smoke_table")
+    spec = config_mod.spec(cfg)
+    storage = open_storage(str(tmp_path / "study.journal"))
+    study = optuna.create_study(study_name="t", storage=storage, directions=["maximize", "minimize"])
+    g = generation_order(cfg)[0]
+    study.enqueue_trial(space.to_params(g, spec), user_attrs={"table_seed": 1, "table_key": g.key})
+    trial = study.ask()  # now RUNNING, its driver (none recorded) taken for dead
+    assert trial.user_attrs["table_seed"] == 1
+    assert recover(storage, study) == [trial.number]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [(t.user_attrs["table_seed"], t.user_attrs["table_key"]) for t in waiting] == [(1, g.key)]
+    assert _have(study) == {(g.key, 1)}
