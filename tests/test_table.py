@@ -318,7 +318,7 @@ def test_a_killed_build_requeues_its_trials_with_their_seed(tmp_path):
     g = generation_order(cfg)[0]
     study.enqueue_trial(space.to_params(g, spec), user_attrs={"table_seed": 1, "table_key": g.key})
     trial = study.ask()  # now RUNNING, its driver (none recorded) taken for dead
-    assert trial.user_attrs["table_seed"] == 1
+    assert space.suggest(trial, spec) == g and trial.user_attrs["table_seed"] == 1
     assert recover(storage, study) == [trial.number]
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [(t.user_attrs["table_seed"], t.user_attrs["table_key"]) for t in waiting] == [(1, g.key)]
