@@ -90,7 +90,7 @@ class TableBackend:
     """Answers trials of a study from a studies.table.Table (see the module docstring)."""
 
     def __init__(self, table, cfg, rule: StoppingRule | None = None, seed: int | None = None,
-                 on_missing: str = "error"):
+                 on_missing: str = "error", max_skips: int | None = None):
         self.table, self.cfg = table, cfg
         self.rule = rule if rule is not None else stopping_rule(cfg)
         self.seed = cfg["seed"] if seed is None else seed
@@ -100,6 +100,7 @@ class TableBackend:
             raise UserError(f"table {str(table.path)!r} has no costs under convention {self.convention!r}")
         self.clock = 0.0  # simulated seconds since the study's first table trial
         self.skipped = 0
+        self.max_skips = max_skips  # on_missing="skip": give up after this many (default 20 per trial asked for)
 
     @classmethod
     def open(cls, path: str | Path, cfg, **kw) -> "TableBackend":
@@ -161,7 +162,7 @@ class TableBackend:
             nonlocal counter, started, asks
             while True:
                 asks += 1
-                if asks > 200 * n + 1000:
+                if self.skipped > (self.max_skips if self.max_skips is not None else 20 * n + 100):
                     raise UserError(f"table {str(self.table.path)!r}: the sampler keeps asking for genomes the table "
                                     f"does not hold ({self.skipped} skipped); the table has {len(self.table.rows)} genomes")
                 counter += 1
