@@ -5,11 +5,18 @@ asks an Optuna trial for one genome; parameters are conditional (a plugin's posi
 only where that plugin is placed; a KernelWarehouse budget only where KW is allowed), and their
 names carry the choice they depend on, so each name always has one distribution. `to_params` is
 the inverse, for `study.enqueue_trial` and Ray's `points_to_evaluate`.
+
+A space may instead give each stage its own menu of complete block-plugin choices
+(`stage_menus`, one list per stage; parameter `s{i}_menu`), for spaces built around published
+per-stage layouts. A menu item is "none" or `type@position[:r<int>][:option=value]...`, with a
+bare `:option` meaning option=true: "se@after_conv3:r16", "dsm@after_conv2:r2:bias". Omitted r and
+options take the plugin's defaults.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from math import prod
 from typing import Any, Mapping
 
@@ -35,6 +42,7 @@ class SpaceSpec:
     stage_modules: tuple[str, ...] = (NONE,)
     kw: tuple[Any, ...] = (KW_OFF,)
     kw_per_stage: bool = False
+    stage_menus: tuple[tuple[str, ...], ...] = ()  # per stage: block-plugin choices; replaces plugins/positions/r
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "SpaceSpec":
@@ -45,6 +53,11 @@ class SpaceSpec:
         if extra:
             raise UserError(f"space.{extra[0]}: unknown key (known: {', '.join(sorted(known))})")
         kw: dict[str, Any] = {}
+        if "stage_menus" in d:
+            clash = sorted({"plugins", "positions", "r", "plugin_options"} & set(d))
+            if clash:
+                raise UserError(f"space.stage_menus: replaces space.{clash[0]} (each menu item gives type, "
+                                f"position, r and options); leave space.{clash[0]} out")
         for key, v in d.items():
             where = f"space.{key}"
             if key == "backbone":
@@ -62,6 +75,9 @@ class SpaceSpec:
                 kw[key] = tuple(KW_OFF if b in (KW_OFF, None) else _kw_budget(b) for b in _list(where, v, "budgets"))
             elif key == "r":
                 kw[key] = _list(where, v, "integers >= 1")
+            elif key == "stage_menus":
+                kw[key] = tuple(_list(f"{where}[{i}]", m, "menu items", str)
+                                for i, m in enumerate(_list(where, v, "per-stage lists")))
             else:  # stems, downsampling, plugins, positions, fusions, stage_modules: lists of names
                 kw[key] = _list(where, v, "names", str)
         return cls(**kw).validate()
@@ -101,6 +117,19 @@ class SpaceSpec:
         for p in self.plugins:
             if p != NONE and not self.positions_for(p):
                 raise UserError(f"space.plugins: {p!r} has no position allowed by space.positions on {self.backbone}")
+        if self.stage_menus:
+            if len(self.stage_menus) != spec.num_stages:
+                raise UserError(f"space.stage_menus: {spec.name} has {spec.num_stages} stages, "
+                                f"got {len(self.stage_menus)} menus")
+            for i, items in enumerate(self.stage_menus):
+                if not items:
+                    raise UserError(f"space.stage_menus[{i}]: must not be empty (write [\"none\"] for no plugin)")
+                seen: dict = {}
+                for item in items:
+                    plugin = parse_menu_item(item, self.backbone, f"space.stage_menus[{i}]")
+                    if plugin in seen:
+                        raise UserError(f"space.stage_menus[{i}]: {item!r} is the same choice as {seen[plugin]!r}")
+                    seen[plugin] = item
         return self
 
     # -- per-choice domains ---------------------------------------------------------------------
@@ -126,6 +155,53 @@ class SpaceSpec:
 
     def num_stages(self) -> int:
         return BACKBONE_SPECS[self.backbone].num_stages
+
+    def menu(self, stage: int) -> tuple[tuple[str, Plugin | None], ...]:
+        """Stage `stage`'s menu as (item text, plugin or None); empty when the space has no menus."""
+        if not self.stage_menus:
+            return ()
+        return tuple((item, parse_menu_item(item, self.backbone)) for item in self.stage_menus[stage])
+
+
+@lru_cache(maxsize=4096)
+def parse_menu_item(item: str, backbone: str, where: str = "space.stage_menus") -> Plugin | None:
+    """ "none" -> None; "type@position[:r<int>][:option=value|:option]..." -> a validated block Plugin."""
+    text = item.strip() if isinstance(item, str) else item
+    if not isinstance(text, str) or not text:
+        raise UserError(f"{where}: menu item {item!r} must be \"none\" or \"type@position[:r16][:option=value]\"")
+    if text == NONE:
+        return None
+    head, *fields = text.split(":")
+    type_, at, position = head.partition("@")
+    if not at or not type_ or not position:
+        raise UserError(f"{where}: menu item {item!r} needs a position, as in \"se@after_conv3:r16\"")
+    if type_ not in registry.names("block"):
+        raise UserError(f"{where}: menu item {item!r}: unknown block plugin {type_!r} "
+                        f"(known: {', '.join(registry.names('block'))})")
+    info = registry.get(type_)
+    r, options = None, {}
+    for f in fields:
+        name, eq, value = f.partition("=")
+        if not eq and len(f) > 1 and f[0] == "r" and f[1:].isdigit():
+            r = int(f[1:])
+            continue
+        if name not in info.options:
+            raise UserError(f"{where}: menu item {item!r}: {f!r} is neither r<int> nor an option of {type_!r} "
+                            f"(options: {', '.join(info.options) or 'none'})")
+        allowed = info.options[name]
+        by_text = {str(a).lower(): a for a in allowed}
+        if not eq:
+            value = "true"
+        if value.lower() not in by_text:
+            raise UserError(f"{where}: menu item {item!r}: {name}={value} is not allowed "
+                            f"(allowed: {', '.join(map(str, allowed))})")
+        options[name] = by_text[value.lower()]
+    plugin = Plugin(type_, position, r, options)
+    try:
+        Genome(backbone, tuple(Stage(plugins=(plugin,)) for _ in range(BACKBONE_SPECS[backbone].num_stages))).validate()
+    except UserError as e:
+        raise UserError(f"{where}: menu item {item!r}: {e}") from None
+    return plugin
 
 
 def _subset(where: str, values, allowed, empty_ok: bool = True, why: str = "") -> None:
@@ -195,7 +271,11 @@ def suggest(trial, spec: SpaceSpec) -> Genome:
     stages = []
     for i in range(spec.num_stages()):
         p = f"s{i}"
-        plugin = _suggest_module(trial, spec, p, spec.plugins, "plugin")
+        if spec.stage_menus:
+            menu = dict(spec.menu(i))
+            plugin = menu[_choose(trial, f"{p}_menu", tuple(menu))]
+        else:
+            plugin = _suggest_module(trial, spec, p, spec.plugins, "plugin")
         fusion = _suggest_module(trial, spec, p, spec.fusions, "fusion")
         stage_module = _suggest_module(trial, spec, p, spec.stage_modules, "stage_module")
         kw = _choose(trial, f"{p}_kw", spec.kw) if spec.kw_per_stage else shared_kw
@@ -235,7 +315,12 @@ def _params(genome: Genome, spec: SpaceSpec) -> dict[str, Any]:
         put("kw", kws[0], spec.kw)
     for i, st in enumerate(genome.stages):
         p = f"s{i}"
-        put_module(p, "plugin", st.plugins[0] if st.plugins else None, spec.plugins)
+        if spec.stage_menus:
+            have = st.plugins[0] if st.plugins else None
+            items = [item for item, plugin in spec.menu(i) if plugin == have]
+            put(f"{p}_menu", items[0] if items else "<not in this stage's menu>", spec.stage_menus[i])
+        else:
+            put_module(p, "plugin", st.plugins[0] if st.plugins else None, spec.plugins)
         put_module(p, "fusion", st.fusion, spec.fusions)
         put_module(p, "stage_module", st.stage_module, spec.stage_modules)
         if spec.kw_per_stage:
@@ -269,11 +354,14 @@ def _module_count(spec: SpaceSpec, names: tuple[str, ...], kind: str) -> int:
 
 def count(spec: SpaceSpec) -> int:
     """How many distinct genomes `suggest` can return."""
-    per_stage = (_module_count(spec, spec.plugins, "plugin") * _module_count(spec, spec.fusions, "fusion")
-                 * _module_count(spec, spec.stage_modules, "stage_module"))
     n = spec.num_stages()
+    others = _module_count(spec, spec.fusions, "fusion") * _module_count(spec, spec.stage_modules, "stage_module")
+    if spec.stage_menus:
+        stages = prod(len(m) * others for m in spec.stage_menus)
+    else:
+        stages = (_module_count(spec, spec.plugins, "plugin") * others) ** n
     kw = len(spec.kw) ** n if spec.kw_per_stage else len(spec.kw)
-    return len(spec.stem_choices) * len(spec.downsampling_choices) * kw * per_stage ** n
+    return len(spec.stem_choices) * len(spec.downsampling_choices) * kw * stages
 
 
 def enumerate_genomes(spec: SpaceSpec, limit: int = 10_000):

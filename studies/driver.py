@@ -99,7 +99,8 @@ def _study_attrs(study, cfg):
     study.set_user_attr("seed", cfg["seed"])
 
 
-def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, inject: bool = False) -> None:
+def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, inject: bool = False,
+          ctx_overrides: dict | None = None) -> None:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -112,7 +113,8 @@ def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, i
         scheduler = ASHAScheduler(time_attr="epochs_completed", metric="top1", mode="max",
                                   max_t=cfg["fidelity"]["epochs"], grace_period=es["grace_period"],
                                   reduction_factor=es["reduction_factor"])
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=_ctx(cfg, res, inject)),
+    ctx = {**_ctx(cfg, res, inject), **(ctx_overrides or {})}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": res["cpu"], "gpu": res["gpu"]})
     tuner = tune.Tuner(
         trainable,
@@ -188,26 +190,33 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
         summary["report"] = _report(cfg, url, run_dir, log)
         return summary
 
-    started = init_ray(args.address)
+    table = getattr(args, "table", None)  # studies.table_backend.TableBackend: trials answered from a table
+    tune_fn = _tune if table is None else table.tune
+    started = init_ray(args.address) if table is None else False
     heartbeat = st.Heartbeat(storage, [x.study_name for x in (ref, study) if x is not None]).start()
     try:
-        res = resources(cfg)
+        res = resources(cfg) if table is None else table.resources(cfg)
         summary["resources"] = res
-        log(f"ray: {res['nodes']} node(s), {res['cluster']['CPU']:g} CPU, {res['cluster']['GPU']:g} GPU; per trial "
-            f"{res['cpu']:g} CPU, {res['gpu']:g} GPU on {res['device']}; up to {res['concurrency']} at a time")
+        if table is None:
+            log(f"ray: {res['nodes']} node(s), {res['cluster']['CPU']:g} CPU, {res['cluster']['GPU']:g} GPU; per trial "
+                f"{res['cpu']:g} CPU, {res['gpu']:g} GPU on {res['device']}; up to {res['concurrency']} at a time")
+        else:
+            table.resume_clock(study)
+            log(f"table backend: {len(table.table.rows)} genomes of table {table.table.name!r} "
+                f"({table.table.path}); up to {res['concurrency']} simulated trials at a time")
         if ref_waiting:
             log(f"evaluating {ref_waiting} reference design(s) in study {ref.study_name!r}")
             ref_attrs = {k: v for k, v in attrs.items() if k != "reference"}  # keep the name set at enqueue
             search = _new_search(cfg, url, ref.study_name, 0, spec, ref_attrs, log,
                                  sampler=SamplerSpec("random", cfg["seed"]), driver=heartbeat.id)
             with Progress(console, ref_waiting, 0, res["concurrency"], "references") as search.progress:
-                _tune(cfg, res, search, ref_waiting, run_dir, "references", log)
+                tune_fn(cfg, res, search, ref_waiting, run_dir, "references", log)
             summary["references"] = len(search.finished)
         if done < want:
             log(f"running {want - done} trial(s) ({done} of {want} already done)")
             search = _new_search(cfg, url, cfg.name, len(study.trials), spec, attrs, log, driver=heartbeat.id)
             with Progress(console, want, done, res["concurrency"]) as search.progress:
-                _tune(cfg, res, search, want - done, run_dir, "search", log, inject=True)
+                tune_fn(cfg, res, search, want - done, run_dir, "search", log, inject=True)
             summary["ran"] = len(search.finished)
     finally:
         heartbeat.stop()

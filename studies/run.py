@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed-known", action="store_true", help="enqueue the catalog designs inside the space as trials")
     ap.add_argument("--concurrency", type=int, help="trials at the same time (default: what the resources allow)")
     ap.add_argument("--asha", action="store_true", default=None, help="ASHA early stopping on top1")
+    ap.add_argument("--backend", default="ray", help="ray (train every trial; default) or table[:PATH]: answer "
+                    "trials from a benchmark table in seconds (default PATH: studies/tables/<name>.csv)")
     ap.add_argument("--quiet", action="store_true", help="no per-trial lines")
     return ap.parse_args(argv)
 
@@ -89,7 +91,23 @@ def prepare(args) -> dict:
         _check_address(args.address)
     if args.resume and "://" not in url and not Path(url).is_file():
         raise UserError(f"--resume: no study storage at {st.describe(url)} (run without --resume to start one)")
+    args.table = _backend(args, cfg)
     return {"cfg": cfg, "run_dir": run_dir, "url": url}
+
+
+def _backend(args, cfg):
+    """None for Ray Tune, or the studies.table_backend.TableBackend that --backend table[:PATH] asks for."""
+    kind, _, path = (args.backend or "ray").partition(":")
+    if kind == "ray" and not path:
+        return None
+    if kind != "table":
+        raise UserError(f"--backend {args.backend!r}: expected ray, table or table:PATH")
+    if args.address:
+        raise UserError("--backend table runs in this process; --address (a Ray cluster) does not apply")
+    from .table import default_csv
+    from .table_backend import TableBackend
+
+    return TableBackend.open(Path(path).expanduser() if path else default_csv(cfg.name), cfg)
 
 
 def _check_address(address: str, timeout: float = 3.0) -> None:

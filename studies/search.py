@@ -24,7 +24,8 @@ from ray.tune.search import Searcher
 RESULT_ATTRS = ("genome_key", "params", "flops", "activations", "top1", "top5", "loss", "latency_ms",
                 "epochs_completed", "status", "wall_s", "train_s", "images_per_s", "device", "seed", "node",
                 "peak_mem_mb", "error", "traceback", "warmup_s", "compiled_graphs", "deterministic_requested", "deterministic",
-                "nondeterministic_ops", "data_on_device", "gpus_per_trial", "memory_fraction")
+                "nondeterministic_ops", "data_on_device", "gpus_per_trial", "memory_fraction",
+                "top1_per_epoch", "top5_per_epoch")
 SAMPLERS = ("nsga2", "tpe", "random")
 
 

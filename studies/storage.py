@@ -21,7 +21,7 @@ from searchspace.errors import UserError, redact
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 INTERRUPTED = "interrupted"  # status of a trial whose driver died; it is requeued, not counted
 # What a requeued trial keeps of its enqueue-time user attrs (studies.calibrate adds design, seed, protocol)
-KEEP_ON_REQUEUE = ("seeded_from", "reference", "design", "trial_seed", "protocol")
+KEEP_ON_REQUEUE = ("seeded_from", "reference", "design", "trial_seed", "protocol", "table_seed", "table_key")
 HEARTBEAT_S = 30.0  # a running driver refreshes its study-level heartbeat this often
 STALE_S = 300.0  # a heartbeat older than this: that driver is taken for dead (clocks of hosts may differ a bit)
 

@@ -40,7 +40,9 @@ def _node() -> str:
 
 
 def run_trial(config: dict, ctx: dict) -> None:
-    """config: {"genome": JSON, "trial_number": n, "cost": {...}, ...params}; ctx: the study's protocol."""
+    """config: {"genome": JSON, "trial_number": n, "cost": {...}, optional "seed", ...params}; ctx: the
+    study's protocol. A "seed" in config (a calibration's or a benchmark table's per-trial seed)
+    replaces the study's seed for this trial."""
     import torch
     from ray import tune
 
@@ -50,13 +52,14 @@ def run_trial(config: dict, ctx: dict) -> None:
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
     number = config["trial_number"]
-    seed = config.get("seed", ctx["seed"])  # a trial's own seed (studies.calibrate), else the study's
+    seed = config.get("seed", ctx["seed"])  # a trial's own seed (calibration, table), else the study's
     epochs = ctx["fidelity"]["epochs"]
     gpus = _gpu_share(ctx) if ctx["device"] == "cuda" else 0.0
     base = {"trial_number": number, "node": _node(), "pid": os.getpid(), "epochs_target": epochs,
             "gpus_per_trial": gpus}  # < 1: the GPU was shared, its throughput and latency with it
     rec = {**base, "status": "running", "epochs_completed": 0, "top1": 0.0, "flops": 0, "params": 0,
            "activations": 0, "latency_ms": 0.0}  # every report carries every objective key
+    curves = {"top1_per_epoch": [], "top5_per_epoch": []}  # what a benchmark table replays
     try:
         genome = Genome.from_json(config["genome"])
         c = config.get("cost") or _cost(genome, ctx["target"])  # the driver counts it (studies.costs)
@@ -69,6 +72,9 @@ def run_trial(config: dict, ctx: dict) -> None:
         def report(epoch: int, m: dict):
             rec.update(epochs_completed=epoch, top1=_f(m.get("top1")), top5=_f(m.get("top5")), loss=_f(m.get("loss")),
                        train_s=m.get("train_s"), wall_s=time.perf_counter() - t0)  # a pruned trial keeps these
+            for k in ("top1", "top5"):
+                curves[f"{k}_per_epoch"].append(rec[k])
+            rec.update({k: list(v) for k, v in curves.items()})
             if epoch < epochs:  # the last epoch goes out with the final record (ASHA may stop on it)
                 tune.report(dict(rec))
 

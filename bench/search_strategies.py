@@ -1,0 +1,267 @@
+"""Search strategies compared on a benchmark table: samplers x early stopping x many search seeds.
+
+Every run is a real study (Optuna storage in memory, studies.search.StudySearch asking and telling)
+answered by the table backend (studies.table_backend) on a simulated clock. A found genome is
+scored by its table mean over seeds (what the search would have found, not the one noisy draw it
+saw). Printed per strategy, over the search seeds (median [25th-75th percentile]):
+  - hypervolume of the found set, normalised by the table's true front, after k trials and after
+    a share of the simulated compute (sum of the trials' wall times, pruned ones counted in part);
+  - trials until each published design in the table is matched or beaten within noise: some found
+    genome with FLOPs <= the design's and mean top-1 >= the design's - margin, where margin is two
+    standard errors of the difference of two genomes' means, from the table's own seed spread
+    (the pooled standard deviation of one trial's top-1);
+  - share of the table's true front (on mean top-1 and FLOPs) found at the budget.
+A partial table (a build still running) is used as far as it goes: genomes with every seed only;
+a sampler's proposal outside them is told FAIL and asked again, not counted (said in the output).
+Also measured: milliseconds per simulated trial, in memory and on a journal file (studies.run's).
+Last line: best=<strategy> hv_at_budget_vs_random=<ratio of medians>.
+
+    python bench/search_strategies.py [--table studies/tables/placement_table.csv] [--seeds 20] [--budget 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import optuna  # noqa: E402
+
+from searchspace.errors import UserError  # noqa: E402
+from analysis.pareto import hypervolume, pareto_mask  # noqa: E402
+from studies import config as config_mod  # noqa: E402
+from studies.search import GenomeSpace, SamplerSpec, StudySearch  # noqa: E402
+from studies.table import Table, default_csv, published_in_space  # noqa: E402
+from studies.table_backend import ASHA, FromDecide, NoStopping, TableBackend  # noqa: E402
+
+try:  # the Pareto-aware promotion rule (plain Python), where this checkout has it
+    from studies.pareto_asha import ParetoRungs  # noqa: E402
+except ImportError:
+    ParetoRungs = None
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+DIRS = ["maximize", "minimize"]
+
+
+class BenchSampler(SamplerSpec):
+    """SamplerSpec plus Optuna's GPSampler (not one of the study configs' samplers)."""
+
+    def build(self):
+        if self.name == "gp":
+            return optuna.samplers.GPSampler(seed=self.seed)
+        return super().build()
+
+
+def gp_available() -> str | None:
+    try:
+        s = optuna.create_study(directions=DIRS, sampler=optuna.samplers.GPSampler(seed=0))
+        for _ in range(3):
+            t = s.ask()
+            s.tell(t, [t.suggest_categorical("x", ["a", "b", "c"]) == "a", 1.0])
+        t = s.ask()
+        t.suggest_categorical("x", ["a", "b", "c"])
+        return None
+    except Exception as e:  # older Optuna, or no multi-objective GP
+        return f"{type(e).__name__}: {e}"
+
+
+def make_rule(stopping: str, cfg, epochs: int):
+    es = cfg["early_stopping"]
+    if stopping == "asha":
+        return ASHA(epochs, es["grace_period"], es["reduction_factor"])
+    if stopping == "pareto":  # rungs as ASHA's, below the last epoch
+        milestones, m = [], es["grace_period"]
+        while m < epochs:
+            milestones.append(m)
+            m *= es["reduction_factor"]
+        return FromDecide(ParetoRungs(milestones, es["reduction_factor"], ["maximize", "minimize"]), ["top1", "flops"])
+    return NoStopping()
+
+
+def one_run(table, cfg, spec, sampler: str, stopping: str, seed: int, budget: int, concurrency: int, storage=None):
+    storage = storage or optuna.storages.InMemoryStorage()
+    name = f"bench-{sampler}-{stopping}-{seed}"
+    optuna.create_study(study_name=name, storage=storage, directions=DIRS)
+    search = StudySearch(GenomeSpace(spec), cfg.objectives, name, storage,
+                         BenchSampler(sampler, seed, cfg["sampler"]["population"]), table.epochs,
+                         {"seed": seed}, log=lambda *_: None)
+    rule = make_rule(stopping, cfg, table.epochs)
+    backend = TableBackend(table, cfg, rule=rule, seed=seed, on_missing="skip")
+    try:
+        if isinstance(storage, optuna.storages.InMemoryStorage):
+            backend.run(search, budget, concurrency)
+        else:  # what studies.run does: a mirror in memory, one write per trial
+            backend.tune(cfg, {"concurrency": concurrency}, search, budget)
+    except UserError:  # a partial table: the sampler kept proposing genomes it does not hold
+        backend.skipped = -backend.skipped - 1  # marks the run as given up (counted in the output)
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = sorted((t for t in study.get_trials(deepcopy=False) if "sim_end_s" in t.user_attrs),  # answered
+                    key=lambda t: t.user_attrs["sim_end_s"])
+    return trials, backend.skipped
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="placement_table")
+    ap.add_argument("--table", help="CSV (default studies/tables/<config>.csv)")
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--budget", type=int, default=48, help="trials per search (capped at half the usable genomes)")
+    ap.add_argument("--samplers", default="random,tpe,nsga2,gp")
+    a = ap.parse_args()
+
+    cfg = config_mod.load(a.config)
+    spec = config_mod.spec(cfg)
+    full = Table.load(a.table or default_csv(cfg.name), cfg)
+    table = Table(full.name, full.path, full.complete(), full.epochs, full.protocol)
+    seeds_per_genome = len(next(iter(table.rows.values())))
+    from searchspace import space
+
+    n_space = space.count(spec)
+    partial = len(table.rows) < n_space
+    print(f"table {full.path}: {len(full.rows)} of {n_space} genomes trained, {len(table.rows)} with all "
+          f"{seeds_per_genome} seeds" + (" -- PARTIAL TABLE: results below are for this subset only; proposals "
+                                          "outside it are skipped, not counted" if partial else ""))
+    budget = min(a.budget, max(4, len(table.rows) // 2))
+    if budget < 16:
+        print(f"note: a budget of {budget} trials lies inside every model-based sampler's random start-up (TPE and "
+              "GP: 10 trials, NSGA-II: its first population), so they all draw what random search draws")
+    conc = cfg["budget"]["concurrency"] or 1
+    conv = cfg.target["convention"]
+
+    keys = list(table.rows)
+    mean_top1 = {k: table.mean(k) for k in keys}
+    flops = {k: table.rows[k][0][f"flops_{conv}"] for k in keys}
+    pts = np.array([[mean_top1[k], flops[k]] for k in keys])
+    true_front = {k for k, on in zip(keys, pareto_mask(pts, DIRS)) if on}
+    ref = np.array([pts[:, 0].min() - 1e-3, pts[:, 1].max() * 1.001])
+    hv_true = hypervolume(pts, DIRS, ref)
+    spread = [np.var([r["top1"] for r in table.rows[k]], ddof=1) for k in keys if len(table.rows[k]) > 1]
+    noise = float(np.sqrt(np.mean(spread))) if spread else 0.0
+    designs = [(d.name, d.genome.key) for d in published_in_space(spec) if d.genome.key in table.rows]
+    # two genomes' means differ beyond noise when apart by more than 2 standard errors of the difference
+    margin = 2 * noise * np.sqrt(2 / seeds_per_genome)
+    print(f"true front: {len(true_front)} genomes; seed noise: pooled sd of one trial's top-1 {noise:.4f}, so two "
+          f"{seeds_per_genome}-seed means differ beyond noise when apart by > {margin:.4f}")
+    print(f"budget {budget} trials, {conc} at a time; {a.seeds} search seeds per strategy")
+    for name, key in designs:
+        beaten_by = [k for k in keys if flops[k] <= flops[key] and mean_top1[k] > mean_top1[key] + margin]
+        sd = np.std([r["top1"] for r in table.rows[key]], ddof=1)
+        print(f"  {name:>12}: mean top-1 {mean_top1[key]:.4f} (sd {sd:.4f}), {flops[key] / 1e9:.3f} GFLOPs, "
+              f"{'on' if key in true_front else 'off'} the true front of means; {len(beaten_by)} genome(s) beat it "
+              f"beyond noise at no more FLOPs" + (f": {', '.join(beaten_by[:3])}" if beaten_by else ""))
+
+    samplers = [s for s in a.samplers.split(",") if s]
+    if "gp" in samplers:
+        why = gp_available()
+        if why:
+            print(f"gp: not available in this Optuna ({why}); left out")
+            samplers.remove("gp")
+    stoppings = ["none", "asha"] + (["pareto"] if ParetoRungs is not None else [])
+    if ParetoRungs is None:
+        print("early stopping: plain ASHA on top-1 only (no studies.pareto_asha in this checkout)")
+    strategies = [(s, es) for s in samplers for es in stoppings]
+
+    def label(s, es):
+        return s if es == "none" else f"{s}+{es}"
+
+    def hv_of(found):
+        return hypervolume(np.array([[mean_top1[k], flops[k]] for k in found]), DIRS, ref) / hv_true if found else 0.0
+
+    results = {}
+    t_all, n_all = time.perf_counter(), 0
+    for s, es in strategies:
+        runs = []
+        for seed in range(a.seeds):
+            trials, skipped = one_run(table, cfg, spec, s, es, seed, budget, conc)
+            n_all += len(trials) + abs(skipped)
+            runs.append((trials, skipped))
+        results[(s, es)] = runs
+    ms_mem = (time.perf_counter() - t_all) / max(1, n_all) * 1e3
+
+    # compute axis: shares of the median compute of plain random search at the full budget
+    def compute(trials):
+        return np.cumsum([t.user_attrs.get("wall_s") or 0.0 for t in trials])
+
+    c_ref = float(np.median([compute(tr)[-1] for tr, _ in results[("random", "none")]])) if ("random", "none") in results \
+        else 1.0
+    checkpoints = sorted({max(1, budget // 4), max(1, budget // 2), budget})
+    shares = (0.25, 0.5, 1.0)
+    print(f"\nnormalised hypervolume (1 = the table's true front), median [25%-75%] over {a.seeds} search seeds")
+    print(f"{'strategy':<14} " + " ".join(f"{'@' + str(k) + ' trials':>20}" for k in checkpoints)
+          + " " + " ".join(f"{'@' + format(f, '.0%') + ' compute':>20}" for f in shares)
+          + f" {'front share':>13} {'skipped':>8} {'gave up':>8}")
+    summary = {}
+    for (s, es), runs in results.items():
+        by_trials = {k: [] for k in checkpoints}
+        by_compute = {f: [] for f in shares}
+        share, skipped, gave_up = [], [], []
+        for trials, sk in runs:
+            done = [t.user_attrs.get("genome_key") if t.state == optuna.trial.TrialState.COMPLETE else None
+                    for t in trials]
+            for k in checkpoints:
+                by_trials[k].append(hv_of({g for g in done[:k] if g}))
+            cum = compute(trials)
+            for f in shares:
+                by_compute[f].append(hv_of({g for g, c in zip(done, cum) if g and c <= f * c_ref}))
+            share.append(len({g for g in done if g} & true_front) / len(true_front))
+            skipped.append(sk if sk >= 0 else -sk - 1)
+            gave_up.append(sk < 0)
+        summary[(s, es)] = float(np.median(by_trials[budget]))
+
+        def q(v):
+            return f"{np.median(v):.3f} [{np.percentile(v, 25):.3f}-{np.percentile(v, 75):.3f}]"
+
+        print(f"{label(s, es):<14} " + " ".join(f"{q(by_trials[k]):>20}" for k in checkpoints) + " "
+              + " ".join(f"{q(by_compute[f]):>20}" for f in shares) + f" {np.median(share):>13.2f} "
+              f"{np.median(skipped):>8.0f} {sum(gave_up):>8}")
+
+    print(f"\ntrials until each published design is matched or beaten within noise ({margin:.4f}): median over "
+          f"seeds (- = in fewer than half of the seeds within {budget} trials)")
+    print(f"{'strategy':<14} " + " ".join(f"{n:>12}" for n, _ in designs))
+    for (s, es), runs in results.items():
+        cells = []
+        for _, dkey in designs:
+            hits = []
+            for trials, _ in runs:
+                hit = None
+                for i, t in enumerate(trials):
+                    g = t.user_attrs.get("genome_key")
+                    if t.state == optuna.trial.TrialState.COMPLETE and flops[g] <= flops[dkey] \
+                            and mean_top1[g] >= mean_top1[dkey] - margin:
+                        hit = i + 1
+                        break
+                hits.append(hit if hit is not None else np.inf)
+            med = np.median(hits)
+            cells.append(f"{med:>12.0f}" if np.isfinite(med) else f"{'-':>12}")
+        print(f"{label(s, es):<14} " + " ".join(cells))
+
+    # the table backend's own cost per trial, on the storage studies.run uses (a journal file)
+    with tempfile.TemporaryDirectory() as tmp:
+        from studies.storage import open_storage
+
+        storage = open_storage(str(Path(tmp) / "study.journal"))
+        t0 = time.perf_counter()
+        trials, skipped = one_run(table, cfg, spec, "nsga2", "asha", 0, budget, conc, storage=storage)
+        ms_journal = (time.perf_counter() - t0) / max(1, len(trials) + abs(skipped)) * 1e3
+    print(f"\nper simulated trial (or skipped proposal, on a partial table): {ms_mem:.1f} ms in memory (all "
+          f"strategies), {ms_journal:.1f} ms on a journal file "
+          f"(nsga2+asha); asha = plain ASHA on top-1 (studies.table_backend.ASHA), pareto = studies.pareto_asha.ParetoRungs")
+    base = summary.get(("random", "none"))
+    top = max(summary.values())
+    tied = [k for k, v in summary.items() if v >= top - 1e-12]
+    best = ("random", "none") if ("random", "none") in tied else tied[0]  # a tie is no win over random
+    if len(tied) > 1:
+        print(f"{len(tied)} strategies tie at the budget: {', '.join(label(*k) for k in tied)}")
+    ratio = summary[best] / base if base else float("nan")
+    print(f"best={label(*best)} hv_at_budget_vs_random={ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

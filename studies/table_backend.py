@@ -1,0 +1,247 @@
+"""The table backend: a study's trials answered from a benchmark table, in process, on a simulated clock.
+
+`python -m studies.run NAME --backend table[:PATH]` runs the study as usual (same searcher class
+StudySearch, same Optuna storage, report and dashboard) but, instead of Ray Tune training each
+trial, `tune()` below looks the asked genome up in the table (studies.table), draws one of its
+seeds (a seeded RNG per trial number), and replays its per-epoch top-1/top-5 through the searcher
+and the early-stopping rule, advancing a simulated clock by the recorded wall time (each epoch
+takes an equal share of the trial's wall time). `concurrency` trials are in flight at once, as
+Ray Tune would run them, so the rule sees results in the same interleaved order as in real
+training. Each trial stores its simulated start/end (user attrs sim_start_s / sim_end_s) and its
+wall_s (the recorded one, or the stopped share of it), so hypervolume against compute works.
+
+Early stopping lives outside Ray here: a rule is any object with
+    on_result(trial_id, epoch, metrics) -> "continue" | "stop"
+(and optionally on_complete(trial_id)). `ASHA` below is the asynchronous successive-halving rule
+of Ray Tune's ASHAScheduler (one bracket) on top-1, written out as plain Python.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from searchspace.errors import UserError
+
+CONTINUE, STOP = "continue", "stop"
+
+
+class StoppingRule(Protocol):
+    def on_result(self, trial_id: str, epoch: int, metrics: dict) -> str: ...
+
+
+class NoStopping:
+    def on_result(self, trial_id: str, epoch: int, metrics: dict) -> str:
+        return CONTINUE
+
+
+class ASHA:
+    """Asynchronous successive halving (Li et al. 2020), as Ray Tune's ASHAScheduler with one bracket:
+    rungs at grace_period * rf^k epochs; a trial reaching a rung is stopped when its value is below
+    the (1 - 1/rf) quantile of the values recorded at that rung so far."""
+
+    def __init__(self, max_t: int, grace_period: int = 1, reduction_factor: int = 2, metric: str = "top1",
+                 mode: str = "max"):
+        self.rf, self.metric, self.sign = reduction_factor, metric, 1.0 if mode == "max" else -1.0
+        n = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
+        self.rungs = [(grace_period * reduction_factor ** k, {}) for k in reversed(range(n))]
+
+    def on_result(self, trial_id: str, epoch: int, metrics: dict) -> str:
+        value = metrics.get(self.metric)
+        if value is None:
+            return CONTINUE
+        value = self.sign * float(value)
+        for milestone, recorded in self.rungs:
+            if epoch < milestone or trial_id in recorded:
+                continue
+            cutoff = np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100) if recorded else None
+            recorded[trial_id] = value
+            return STOP if cutoff is not None and value < cutoff else CONTINUE
+        return CONTINUE
+
+
+class FromDecide:
+    """Adapts a rule written as `decide(trial_id, level, values) -> bool` (True = continue), such as a
+    Pareto-aware promotion rule over several objectives, to `on_result`."""
+
+    def __init__(self, rule, metrics: list[str]):
+        self.rule, self.metrics = rule, list(metrics)
+
+    def on_result(self, trial_id: str, epoch: int, metrics: dict) -> str:
+        values = [metrics.get(m) for m in self.metrics]
+        if any(v is None for v in values):
+            return CONTINUE
+        return CONTINUE if self.rule.decide(trial_id, epoch, values) else STOP
+
+
+def stopping_rule(cfg) -> StoppingRule:
+    """The rule the config asks for ([early_stopping]); the same settings Ray's ASHAScheduler gets."""
+    es = cfg["early_stopping"]
+    if not es["asha"]:
+        return NoStopping()
+    return ASHA(cfg["fidelity"]["epochs"], es["grace_period"], es["reduction_factor"])
+
+
+class TableBackend:
+    """Answers trials of a study from a studies.table.Table (see the module docstring)."""
+
+    def __init__(self, table, cfg, rule: StoppingRule | None = None, seed: int | None = None,
+                 on_missing: str = "error", max_skips: int | None = None):
+        self.table, self.cfg = table, cfg
+        self.rule = rule if rule is not None else stopping_rule(cfg)
+        self.seed = cfg["seed"] if seed is None else seed
+        self.on_missing = on_missing  # "error" | "skip" (a partial table: tell FAIL, ask again, not counted)
+        self.convention = cfg.target["convention"]
+        if f"flops_{self.convention}" not in next(iter(table.rows.values()))[0]:
+            raise UserError(f"table {str(table.path)!r} has no costs under convention {self.convention!r}")
+        self.clock = 0.0  # simulated seconds since the study's first table trial
+        self.skipped = 0
+        self.max_skips = max_skips  # on_missing="skip": give up after this many (default 20 per trial asked for)
+
+    @classmethod
+    def open(cls, path: str | Path, cfg, **kw) -> "TableBackend":
+        from .table import Table
+
+        return cls(Table.load(path, cfg), cfg, **kw)
+
+    def resources(self, cfg) -> dict:
+        conc = cfg["budget"]["concurrency"] or 1
+        return {"cpu": 0.0, "gpu": 0.0, "concurrency": conc, "device": "table", "cluster": {"CPU": 0, "GPU": 0},
+                "nodes": 0}
+
+    def resume_clock(self, study) -> None:
+        ends = [t.user_attrs.get("sim_end_s") for t in study.get_trials(deepcopy=False)]
+        self.clock = max([e for e in ends if e is not None], default=0.0)
+
+    # the signature of studies.driver._tune, so the driver calls either
+    def tune(self, cfg, res, search, n: int, run_dir=None, tag: str = "", log=None, inject: bool = False,
+             ctx_overrides=None) -> None:
+        """Run on an in-memory mirror of the study, then write each new trial to the study's storage in
+        one operation: a journal file syncs every write (about 30 per trial through the searcher),
+        which alone would cost over 50 ms per simulated trial. Trials finished before an error are
+        written too; an interrupted run writes nothing and a rerun redoes it."""
+        import copy
+
+        import optuna
+
+        real = search.study
+        storage, before = search._storage, real.get_trials(deepcopy=False)
+        mem = optuna.storages.InMemoryStorage()
+        mirror = optuna.create_study(study_name=real.study_name, storage=mem, directions=real.directions)
+        mem_id = mem.get_study_id_from_name(real.study_name)
+        for k, v in real.user_attrs.items():
+            mirror.set_user_attr(k, v)
+        for t in before:
+            mem.create_new_trial(mem_id, template_trial=t)
+        local = copy.copy(search)
+        local.storage, local._study, local._storage = mem, None, None
+        local._asked, local._last, local.finished = {}, {}, []
+        try:
+            self.run(local, n, res["concurrency"])
+        finally:
+            _flush(storage, storage.get_study_id_from_name(real.study_name), before, mirror.get_trials(deepcopy=False))
+            search.finished.extend(local.finished)
+
+    def run(self, search, n: int, concurrency: int = 1) -> list[int]:
+        """Run `n` trials through `search` (a StudySearch); returns the trial numbers told."""
+        from searchspace import Genome
+
+        epochs = self.table.epochs
+        events: list = []  # (time, order, trial id, epoch)
+        running: dict = {}  # trial id -> (row, start time, trial number)
+        counter = 0
+        started = 0
+        numbers = []
+        asks = 0
+
+        def start(now: float) -> bool:
+            nonlocal counter, started, asks
+            while True:
+                asks += 1
+                if self.skipped > (self.max_skips if self.max_skips is not None else 20 * n + 100):
+                    raise UserError(f"table {str(self.table.path)!r}: the sampler keeps asking for genomes the table "
+                                    f"does not hold ({self.skipped} skipped); the table has {len(self.table.rows)} genomes")
+                counter += 1
+                tid = f"table_{self.clock:.3f}_{counter}"
+                config = search.suggest(tid)
+                if config is None:
+                    return False
+                genome = Genome.from_json(config["genome"])
+                rows = self.table.rows.get(genome.key)
+                if rows is not None:
+                    break
+                why = (f"genome {genome.key} is not in table {str(self.table.path)!r} (table {self.table.name!r}: "
+                       f"{len(self.table.rows)} genomes of the space of studies/configs/{self.table.name}.toml)")
+                search.on_trial_complete(tid, {"status": "error", "error": why, "final": True}, error=True)  # FAIL
+                if self.on_missing != "skip":
+                    raise UserError(why + "; run the study on the table's own space, or extend the table "
+                                    "(python -m studies.table build)")
+                self.skipped += 1
+            number = config["trial_number"]
+            row = random.Random(f"{self.seed}:{number}").choice(rows)  # the seed drawn for this trial
+            running[tid] = (row, now, number)
+            started += 1
+            heapq.heappush(events, (now + row["wall_s"] / epochs, counter, tid, 1))
+            return True
+
+        while started < n and len(running) < concurrency and start(self.clock):
+            pass
+        while events:
+            t, order, tid, epoch = heapq.heappop(events)
+            self.clock = t
+            row, t0, number = running[tid]
+            metrics = self._metrics(row, epoch, epochs)
+            final = epoch == epochs
+            decision = self.rule.on_result(tid, epoch, metrics)
+            if not final and decision != STOP:
+                search.on_trial_result(tid, metrics)
+                heapq.heappush(events, (t + row["wall_s"] / epochs, order, tid, epoch + 1))
+                continue
+            # a finished trial's attrs cannot change: the simulated times go in before it is told
+            search._set_attrs(number, {"sim_start_s": t0, "sim_end_s": t, "table": self.table.name,
+                                       "table_seed": row["seed"]})
+            if final:
+                search.on_trial_complete(tid, {**metrics, "final": True, "status": row.get("status") or "ok",
+                                               "top1": row["top1"]})
+            else:
+                search.on_trial_result(tid, metrics)
+                search.on_trial_complete(tid, metrics)  # no final record: PRUNED (studies.search)
+            if hasattr(self.rule, "on_complete"):
+                self.rule.on_complete(tid)
+            del running[tid]
+            numbers.append(number)
+            while started < n and len(running) < concurrency and start(self.clock):
+                pass
+        return numbers
+
+    def _metrics(self, row: dict, epoch: int, epochs: int) -> dict:
+        c = self.convention
+        return {"epochs_completed": epoch, "top1": row["top1_curve"][epoch - 1], "top5": row["top5_curve"][epoch - 1],
+                "flops": row[f"flops_{c}"], "params": row[f"params_{c}"], "activations": row[f"activations_{c}"],
+                "latency_ms": None, "wall_s": row["wall_s"] * epoch / epochs, "train_s": row["train_s"] * epoch / epochs,
+                "genome_key": row["genome_key"], "seed": row["seed"], "device": f"table:{row.get('device', '')}",
+                "node": "table"}
+
+
+def _flush(storage, study_id: int, before: list, after: list) -> None:
+    """Write the mirror's new or changed trials to `storage` (trial numbers follow creation order)."""
+    from optuna.trial import TrialState
+
+    old = {t.number: t for t in before}
+    for t in after:
+        if t.number not in old:
+            storage.create_new_trial(study_id, template_trial=t)
+        elif old[t.number].state == TrialState.WAITING and t.state != TrialState.WAITING:
+            # an enqueued trial (a requeued one, a reference design): fill the waiting trial in
+            tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_state_values(tid, TrialState.RUNNING)
+            for k, v in t.params.items():
+                storage.set_trial_param(tid, k, t.distributions[k].to_internal_repr(v), t.distributions[k])
+            for k, v in t.user_attrs.items():
+                storage.set_trial_user_attr(tid, k, v)
+            if t.state != TrialState.RUNNING:
+                storage.set_trial_state_values(tid, t.state, t.values)
