@@ -200,6 +200,11 @@ def validate(raw: dict, where: str) -> None:
     s = raw["sampler"]
     if s["name"] not in SAMPLERS:
         raise UserError(f"{where}: sampler.name {s['name']!r} unknown (known: {', '.join(SAMPLERS)})")
+    if s["name"] == "gp":
+        import importlib.util
+
+        if importlib.util.find_spec("scipy") is None:  # Optuna's GPSampler optimises its acquisition with scipy
+            raise UserError(f"{where}: sampler.name \"gp\" needs scipy, which is not installed (pip install scipy)")
     _int(s["population"], f"{where}: sampler.population", lo=2)
     e = raw["early_stopping"]
     if not isinstance(e["asha"], bool):
