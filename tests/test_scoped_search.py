@@ -191,3 +191,84 @@ def test_pareto_asha_is_a_ray_scheduler_with_asha_rungs():
     sched = ParetoASHA("epochs_completed", {"top1": "maximize", "flops": "minimize"}, max_t=8, grace_period=1,
                        reduction_factor=2)
     assert isinstance(sched, TrialScheduler) and sched.rule.milestones == [1, 2, 4]
+
+
+# -- end to end ----------------------------------------------------------------------------------
+E2E = '''
+description = "smoke + references by default, a params limit, one-edit seeding, Pareto ASHA"
+[space]
+backbone = "resnet18"
+plugins = ["none", "se"]
+r = [4, 16]
+[target]
+resolution = 64   # cheap cost counting; the limit is relative to resnet18 at the same target
+[fidelity]
+epochs = 2
+resolution = 32
+width = 0.125
+batch_size = 16
+lr = 0.05
+[data]
+num_classes = 2
+max_per_class = 8
+max_val_per_class = 8
+[budget]
+trials = 4
+concurrency = 2
+[sampler]
+name = "nsga2"
+population = 4
+[references]
+evaluate = true
+neighbours = 2
+[constraints]
+params_max = "1.004 x resnet18"   # SE in stage 4 (any r) or stage 3 at r=4 is over it
+[early_stopping]
+asha = true
+rule = "pareto"
+'''
+
+
+@pytest.mark.slow
+def test_default_run_names_every_design_and_never_trains_an_infeasible_genome(tmp_path, capsys):
+    import ray
+
+    from analysis import completed, load_study
+    from searchspace import cost
+    from studies import storage as st
+    from studies.run import main
+
+    toml = tmp_path / "e2e.toml"
+    toml.write_text(E2E)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert main([str(toml), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    storage = st.open_storage(str(tmp_path / "run" / "study.journal"))
+    ref = optuna.load_study(study_name="e2e.references", storage=storage)
+    proxy = {t.user_attrs["reference"]: t.values[0] for t in ref.trials if t.state == TrialState.COMPLETE}
+    assert set(proxy) == {"resnet18", "se_resnet18"}  # evaluated without --reference
+    lines = out[out.index("Published designs in the space"):].splitlines()
+    for name, top1 in proxy.items():  # each design on its own line with its proxy top-1
+        assert any(ln.split()[:2] == [name, f"{top1:.4g}"] for ln in lines), (name, top1, lines)
+
+    study = optuna.load_study(study_name="e2e", storage=storage)
+    limit = 1.004 * cost(catalog.get("resnet18").genome, resolution=64, num_classes=1000).params
+    assert st.counted(study) == 4
+    assert [t.user_attrs.get("neighbour_of") for t in study.trials[:2]] != [None, None]
+    for t in study.trials:
+        if t.user_attrs.get("status") == "infeasible":
+            assert t.user_attrs["params"] > limit and t.user_attrs["epochs_completed"] == 0
+            assert "node" not in t.user_attrs and "wall_s" not in t.user_attrs
+        else:
+            assert t.user_attrs["params"] <= limit and t.user_attrs.get("node")
+            assert t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            assert (t.state == TrialState.PRUNED) == (t.user_attrs["epochs_completed"] < 2)
+    skipped = st.skipped(study)
+    assert (f"skipped before training: {skipped} genome(s)" in out) == (skipped > 0)
+    front = {t.number for t in study.best_trials}
+    assert front and all(study.trials[n].user_attrs["status"] == "ok" for n in front)
+    df = load_study(str(tmp_path / "run" / "study.journal"), "e2e")
+    assert "infeasible" not in set(completed(df)["status"])
