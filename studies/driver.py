@@ -82,15 +82,16 @@ def _study_attrs(study, cfg):
     study.set_user_attr("seed", cfg["seed"])
 
 
-def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, inject: bool = False) -> None:
+def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, inject: bool = False,
+          early_stop: bool = True) -> None:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
     scheduler = None
     es = cfg["early_stopping"]
-    if es["asha"] and es["rule"] == "pareto":
+    if es["asha"] and early_stop and es["rule"] == "pareto":
         scheduler = _pareto_scheduler(cfg)
-    elif es["asha"]:
+    elif es["asha"] and early_stop:
         from ray.tune.schedulers import ASHAScheduler
 
         # time_attr = epochs (not Ray's iteration count: the trainable sends one extra final result)
@@ -260,7 +261,8 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
             ref_attrs = {k: v for k, v in attrs.items() if k != "reference"}  # keep the name set at enqueue
             search = _new_search(cfg, url, ref.study_name, 0, spec, ref_attrs, log,
                                  sampler=SamplerSpec("random", cfg["seed"]), driver=heartbeat.id)
-            _tune(cfg, res, search, ref_waiting, run_dir, "references", log)
+            # a reference is measured in full: an early-stopped design would have no proxy result
+            _tune(cfg, res, search, ref_waiting, run_dir, "references", log, early_stop=False)
             summary["references"] = len(search.finished)
         if done < want:
             log(f"running {want - done} trial(s) ({done} of {want} already done)")
