@@ -272,3 +272,14 @@ def test_default_run_names_every_design_and_never_trains_an_infeasible_genome(tm
     assert front and all(study.trials[n].user_attrs["status"] == "ok" for n in front)
     df = load_study(str(tmp_path / "run" / "study.journal"), "e2e")
     assert "infeasible" not in set(completed(df)["status"])
+
+
+def test_gp_sampler_config_says_what_it_needs():
+    import importlib.util
+
+    doc = {"space": {"backbone": "resnet18"}, "sampler": {"name": "gp"}}
+    if importlib.util.find_spec("scipy") is None:
+        with pytest.raises(UserError, match=r'sampler.name "gp" needs scipy, which is not installed \(pip install scipy\)'):
+            config.from_dict(doc, "x")
+    else:
+        assert config.from_dict(doc, "x")["sampler"]["name"] == "gp"
