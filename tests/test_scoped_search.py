@@ -158,8 +158,15 @@ def test_every_sampler_builds_seeded(sampler):
         pytest.importorskip("scipy", reason="Optuna's GPSampler needs scipy")
     s = SamplerSpec(sampler, seed=3, population=4).build()
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=s)
-    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_categorical("c", ["a", "b"]) == "a"), n_trials=6)
-    assert len(study.trials) == 6
+
+    def objective(t):  # two objectives and a constraint set the way the searcher sets them
+        x, c = t.suggest_float("x", 0, 1), t.suggest_categorical("c", ["a", "b"])
+        t.set_constraint("flops", x - 0.5)
+        return x, float(c == "a")
+
+    study.optimize(objective, n_trials=7)  # past the 4 start-up trials: the model-based step runs too
+    assert len(study.trials) == 7 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert all(t.values[0] <= 0.5 for t in study.best_trials)  # the front is feasible only
 
 
 # -- Pareto-aware early stopping ----------------------------------------------------------------
