@@ -156,12 +156,13 @@ def evaluates_references(cfg, args) -> bool:
 def _enqueue_neighbours(study, designs, spec, n: int, seed: int, limits, log) -> int:
     """Enqueue up to n one-edit variants of `designs` (user attr "neighbour_of"), taking the designs in
     turn so each contributes, each design's variants in a seeded random order; variants over a
-    [constraints] limit are passed over (their cost is known now). Only into a study without any yet."""
+    [constraints] limit are passed over (their cost is known now). Only into a new study (nothing asked yet)."""
     import random
 
     from searchspace import space
 
-    if n <= 0 or not designs or any("neighbour_of" in t.user_attrs for t in study.get_trials(deepcopy=False)):
+    if n <= 0 or not designs or any(t.state != TrialState.WAITING or "neighbour_of" in t.user_attrs
+                                    for t in study.get_trials(deepcopy=False)):
         return 0
     rng = random.Random(seed)
     own = {d.genome.key for d in designs}
