@@ -228,8 +228,9 @@ def objectives_of(df: pd.DataFrame, objectives: list[dict] | None = None) -> lis
 def completed(df: pd.DataFrame, kind: str = "search") -> pd.DataFrame:
     """The results that may enter a front: COMPLETE trials of the searched study ('search') or of
     the references ('reference'), less status 'diverged' (stored COMPLETE at chance-level top-1 so
-    the sampler learns to avoid the network, but not a measured accuracy)."""
-    return df[(df["study"] == kind) & (df["state"] == "COMPLETE") & (df["status"] != "diverged")]
+    the sampler learns to avoid the network, but not a measured accuracy) and 'infeasible' (over a
+    [constraints] limit: stored COMPLETE at top-1 0 with its costs, never trained)."""
+    return df[(df["study"] == kind) & (df["state"] == "COMPLETE") & ~df["status"].isin(("diverged", "infeasible"))]
 
 
 def newest_run_dir(roots=("runs", "../runs")) -> Path:

@@ -415,4 +415,37 @@ class _Recorder:
         return choices[0]
 
 
-__all__ = ["SpaceSpec", "suggest", "to_params", "contains", "count", "enumerate_genomes"]
+class _Answers:
+    """A trial that answers from given parameters, the first choice for any other, and records what it was asked."""
+
+    def __init__(self, params: Mapping[str, Any]):
+        self.params, self.asked = params, {}
+
+    def suggest_categorical(self, name, choices):
+        self.asked[name] = tuple(choices)
+        value = match_choice(self.params[name], choices) if name in self.params else _NO_MATCH
+        return choices[0] if value is _NO_MATCH else value
+
+
+def neighbours(genome: Genome, spec: SpaceSpec) -> list[Genome]:
+    """The genomes one edit away from `genome` inside `spec`: one parameter `suggest` asks for it set to
+    another of its choices. A parameter the edit newly opens (the position, r and options of a
+    plugin put where there was none) takes its first choice, so each edit gives one genome."""
+    base = to_params(genome, spec)
+    asker = _Answers(base)
+    suggest(asker, spec)
+    out: dict[str, Genome] = {}
+    for name, choices in asker.asked.items():
+        for c in choices:
+            if c == base.get(name, choices[0]) and type(c) is type(base.get(name, choices[0])):
+                continue
+            try:
+                g = suggest(_Answers({**base, name: c}), spec)
+            except UserError:  # an edit that does not validate (e.g. a module the backbone refuses there)
+                continue
+            if g.key != genome.key:
+                out.setdefault(g.key, g)
+    return list(out.values())
+
+
+__all__ = ["SpaceSpec", "suggest", "to_params", "contains", "count", "enumerate_genomes", "neighbours"]

@@ -22,7 +22,9 @@ OBJECTIVES = {"top1": "maximize", "flops": "minimize", "params": "minimize", "ac
 # latency_ms: inference latency of the trained proxy network at batch 1 and fidelity.resolution on the
 # trial's device (trainers.measure.inference_latency, median of 10), measured for every trained trial
 # whether or not it is an objective (cheap at proxy size); training throughput is "images_per_s".
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
+LIMITS = ("flops", "params")  # [constraints] <name>_max
+ES_RULES = ("pareto", "top1")
 
 DEFAULTS: dict[str, Any] = {
     "description": "",
@@ -34,7 +36,13 @@ DEFAULTS: dict[str, Any] = {
              "classes_file": None},
     "budget": {"trials": 32, "concurrency": 0},  # 0 = as many as the cluster's resources allow
     "sampler": {"name": "nsga2", "population": 16},
-    "early_stopping": {"asha": False, "grace_period": 1, "reduction_factor": 2},
+    "early_stopping": {"asha": False, "grace_period": 1, "reduction_factor": 2, "rule": "pareto"},
+    # Upper limits on a genome's full-size cost: a number, or "<factor> x <catalog design>" (that
+    # design's cost at the study's target). A genome over a limit is recorded infeasible, never trained.
+    "constraints": {"flops_max": None, "params_max": None},
+    # evaluate: train the in-space catalog designs with the same proxy (study '<name>.references');
+    # neighbours: the search's first trials are this many one-edit variants of those designs.
+    "references": {"evaluate": False, "neighbours": 0},
     "resources": {"cpus_per_trial": 1, "gpus_per_trial": "auto"},  # auto = 1 GPU per trial if any
     # studies.calibrate: K random genomes besides the published designs, S seeds each, and the longer
     # reference protocol as {"fidelity.epochs": 16, ...} overrides (checked by studies.calibrate)
@@ -195,12 +203,25 @@ def validate(raw: dict, where: str) -> None:
     s = raw["sampler"]
     if s["name"] not in SAMPLERS:
         raise UserError(f"{where}: sampler.name {s['name']!r} unknown (known: {', '.join(SAMPLERS)})")
+    if s["name"] == "gp":
+        import importlib.util
+
+        if importlib.util.find_spec("scipy") is None:  # Optuna's GPSampler optimises its acquisition with scipy
+            raise UserError(f"{where}: sampler.name \"gp\" needs scipy, which is not installed (pip install scipy)")
     _int(s["population"], f"{where}: sampler.population", lo=2)
     e = raw["early_stopping"]
     if not isinstance(e["asha"], bool):
         raise UserError(f"{where}: early_stopping.asha: expected true or false, got {e['asha']!r}")
     _int(e["grace_period"], f"{where}: early_stopping.grace_period")
     _int(e["reduction_factor"], f"{where}: early_stopping.reduction_factor", lo=2)
+    if e["rule"] not in ES_RULES:
+        raise UserError(f"{where}: early_stopping.rule {e['rule']!r} unknown (known: {', '.join(ES_RULES)})")
+    for k, v in raw["constraints"].items():
+        _limit(v, f"{where}: constraints.{k}")
+    ref = raw["references"]
+    if not isinstance(ref["evaluate"], bool):
+        raise UserError(f"{where}: references.evaluate: expected true or false, got {ref['evaluate']!r}")
+    _int(ref["neighbours"], f"{where}: references.neighbours", lo=0)
     r = raw["resources"]
     _num(r["cpus_per_trial"], f"{where}: resources.cpus_per_trial")
     if r["gpus_per_trial"] != "auto":
@@ -217,6 +238,34 @@ def validate(raw: dict, where: str) -> None:
         raw["_spec"] = _space.SpaceSpec.from_dict(raw["space"])
     except UserError as e:
         raise UserError(f"{where}: [space] {e}") from None
+
+
+def parse_limit(v, where: str = "limit") -> tuple[float, str | None]:
+    """A [constraints] value as (number, None) or (factor, catalog design name): 4.5e9, "1.10 x resnet50"."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+        return float(v), None
+    if isinstance(v, str):
+        factor, sep, design = (x.strip() for x in v.partition("x"))
+        try:
+            f = float(factor)
+        except ValueError:
+            f = None
+        if sep and f is not None and f > 0 and design:
+            from searchspace import catalog
+
+            catalog.get(design)  # UserError naming the unknown design
+            return f, design
+    raise UserError(f"{where}: expected a positive number or \"<factor> x <catalog design>\" "
+                    f"(e.g. \"1.10 x resnet50\"), got {v!r}")
+
+
+def _limit(v, where: str) -> None:
+    if v is None:
+        return
+    try:
+        parse_limit(v, where)
+    except UserError as e:
+        raise UserError(f"{where}: {e}" if not str(e).startswith(where) else str(e)) from None
 
 
 def _padding_free_fits(space: dict, resolution: int) -> bool:

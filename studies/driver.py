@@ -15,7 +15,7 @@ from searchspace.errors import UserError
 from . import config as config_mod
 from . import storage as st
 from .progress import Console, Progress
-from .search import GenomeSpace, SamplerSpec, StudySearch, _fmt
+from .search import CostLimits, GenomeSpace, SamplerSpec, StudySearch, _fmt
 from .trainable import run_trial
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,13 +100,15 @@ def _study_attrs(study, cfg):
 
 
 def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, inject: bool = False,
-          ctx_overrides: dict | None = None) -> None:
+          ctx_overrides: dict | None = None, early_stop: bool = True) -> None:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
     scheduler = None
     es = cfg["early_stopping"]
-    if es["asha"]:
+    if es["asha"] and early_stop and es["rule"] == "pareto":
+        scheduler = _pareto_scheduler(cfg)
+    elif es["asha"] and early_stop:
         from ray.tune.schedulers import ASHAScheduler
 
         # time_attr = epochs (not Ray's iteration count: the trainable sends one extra final result)
@@ -127,12 +129,84 @@ def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, i
     tuner.fit()
 
 
-def _new_search(cfg, url, name, n_existing, spec, attrs, log, sampler=None, driver=None) -> StudySearch:
+def _pareto_scheduler(cfg):
+    """ASHA promoting by non-dominated rank over top-1 at the rung and the study's cost objectives
+    (latency is measured only at the end, so it is left out)."""
+    from .pareto_asha import ParetoASHA
+
+    es = cfg["early_stopping"]
+    metrics = {o["name"]: o["direction"] for o in cfg.objectives if o["name"] != "latency_ms"}
+    return ParetoASHA(time_attr="epochs_completed", metrics=metrics, max_t=cfg["fidelity"]["epochs"],
+                      grace_period=es["grace_period"], reduction_factor=es["reduction_factor"])
+
+
+def _new_search(cfg, url, name, n_existing, spec, attrs, log, sampler=None, driver=None, limits=None) -> StudySearch:
     s = cfg["sampler"]
     # seed + trials so far: a resumed sampler does not replay the first run's draws
     sampler = sampler or SamplerSpec(s["name"], cfg["seed"] + n_existing, s["population"])
     return StudySearch(GenomeSpace(spec, driver, cfg.target), cfg.objectives, name, url, sampler, cfg["fidelity"]["epochs"],
-                       attrs, log)
+                       attrs, log, limits=limits)
+
+
+def cost_limits(cfg) -> CostLimits | None:
+    """[constraints] as numbers ("1.10 x resnet50": that design's cost at the study's target), or None."""
+    from searchspace import catalog, cost
+
+    target = tuple((k, cfg.target[k]) for k in ("convention", "resolution", "num_classes"))
+    limits = []
+    for key, v in cfg["constraints"].items():
+        if v is None:
+            continue
+        factor, design = config_mod.parse_limit(v, f"constraints.{key}")
+        name = key.removesuffix("_max")
+        base = getattr(cost(catalog.get(design).genome, **dict(target)), name) if design else 1.0
+        limits.append((name, factor * base))
+    return CostLimits(tuple(limits), target) if limits else None
+
+
+def evaluates_references(cfg, args) -> bool:
+    """--reference forces the reference designs on, --no-reference off; else [references] evaluate."""
+    if getattr(args, "no_reference", False):
+        return False
+    return bool(args.reference or cfg["references"]["evaluate"])
+
+
+def _enqueue_neighbours(study, designs, spec, n: int, seed: int, limits, log) -> int:
+    """Enqueue up to n one-edit variants of `designs` (user attr "neighbour_of"), taking the designs in
+    turn so each contributes, each design's variants in a seeded random order; variants over a
+    [constraints] limit are passed over (their cost is known now). Only into a new study (nothing asked yet)."""
+    import random
+
+    from searchspace import space
+
+    if n <= 0 or not designs or any(t.state != TrialState.WAITING or "neighbour_of" in t.user_attrs
+                                    for t in study.get_trials(deepcopy=False)):
+        return 0
+    rng = random.Random(seed)
+    own = {d.genome.key for d in designs}
+    pools = []
+    for d in designs:
+        variants = [g for g in space.neighbours(d.genome, spec) if g.key not in own]
+        rng.shuffle(variants)
+        pools.append((d.name, variants))
+    chosen, seen, checks = [], set(), 0
+    while len(chosen) < n and any(v for _, v in pools) and checks < 8 * n:
+        for name, variants in pools:
+            while variants and len(chosen) < n and checks < 8 * n:
+                g = variants.pop()
+                if g.key in seen:
+                    continue
+                seen.add(g.key)
+                checks += 1
+                if limits is not None and any(v > 0 for v in limits.violations(limits.cost(g.to_json())).values()):
+                    continue
+                chosen.append((name, g))
+                break
+    for name, g in chosen:
+        study.enqueue_trial(space.to_params(g, spec), user_attrs={"neighbour_of": name}, skip_if_exists=False)
+    if chosen:
+        log(f"enqueued {len(chosen)} one-edit variant(s) of the designs as the first trials")
+    return len(chosen)
 
 
 def _designs_in_space(spec):
@@ -167,7 +241,7 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
     log(f"study {cfg.name}: {space.count(spec):,} genomes in the space; storage {st.describe(url)}")
     # Put the storage in order first (no Ray needed): requeue a dead driver's trials, enqueue designs.
     ref, ref_waiting = None, 0
-    if args.reference:  # in their own study, so they never steer the sampler
+    if evaluates_references(cfg, args):  # in their own study, so they never steer the sampler
         ref = optuna.create_study(study_name=cfg.name + ".references", storage=storage, directions=directions,
                                   load_if_exists=True)
         _study_attrs(ref, cfg)
@@ -183,6 +257,11 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
     summary["requeued"] += requeued
     if args.seed_known:
         _enqueue_known(study, _designs_in_space(spec), spec, "seeded_from", log)
+    limits = cost_limits(cfg)
+    if limits:
+        log("constraints: " + ", ".join(f"{n} <= {_fmt(n, v)}" for n, v in limits.limits)
+            + " (a genome over a limit is recorded infeasible, never trained)")
+    _enqueue_neighbours(study, _designs_in_space(spec), spec, cfg["references"]["neighbours"], cfg["seed"], limits, log)
     done, want = st.counted(study), cfg["budget"]["trials"]
     summary["before"] = done
     if done >= want and not ref_waiting:
@@ -210,14 +289,17 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
             search = _new_search(cfg, url, ref.study_name, 0, spec, ref_attrs, log,
                                  sampler=SamplerSpec("random", cfg["seed"]), driver=heartbeat.id)
             with Progress(console, ref_waiting, 0, res["concurrency"], "references") as search.progress:
-                tune_fn(cfg, res, search, ref_waiting, run_dir, "references", log)
+                # a reference is measured in full: an early-stopped design would have no proxy result
+                tune_fn(cfg, res, search, ref_waiting, run_dir, "references", log, early_stop=False)
             summary["references"] = len(search.finished)
         if done < want:
             log(f"running {want - done} trial(s) ({done} of {want} already done)")
-            search = _new_search(cfg, url, cfg.name, len(study.trials), spec, attrs, log, driver=heartbeat.id)
+            search = _new_search(cfg, url, cfg.name, len(study.trials), spec, attrs, log, driver=heartbeat.id,
+                                 limits=limits)
             with Progress(console, want, done, res["concurrency"]) as search.progress:
                 tune_fn(cfg, res, search, want - done, run_dir, "search", log, inject=True)
             summary["ran"] = len(search.finished)
+            summary["skipped"] = len(search.skipped)
     finally:
         heartbeat.stop()
         if started:
@@ -258,22 +340,47 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
     print(f"\nstudy {cfg.name}: {st.counted(study)} of {cfg['budget']['trials']} trials "
           f"({', '.join(f'{n} {k}' for k, n in sorted(states.items()))}); this run {summary.get('ran', 0)} trial(s) "
           f"in {summary['wall_s']:.0f}s")
+    if st.skipped(study):
+        print(f"skipped before training: {st.skipped(study)} genome(s) over [constraints] (stored infeasible with "
+              f"their costs, not counted in the {cfg['budget']['trials']}); this run {summary.get('skipped', 0)}")
     names = [o["name"] for o in cfg.objectives]
     front = sorted(study.best_trials if any(t.state == TrialState.COMPLETE for t in trials) else [],
                    key=lambda t: t.values[names.index("top1")], reverse=True)
+    front = [t for t in front if t.user_attrs.get("status") != st.INFEASIBLE]  # a sampler without constraints
     rows = [(str(t.number), *[_fmt(n, v) for n, v in zip(names, t.values)], t.user_attrs.get("status", ""),
              genome_summary(t.user_attrs["genome"]) if "genome" in t.user_attrs else "") for t in front]
     ref = st.find_study(storage, cfg.name + ".references")
-    if ref:
-        rows += [(f"ref {t.user_attrs.get('reference')}", *[_fmt(n, v) for n, v in zip(names, t.values)],
-                  t.user_attrs.get("status", ""), "") for t in ref.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    print(f"Pareto front ({len(front)} trial(s){', then the reference designs' if ref else ''}):")
+    print(f"Pareto front ({len(front)} trial(s)):")
     _table(["trial", *names, "status", "genome"], rows)
+    if ref:
+        print_designs(storage, cfg)
     print(f"\nrun folder : {run_dir}")
     print(f"storage    : {st.describe(url)}  (study {cfg.name!r}{', references in ' + repr(cfg.name + '.references') if ref else ''})")
     print(f"dashboard  : optuna-dashboard {st.describe(url)}")
     if summary.get("report"):
         print(f"report     : {summary['report']}")
+
+
+def print_designs(storage, cfg) -> None:
+    """Every published design inside the space: its proxy result (same protocol, '<name>.references'),
+    what the search found against it (analysis.rediscovery's verdict) and the nearest searched genome."""
+    try:
+        from analysis import load_study, rediscovery
+
+        red = rediscovery(load_study(storage, cfg.name), objectives=cfg.objectives)
+    except Exception as e:  # the study is stored; the table is a convenience
+        print(f"published designs: table skipped ({type(e).__name__}: {e})")
+        return
+    import pandas as pd
+
+    names = [o["name"] for o in cfg.objectives]
+    rows = []
+    for r in red.to_dict("records"):
+        near = "" if pd.isna(r.get("nearest_trial")) else f"{int(r['nearest_trial'])} at {r['nearest_distance']:.2f}"
+        rows.append((r["design"], *[_fmt(n, None if pd.isna(r[f"{n}_proxy"]) else float(r[f"{n}_proxy"])) for n in names],
+                     r["verdict"], near))
+    print(f"\nPublished designs in the space ({len(rows)}; proxy results under the study's protocol):")
+    _table(["design", *[f"{n} (proxy)" for n in names], "search vs design", "nearest trial at distance"], rows)
 
 
 def _table(header, rows) -> None:

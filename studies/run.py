@@ -21,7 +21,9 @@ from . import storage as st
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argument_parser(prog="python -m studies.run", description=__doc__.splitlines()[0])
-    ap.add_argument("study", help=f"shipped config ({', '.join(config_mod.shipped())}) or a .toml path")
+    ap.add_argument("study", nargs="?", help=f"shipped config ({', '.join(config_mod.shipped())}) or a .toml path")
+    ap.add_argument("--list", action="store_true", help="list the shipped studies: size, published designs inside, "
+                    "description")
     ap.add_argument("--trials", type=int, help="total trials the study should reach")
     ap.add_argument("--epochs", type=int, help="proxy epochs per trial")
     ap.add_argument("--resolution", type=int, help="proxy training resolution")
@@ -37,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, help="seed of the sampler, the data order and the initialisation")
     ap.add_argument("--reference", action="store_true", help="also evaluate the catalog designs inside the space "
                     "(stored in '<name>.references', never seen by the sampler)")
+    ap.add_argument("--no-reference", action="store_true", help="do not evaluate the reference designs, even where "
+                    "the config's [references] evaluate = true")
     ap.add_argument("--seed-known", action="store_true", help="enqueue the catalog designs inside the space as trials")
     ap.add_argument("--concurrency", type=int, help="trials at the same time (default: what the resources allow)")
     ap.add_argument("--asha", action="store_true", default=None, help="ASHA early stopping on top1")
@@ -186,8 +190,25 @@ def _open_study(storage, name: str, cfg, resume: bool, ref: bool = False):
     return study
 
 
+def list_studies(out=print) -> None:
+    """One block per shipped config: name, genomes in its space, the catalog designs inside, description."""
+    from searchspace import catalog, space
+
+    for name in config_mod.shipped():
+        cfg = config_mod.load(name)
+        spec = config_mod.spec(cfg)
+        inside = [d.name for d in catalog.designs() if space.contains(spec, d.genome)]
+        out(f"{name:24} {space.count(spec):>14,} genomes  {cfg['description']}")
+        out(f"{'':24} designs: {', '.join(inside) or '-'}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.list:
+        list_studies()
+        return 0
+    if not args.study:
+        raise UserError("give a study (a shipped config name or a .toml path), or --list to see the shipped ones")
     plan = prepare(args)  # nothing has been opened or written up to here
     cfg, run_dir, url = plan["cfg"], plan["run_dir"], plan["url"]
     t_start = time.perf_counter()

@@ -9,6 +9,11 @@ What a finished Ray trial becomes in Optuna (the driver is the only writer):
   partial accuracy; a partial accuracy must not enter the front), status = "pruned"
 - raised an exception, or the worker died            -> FAIL, user attr "error", status "error"
 - "oom"                                              -> FAIL, status "oom" (not the network's fault)
+- outside the study's [constraints] (its cost, known before training, is over a limit)
+                                                     -> COMPLETE at top1 = 0 with its costs and
+  violated Optuna constraints (trial.set_constraint), status "infeasible", never trained: the
+  sampler learns the region is out of bounds, and Optuna's best_trials leaves it out of the front.
+  It does not use a Ray sample (the searcher asks again), nor count towards budget.trials.
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import math
+
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
+
+from .storage import INFEASIBLE
 
 # Copied from the final result to the trial's user attrs (plus genome, fidelity, reference, ...).
 RESULT_ATTRS = ("genome_key", "params", "flops", "activations", "top1", "top5", "loss", "latency_ms",
@@ -26,7 +35,7 @@ RESULT_ATTRS = ("genome_key", "params", "flops", "activations", "top1", "top5", 
                 "peak_mem_mb", "error", "traceback", "warmup_s", "compiled_graphs", "deterministic_requested", "deterministic",
                 "nondeterministic_ops", "data_on_device", "gpus_per_trial", "memory_fraction",
                 "top1_per_epoch", "top5_per_epoch")
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
 
 
 class GenomeSpace:
@@ -76,9 +85,32 @@ class SamplerSpec:
             return optuna.samplers.NSGAIISampler(population_size=self.population, seed=self.seed)
         if self.name == "tpe":  # constant_liar: concurrent trials do not all go to the same spot
             return optuna.samplers.TPESampler(seed=self.seed, constant_liar=True, multivariate=True, group=True)
+        if self.name == "gp":  # multi-objective (log EHVI) and constrained where trials carry constraints
+            return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.population)
         if self.name == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
         raise ValueError(f"unknown sampler {self.name!r} (known: {', '.join(SAMPLERS)})")
+
+
+@dataclass(frozen=True)
+class CostLimits:
+    """[constraints] resolved to numbers: upper limits on the full-size costs of a genome at the study's
+    target. A genome's costs are exact before training (searchspace.cost), so the limit is checked in
+    the driver before a genome is handed to Ray."""
+
+    limits: tuple[tuple[str, float], ...]  # (("flops", 4.52e9), ("params", 3e7)): cost name, maximum
+    target: tuple[tuple[str, object], ...]  # convention, resolution, num_classes
+
+    def cost(self, genome_json: str):
+        import searchspace
+        from searchspace import Genome
+
+        return searchspace.cost(Genome.from_json(genome_json), **dict(self.target))
+
+    def violations(self, cost) -> dict[str, float]:
+        """Per limit: cost / maximum - 1 (Optuna's convention: <= 0 is feasible; relative, so the samplers
+        see flops and params on one scale)."""
+        return {name: getattr(cost, name) / top - 1.0 for name, top in self.limits}
 
 
 class StudySearch(Searcher):
@@ -93,7 +125,8 @@ class StudySearch(Searcher):
     progress = None  # a studies.progress.Progress, set by the driver: counts asked and finished trials
 
     def __init__(self, space: GenomeSpace, objectives: list[dict], study_name: str, storage, sampler: SamplerSpec,
-                 epochs: int, attrs: dict, log: Callable[[str], None] = print):
+                 epochs: int, attrs: dict, log: Callable[[str], None] = print, limits: CostLimits | None = None,
+                 max_skips: int = 50):
         super().__init__(metric=[o["name"] for o in objectives],
                          mode=["max" if o["direction"] == "maximize" else "min" for o in objectives])
         self.space = space
@@ -109,6 +142,9 @@ class StudySearch(Searcher):
         self._asked: dict[str, tuple[int, str | None]] = {}  # Ray trial id -> (trial number, reference), until told
         self._last: dict[str, dict] = {}
         self.finished: list[int] = []
+        self.limits = limits
+        self.max_skips = max_skips  # infeasible draws in a row before the searcher gives up
+        self.skipped: list[int] = []  # trial numbers recorded infeasible, never trained
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_study": None, "_storage": None}
@@ -132,11 +168,45 @@ class StudySearch(Searcher):
             self._storage.set_trial_user_attr(tid, k, v)
 
     def suggest(self, trial_id: str) -> dict | None:
-        trial = self.study.ask()
-        self._asked[trial_id] = (trial.number, trial.user_attrs.get("reference") or trial.user_attrs.get("design"))
-        if self.progress is not None:
-            self.progress.started(trial_id)
-        return self.space(trial)
+        # An infeasible genome is recorded and a new one asked here, so that every Ray sample trains
+        # one genome and Ray's num_samples stays the number of trained trials.
+        for _ in range(self.max_skips + 1):
+            trial = self.study.ask()
+            config = self.space(trial)
+            if self.limits is None or self._feasible(trial, config):
+                self._asked[trial_id] = (trial.number, trial.user_attrs.get("reference") or trial.user_attrs.get("design"))
+                if self.progress is not None:
+                    self.progress.started(trial_id)
+                return config
+        self._log(f"  {self.max_skips + 1} genomes in a row outside [constraints]: the search stops here "
+                  "(loosen the limits or narrow [space])")
+        return Searcher.FINISHED
+
+    def _feasible(self, trial: optuna.Trial, config: dict) -> bool:
+        """Set the trial's Optuna constraints from its costs; an infeasible one is told now (see the
+        module docstring) and False returned."""
+        try:
+            cost = self.limits.cost(config["genome"])
+        except Exception as e:  # a genome the cost model cannot build: let the trainable report it
+            self._log(f"  trial {trial.number}: cost unknown before training ({type(e).__name__}: {e})")
+            return True
+        over = self.limits.violations(cost)
+        for name, v in over.items():
+            trial.set_constraint(name, v)
+        if all(v <= 0 for v in over.values()):
+            return True
+        from searchspace import Genome
+
+        r = {"genome_key": Genome.from_json(config["genome"]).key, "params": cost.params, "flops": cost.flops,
+             "activations": cost.activations, "top1": 0.0, "epochs_completed": 0, "status": INFEASIBLE,
+             "error": "over " + ", ".join(f"{n}_max by {v:+.1%}" for n, v in over.items() if v > 0)}
+        # Never trained: top1 0 (the worst), the exact costs, and latency unknown (the worst too).
+        values = [r.get(o["name"], 0.0 if o["direction"] == "maximize" else math.inf) for o in self.objectives]
+        self._set_attrs(trial.number, {**self._attrs, **r})
+        self.study.tell(trial.number, values, state=TrialState.COMPLETE)
+        self.skipped.append(trial.number)
+        self._log(_line(trial.number, None, r, TrialState.COMPLETE, values, self.objectives) + " " + r["error"])
+        return False
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last[trial_id] = result  # an errored trial's complete call carries no result

@@ -204,7 +204,17 @@ def recover(storage, study) -> list[int]:
     return requeued
 
 
+INFEASIBLE = "infeasible"  # over a [constraints] limit: recorded with its costs, never trained (studies.search)
+
+
 def counted(study) -> int:
-    """Finished trials that count towards the budget (interrupted ones were requeued instead)."""
+    """Finished trials that count towards the budget: trained (or tried) ones. Interrupted ones were
+    requeued instead; infeasible ones were never trained (see skipped)."""
     return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
-               if t.user_attrs.get("status") != INTERRUPTED)
+               if t.user_attrs.get("status") not in (INTERRUPTED, INFEASIBLE))
+
+
+def skipped(study) -> int:
+    """Genomes recorded infeasible (outside [constraints]) and never trained."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
+               if t.user_attrs.get("status") == INFEASIBLE)

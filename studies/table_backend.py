@@ -83,6 +83,12 @@ def stopping_rule(cfg) -> StoppingRule:
     es = cfg["early_stopping"]
     if not es["asha"]:
         return NoStopping()
+    if es.get("rule") == "pareto":  # the rule studies.pareto_asha.ParetoASHA runs inside Ray
+        from .pareto_asha import ParetoRungs, rung_levels
+
+        metrics = {o["name"]: o["direction"] for o in cfg.objectives if o["name"] != "latency_ms"}
+        levels = rung_levels(cfg["fidelity"]["epochs"], es["grace_period"], es["reduction_factor"])
+        return FromDecide(ParetoRungs(levels, es["reduction_factor"], list(metrics.values())), list(metrics))
     return ASHA(cfg["fidelity"]["epochs"], es["grace_period"], es["reduction_factor"])
 
 
@@ -119,7 +125,7 @@ class TableBackend:
 
     # the signature of studies.driver._tune, so the driver calls either
     def tune(self, cfg, res, search, n: int, run_dir=None, tag: str = "", log=None, inject: bool = False,
-             ctx_overrides=None) -> None:
+             ctx_overrides=None, early_stop: bool = True) -> None:
         """Run on an in-memory mirror of the study, then write each new trial to the study's storage in
         one operation: a journal file syncs every write (about 30 per trial through the searcher),
         which alone would cost over 50 ms per simulated trial. Trials finished before an error are
@@ -141,15 +147,16 @@ class TableBackend:
         local.storage, local._study, local._storage = mem, None, None
         local._asked, local._last, local.finished = {}, {}, []
         try:
-            self.run(local, n, res["concurrency"])
+            self.run(local, n, res["concurrency"], rule=None if early_stop else NoStopping())  # references in full
         finally:
             _flush(storage, storage.get_study_id_from_name(real.study_name), before, mirror.get_trials(deepcopy=False))
             search.finished.extend(local.finished)
 
-    def run(self, search, n: int, concurrency: int = 1) -> list[int]:
+    def run(self, search, n: int, concurrency: int = 1, rule: StoppingRule | None = None) -> list[int]:
         """Run `n` trials through `search` (a StudySearch); returns the trial numbers told."""
         from searchspace import Genome
 
+        rule = self.rule if rule is None else rule
         epochs = self.table.epochs
         events: list = []  # (time, order, trial id, epoch)
         running: dict = {}  # trial id -> (row, start time, trial number)
@@ -196,7 +203,7 @@ class TableBackend:
             row, t0, number = running[tid]
             metrics = self._metrics(row, epoch, epochs)
             final = epoch == epochs
-            decision = self.rule.on_result(tid, epoch, metrics)
+            decision = rule.on_result(tid, epoch, metrics)
             if not final and decision != STOP:
                 search.on_trial_result(tid, metrics)
                 heapq.heappush(events, (t + row["wall_s"] / epochs, order, tid, epoch + 1))
@@ -210,8 +217,8 @@ class TableBackend:
             else:
                 search.on_trial_result(tid, metrics)
                 search.on_trial_complete(tid, metrics)  # no final record: PRUNED (studies.search)
-            if hasattr(self.rule, "on_complete"):
-                self.rule.on_complete(tid)
+            if hasattr(rule, "on_complete"):
+                rule.on_complete(tid)
             del running[tid]
             numbers.append(number)
             while started < n and len(running) < concurrency and start(self.clock):
