@@ -269,20 +269,12 @@ def _limit(v, where: str) -> None:
 
 
 def _padding_free_fits(space: dict, resolution: int) -> bool:
-    """Whether the last stage of a padding-free network keeps a map of >= 1 pixel at `resolution`.
-
-    ResNets: the stem divides by 4 (by 1 for CIFAR stems), then each later stage's unpadded stride-2
-    step gives floor((H - 3) / 2) + 1. Other families (and unknown backbones): the old rule, >= 64.
-    """
+    """Whether the last stage of a padding-free network keeps a map of >= 1 pixel at `resolution`
+    (searchspace's one map-size rule); an unknown backbone is left to the [space] check."""
     from searchspace.backbones.specs import BACKBONE_SPECS
 
     b = BACKBONE_SPECS.get(space.get("backbone", "resnet50"))
-    if b is None or b.family != "resnet":
-        return resolution >= 64
-    h = resolution if b.stems[0] == "cifar" else resolution // 4
-    for _ in range(b.num_stages - 1):
-        h = (h - 3) // 2 + 1
-    return h >= 1
+    return b is None or b.last_map_size(resolution, "padding_free") >= 1
 
 
 def spec(cfg: StudyConfig):
