@@ -8,7 +8,6 @@ from torch import nn
 
 from .backbones.convs import StaticConvs
 from .backbones.specs import BACKBONE_SPECS
-from .errors import UserError
 from .genome import Genome
 from .recipe import Recipe
 

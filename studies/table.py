@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,7 +196,6 @@ def _have(study) -> set[tuple[str, int]]:
     """(genome key, seed) pairs done, running or waiting in the storage (failed ones are retried)."""
     from optuna.trial import TrialState
 
-    from searchspace import Genome, space
 
     have = set()
     for t in study.get_trials(deepcopy=False):

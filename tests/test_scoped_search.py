@@ -3,7 +3,6 @@ and the references the main job evaluates by default."""
 
 from __future__ import annotations
 
-import math
 
 import optuna
 import pytest
