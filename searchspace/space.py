@@ -43,6 +43,7 @@ class SpaceSpec:
     kw: tuple[Any, ...] = (KW_OFF,)
     kw_per_stage: bool = False
     stage_menus: tuple[tuple[str, ...], ...] = ()  # per stage: block-plugin choices; replaces plugins/positions/r
+    imports: tuple[str, ...] = ()  # user modules registering plugins, imported before the rest is checked
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "SpaceSpec":
@@ -53,6 +54,9 @@ class SpaceSpec:
         if extra:
             raise UserError(f"space.{extra[0]}: unknown key (known: {', '.join(sorted(known))})")
         kw: dict[str, Any] = {}
+        if "imports" in d:  # first: the other keys may name the plugins these modules register
+            kw["imports"] = _list("space.imports", d["imports"], "module names", str)
+            registry.import_modules(kw["imports"], "space.imports")
         if "stage_menus" in d:
             clash = sorted({"plugins", "positions", "r", "plugin_options"} & set(d))
             if clash:
@@ -75,6 +79,8 @@ class SpaceSpec:
                 kw[key] = tuple(KW_OFF if b in (KW_OFF, None) else _kw_budget(b) for b in _list(where, v, "budgets"))
             elif key == "r":
                 kw[key] = _list(where, v, "integers >= 1")
+            elif key == "imports":
+                pass  # imported above
             elif key == "stage_menus":
                 kw[key] = tuple(_list(f"{where}[{i}]", m, "menu items", str)
                                 for i, m in enumerate(_list(where, v, "per-stage lists")))

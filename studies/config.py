@@ -47,7 +47,6 @@ DEFAULTS: dict[str, Any] = {
     # studies.calibrate: K random genomes besides the published designs, S seeds each, and the longer
     # reference protocol as {"fidelity.epochs": 16, ...} overrides (checked by studies.calibrate)
     "calibration": {"designs": 8, "seeds": 3, "versus": {}},
-    "inject_failure_trial": None,  # testing hook: this trial number raises inside the trainable
 }
 SECTIONS = {k for k, v in DEFAULTS.items() if isinstance(v, dict)} | {"space"}
 
@@ -226,7 +225,6 @@ def validate(raw: dict, where: str) -> None:
     _num(r["cpus_per_trial"], f"{where}: resources.cpus_per_trial")
     if r["gpus_per_trial"] != "auto":
         _num(r["gpus_per_trial"], f"{where}: resources.gpus_per_trial", strict=False)
-    _int(raw["inject_failure_trial"], f"{where}: inject_failure_trial", lo=0, none_ok=True)
     if "padding_free" in (raw["space"].get("downsampling") or []) and not _padding_free_fits(raw["space"], f["resolution"]):
         # its unpadded stride-2 convs shrink the map faster: the last stage must keep at least 1 pixel
         raise UserError(f"{where}: downsampling 'padding_free' shrinks the map to nothing at fidelity.resolution "

@@ -61,17 +61,27 @@ def resources(cfg) -> dict:
             "cluster": {k: total.get(k, 0) for k in ("CPU", "GPU")}, "nodes": sum(1 for n in ray.nodes() if n.get("Alive"))}
 
 
-def _ctx(cfg, res, inject: bool) -> dict:
+def _ctx(cfg, res) -> dict:
     return {"data": {k: v for k, v in cfg["data"].items()}, "fidelity": cfg.fidelity,
             "trainer_fidelity": cfg.trainer_fidelity, "target": cfg.target, "seed": cfg["seed"],
             "device": res["device"], "cpus_per_trial": res["cpu"],
             "evaluate_every_epoch": bool(cfg["early_stopping"]["asha"]),  # only ASHA reads per-epoch top-1
-            "inject_failure_trial": _inject(cfg) if inject else None}
+            "imports": _imports(config_mod.spec(cfg).imports)}  # [space] imports: each worker registers them too
 
 
-def _inject(cfg):
-    env = os.environ.get("STUDIES_INJECT_FAILURE_TRIAL")
-    return int(env) if env not in (None, "") else cfg["inject_failure_trial"]
+def _imports(modules) -> dict:
+    """{module: the sys.path folder it was imported from here}: a worker puts that folder on its own
+    path before importing (its working folder is the trial's, and the driver's path may have come
+    from its working folder); a cluster node needs the same folder, as it needs this checkout."""
+    import sys
+
+    roots = {}
+    for name in modules:
+        top = sys.modules[name.split(".")[0]]  # imported when [space] was validated
+        package = getattr(top, "__path__", None)  # a package's folder(s); a plain module has a file
+        folder = Path(list(package)[0]).parent if package else Path(top.__file__).parent if getattr(top, "__file__", None) else None
+        roots[name] = str(folder) if folder else None
+    return roots
 
 
 def name_objectives(study: optuna.Study, objectives: list[dict]) -> None:
@@ -99,7 +109,7 @@ def _study_attrs(study, cfg):
     study.set_user_attr("seed", cfg["seed"])
 
 
-def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, inject: bool = False,
+def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log,
           ctx_overrides: dict | None = None, early_stop: bool = True) -> None:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -115,7 +125,7 @@ def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log, i
         scheduler = ASHAScheduler(time_attr="epochs_completed", metric="top1", mode="max",
                                   max_t=cfg["fidelity"]["epochs"], grace_period=es["grace_period"],
                                   reduction_factor=es["reduction_factor"])
-    ctx = {**_ctx(cfg, res, inject), **(ctx_overrides or {})}
+    ctx = {**_ctx(cfg, res), **(ctx_overrides or {})}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": res["cpu"], "gpu": res["gpu"]})
     tuner = tune.Tuner(
@@ -297,7 +307,7 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
             search = _new_search(cfg, url, cfg.name, len(study.trials), spec, attrs, log, driver=heartbeat.id,
                                  limits=limits)
             with Progress(console, want, done, res["concurrency"]) as search.progress:
-                tune_fn(cfg, res, search, want - done, run_dir, "search", log, inject=True)
+                tune_fn(cfg, res, search, want - done, run_dir, "search", log)
             summary["ran"] = len(search.finished)
             summary["skipped"] = len(search.skipped)
     finally:

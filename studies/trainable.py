@@ -61,11 +61,10 @@ def run_trial(config: dict, ctx: dict) -> None:
            "activations": 0, "latency_ms": 0.0}  # every report carries every objective key
     curves = {"top1_per_epoch": [], "top5_per_epoch": []}  # what a benchmark table replays
     try:
+        _import_user_modules(ctx.get("imports") or {})
         genome = Genome.from_json(config["genome"])
         c = config.get("cost") or _cost(genome, ctx["target"])  # the driver counts it (studies.costs)
         rec.update(genome_key=genome.key, **c)
-        if ctx.get("inject_failure_trial") is not None and number == ctx["inject_failure_trial"]:
-            raise RuntimeError(f"injected failure in trial {number} (inject_failure_trial)")
         data = _data(ctx)
         fid = Fidelity.from_dict(ctx["trainer_fidelity"])
 
@@ -104,6 +103,18 @@ def run_trial(config: dict, ctx: dict) -> None:
         release_memory(ctx["device"])
         tune.report(dict(rec))
         raise
+
+
+def _import_user_modules(imports: dict) -> None:
+    """[space] imports, from the folders the driver found them in (a no-op once imported in this worker)."""
+    import sys
+
+    from searchspace.plugins import import_modules
+
+    for root in imports.values():
+        if root and root not in sys.path:
+            sys.path.append(root)
+    import_modules(list(imports), "space.imports")
 
 
 def _cost(genome, target: dict) -> dict:

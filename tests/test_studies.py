@@ -29,17 +29,18 @@ SCHEMA = ("genome", "genome_key", "params", "flops", "activations", "fidelity", 
 
 
 def _env(**extra):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0", **extra}
-    env.pop("STUDIES_INJECT_FAILURE_TRIAL", None)
-    env.update(extra)
-    return env
+    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0", **extra}
 
 
-def _study(run_dir: Path, name="smoke") -> optuna.Study:
+def _storage(run_dir: Path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(run_dir / "study.journal"))))
+    return JournalStorage(JournalFileBackend(str(run_dir / "study.journal")))
+
+
+def _study(run_dir: Path, name="smoke") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=_storage(run_dir))
 
 
 def _counted(study):
@@ -51,23 +52,70 @@ def _run(args, timeout=400, **env):
                           capture_output=True, text=True, timeout=timeout)
 
 
+# A user's module with a bug: its block plugin raises in training (not in the eval-mode cost count).
+FAULTY_PLUGIN = '''
+from torch import nn
+
+from searchspace.plugins import register
+
+
+class RaisesInTraining(nn.Module):
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("injected failure: this module raises in training")
+        return x
+
+
+@register("raises_in_training", positions=("after_conv2",))
+def raises_in_training(channels, r, site):
+    return RaisesInTraining()
+'''
+
+
+def _faulty_smoke(folder: Path) -> Path:
+    """The smoke study with the faulty plugin (module faulty_plugin in `folder`) also in its space."""
+    (folder / "faulty_plugin.py").write_text(FAULTY_PLUGIN)
+    cfg = folder / "smoke.toml"  # the same study name
+    cfg.write_text((REPO / "studies/configs/smoke.toml").read_text().replace(
+        'plugins = ["none", "se"]', 'imports = ["faulty_plugin"]\nplugins = ["none", "se", "raises_in_training"]'))
+    return cfg
+
+
+def _has_plugin(genome_json: str, name: str) -> bool:
+    return any(p["type"] == name for s in json.loads(genome_json)["stages"] for p in s["plugins"])
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """One smoke study in-process on a local Ray: 4 trials, 2 at a time, trial 1 made to raise; the
-    two catalog designs inside the space evaluated as references and enqueued as trials 0 and 1."""
+    """One smoke study in-process on a local Ray: 4 trials, 2 at a time. Its space also offers a user
+    plugin that raises in training (a [space] imports module outside the repo), and trial 0 is a
+    design using it, enqueued through Optuna before the run; the two catalog designs inside the space
+    are evaluated as references and enqueued as trials 1 and 2."""
     import ray
 
-    out = tmp_path_factory.mktemp("smoke")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    os.environ["STUDIES_INJECT_FAILURE_TRIAL"] = "1"
-    t0 = time.perf_counter()
-    try:
-        from studies.run import main
+    from searchspace import Genome, catalog, space
+    from searchspace.plugins import unregister
+    from studies import config
 
-        assert main(["smoke", "--out", str(out), "--concurrency", "2", "--quiet", "--reference", "--seed-known"]) == 0
-    finally:
-        os.environ.pop("STUDIES_INJECT_FAILURE_TRIAL")
-        ray.shutdown()
+    out, user = tmp_path_factory.mktemp("smoke"), tmp_path_factory.mktemp("user")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(user))  # importable here only: Ray's workers get the folder from the driver
+        cfg = _faulty_smoke(user)
+        spec = config.spec(config.load(str(cfg)))
+        faulty = json.loads(catalog.get("se_resnet18").genome.to_json())
+        faulty["stages"][1]["plugins"][0]["type"] = "raises_in_training"
+        study = optuna.create_study(study_name="smoke", storage=_storage(out), directions=["maximize", "minimize"])
+        study.enqueue_trial(space.to_params(Genome.from_dict(faulty), spec))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        t0 = time.perf_counter()
+        try:
+            from studies.run import main
+
+            assert main([str(cfg), "--out", str(out), "--concurrency", "2", "--quiet", "--reference", "--seed-known"]) == 0
+        finally:
+            ray.shutdown()
+            unregister("raises_in_training")
+            sys.modules.pop("faulty_plugin", None)
     return out, time.perf_counter() - t0
 
 
@@ -81,7 +129,8 @@ def test_smoke_end_to_end(smoke_run, capsys):
     assert [o["name"] for o in study.user_attrs["objectives"]] == ["top1", "flops"]
     assert study.metric_names == ["top1", "flops"]  # optuna-dashboard's axis labels
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 3
+    faulty = [t for t in study.trials if _has_plugin(t.user_attrs["genome"], "raises_in_training")]
+    assert len(done) == 4 - len(faulty) >= 2  # the designs without the faulty plugin trained
     for t in done:
         assert set(SCHEMA) <= set(t.user_attrs), set(SCHEMA) - set(t.user_attrs)
         assert t.user_attrs["status"] == "ok" and t.user_attrs["reference"] is None
@@ -89,7 +138,7 @@ def test_smoke_end_to_end(smoke_run, capsys):
         assert t.user_attrs["epochs_completed"] == 1
         assert t.user_attrs["latency_ms"] > 0 and t.user_attrs["images_per_s"] > 0
     assert study.best_trials
-    assert [study.trials[i].user_attrs.get("seeded_from") for i in (0, 1)] == ["resnet18", "se_resnet18"]
+    assert [study.trials[i].user_attrs.get("seeded_from") for i in (1, 2)] == ["resnet18", "se_resnet18"]
 
 
 @pytest.mark.slow
@@ -103,11 +152,17 @@ def test_references_in_their_own_study(smoke_run):
 
 @pytest.mark.slow
 def test_injected_failure_is_fail_and_study_completes(smoke_run):
+    """Every trial whose network uses the faulty user plugin (trial 0 at least) is FAIL with its error
+    and costs, and the study went on to its budget."""
     study = _study(smoke_run[0])
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert [t.number for t in failed] == [1]
-    assert failed[0].user_attrs["status"] == "error" and "injected failure" in failed[0].user_attrs["error"]
-    assert "genome" in failed[0].user_attrs and failed[0].user_attrs["flops"] > 0
+    assert failed and failed[0].number == 0
+    assert [t.number for t in failed] == [t.number for t in study.trials
+                                          if _has_plugin(t.user_attrs["genome"], "raises_in_training")]
+    for t in failed:
+        assert t.user_attrs["status"] == "error" and "injected failure" in t.user_attrs["error"]
+        assert t.user_attrs["flops"] > 0
+    assert len(_counted(study)) == 4
 
 
 @pytest.mark.slow
@@ -446,6 +501,76 @@ def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys,
         assert time.monotonic() - t0 < 60, what  # a bound against minutes of retries, not a speed test
         assert (run / "study.journal").read_bytes() == before, what
     assert sorted(p.name for p in run.iterdir()) in (["study.journal"], ["driver.lock", "study.journal"])
+
+
+USER_PLUGIN = '''
+"""A researcher's own gate, registered from a package outside the repository."""
+import torch
+from torch import nn
+
+from searchspace.plugins import register
+
+
+class UserGate(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.fc = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+
+
+@register("user_gate", positions=("after_conv2",))
+def user_gate(channels, r, site):
+    return UserGate(channels)
+'''
+
+
+def _user_study(folder: Path, imports: str, plugins: str) -> Path:
+    cfg = folder / "mine.toml"
+    cfg.write_text((REPO / "studies/configs/smoke.toml").read_text().replace(
+        'plugins = ["none", "se"]', f"imports = {imports}\nplugins = {plugins}").replace("trials = 4", "trials = 2"))
+    return cfg
+
+
+@pytest.mark.slow
+def test_user_plugin_from_outside_the_repo_in_two_workers(tmp_path):
+    """[space] imports: a package in the user's folder (the driver's working folder, not on PYTHONPATH)
+    registers a block plugin; the driver validates the space with it and both Ray workers build it."""
+    mine = tmp_path / "project"
+    (mine / "my_plugins").mkdir(parents=True)
+    (mine / "my_plugins" / "__init__.py").write_text("")
+    (mine / "my_plugins" / "gate.py").write_text(USER_PLUGIN)
+    cfg = _user_study(mine, '["my_plugins.gate"]', '["user_gate"]')  # every stage: the user's gate
+    out = tmp_path / "run"
+    r = subprocess.run([PY, "-m", "studies.run", str(cfg), "--out", str(out), "--concurrency", "2", "--quiet"],
+                       cwd=mine, env=_env(), capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = _study(out, "mine").trials
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials), \
+        [(t.number, t.state, t.user_attrs.get("error")) for t in trials]
+    for t in trials:
+        assert all(p["type"] == "user_gate" for s in json.loads(t.user_attrs["genome"])["stages"] for p in s["plugins"])
+        assert _has_plugin(t.user_attrs["genome"], "user_gate")
+
+
+def test_user_plugin_import_errors_one_line_nothing_written(tmp_path, capsys):
+    broken = tmp_path / "broken_plugin.py"
+    broken.write_text("raise ValueError('half-written module')\n")
+    cases = {"no such module": ('["no_such_plugin_module"]', "'no_such_plugin_module' (ModuleNotFoundError"),
+             "raises on import": ('["broken_plugin"]', "'broken_plugin' (ValueError: half-written module)"),
+             "not a list": ('"broken_plugin"', "space.imports: expected a list of module names")}
+    sys.path.insert(0, str(tmp_path))
+    try:
+        for what, (imports, needle) in cases.items():
+            cfg = _user_study(tmp_path, imports, '["none"]')
+            code, err = _cli([str(cfg), "--out", str(tmp_path / "run")], capsys)
+            assert code == 2, what
+            assert err.count("\n") == 1 and err.startswith("error:") and needle in err, (what, err)
+            assert not (tmp_path / "run").exists(), what
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("broken_plugin", None)
 
 
 def test_config_loading_and_overrides():

@@ -102,3 +102,21 @@ def get(name: str) -> PluginInfo:
 
 def names(kind: str | None = None) -> list[str]:
     return sorted(n for n, p in _REGISTRY.items() if kind is None or p.kind == kind)
+
+
+def import_modules(modules, where: str = "imports") -> None:
+    """Import user modules that register plugins (a study's `[space] imports`), by module name as on
+    sys.path. Every process that validates or builds a genome using them must run this first: the
+    study driver does when it reads the config, each Ray worker before it builds the trial's model.
+    A module that cannot be imported is one UserError naming it and the reason."""
+    import importlib
+
+    for name in modules:
+        if not isinstance(name, str) or not name.strip():
+            raise UserError(f"{where}: expected module names (strings), got {name!r}")
+        try:
+            importlib.import_module(name.strip())
+        except Exception as e:  # the user's code: any error while importing it is the user's to fix
+            reason = f"{type(e).__name__}: {e}".strip().splitlines()[0]
+            raise UserError(f"{where}: cannot import {name!r} ({reason}); it must be importable on "
+                            "sys.path (PYTHONPATH) in the driver and every Ray worker") from None
