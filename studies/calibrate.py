@@ -24,12 +24,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from analysis.calibration import CALIBRATION_SUFFIX
 from searchspace.errors import UserError, argument_parser, cli_main
 
 from . import config as config_mod
 from . import storage as st
 
-SUFFIX = ".calibration"
 PROTOCOLS = ("study", "versus")
 VERSUS_SECTIONS = ("fidelity", "data")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -228,7 +228,7 @@ def run(plan_: dict, log) -> dict:
 
     cfg, protocols, url = plan_["cfg"], plan_["protocols"], plan_["url"]
     spec = config_mod.spec(cfg)
-    name = cfg.name + SUFFIX
+    name = cfg.name + CALIBRATION_SUFFIX
     work = plan_["run_dir"] / name  # its own lock and Ray folder: a study (or another calibration) may run beside it
     work.mkdir(parents=True, exist_ok=True)
     with st.DriverLock(work):
@@ -401,7 +401,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     p["run_dir"].mkdir(parents=True, exist_ok=True)
     summary = run(p, log)
-    print_summary(summary, p["cfg"].name + SUFFIX)
+    print_summary(summary, p["cfg"].name + CALIBRATION_SUFFIX)
     print(f"this run: {summary['ran']} trial(s) in {time.perf_counter() - t0:.0f}s")
     return 0
 

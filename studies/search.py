@@ -18,15 +18,16 @@ What a finished Ray trial becomes in Optuna (the driver is the only writer):
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 from typing import Callable
-
-import math
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from .config import SAMPLERS
 from .storage import INFEASIBLE
 
 # Copied from the final result to the trial's user attrs (plus genome, fidelity, reference, ...).
@@ -35,7 +36,6 @@ RESULT_ATTRS = ("genome_key", "params", "flops", "activations", "top1", "top5", 
                 "peak_mem_mb", "error", "traceback", "warmup_s", "compiled_graphs", "deterministic_requested", "deterministic",
                 "nondeterministic_ops", "data_on_device", "gpus_per_trial", "memory_fraction",
                 "top1_per_epoch", "top5_per_epoch")
-SAMPLERS = ("nsga2", "tpe", "gp", "random")
 
 
 class GenomeSpace:
@@ -159,13 +159,28 @@ class StudySearch(Searcher):
                                             sampler=self.sampler.build())
         return self._study
 
-    def _set_attrs(self, number: int, attrs: dict) -> None:
+    @property
+    def opened_storage(self) -> optuna.storages.BaseStorage:
+        """The storage the study is asked and told through (opened on first use)."""
+        _ = self.study  # opening the study opens its storage
+        return self._storage
+
+    def with_storage(self, storage: optuna.storages.BaseStorage) -> "StudySearch":
+        """This searcher (space, objectives, sampler, limits, progress) asking and telling the study
+        of the same name in `storage` instead, with nothing asked or finished yet: e.g. an in-memory
+        mirror of the study (studies.table_backend)."""
+        twin = copy.copy(self)
+        twin.storage, twin._study, twin._storage = storage, None, None
+        twin._asked, twin._last, twin.finished, twin.skipped = {}, {}, [], []
+        return twin
+
+    def set_trial_attrs(self, number: int, attrs: dict) -> None:
+        """Set user attrs of trial `number` (also of a finished trial: the searcher's record of it)."""
         # BaseStorage's public interface: a trial is addressed by (study id, trial number).
-        study = self.study  # opens self._storage too
-        tid = self._storage.get_trial_id_from_study_id_trial_number(
-            self._storage.get_study_id_from_name(study.study_name), number)
+        storage = self.opened_storage
+        tid = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(self.study_name), number)
         for k, v in attrs.items():
-            self._storage.set_trial_user_attr(tid, k, v)
+            storage.set_trial_user_attr(tid, k, v)
 
     def suggest(self, trial_id: str) -> dict | None:
         # An infeasible genome is recorded and a new one asked here, so that every Ray sample trains
@@ -202,7 +217,7 @@ class StudySearch(Searcher):
              "error": "over " + ", ".join(f"{n}_max by {v:+.1%}" for n, v in over.items() if v > 0)}
         # Never trained: top1 0 (the worst), the exact costs, and latency unknown (the worst too).
         values = [r.get(o["name"], 0.0 if o["direction"] == "maximize" else math.inf) for o in self.objectives]
-        self._set_attrs(trial.number, {**self._attrs, **r})
+        self.set_trial_attrs(trial.number, {**self._attrs, **r})
         self.study.tell(trial.number, values, state=TrialState.COMPLETE)
         self.skipped.append(trial.number)
         self._log(_line(trial.number, None, r, TrialState.COMPLETE, values, self.objectives) + " " + r["error"])
@@ -211,7 +226,7 @@ class StudySearch(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last[trial_id] = result  # an errored trial's complete call carries no result
         if trial_id in self._asked and not result.get("final"):  # progress for the dashboard
-            self._set_attrs(self._asked[trial_id][0], {k: result[k] for k in ("epochs_completed", "top1", "node")
+            self.set_trial_attrs(self._asked[trial_id][0], {k: result[k] for k in ("epochs_completed", "top1", "node")
                                      if result.get(k) is not None})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -221,7 +236,7 @@ class StudySearch(Searcher):
         r = {**self._last.pop(trial_id, {}), **(result or {})}
         state, values = self._outcome(r, error)
         try:
-            self._set_attrs(number, {**self._attrs, **{k: r[k] for k in RESULT_ATTRS if k in r}})
+            self.set_trial_attrs(number, {**self._attrs, **{k: r[k] for k in RESULT_ATTRS if k in r}})
             self.study.tell(number, values, state=state)
         except Exception as e:  # never lose the study over one trial
             try:

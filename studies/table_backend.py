@@ -124,18 +124,16 @@ class TableBackend:
         self.clock = max([e for e in ends if e is not None], default=0.0)
 
     # the signature of studies.driver._tune, so the driver calls either
-    def tune(self, cfg, res, search, n: int, run_dir=None, tag: str = "", log=None, inject: bool = False,
-             ctx_overrides=None, early_stop: bool = True) -> None:
+    def tune(self, cfg, res, search, n: int, run_dir=None, tag: str = "", log=None, ctx_overrides=None,
+             early_stop: bool = True) -> None:
         """Run on an in-memory mirror of the study, then write each new trial to the study's storage in
         one operation: a journal file syncs every write (about 30 per trial through the searcher),
         which alone would cost over 50 ms per simulated trial. Trials finished before an error are
         written too; an interrupted run writes nothing and a rerun redoes it."""
-        import copy
-
         import optuna
 
         real = search.study
-        storage, before = search._storage, real.get_trials(deepcopy=False)
+        storage, before = search.opened_storage, real.get_trials(deepcopy=False)
         mem = optuna.storages.InMemoryStorage()
         mirror = optuna.create_study(study_name=real.study_name, storage=mem, directions=real.directions)
         mem_id = mem.get_study_id_from_name(real.study_name)
@@ -143,14 +141,13 @@ class TableBackend:
             mirror.set_user_attr(k, v)
         for t in before:
             mem.create_new_trial(mem_id, template_trial=t)
-        local = copy.copy(search)
-        local.storage, local._study, local._storage = mem, None, None
-        local._asked, local._last, local.finished = {}, {}, []
+        local = search.with_storage(mem)
         try:
             self.run(local, n, res["concurrency"], rule=None if early_stop else NoStopping())  # references in full
         finally:
             _flush(storage, storage.get_study_id_from_name(real.study_name), before, mirror.get_trials(deepcopy=False))
             search.finished.extend(local.finished)
+            search.skipped.extend(local.skipped)
 
     def run(self, search, n: int, concurrency: int = 1, rule: StoppingRule | None = None) -> list[int]:
         """Run `n` trials through `search` (a StudySearch); returns the trial numbers told."""
@@ -209,7 +206,7 @@ class TableBackend:
                 heapq.heappush(events, (t + row["wall_s"] / epochs, order, tid, epoch + 1))
                 continue
             # a finished trial's attrs cannot change: the simulated times go in before it is told
-            search._set_attrs(number, {"sim_start_s": t0, "sim_end_s": t, "table": self.table.name,
+            search.set_trial_attrs(number, {"sim_start_s": t0, "sim_end_s": t, "table": self.table.name,
                                        "table_seed": row["seed"]})
             if final:
                 search.on_trial_complete(tid, {**metrics, "final": True, "status": row.get("status") or "ok",

@@ -119,13 +119,3 @@ def memory_format_for(model: nn.Module, device) -> torch.memory_format:
     if torch.device(device).type != "cuda" or any(isinstance(m, KWConv2d) for m in model.modules()):
         return torch.contiguous_format
     return torch.channels_last
-
-
-def measure(model: nn.Module, resolution: int = 224, batch_size: int = 32, device=None, train: bool = True) -> dict:
-    """The measured objectives of one model: latency at batch 1 and `batch_size`, and (optionally)
-    training images/s at `batch_size`. Keys: latency_ms_b1, latency_ms_b<N>, train_images_per_s."""
-    lat = inference_latency(model, resolution, (1, batch_size), device)
-    res = {f"latency_ms_b{b}": v for b, v in lat.items()}
-    if train:
-        res["train_images_per_s"] = train_throughput(model, batch_size, resolution, device)
-    return res
