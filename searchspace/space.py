@@ -54,9 +54,6 @@ class SpaceSpec:
         if extra:
             raise UserError(f"space.{extra[0]}: unknown key (known: {', '.join(sorted(known))})")
         kw: dict[str, Any] = {}
-        if "imports" in d:  # first: the other keys may name the plugins these modules register
-            kw["imports"] = _list("space.imports", d["imports"], "module names", str)
-            registry.import_modules(kw["imports"], "space.imports")
         if "stage_menus" in d:
             clash = sorted({"plugins", "positions", "r", "plugin_options"} & set(d))
             if clash:
@@ -80,7 +77,7 @@ class SpaceSpec:
             elif key == "r":
                 kw[key] = _list(where, v, "integers >= 1")
             elif key == "imports":
-                pass  # imported above
+                kw[key] = _list(where, v, "module names", str)
             elif key == "stage_menus":
                 kw[key] = tuple(_list(f"{where}[{i}]", m, "menu items", str)
                                 for i, m in enumerate(_list(where, v, "per-stage lists")))
@@ -89,6 +86,7 @@ class SpaceSpec:
         return cls(**kw).validate()
 
     def validate(self) -> "SpaceSpec":
+        registry.import_modules(self.imports, "space.imports")  # first: they register plugins named below
         spec = BACKBONE_SPECS.get(self.backbone) if isinstance(self.backbone, str) else None
         if spec is None:
             raise UserError(f"space.backbone: unknown {self.backbone!r} (allowed: {', '.join(sorted(BACKBONE_SPECS))})")

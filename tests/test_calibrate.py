@@ -26,9 +26,7 @@ ARGS = ["smoke", "--designs", "0", "--seeds", "2", "--versus", "fidelity.epochs=
 
 
 def _env():
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0"}
-    env.pop("STUDIES_INJECT_FAILURE_TRIAL", None)
-    return env
+    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0"}
 
 
 def _study(out: Path) -> optuna.Study:

@@ -535,42 +535,67 @@ def _user_study(folder: Path, imports: str, plugins: str) -> Path:
 
 @pytest.mark.slow
 def test_user_plugin_from_outside_the_repo_in_two_workers(tmp_path):
-    """[space] imports: a package in the user's folder (the driver's working folder, not on PYTHONPATH)
-    registers a block plugin; the driver validates the space with it and both Ray workers build it."""
+    """[space] imports: a package in the user's folder (the driver's working folder, on no one's
+    PYTHONPATH) registers a block plugin; the driver validates the space with it, and the two trials,
+    run at once on the two nodes of a Ray cluster, build and train it."""
+    from ray.cluster_utils import Cluster
+
     mine = tmp_path / "project"
     (mine / "my_plugins").mkdir(parents=True)
     (mine / "my_plugins" / "__init__.py").write_text("")
     (mine / "my_plugins" / "gate.py").write_text(USER_PLUGIN)
     cfg = _user_study(mine, '["my_plugins.gate"]', '["user_gate"]')  # every stage: the user's gate
     out = tmp_path / "run"
-    r = subprocess.run([PY, "-m", "studies.run", str(cfg), "--out", str(out), "--concurrency", "2", "--quiet"],
-                       cwd=mine, env=_env(), capture_output=True, text=True, timeout=400)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        r = subprocess.run([PY, "-m", "studies.run", str(cfg), "--out", str(out), "--concurrency", "2", "--quiet",
+                            "--address", cluster.address], cwd=mine, env=_env(), capture_output=True, text=True,
+                           timeout=400)
+    finally:
+        cluster.shutdown()
     assert r.returncode == 0, r.stderr[-3000:]
     trials = _study(out, "mine").trials
     assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials), \
         [(t.number, t.state, t.user_attrs.get("error")) for t in trials]
+    assert len({t.user_attrs["node"] for t in trials}) == 2  # one worker on each node
     for t in trials:
         assert all(p["type"] == "user_gate" for s in json.loads(t.user_attrs["genome"])["stages"] for p in s["plugins"])
         assert _has_plugin(t.user_attrs["genome"], "user_gate")
 
 
-def test_user_plugin_import_errors_one_line_nothing_written(tmp_path, capsys):
-    broken = tmp_path / "broken_plugin.py"
-    broken.write_text("raise ValueError('half-written module')\n")
+def test_space_imports_register_before_the_space_is_checked(tmp_path, monkeypatch):
+    from searchspace.plugins import unregister
+    from searchspace.space import SpaceSpec
+    from studies.driver import _imports
+
+    (tmp_path / "user_gate_mod.py").write_text(USER_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    space = {"backbone": "resnet18", "plugins": ["none", "user_gate"]}
+    with pytest.raises(UserError, match="user_gate"):
+        SpaceSpec.from_dict(space)
+    try:
+        spec = SpaceSpec.from_dict({"imports": ["user_gate_mod"], **space})
+        assert spec.imports == ("user_gate_mod",) and spec.plugins == ("none", "user_gate")
+        assert _imports(spec.imports) == {"user_gate_mod": str(tmp_path)}  # where a worker finds it
+    finally:
+        unregister("user_gate")
+        sys.modules.pop("user_gate_mod", None)
+
+
+def test_user_plugin_import_errors_one_line_nothing_written(tmp_path, capsys, monkeypatch):
+    (tmp_path / "broken_plugin.py").write_text("raise ValueError('half-written module')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     cases = {"no such module": ('["no_such_plugin_module"]', "'no_such_plugin_module' (ModuleNotFoundError"),
              "raises on import": ('["broken_plugin"]', "'broken_plugin' (ValueError: half-written module)"),
              "not a list": ('"broken_plugin"', "space.imports: expected a list of module names")}
-    sys.path.insert(0, str(tmp_path))
-    try:
-        for what, (imports, needle) in cases.items():
-            cfg = _user_study(tmp_path, imports, '["none"]')
-            code, err = _cli([str(cfg), "--out", str(tmp_path / "run")], capsys)
-            assert code == 2, what
-            assert err.count("\n") == 1 and err.startswith("error:") and needle in err, (what, err)
-            assert not (tmp_path / "run").exists(), what
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("broken_plugin", None)
+    for what, (imports, needle) in cases.items():
+        cfg = _user_study(tmp_path, imports, '["none"]')
+        code, err = _cli([str(cfg), "--out", str(tmp_path / "run")], capsys)
+        assert code == 2, what
+        assert err.count("\n") == 1 and err.startswith("error:") and needle in err, (what, err)
+        assert not (tmp_path / "run").exists(), what
 
 
 def test_config_loading_and_overrides():
