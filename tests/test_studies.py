@@ -643,6 +643,23 @@ def config_spec(cfg):
     return config.spec(cfg)
 
 
+def test_searcher_with_storage_asks_and_tells_there_only(tmp_path):
+    """StudySearch.with_storage: the same searcher on a copy of the study elsewhere (the table backend's
+    in-memory mirror); the original's storage and record stay as they were."""
+    from studies import config
+
+    s = _searcher(tmp_path, config.load("smoke"))
+    mem = optuna.storages.InMemoryStorage()
+    optuna.create_study(study_name="u", storage=mem, directions=s.study.directions)
+    twin = s.with_storage(mem)
+    assert twin.opened_storage is mem and s.opened_storage is not mem
+    twin.suggest("a")
+    twin.on_trial_complete("a", {"final": True, "status": "ok", "epochs_completed": 1, "top1": 0.5, "flops": 1e8})
+    assert twin.finished == [0] and s.finished == [] and not s.study.trials
+    (done,) = optuna.load_study(study_name="u", storage=mem).trials
+    assert done.state == TrialState.COMPLETE and done.values == [0.5, 1e8] and done.user_attrs["seed"] == 0
+
+
 def test_searcher_states_without_ray(tmp_path):
     """What each kind of finished Ray trial becomes in Optuna (ASHA-stopped -> PRUNED, not COMPLETE)."""
     from studies import config
