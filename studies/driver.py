@@ -79,8 +79,8 @@ def _imports(modules) -> dict:
     for name in modules:
         top = sys.modules[name.split(".")[0]]  # imported when [space] was validated
         package = getattr(top, "__path__", None)  # a package's folder(s); a plain module has a file
-        folder = Path(list(package)[0]).parent if package else Path(top.__file__).parent if getattr(top, "__file__", None) else None
-        roots[name] = str(folder) if folder else None
+        file = list(package)[0] if package else getattr(top, "__file__", None)
+        roots[name] = str(Path(file).parent) if file else None
     return roots
 
 

@@ -111,7 +111,8 @@ def smoke_run(tmp_path_factory):
         try:
             from studies.run import main
 
-            assert main([str(cfg), "--out", str(out), "--concurrency", "2", "--quiet", "--reference", "--seed-known"]) == 0
+            argv = [str(cfg), "--out", str(out), "--concurrency", "2", "--quiet", "--reference", "--seed-known"]
+            assert main(argv) == 0
         finally:
             ray.shutdown()
             unregister("raises_in_training")
