@@ -585,6 +585,30 @@ def test_space_imports_register_before_the_space_is_checked(tmp_path, monkeypatc
         sys.modules.pop("user_gate_mod", None)
 
 
+def test_readme_user_plugin_example_loads(tmp_path, monkeypatch):
+    """README "Adding your own plugin": its module and [space] lines, as printed, make a valid study."""
+    from searchspace import space
+    from searchspace.plugins import unregister
+    from studies import config
+
+    text = (REPO / "README.md").read_text().split("### Adding your own plugin", 1)[1].split("\n## ", 1)[0]
+    module = re.search(r"```python\n(.*?)```", text, re.S)[1]
+    lines = re.search(r"```toml\n.*?\[space\]\n(.*?)```", text, re.S)[1]
+    (tmp_path / "my_plugins").mkdir()
+    (tmp_path / "my_plugins" / "__init__.py").write_text("")
+    (tmp_path / "my_plugins" / "gate.py").write_text(module)
+    cfg = tmp_path / "my_study.toml"
+    cfg.write_text((REPO / "studies/configs/smoke.toml").read_text().replace('plugins = ["none", "se"]\n', lines))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        spec = config.spec(config.load(str(cfg)))
+        assert "my_gate" in spec.plugins and space.count(spec) > space.count(config.spec(config.load("smoke")))
+    finally:
+        unregister("my_gate")
+        for name in ("my_plugins.gate", "my_plugins"):
+            sys.modules.pop(name, None)
+
+
 def test_user_plugin_import_errors_one_line_nothing_written(tmp_path, capsys, monkeypatch):
     (tmp_path / "broken_plugin.py").write_text("raise ValueError('half-written module')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
