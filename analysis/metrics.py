@@ -86,7 +86,8 @@ for _m in (
     Metric("params", "minimize", "params of the target (M)", "cost", 1e6, "M", ".2f", cost_axis=True),
     Metric("activations", "minimize", "activations of the target (M)", "cost", 1e6, "M", ".2f"),
     # inference latency of the trained proxy network at batch 1 and fidelity.resolution on the trial's
-    # device (trainers.measure.inference_latency, median of 10), measured for every trained trial
+    # device (trainers.measure.inference_latency, median of 10), measured for every trained trial whether
+    # or not it is an objective (cheap at proxy size)
     Metric("latency_ms", "minimize", "latency (ms)", "train", cost_axis=True),
     Metric("top5", "maximize", "top-5 on the proxy", "epoch", objective=False),
     Metric("loss", "minimize", "training loss of the last epoch", "epoch", objective=False),
