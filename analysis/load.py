@@ -16,12 +16,13 @@ import pandas as pd
 
 from searchspace.errors import UserError, redact
 
+from . import metrics
+
 JOURNAL = "study.journal"
 REFERENCES_SUFFIX = ".references"
-# Trial user attrs copied into columns as they are (objective columns may overwrite some).
-ATTR_COLUMNS = ("genome_key", "params", "flops", "activations", "top1", "top5", "loss", "latency_ms",
-                "epochs_completed", "status", "wall_s", "train_s", "images_per_s", "device", "seed",
-                "reference", "error")
+# Trial user attrs copied into columns as they are (objective columns may overwrite some), after
+# every metric of analysis.metrics (attr_columns()).
+ATTR_COLUMNS = ("genome_key", "epochs_completed", "status", "wall_s", "train_s", "device", "seed", "reference", "error")
 STAGE_FIELDS = ("plugin", "position", "r", "fusion", "stage_module", "kw")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -166,7 +167,7 @@ def _rows(study: optuna.Study, kind: str, objectives: list[dict]) -> list[dict]:
     for t in study.get_trials(deepcopy=False):
         ua = t.user_attrs
         row: dict[str, Any] = {"number": t.number, "study": kind, "state": t.state.name}
-        row.update({k: ua.get(k) for k in ATTR_COLUMNS})
+        row.update({k: ua.get(k) for k in attr_columns()})
         if t.state == optuna.trial.TrialState.COMPLETE and t.values is not None:
             # Objective columns come from the trial values (what the sampler saw), in declared order.
             for o, v in zip(objectives, t.values):
@@ -185,6 +186,10 @@ def _rows(study: optuna.Study, kind: str, objectives: list[dict]) -> list[dict]:
     return rows
 
 
+def attr_columns() -> tuple[str, ...]:
+    return (*metrics.names(), *ATTR_COLUMNS)
+
+
 def load_study(run_dir_or_storage: Any, study_name: str | None = None) -> pd.DataFrame:
     """One row per trial of the study and of its '<name>.references' study (column `study`:
     'search' or 'reference'). Objective columns are named after the objectives; metadata is in
@@ -201,7 +206,7 @@ def load_study(run_dir_or_storage: Any, study_name: str | None = None) -> pd.Dat
         rows += _rows(optuna.load_study(study_name=ref_name, storage=storage), "reference", objectives)
     df = pd.DataFrame(rows)
     if df.empty:
-        df = pd.DataFrame(columns=["number", "study", "state", *ATTR_COLUMNS, "genome", "genome_summary",
+        df = pd.DataFrame(columns=["number", "study", "state", *attr_columns(), "genome", "genome_summary",
                                    "datetime_start", "datetime_complete"])
     for o in objectives:  # present even when no trial has completed yet
         if o["name"] not in df.columns:

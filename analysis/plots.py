@@ -11,14 +11,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from . import metrics
 from .load import completed, genome_columns, genome_dict, objectives_of, stage_count
 from .pareto import add_ranks, pareto_mask
 from .rediscovery import _field, catalog_designs, published_records
 
-# Costs are those of the full-size target network; shown in G / M for readability.
-UNITS = {"flops": (1e9, "FLOPs of the target (G)"), "params": (1e6, "params of the target (M)"),
-         "activations": (1e6, "activations of the target (M)"), "latency_ms": (1.0, "latency (ms)"),
-         "top1": (1.0, "top-1 on the proxy"), "top5": (1.0, "top-5 on the proxy")}
 PUBLISHED_NOTE = ("Published ImageNet-1K top-1 (each paper's own training recipe and dataset: "
                   "not comparable with the proxy accuracy above)")
 FRONT_COLOR, REF_COLOR = "#d62728", "#1f77b4"
@@ -26,7 +23,8 @@ PUB_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", 
 
 
 def _unit(name: str) -> tuple[float, str]:
-    return UNITS.get(name, (1.0, name))
+    """(divisor, axis title) of a metric (analysis.metrics): costs of the target are shown in G / M."""
+    return metrics.scale(name), metrics.label(name)
 
 
 def _hover(df: pd.DataFrame, names: Sequence[str]) -> tuple[np.ndarray, str]:
@@ -40,7 +38,7 @@ def _direction(objs, name) -> str:
     for o in objs:
         if o["name"] == name:
             return o["direction"]
-    return "maximize" if name.startswith("top") else "minimize"
+    return metrics.direction(name)
 
 
 def _axes(objs, x, y):
@@ -48,7 +46,7 @@ def _axes(objs, x, y):
     if y is None:
         y = "top1" if "top1" in names else names[0]
     if x is None:
-        x = next((n for n in ("flops", "params", "latency_ms") if n in names and n != y),
+        x = next((m.name for m in metrics.METRICS.values() if m.cost_axis and m.name in names and m.name != y),
                  next((n for n in names if n != y), "flops"))
     return x, y
 

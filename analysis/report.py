@@ -19,7 +19,7 @@ import plotly.offline
 
 from searchspace.errors import UserError, argument_parser, cli_main
 
-from . import plots
+from . import metrics, plots
 from .load import completed, load_study, objectives_of
 from .pareto import hypervolume_history, pareto_front
 from .rediscovery import catalog_designs, rediscovery
@@ -41,15 +41,15 @@ def _table(df: pd.DataFrame) -> str:
 
 
 def _cost_units(df: pd.DataFrame) -> pd.DataFrame:
-    """Costs in G / M (raw counts are unreadable in a table), the unit in the header."""
+    """Scaled metrics (analysis.metrics: costs in G / M; raw counts are unreadable in a table), the unit
+    in the header."""
     out = df.copy()
     for c in out.columns:
-        base = c.split("_")[0] if c.endswith(("_proxy", "_nearest")) or c.startswith("published_") else c
-        base = c[len("published_"):] if c.startswith("published_") else base
-        if base in ("flops", "params", "activations"):
-            f, unit = plots.UNITS[base][0], "G" if base == "flops" else "M"
-            out[c] = pd.to_numeric(out[c], errors="coerce") / f
-            out = out.rename(columns={c: f"{c} ({unit})"})
+        base = c.removeprefix("published_").removesuffix("_proxy").removesuffix("_nearest")
+        m = metrics.get(base)
+        if m is not None and m.scaled:
+            out[c] = pd.to_numeric(out[c], errors="coerce") / m.scale
+            out = out.rename(columns={c: f"{c} ({m.unit})"})
     return out
 
 
@@ -65,7 +65,8 @@ def rediscovery_display(red: pd.DataFrame) -> pd.DataFrame:
     def published(r):  # one readable cell: top-1 @ FLOPs (source)
         if r["published_top1"] is None or r["published_top1"] != r["published_top1"]:
             return ""
-        flops = f" @ {r['published_flops'] / 1e9:.3f} G" if r["published_flops"] == r["published_flops"] \
+        m = metrics.get("flops")
+        flops = f" @ {r['published_flops'] / m.scale:.3f} {m.unit}" if r["published_flops"] == r["published_flops"] \
             and r["published_flops"] is not None else ""
         return f"{r['published_top1']:g}{flops} ({r['published_source']})"
 
@@ -166,7 +167,7 @@ def build_report(df: pd.DataFrame, designs=None) -> str:
         if len(pubs):
             parts += ['<p class="note">The lower panel\'s published points, each as its source printed it '
                       '(ImageNet-1K, that source\'s own training recipe):</p>',
-                      _table(pubs.rename(columns={"x": plots.UNITS.get(x, (1, x))[1], "top1": "top-1 (%)",
+                      _table(pubs.rename(columns={"x": metrics.label(x), "top1": "top-1 (%)",
                                                   "short_source": "legend"}))]
         parts += ["<h2>Hypervolume history</h2>", _fig(plots.hypervolume_figure(hist), "hv")]
         f3 = plots.front3d_figure(df)

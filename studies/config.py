@@ -14,14 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analysis import metrics
 from searchspace.errors import UserError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
-OBJECTIVES = {"top1": "maximize", "flops": "minimize", "params": "minimize", "activations": "minimize",
-              "latency_ms": "minimize"}  # the metrics a trial reports
-# latency_ms: inference latency of the trained proxy network at batch 1 and fidelity.resolution on the
-# trial's device (trainers.measure.inference_latency, median of 10), measured for every trained trial
-# whether or not it is an objective (cheap at proxy size); training throughput is "images_per_s".
+OBJECTIVES = metrics.OBJECTIVES  # {name: default direction}, read live from analysis.metrics' table
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 LIMITS = ("flops", "params")  # [constraints] <name>_max
 ES_RULES = ("pareto", "top1")

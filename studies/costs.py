@@ -19,8 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import searchspace
-
-KEYS = ("flops", "params", "activations")
+from analysis import metrics
 
 
 @lru_cache(maxsize=1)
@@ -43,7 +42,9 @@ def cache_folder() -> Path:
 
 
 def target_cost(genome, target: dict) -> dict:
-    """{"flops", "params", "activations"} of `genome` at `target` (convention, resolution, num_classes)."""
+    """{"flops", "params", "activations"} (analysis.metrics' cost metrics) of `genome` at `target`
+    (convention, resolution, num_classes)."""
+    keys = metrics.names("cost")
     args = {k: target[k] for k in ("convention", "resolution", "num_classes")}
     text = genome.to_json()
     name = hashlib.sha1(json.dumps([text, args], sort_keys=True).encode()).hexdigest()[:24]
@@ -51,11 +52,11 @@ def target_cost(genome, target: dict) -> dict:
     try:
         got = json.loads(path.read_text())
         if got.get("genome") == text and got.get("target") == args:
-            return {k: got[k] for k in KEYS}
+            return {k: got[k] for k in keys}
     except (OSError, ValueError, KeyError):
         pass  # missing or unreadable: count again
     c = searchspace.cost(genome, **args)
-    out = {"flops": c.flops, "params": c.params, "activations": c.activations}
+    out = {k: getattr(c, k) for k in keys}
     _write(path, {"genome": text, "target": args, **out})
     return out
 

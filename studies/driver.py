@@ -9,13 +9,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from analysis import metrics
 from analysis.load import genome_summary
 from searchspace.errors import UserError
 
 from . import config as config_mod
 from . import storage as st
 from .progress import Console, Progress
-from .search import CostLimits, GenomeSpace, SamplerSpec, StudySearch, _fmt
+from .search import CostLimits, GenomeSpace, SamplerSpec, StudySearch
 from .trainable import run_trial
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +67,15 @@ def _ctx(cfg, res) -> dict:
             "trainer_fidelity": cfg.trainer_fidelity, "target": cfg.target, "seed": cfg["seed"],
             "device": res["device"], "cpus_per_trial": res["cpu"],
             "evaluate_every_epoch": bool(cfg["early_stopping"]["asha"]),  # only ASHA reads per-epoch top-1
-            "imports": _imports(config_mod.spec(cfg).imports)}  # [space] imports: each worker registers them too
+            "imports": _imports(config_mod.spec(cfg).imports),  # [space] imports: each worker registers them too
+            "metrics": trial_metrics()}
+
+
+def trial_metrics() -> dict:
+    """What a trial reports, from analysis.metrics: a placeholder for every objective until it is
+    known, the trainer's per-epoch values, and every value the trainer returns (TrainResult fields)."""
+    return {"placeholders": {n: metrics.placeholder(n) for n in metrics.OBJECTIVES},
+            "epoch": metrics.names("epoch"), "trained": metrics.names("epoch", "train")}
 
 
 def _imports(modules) -> dict:
@@ -145,8 +154,8 @@ def _pareto_scheduler(cfg):
     from .pareto_asha import ParetoASHA
 
     es = cfg["early_stopping"]
-    metrics = {o["name"]: o["direction"] for o in cfg.objectives if o["name"] != "latency_ms"}
-    return ParetoASHA(time_attr="epochs_completed", metrics=metrics, max_t=cfg["fidelity"]["epochs"],
+    ranked = {o["name"]: o["direction"] for o in cfg.objectives if metrics.get(o["name"]).every_epoch}
+    return ParetoASHA(time_attr="epochs_completed", metrics=ranked, max_t=cfg["fidelity"]["epochs"],
                       grace_period=es["grace_period"], reduction_factor=es["reduction_factor"])
 
 
@@ -269,7 +278,7 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
         _enqueue_known(study, _designs_in_space(spec), spec, "seeded_from", log)
     limits = cost_limits(cfg)
     if limits:
-        log("constraints: " + ", ".join(f"{n} <= {_fmt(n, v)}" for n, v in limits.limits)
+        log("constraints: " + ", ".join(f"{n} <= {metrics.fmt(n, v)}" for n, v in limits.limits)
             + " (a genome over a limit is recorded infeasible, never trained)")
     _enqueue_neighbours(study, _designs_in_space(spec), spec, cfg["references"]["neighbours"], cfg["seed"], limits, log)
     done, want = st.counted(study), cfg["budget"]["trials"]
@@ -357,7 +366,7 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
     front = sorted(study.best_trials if any(t.state == TrialState.COMPLETE for t in trials) else [],
                    key=lambda t: t.values[names.index("top1")], reverse=True)
     front = [t for t in front if t.user_attrs.get("status") != st.INFEASIBLE]  # a sampler without constraints
-    rows = [(str(t.number), *[_fmt(n, v) for n, v in zip(names, t.values)], t.user_attrs.get("status", ""),
+    rows = [(str(t.number), *[metrics.fmt(n, v) for n, v in zip(names, t.values)], t.user_attrs.get("status", ""),
              genome_summary(t.user_attrs["genome"]) if "genome" in t.user_attrs else "") for t in front]
     ref = st.find_study(storage, cfg.name + ".references")
     print(f"Pareto front ({len(front)} trial(s)):")
@@ -387,7 +396,7 @@ def print_designs(storage, cfg) -> None:
     rows = []
     for r in red.to_dict("records"):
         near = "" if pd.isna(r.get("nearest_trial")) else f"{int(r['nearest_trial'])} at {r['nearest_distance']:.2f}"
-        rows.append((r["design"], *[_fmt(n, None if pd.isna(r[f"{n}_proxy"]) else float(r[f"{n}_proxy"])) for n in names],
+        rows.append((r["design"], *[metrics.fmt(n, None if pd.isna(r[f"{n}_proxy"]) else float(r[f"{n}_proxy"])) for n in names],
                      r["verdict"], near))
     print(f"\nPublished designs in the space ({len(rows)}; proxy results under the study's protocol):")
     _table(["design", *[f"{n} (proxy)" for n in names], "search vs design", "nearest trial at distance"], rows)

@@ -27,13 +27,15 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from analysis import metrics
+
 from .config import SAMPLERS
 from .storage import INFEASIBLE
 
-# Copied from the final result to the trial's user attrs (plus genome, fidelity, reference, ...).
-RESULT_ATTRS = ("genome_key", "params", "flops", "activations", "top1", "top5", "loss", "latency_ms",
-                "epochs_completed", "status", "wall_s", "train_s", "images_per_s", "device", "seed", "node",
-                "peak_mem_mb", "error", "traceback", "warmup_s", "compiled_graphs", "deterministic_requested", "deterministic",
+# Copied from the final result to the trial's user attrs (plus genome, fidelity, reference, ...), after
+# every metric of analysis.metrics (result_attrs()).
+RESULT_ATTRS = ("genome_key", "epochs_completed", "status", "wall_s", "train_s", "device", "seed", "node",
+                "error", "traceback", "warmup_s", "compiled_graphs", "deterministic_requested", "deterministic",
                 "nondeterministic_ops", "data_on_device", "gpus_per_trial", "memory_fraction",
                 "top1_per_epoch", "top5_per_epoch")
 
@@ -212,8 +214,8 @@ class StudySearch(Searcher):
             return True
         from searchspace import Genome
 
-        r = {"genome_key": Genome.from_json(config["genome"]).key, "params": cost.params, "flops": cost.flops,
-             "activations": cost.activations, "top1": 0.0, "epochs_completed": 0, "status": INFEASIBLE,
+        r = {"genome_key": Genome.from_json(config["genome"]).key,
+             **{n: getattr(cost, n) for n in metrics.names("cost")}, "top1": 0.0, "epochs_completed": 0, "status": INFEASIBLE,
              "error": "over " + ", ".join(f"{n}_max by {v:+.1%}" for n, v in over.items() if v > 0)}
         # Never trained: top1 0 (the worst), the exact costs, and latency unknown (the worst too).
         values = [r.get(o["name"], 0.0 if o["direction"] == "maximize" else math.inf) for o in self.objectives]
@@ -236,7 +238,7 @@ class StudySearch(Searcher):
         r = {**self._last.pop(trial_id, {}), **(result or {})}
         state, values = self._outcome(r, error)
         try:
-            self.set_trial_attrs(number, {**self._attrs, **{k: r[k] for k in RESULT_ATTRS if k in r}})
+            self.set_trial_attrs(number, {**self._attrs, **{k: r[k] for k in result_attrs() if k in r}})
             self.study.tell(number, values, state=state)
         except Exception as e:  # never lose the study over one trial
             try:
@@ -278,20 +280,16 @@ class StudySearch(Searcher):
 
 
 def _line(number, reference, r, state, values, objectives) -> str:
-    what = ", ".join(f"{o['name']}={_fmt(o['name'], v)}" for o, v in zip(objectives, values or []))
+    what = ", ".join(f"{o['name']}={metrics.fmt(o['name'], v)}" for o, v in zip(objectives, values or []))
     ref = f" [{reference}]" if reference else ""
     err = f" {r.get('error')}" if state == TrialState.FAIL else ""
     return (f"  trial {number:>3}{ref} {state.name.lower():8} {r.get('status', ''):8} {what}"
             f" epochs={r.get('epochs_completed', 0)} {r.get('wall_s', 0) or 0:.1f}s{err}")
 
 
-def _fmt(name, v):
-    if v is None:
-        return "-"
-    if name in ("flops", "activations"):
-        return f"{v / 1e9:.2f}G"
-    if name == "params":
-        return f"{v / 1e6:.2f}M"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def result_attrs() -> tuple[str, ...]:
+    """The result keys stored as user attrs: every metric in the table, then RESULT_ATTRS."""
+    return (*metrics.names(), *RESULT_ATTRS)
+
 
 

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from analysis import metrics as metric_table
 from searchspace.errors import UserError
 
 CONTINUE, STOP = "continue", "stop"
@@ -86,7 +87,7 @@ def stopping_rule(cfg) -> StoppingRule:
     if es.get("rule") == "pareto":  # the rule studies.pareto_asha.ParetoASHA runs inside Ray
         from .pareto_asha import ParetoRungs, rung_levels
 
-        metrics = {o["name"]: o["direction"] for o in cfg.objectives if o["name"] != "latency_ms"}
+        metrics = {o["name"]: o["direction"] for o in cfg.objectives if metric_table.get(o["name"]).every_epoch}
         levels = rung_levels(cfg["fidelity"]["epochs"], es["grace_period"], es["reduction_factor"])
         return FromDecide(ParetoRungs(levels, es["reduction_factor"], list(metrics.values())), list(metrics))
     return ASHA(cfg["fidelity"]["epochs"], es["grace_period"], es["reduction_factor"])
@@ -224,9 +225,11 @@ class TableBackend:
 
     def _metrics(self, row: dict, epoch: int, epochs: int) -> dict:
         c = self.convention
+        # a table holds costs and top-1/top-5 curves; nothing measured after training (latency) is in it
         return {"epochs_completed": epoch, "top1": row["top1_curve"][epoch - 1], "top5": row["top5_curve"][epoch - 1],
-                "flops": row[f"flops_{c}"], "params": row[f"params_{c}"], "activations": row[f"activations_{c}"],
-                "latency_ms": None, "wall_s": row["wall_s"] * epoch / epochs, "train_s": row["train_s"] * epoch / epochs,
+                **{m: row.get(f"{m}_{c}") for m in metric_table.names("cost")},
+                **{m: None for m in metric_table.names("train") if m in metric_table.OBJECTIVES},
+                "wall_s": row["wall_s"] * epoch / epochs, "train_s": row["train_s"] * epoch / epochs,
                 "genome_key": row["genome_key"], "seed": row["seed"], "device": f"table:{row.get('device', '')}",
                 "node": "table"}
 

@@ -57,8 +57,8 @@ def run_trial(config: dict, ctx: dict) -> None:
     gpus = _gpu_share(ctx) if ctx["device"] == "cuda" else 0.0
     base = {"trial_number": number, "node": _node(), "pid": os.getpid(), "epochs_target": epochs,
             "gpus_per_trial": gpus}  # < 1: the GPU was shared, its throughput and latency with it
-    rec = {**base, "status": "running", "epochs_completed": 0, "top1": 0.0, "flops": 0, "params": 0,
-           "activations": 0, "latency_ms": 0.0}  # every report carries every objective key
+    plan = ctx["metrics"]  # from analysis.metrics, via the driver (a worker may not know a metric registered there)
+    rec = {**base, "status": "running", "epochs_completed": 0, **plan["placeholders"]}  # every objective key, always
     curves = {"top1_per_epoch": [], "top5_per_epoch": []}  # what a benchmark table replays
     try:
         _import_user_modules(ctx.get("imports") or {})
@@ -69,7 +69,7 @@ def run_trial(config: dict, ctx: dict) -> None:
         fid = Fidelity.from_dict(ctx["trainer_fidelity"])
 
         def report(epoch: int, m: dict):
-            rec.update(epochs_completed=epoch, top1=_f(m.get("top1")), top5=_f(m.get("top5")), loss=_f(m.get("loss")),
+            rec.update(epochs_completed=epoch, **{k: _f(m.get(k)) for k in plan["epoch"]},
                        train_s=m.get("train_s"), wall_s=time.perf_counter() - t0)  # a pruned trial keeps these
             for k in ("top1", "top5"):
                 curves[f"{k}_per_epoch"].append(rec[k])
@@ -82,10 +82,9 @@ def run_trial(config: dict, ctx: dict) -> None:
         res = train(genome, fid, data, device=ctx["device"], seed=seed, report=report,
                     evaluate_every_epoch=ctx.get("evaluate_every_epoch", True),
                     memory_fraction=gpus if 0 < gpus < 1 else None, measure_latency=True)
-        rec.update(status=res.status, epochs_completed=res.epochs, top1=_f(res.top1), top5=_f(res.top5),
-                   loss=_f(res.loss), wall_s=time.perf_counter() - t0, train_s=res.train_s,
-                   images_per_s=res.images_per_s, latency_ms=res.latency_ms, device=res.device,
-                   peak_mem_mb=res.peak_mem_mb, seed=res.seed, num_classes=res.num_classes, warmup_s=res.warmup_s,
+        rec.update({k: _f(getattr(res, k, None)) for k in plan["trained"]})  # top1, latency_ms, ...
+        rec.update(status=res.status, epochs_completed=res.epochs, wall_s=time.perf_counter() - t0,
+                   train_s=res.train_s, device=res.device, seed=res.seed, num_classes=res.num_classes, warmup_s=res.warmup_s,
                    compiled_graphs=res.compiled_graphs, deterministic_requested=res.deterministic_requested,
                    deterministic=res.deterministic, nondeterministic_ops=res.nondeterministic_ops,
                    data_on_device=res.data_on_device, memory_fraction=res.memory_fraction)
