@@ -12,23 +12,24 @@ from searchspace import build, catalog
 from searchspace.counters import hook_flops
 from searchspace.plugins import Site, get
 from searchspace.plugins.forms import counted_forms, counting
+from searchspace.plugins.sda import SDA
 
-CASES = [("msa", {}, 1), ("msa", dict(branches=5), 1), ("msaf", {}, 2), ("msaf", dict(branches=5), 2),
+CASES = [("se", {}, 1), ("msa", {}, 1), ("msa", dict(branches=5), 1), ("msaf", {}, 2), ("msaf", dict(branches=5), 2),
          ("aff", {}, 2), ("iaff", {}, 2), ("iaff", dict(variant="mxnet"), 2), ("dsm", dict(bias=True), 1),
-         ("dsm", dict(bias=False), 1), ("dam", dict(bias=True), 1), ("dam", {}, 1)]
+         ("dsm", dict(bias=False), 1), ("dam", dict(bias=True), 1), ("dam", {}, 1), ("sda", {}, 3)]
 
 
 def _outputs_and_grads(module, inputs):
-    y = module(*inputs)
+    y = module(inputs) if isinstance(module, SDA) else module(*inputs)  # a stage module takes the list
     return [y.detach(), *torch.autograd.grad((y * y).sum(), [*inputs, *module.parameters()])]
 
 
 @pytest.mark.parametrize("name,opts,arity", CASES, ids=lambda v: str(v))
-@pytest.mark.parametrize("side", [4, 8, 16, 24, 56])
+@pytest.mark.parametrize("side", [2, 4, 6, 8, 16, 24, 56])
 @pytest.mark.parametrize("train", [True, False])
 def test_fast_form_equals_counted_form(name, opts, arity, side, train):
     torch.manual_seed(0)
-    module = get(name).factory(16, 4, Site(0, 0, "after_add", 8, 3), **opts).double().train(train)
+    module = get(name).factory(16, 4, Site(0, 0, "after_add", 8, num_blocks=3), **opts).double().train(train)
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0, 0.3)  # away from the identity-like start, so every path matters

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .forms import counting
+from .forms import counting, pointwise
 from .registry import BLOCK_POSITIONS, register
 
 
@@ -47,7 +47,8 @@ class DecoupledAttention(nn.Module):
         return self.forward_counted(x) if counting() else self.forward_fast(x)
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        """The counted form rearranged: one conv for the four 1x1 convs that read x, and no full map but A.
+        """The counted form rearranged: one conv for the four 1x1 convs that read x, no full map but A,
+        and the convs on pooled vectors as matrix products (`pointwise`).
 
         With ch [C, 1] and sp [1, N] the series map is ch sp and the parallel one ch + sp, so the gate's
         input mean(series + parallel) = ch mean(sp) + ch + mean(sp) needs no map, and
@@ -60,12 +61,12 @@ class DecoupledAttention(nn.Module):
         bias = torch.cat([m.bias for m in convs]) if self.ch_value.bias is not None else None
         value, query, sp_query, sp_value = F.conv2d(x, weight, bias).flatten(2).split((c, 1, c, c), 1)
         context = torch.matmul(value, query.softmax(-1).transpose(1, 2)).unsqueeze(-1)  # [B, c, 1, 1]
-        ch_att = self.ch_expand(F.relu(self.ch_norm(context))).sigmoid().flatten(2)  # [B, C, 1]
+        ch_att = pointwise(self.ch_expand, F.relu(self.ch_norm(context))).sigmoid().flatten(2)  # [B, C, 1]
         sp_weights = sp_query.amax(-1).softmax(-1).unsqueeze(1)  # [B, 1, c]
         sp_att = torch.matmul(sp_weights, sp_value).sigmoid()  # [B, 1, N]
         sp_mean = sp_att.mean(-1, keepdim=True)  # [B, 1, 1]
         s = (ch_att * sp_mean + ch_att + sp_mean).unsqueeze(-1)  # mean of series + parallel, [B, C, 1, 1]
-        a = self.sel_expand(F.relu(self.sel_norm(self.sel_reduce(s)))).view(b, 2, ch, 1).softmax(1)
+        a = pointwise(self.sel_expand, F.relu(self.sel_norm(pointwise(self.sel_reduce, s)))).view(b, 2, ch, 1).softmax(1)
         a0, a1 = a[:, 0], a[:, 1]
         return torch.addcmul(a1 * ch_att, a0 * ch_att + a1, sp_att).view(b, ch, h, w)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .forms import counting
+from .forms import counting, pointwise
 from .registry import register
 
 # Pool sizes per branch: None = local (no pooling), 1 = global.
@@ -39,16 +39,20 @@ class Branch(nn.Sequential):
         self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
+        y = _run(self, x)
         if self.pool is not None and self.pool > 1:  # the global branch broadcasts instead
             y = F.interpolate(y, size=x.shape[-2:], mode="nearest")
         return y
 
     def on_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """The branch's layers after its pool, on an already pooled map (no upsampling)."""
-        for layer in list(self)[1:]:
-            pooled = layer(pooled)
-        return pooled
+        return _run(list(self)[1:], pooled)
+
+
+def _run(layers, y: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        y = pointwise(layer, y) if isinstance(layer, nn.Conv2d) else layer(y)
+    return y
 
 
 class MultiScaleLogits(nn.Module):
@@ -64,8 +68,10 @@ class MultiScaleLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        if counting() or self.finest is None or not self.nested or h % self.finest or w % self.finest:
+        if counting():
             return self.forward_counted(x)
+        if self.finest is None or not self.nested or h % self.finest or w % self.finest:
+            return self.forward_per_branch(x)
         return self.forward_fast(x)
 
     def forward_counted(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +79,26 @@ class MultiScaleLogits(nn.Module):
         out = self.branches[0](x)
         for branch in self.branches[1:]:
             out = out + branch(x)
+        return out
+
+    def forward_per_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The counted form with exact shortcuts for pooling and upsampling by whole factors.
+
+        At proxy resolutions late-stage maps are smaller than the pool (a 4x4 map pooled to 8x8):
+        adaptive pooling then repeats each pixel, and nearest upsampling back keeps every k-th one.
+        Both are plain strided copies, where torch's adaptive pooling kernels take about 2 ms per call
+        on CPU for such maps (an MSA ResNet-18's step at 64 px spent 40 % of its overhead there).
+        """
+        h, w = x.shape[-2:]
+        out = None
+        for branch in self.branches:
+            if branch.pool is None:
+                y = branch(x)
+            elif branch.pool == 1:
+                y = branch.on_pooled(x.mean((2, 3), keepdim=True))  # broadcasts in the sum
+            else:
+                y = _resize(branch.on_pooled(_resize(x, branch.pool, pool=True)), (h, w))
+            out = y if out is None else out + y
         return out
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +110,7 @@ class MultiScaleLogits(nn.Module):
         """
         b, ch, h, w = x.shape
         P = self.finest
-        fine = F.adaptive_avg_pool2d(x, P)
+        fine = _resize(x, P, pool=True)
         local = ctx = None
         for branch in self.branches:
             if branch.pool is None:
@@ -101,6 +127,21 @@ class MultiScaleLogits(nn.Module):
             ctx = y if ctx is None else ctx + y
         out = local.view(b, ch, P, h // P, P, w // P) + ctx.view(b, ch, P, 1, P, 1)
         return out.view(b, ch, h, w)
+
+
+def _resize(x: torch.Tensor, size, pool: bool = False) -> torch.Tensor:
+    """Adaptive average pooling (pool=True) or nearest upsampling to `size`, as views and copies
+    where the sizes divide each other; torch's own kernels otherwise."""
+    (h, w), (H, W) = x.shape[-2:], (size if isinstance(size, tuple) else (size, size))
+    b, c = x.shape[:2]
+    if (h, w) == (H, W):
+        return x
+    if H % h == 0 and W % w == 0:  # every output cell holds one input pixel: a block repeat
+        kh, kw = H // h, W // w
+        return x[:, :, :, None, :, None].expand(b, c, h, kh, w, kw).reshape(b, c, H, W)
+    if h % H == 0 and w % W == 0:
+        return F.avg_pool2d(x, (h // H, w // W)) if pool else x[:, :, :: h // H, :: w // W]
+    return F.adaptive_avg_pool2d(x, (H, W)) if pool else F.interpolate(x, size=(H, W), mode="nearest")
 
 
 class MSA(nn.Module):

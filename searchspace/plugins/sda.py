@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .forms import counting, pointwise
 from .registry import register
 
 
@@ -27,9 +28,24 @@ class SDA(nn.Module):
     def forward(self, zs: list[torch.Tensor]) -> torch.Tensor:
         if len(zs) != len(self.heads):
             raise ValueError(f"SDA was built for {len(self.heads)} blocks, got {len(zs)} outputs")
+        if counting():
+            return self.forward_counted(zs)
+        conv, bn, act = self.reduce
+        v = act(bn(pointwise(conv, self.pool(sum(zs[1:], zs[0])))))
+        # the n heads as one matrix product; softmax over the depth axis
+        weight = torch.cat([head.weight for head in self.heads]).flatten(1)
+        bias = torch.cat([head.bias for head in self.heads])
+        a = F.linear(v.flatten(1), weight, bias).view(v.shape[0], len(zs), -1, 1, 1).softmax(1)
+        out = a[:, 0] * zs[0]  # weighted sum, one fused pass per map, without stacking the n maps
+        for i in range(1, len(zs)):
+            out = torch.addcmul(out, a[:, i], zs[i])
+        return F.relu(out)
+
+    def forward_counted(self, zs: list[torch.Tensor]) -> torch.Tensor:
+        """The authors' arrangement: a conv per head and a product and a sum per map."""
         v = self.reduce(self.pool(sum(zs[1:], zs[0])))
         a = torch.stack([head(v) for head in self.heads]).softmax(0)  # [n, B, C, 1, 1], softmax over depth
-        out = a[0] * zs[0]  # weighted sum, without stacking the n full-size maps
+        out = a[0] * zs[0]
         for a_i, z in zip(a[1:], zs[1:]):
             out = out + a_i * z
         return F.relu(out)
