@@ -133,3 +133,21 @@ def test_msca_folds_the_pooling_into_its_filters():
         pooled = x if size == (56, 56) else F.adaptive_avg_pool2d(x, 56)
         gate = m.fc((pooled * m.dct).sum((2, 3))).sigmoid()[:, :, None, None]
         assert torch.allclose(m(x), x * gate, atol=1e-12)
+
+
+def test_a_backbone_added_with_one_spec_is_searched_built_and_costed(monkeypatch):
+    """The README's "Adding a backbone": one add_backbone_spec call; its builder may live anywhere."""
+    from searchspace.backbones import specs
+
+    monkeypatch.setitem(specs.BACKBONE_SPECS, "resnet26_test", specs.BackboneSpec(
+        "resnet26_test", "resnet", "bottleneck", (2, 2, 2, 2), (64, 128, 256, 512),
+        builder="searchspace.backbones.resnet:ResNet"))
+    g = Genome.from_dict({"backbone": "resnet26_test",
+                          "stages": [{"plugins": [{"type": "se", "position": "after_conv3"}]}] * 4})
+    model = build(g, num_classes=10, width_mult=0.125)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    blocks = [m for m in model.modules() if type(m).__name__ == "Block"]
+    assert len(blocks) == 8
+    plain = cost(Genome("resnet26_test"), resolution=224, num_classes=1000)
+    assert 0 < plain.flops < cost(Genome("resnet50"), resolution=224, num_classes=1000).flops
+    assert cost(g, resolution=224, num_classes=1000).params > plain.params

@@ -38,7 +38,6 @@ from ..errors import UserError
 # MobileNetV2 rows: expansion t, channels c, blocks n, first stride s, KW stage.
 V2_ROWS = ((1, 16, 1, 1, 0), (6, 24, 2, 2, 1), (6, 32, 3, 2, 2), (6, 64, 4, 2, 3), (6, 96, 3, 1, 4),
            (6, 160, 3, 2, 5), (6, 320, 1, 1, 5))
-V2_WIDTH = {"mobilenetv2_1x": 1.0, "mobilenetv2_0.5x": 0.5}
 
 # MobileNetV3-large (BSConv CIFAR): per stage (kernel, activation, stride, [(mid, out, se), ...]).
 V3_STAGES = (
@@ -214,26 +213,33 @@ class MobileNetV3LargeCifar(MobileNet):
         self._finish(last, num_classes, 0.0, convs)
 
 
-def build_mobilenet(genome, spec, num_classes: int, width_mult: float, convs, recipe) -> nn.Module:
-    """The MobileNet a genome describes; `width_mult` narrows it further for proxy training.
-
-    Called by `build` after `genome.validate()`, which refuses plugins on MobileNets and KW on
-    MobileNetV3 (BackboneSpec.supports_plugins / supports_kw), so neither is checked again here.
-    """
+def _check_recipe(genome, recipe) -> None:
+    # `build` has already refused plugins (and KW on V3) through the spec; the recipe is checked here
     for name in ("zero_init_residual", "drop_path"):
         if getattr(recipe, name):
             raise UserError(f"recipe.{name}: {getattr(recipe, name)!r} not supported on {genome.backbone} "
                             "(ResNet backbones only; allowed here: false / 0)")
-    if genome.backbone in V2_WIDTH:
-        budgets = {i: st.kw for i, st in enumerate(genome.stages)}
-        model = MobileNetV2(V2_WIDTH[genome.backbone] * width_mult, budgets, genome.downsampling, num_classes, convs)
-    elif genome.backbone == "mobilenetv3_large_cifar":
-        model = MobileNetV3LargeCifar(width_mult, genome.stem, genome.downsampling, num_classes, convs)
-    else:
-        raise UserError(f"backbone: {genome.backbone!r} is not a MobileNet this builder knows")
+
+
+def _with_dropout(model: nn.Module, recipe) -> nn.Module:
     if recipe.dropout is not None:  # MobileNetV2 defaults to 0.2, V3 (CIFAR) to none
         model.dropout = nn.Dropout(recipe.dropout) if recipe.dropout > 0 else nn.Identity()
     return model
 
 
-__all__ = ["MobileNetV2", "MobileNetV3LargeCifar", "build_mobilenet", "make_divisible", "V2_WIDTH"]
+def build_mobilenet_v2(genome, spec, num_classes: int, width_mult: float, convs, recipe) -> nn.Module:
+    """MobileNetV2 at the spec's width (1x, 0.5x); `width_mult` narrows it further for proxy training."""
+    _check_recipe(genome, recipe)
+    budgets = {i: st.kw for i, st in enumerate(genome.stages)}
+    return _with_dropout(MobileNetV2(spec.channel_mult * width_mult, budgets, genome.downsampling, num_classes, convs),
+                         recipe)
+
+
+def build_mobilenet_v3_large_cifar(genome, spec, num_classes: int, width_mult: float, convs, recipe) -> nn.Module:
+    """MobileNetV3-Large for CIFAR; `width_mult` narrows it for proxy training."""
+    _check_recipe(genome, recipe)
+    return _with_dropout(MobileNetV3LargeCifar(width_mult, genome.stem, genome.downsampling, num_classes, convs), recipe)
+
+
+__all__ = ["MobileNetV2", "MobileNetV3LargeCifar", "build_mobilenet_v2", "build_mobilenet_v3_large_cifar",
+           "make_divisible"]

@@ -17,7 +17,7 @@ MOBILENET_DOWNSAMPLING = ("standard", "padding_free")
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    family: str  # "resnet" | "mobilenet": which builder, and which recipe fields apply
+    family: str  # "resnet" | "mobilenet": which map-size rule and recipe fields apply
     block: str  # "basic" | "bottleneck" | "inverted"
     depths: tuple[int, ...]  # blocks per searchable stage
     widths: tuple[int, ...]  # planes per stage (before expansion)
@@ -30,6 +30,9 @@ class BackboneSpec:
     supports_plugins: bool = True  # block, fusion and stage modules (the MobileNet builders place none)
     supports_kw: bool = True  # KernelWarehouse budgets
     stem_stride: int = 4  # 7x7/2 + max-pool; 1 for the CIFAR stems
+    channel_mult: float = 1.0  # MobileNetV2's width multiplier (0.5x)
+    # "module:callable" that builds it: f(genome, spec, num_classes, width_mult, convs, recipe)
+    builder: str = "searchspace.backbones.resnet:ResNet"
 
     @property
     def num_stages(self) -> int:
@@ -38,12 +41,6 @@ class BackboneSpec:
     @property
     def expansion(self) -> int:
         return 4 if self.block == "bottleneck" else 1
-
-    @property
-    def builder(self) -> str:
-        """"module:callable" that builds this backbone: f(genome, spec, num_classes, width_mult, convs, recipe)."""
-        return {"resnet": "searchspace.backbones.resnet:ResNet",
-                "mobilenet": "searchspace.backbones.mobilenet:build_mobilenet"}[self.family]
 
     def last_map_size(self, resolution: int, downsampling: str) -> int:
         """Side of the last stage's map at `resolution` (ResNets; padding-free maps shrink faster,
@@ -85,11 +82,14 @@ for _spec in (
                  downsampling=("v1.5", "padding_free"), target_resolution=32, target_classes=100, stem_stride=1),
     # MobileNets (backbones/mobilenet.py): "stages" are the KernelWarehouse sharing groups.
     BackboneSpec("mobilenetv2_1x", "mobilenet", "inverted", (1, 2, 3, 4, 3, 4), (16, 24, 32, 64, 96, 160),
-                 stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING, supports_plugins=False),
+                 stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING, supports_plugins=False,
+                 builder="searchspace.backbones.mobilenet:build_mobilenet_v2"),
     BackboneSpec("mobilenetv2_0.5x", "mobilenet", "inverted", (1, 2, 3, 4, 3, 4), (8, 16, 16, 32, 48, 80),
-                 stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING, supports_plugins=False),
+                 stems=("standard",), downsampling=MOBILENET_DOWNSAMPLING, supports_plugins=False,
+                 channel_mult=0.5, builder="searchspace.backbones.mobilenet:build_mobilenet_v2"),
     BackboneSpec("mobilenetv3_large_cifar", "mobilenet", "inverted", (1, 2, 3, 6, 3), (16, 24, 40, 112, 160),
                  stems=("standard", "hybrid"), downsampling=MOBILENET_DOWNSAMPLING,
-                 target_resolution=32, target_classes=100, supports_plugins=False, supports_kw=False),
+                 target_resolution=32, target_classes=100, supports_plugins=False, supports_kw=False,
+                 builder="searchspace.backbones.mobilenet:build_mobilenet_v3_large_cifar"),
 ):
     add_backbone_spec(_spec)
