@@ -198,7 +198,9 @@ class Block(nn.Module):
         return self.finish(self.forward_preact(x))
 
 
-class Stage(nn.Module):
+class ResNetStage(nn.Module):
+    """A stage's blocks as modules, and its stage module (SDA) when the genome's stage has one."""
+
     def __init__(self, blocks: list[Block], stage_module: nn.Module | None):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
@@ -290,7 +292,7 @@ class ResNet(nn.Module):
             if st.stage_module is not None:
                 p = st.stage_module
                 sm = registry.get(p.type).factory(cin, p.r, Site(si, depth - 1, "stage", hw, depth), **p.opts)
-            stages.append(Stage(blocks, sm))
+            stages.append(ResNetStage(blocks, sm))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.post_pool_norm = nn.BatchNorm2d(cin) if spec.post_pool_norm else nn.Identity()
