@@ -59,14 +59,14 @@ def smoke_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("smoke")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    os.environ["STUDIES_INJECT_FAILURE_TRIAL"] = "1"
     t0 = time.perf_counter()
     try:
         from studies.run import main
 
-        assert main(["smoke", "--out", str(out), "--concurrency", "2", "--quiet", "--reference", "--seed-known"]) == 0
+        with pytest.MonkeyPatch.context() as mp:  # module-scoped: the function-scoped monkeypatch cannot serve it
+            mp.setenv("STUDIES_INJECT_FAILURE_TRIAL", "1")
+            assert main(["smoke", "--out", str(out), "--concurrency", "2", "--quiet", "--reference", "--seed-known"]) == 0
     finally:
-        os.environ.pop("STUDIES_INJECT_FAILURE_TRIAL")
         ray.shutdown()
     return out, time.perf_counter() - t0
 
@@ -580,9 +580,11 @@ def test_padding_free_resolution_per_backbone():
     from studies import config
 
     cifar = {"backbone": "resnet20_cifar", "stems": ["cifar"], "downsampling": ["v1.5", "padding_free"]}
-    assert config.from_dict({"space": cifar, "fidelity": {"resolution": 32}}, "x")  # stride-1 stem: 32 -> 15 -> 7
+    cfg = config.from_dict({"space": cifar, "fidelity": {"resolution": 32}}, "x")  # stride-1 stem: 32 -> 15 -> 7
+    assert config.spec(cfg).downsampling == ("v1.5", "padding_free")
     r50 = {"backbone": "resnet50", "downsampling": ["v1.5", "padding_free"]}
-    assert config.from_dict({"space": r50, "fidelity": {"resolution": 64}}, "x")  # 16 -> 7 -> 3 -> 1
+    cfg = config.from_dict({"space": r50, "fidelity": {"resolution": 64}}, "x")  # 16 -> 7 -> 3 -> 1
+    assert config.spec(cfg).downsampling == ("v1.5", "padding_free")
     with pytest.raises(UserError, match="padding_free"):
         config.from_dict({"space": r50, "fidelity": {"resolution": 56}}, "x")  # 14 -> 6 -> 2 -> 0
 
