@@ -283,7 +283,7 @@ def _optimizer(model: nn.Module, fid: Fidelity) -> torch.optim.Optimizer:
 
 
 def _lr_schedule(fid: Fidelity, steps: int) -> Callable[[int], float]:
-    """Learning rate at iteration `it`: linear warm-up, then cosine to zero."""
+    """lr_at(iteration): a linear warm-up to fid.lr, then a cosine to zero (per iteration)."""
     total = steps * fid.epochs
     warm = min(round(fid.warmup_epochs * steps), total // 4)  # short runs still get their cosine decay
 
