@@ -25,13 +25,14 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+
+from trainers.measure import Timer  # noqa: E402
 
 
 class GpuSampler(threading.Thread):
@@ -86,12 +87,11 @@ def run_study(name: str, out: Path, gpus: float, extra: list[str]) -> tuple[dict
     sampler = GpuSampler() if gpus else None
     if sampler:
         sampler.start()
-    t = time.perf_counter()
     log = folder.with_suffix(".log")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
+    with open(log, "w") as f, Timer() as t:  # the study's processes: the host clock, no device sync
         rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - t
+    wall = t.wall_s
     util = sampler.stop() if sampler else {"source": "cpu run: no GPU sampled"}
     if rc != 0:
         print(f"study {name} exited {rc}; last lines of {log}:\n" + "\n".join(log.read_text().splitlines()[-15:]))

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
 
 import torch
 from torch import nn
 
 from searchspace.build import build, set_kw_epoch
 from searchspace.genome import Genome, Stage
+from trainers.measure import time_call
 
 
 _AMP = contextlib.nullcontext
@@ -33,16 +33,6 @@ def _step(mod: nn.Module, x: torch.Tensor) -> None:
     with _AMP():
         y = mod(x)
     y.float().sum().backward()
-
-
-def _time(mod, x, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    _step(mod, x)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
 
 
 def bench(budget: float, batch: int, repeats: int, device: torch.device, hw: int = 14, layout: str = "nchw",
@@ -63,8 +53,8 @@ def bench(budget: float, batch: int, repeats: int, device: torch.device, hw: int
         _step(plain, x)
     t_kw, t_plain = [], []
     for _ in range(repeats):  # interleaved, so drift in machine load hits both alike
-        t_kw.append(_time(holder["conv"], x, device))
-        t_plain.append(_time(plain, x, device))
+        t_kw.append(time_call(lambda: _step(holder["conv"], x), device))
+        t_plain.append(time_call(lambda: _step(plain, x), device))
     ratios = [a / b for a, b in zip(t_kw, t_plain)]
     n = kw.warehouse_weight.shape[0]
     return {"b": budget, "batch": batch, "n": n, "layout": layout, "dtype": dtype,

@@ -16,15 +16,14 @@ interleaving, so the speed-up of the fast forms is measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import contextlib
+import statistics
 
 import torch
 
 from searchspace import Genome, build, catalog
 from searchspace.plugins.forms import counted_forms
+from trainers.measure import autocast_for, memory_format_for, time_call
 
 ATTENTION = ["se_resnet18", "se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b", "dsnet50_c", "msa_resnet18_r16",
              "msa_resnet18_r4", "msaf_resnet18_r16", "msaf_resnet18_r4", "aff_resnet18_r4", "iaff_resnet18_r4",
@@ -33,23 +32,20 @@ ATTENTION = ["se_resnet18", "se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b",
 
 def step_time(model, opt, x, y, device, counted=False) -> float:
     opt.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), \
-            (counted_forms() if counted else contextlib.nullcontext()):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+    amp = autocast_for(device)
+
+    def step():
+        with amp(), (counted_forms() if counted else contextlib.nullcontext()):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return time_call(step, device)
 
 
 def make(genome, device, width):
-    model = build(genome, num_classes=100, width_mult=width).to(device).train()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = build(genome, num_classes=100, width_mult=width).train()
+    model = model.to(device, memory_format=memory_format_for(model, device))
     return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
 
@@ -62,13 +58,12 @@ def compare(design, resolution, args, device) -> tuple[float, ...]:
         models.append(make(design.genome, device, args.width))
         counted.append(True)
     x = torch.randn(args.batch, 3, resolution, resolution, device=device)
-    if device.type == "cuda":
-        x = x.to(memory_format=torch.channels_last)
+    xs = [x.contiguous(memory_format=memory_format_for(m, device)) for m, _ in models]  # as the trainer feeds it
     y = torch.randint(0, 100, (args.batch,), device=device)
     times = [[] for _ in models]
     for i in range(args.warmup + args.repeats):
         for k, (m, opt) in enumerate(models):
-            t = step_time(m, opt, x, y, device, counted[k])
+            t = step_time(m, opt, xs[k], y, device, counted[k])
             if i >= args.warmup:
                 times[k].append(t)
     speeds = [args.batch / statistics.median(t) for t in times]

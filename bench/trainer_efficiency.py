@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,7 +25,7 @@ import torch  # noqa: E402
 
 from searchspace import build, catalog  # noqa: E402
 from trainers.data import DataSpec, load_data  # noqa: E402
-from trainers.measure import bare_train_step  # noqa: E402
+from trainers.measure import Timer, bare_train_step  # noqa: E402
 from trainers.train import Fidelity, train  # noqa: E402
 
 
@@ -45,10 +44,10 @@ def main():
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    t = time.perf_counter()
-    data = load_data(DataSpec(), a.resolution)
+    with Timer() as t:
+        data = load_data(DataSpec(), a.resolution)
     print(f"data: {len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, "
-          f"{a.resolution}px, loaded in {time.perf_counter() - t:.1f}s; torch threads {torch.get_num_threads()}")
+          f"{a.resolution}px, loaded in {t.wall_s:.1f}s; torch threads {torch.get_num_threads()}")
     fid = Fidelity(epochs=a.epochs, resolution=a.resolution, width_mult=a.width, batch_size=a.batch_size)
     rows = []
     for name in a.models.split(","):
@@ -61,14 +60,12 @@ def main():
         bare_wall, bare_cpu = [], []
 
         def between_epochs(epoch, m):
-            t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(a.bare_steps):
-                step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
+            with Timer(dev) as t:
+                for _ in range(a.bare_steps):
+                    step()
             n = a.bare_steps * a.batch_size
-            bare_wall.append(n / (time.perf_counter() - t0))
-            bare_cpu.append(n / (time.process_time() - c0))
+            bare_wall.append(n / t.wall_s)
+            bare_cpu.append(n / t.cpu_s)
             print(f"  {name} epoch {epoch}: trainer {m['images_per_s']:.0f} img/s wall, "
                   f"{m['images_per_s'] * m['train_s'] / m['cpu_s']:.0f} img/s cpu ({m['train_s']:.1f}s); "
                   f"bare {bare_wall[-1]:.0f} wall, {bare_cpu[-1]:.0f} cpu; top1 {m['top1']:.3f}", flush=True)

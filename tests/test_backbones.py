@@ -117,8 +117,16 @@ def test_sda_stage_with_after_add_plugin_uses_every_parameter():
 
 
 def test_grouped_backbone_builds_at_any_proxy_width():
+    """Proxy widths are rounded so that every grouped 3x3 conv keeps its 8 groups."""
+    def groups(m):
+        return [c.groups for c in m.modules() if isinstance(c, nn.Conv2d) and c.groups > 1]
+
+    full = groups(build(Genome("resnet86g8"), num_classes=10))
+    assert full and set(full) == {8}
     for w in (0.3, 0.15, 0.5):
-        build(Genome("resnet86g8"), num_classes=10, width_mult=w)(torch.randn(2, 3, 32, 32))
+        m = build(Genome("resnet86g8"), num_classes=10, width_mult=w)
+        assert groups(m) == full
+        assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_msca_folds_the_pooling_into_its_filters():

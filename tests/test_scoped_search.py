@@ -165,7 +165,7 @@ def test_every_sampler_builds_seeded(sampler):
 
     study.optimize(objective, n_trials=7)  # past the 4 start-up trials: the model-based step runs too
     assert len(study.trials) == 7 and all(t.state == TrialState.COMPLETE for t in study.trials)
-    assert all(t.values[0] <= 0.5 for t in study.best_trials)  # the front is feasible only
+    assert study.best_trials and all(t.values[0] <= 0.5 for t in study.best_trials)  # the front is feasible only
 
 
 # -- Pareto-aware early stopping ----------------------------------------------------------------

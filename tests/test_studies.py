@@ -772,9 +772,11 @@ def test_padding_free_resolution_per_backbone():
     from studies import config
 
     cifar = {"backbone": "resnet20_cifar", "stems": ["cifar"], "downsampling": ["v1.5", "padding_free"]}
-    assert config.from_dict({"space": cifar, "fidelity": {"resolution": 32}}, "x")  # stride-1 stem: 32 -> 15 -> 7
+    cfg = config.from_dict({"space": cifar, "fidelity": {"resolution": 32}}, "x")  # stride-1 stem: 32 -> 15 -> 7
+    assert config.spec(cfg).downsampling == ("v1.5", "padding_free")
     r50 = {"backbone": "resnet50", "downsampling": ["v1.5", "padding_free"]}
-    assert config.from_dict({"space": r50, "fidelity": {"resolution": 64}}, "x")  # 16 -> 7 -> 3 -> 1
+    cfg = config.from_dict({"space": r50, "fidelity": {"resolution": 64}}, "x")  # 16 -> 7 -> 3 -> 1
+    assert config.spec(cfg).downsampling == ("v1.5", "padding_free")
     with pytest.raises(UserError, match="padding_free"):
         config.from_dict({"space": r50, "fidelity": {"resolution": 56}}, "x")  # 14 -> 6 -> 2 -> 0
 

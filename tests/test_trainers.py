@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ import torch
 from searchspace import Genome
 from searchspace.errors import UserError
 from trainers import data as tdata
-from trainers.data import BUNDLED, DataSpec, crop_flip, load_data, pad_reflect
-from trainers.measure import inference_latency, train_throughput
+from trainers.data import BUNDLED, DataSpec, crop_flip, load_data, normalize, pad_reflect
+from trainers.loader import Loader
+from trainers.measure import Timer, inference_latency, time_call, train_throughput
 from trainers.train import Fidelity, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,6 +153,45 @@ def test_crop_flip_is_a_crop_and_a_flip():
     assert torch.equal(crop_flip(xp, off, off, torch.zeros(4, dtype=torch.bool), 8), x)
     assert torch.equal(crop_flip(xp, off, off, torch.ones(4, dtype=torch.bool), 8), x.flip(3))
     assert torch.equal(crop_flip(xp, off * 0, off, torch.zeros(4, dtype=torch.bool), 8)[:, :, 2:], x[:, :, :6])
+
+
+def _epochs(loader, n=2):
+    return [[(x.clone(), y.clone()) for x, y in loader] for _ in range(n)]
+
+
+@pytest.mark.parametrize("augment", ["crop", "rrc", "none"])
+def test_training_loader_is_seeded_drops_the_ragged_batch_and_reshuffles(augment):
+    x = torch.randint(0, 256, (22, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(22)
+
+    def loader(seed):
+        return Loader(x, y, 8, "cpu", augment=augment, crop_pad=1, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+    a, b = _epochs(loader(0)), _epochs(loader(0))
+    assert len(loader(0)) == 2 and [len(e) for e in a] == [2, 2]
+    for ea, eb in zip(a, b):  # the same seed: the same order and augmentation
+        assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(ea, eb))
+    labels = [torch.cat([yb for _, yb in e]) for e in a]
+    assert all(len(set(lab.tolist())) == 16 for lab in labels)  # 16 distinct images, 6 left out
+    assert not torch.equal(labels[0], labels[1])  # a new order every epoch
+    assert all(xb.shape == (8, 3, 8, 8) and xb.dtype == torch.float32 for e in a for xb, _ in e)
+    assert not torch.equal(a[0][0][0], _epochs(loader(1), 1)[0][0][0])
+
+
+def test_evaluation_loader_yields_every_image_in_order_unaugmented():
+    x = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    batches = list(Loader(x, torch.arange(10), 4, "cpu"))
+    assert [len(yb) for _, yb in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat([yb for _, yb in batches]), torch.arange(10))
+    assert torch.equal(torch.cat([xb for xb, _ in batches]), normalize(x, torch.float32))
+
+
+def test_timer_reads_wall_and_cpu_clocks():
+    with Timer() as t:
+        time.sleep(0.02)
+    assert t.wall_s >= 0.02 and t.cpu_s < t.wall_s  # asleep: wall time passes, this process does no work
+    assert time_call(lambda: time.sleep(0.01)) >= 0.01
 
 
 # --- training -----------------------------------------------------------------------------------

@@ -119,7 +119,8 @@ def test_bad_space_is_a_user_error(bad, message):
 def test_good_mobilenet_spaces_pass():
     spec = space.SpaceSpec.from_dict({"backbone": "mobilenetv2_1x", "kw": ["off", 1, 4], "downsampling": ["standard", "padding_free"]})
     assert spec.kw == ("off", 1.0, 4.0) and space.count(spec) == 6
-    assert space.SpaceSpec.from_dict({"backbone": "mobilenetv3_large_cifar", "stems": ["standard", "hybrid"]}).validate()
+    spec = space.SpaceSpec.from_dict({"backbone": "mobilenetv3_large_cifar", "stems": ["standard", "hybrid"]}).validate()
+    assert spec.stems == ("standard", "hybrid") and space.count(spec) == 2
 
 
 _NO_OPTUNA = r"""

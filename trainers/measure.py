@@ -17,12 +17,54 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def pick_device(device=None) -> torch.device:
+    """`device`, or CUDA when there is one, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def autocast_for(device):
+    """A factory of the context a step runs in: bf16 autocast on CUDA (the trainer's precision), none on the CPU."""
+    if torch.device(device).type == "cuda":
+        return lambda: torch.autocast("cuda", torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def synchronize(device) -> None:
+    """Wait for the work this process queued on a CUDA device (nothing to wait for on the CPU), so that
+    a host clock read next counts it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """Wall and CPU (this process, all threads) seconds of a `with` block; on CUDA the device is
+    synchronised on entry and exit, so the window holds exactly the block's kernels."""
+
+    def __init__(self, device="cpu"):
+        self.device = torch.device(device)
+        self.wall_s = self.cpu_s = 0.0
+
+    def __enter__(self) -> "Timer":
+        synchronize(self.device)
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.device)
+        self.wall_s, self.cpu_s = time.perf_counter() - self._wall, time.process_time() - self._cpu
+
+
+def time_call(fn, device="cpu") -> float:
+    """Wall seconds of one call of `fn`, with the CUDA device synchronised around it."""
+    with Timer(device) as t:
+        fn()
+    return t.wall_s
+
+
 def _setup(model: nn.Module, device):
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cuda = dev.type == "cuda"
+    dev = pick_device(device)
     mf = memory_format_for(model, dev)
-    amp = (lambda: torch.autocast("cuda", torch.bfloat16)) if cuda else contextlib.nullcontext
-    return model.to(dev, memory_format=mf), dev, mf, amp
+    return model.to(dev, memory_format=mf), dev, mf, autocast_for(dev)
 
 
 def _timed(fn, dev, warmup: int, repeats: int) -> float:
@@ -40,9 +82,7 @@ def _timed(fn, dev, warmup: int, repeats: int) -> float:
             end.synchronize()
             times.append(start.elapsed_time(end) / 1000)
         else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
+            times.append(time_call(fn, dev))
     return statistics.median(times)
 
 
@@ -98,7 +138,7 @@ def inference_latency(model: nn.Module, resolution: int = 224, batch_sizes=(1, 3
     (fractional gpus_per_trial) their kernels run concurrently and slow these down: compare latencies
     only between trials that ran alone on their GPU, or all packed alike.
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     dtype = dtype or inference_dtype(dev)
     mf = memory_format_for(model, dev)
     net = copy.deepcopy(model).to(dev, dtype=dtype, memory_format=mf).eval()

@@ -1,8 +1,8 @@
 """Proxy training: one genome, one fidelity, the images already on the device.
 
-The loop follows airbench: the uint8 set lives on the device, each epoch draws a permutation and
-the augmentation parameters for every image at once (one seeded torch.Generator), and a step is
-index -> crop/flip -> normalise -> forward/backward/step with no per-image Python and no host sync.
+The loop follows airbench: a Loader (trainers.loader) keeps the uint8 set on the device and draws
+each epoch's order and augmentation at once from one seeded torch.Generator; a step is batch ->
+forward/backward/step, with no per-image Python and no host sync.
 
     python -m trainers.train resnet18 --epochs 2 --resolution 32 --width 0.25 --num-classes 10 --json
 """
@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from searchspace import catalog
+from searchspace import catalog, set_kw_epoch
 from searchspace.errors import UserError, argument_parser, cli_main
 
 from . import compiler
-from .data import DataSpec, ImageData, crop_flip, load_data, norm_constants, normalize, resized_crop_flip, rrc_params
-from .measure import memory_format_for
+from .data import DataSpec, ImageData, load_data
+from .loader import Loader
+from .measure import autocast_for, memory_format_for, pick_device, synchronize
 
 STATUSES = ("ok", "diverged", "oom", "stopped")
 # The uint8 images go to the device when they take at most this share of the run's device memory
@@ -171,7 +172,7 @@ def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec |
     """
     fid = fidelity or Fidelity()
     t_start = time.perf_counter()
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device cuda: no CUDA device available here")
     deterministic = dev.type == "cpu" or fid.deterministic
@@ -271,6 +272,29 @@ def _latency(run, dev) -> float | None:
         return None
 
 
+def _optimizer(model: nn.Module, fid: Fidelity) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum or AdamW; norm weights and biases (1-d) get no weight decay."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": fid.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if fid.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=fid.lr, momentum=fid.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=fid.lr)
+
+
+def _lr_schedule(fid: Fidelity, steps: int) -> Callable[[int], float]:
+    """lr_at(iteration): a linear warm-up to fid.lr, then a cosine to zero (per iteration)."""
+    total = steps * fid.epochs
+    warm = min(round(fid.warmup_epochs * steps), total // 4)  # short runs still get their cosine decay
+
+    def lr_at(it: int) -> float:
+        if it < warm:
+            return fid.lr * (it + 1) / warm
+        return fid.lr * 0.5 * (1 + math.cos(math.pi * (it - warm) / max(1, total - warm)))
+
+    return lr_at
+
+
 class _Run:
     """The state of one training run; `fit` is the hot loop."""
 
@@ -282,122 +306,86 @@ class _Run:
         self.gen = torch.Generator().manual_seed(seed)  # data order and augmentation
         self.status, self.history, self.epochs_done, self.images, self.train_s = "ok", [], 0, 0, 0.0
         self.warmup_s = 0.0
+        self.opt = self.step_model = self.train_set = self.val_set = None
 
     def release(self):
-        self.model = self.opt = self.xtr = self.ytr = self.xva = self.yva = self.step_model = self.norm = None
-        self.data = None
+        self.model = self.opt = self.step_model = self.train_set = self.val_set = self.data = None
 
-    def _batch(self, x: torch.Tensor, idx: torch.Tensor | slice) -> torch.Tensor:
-        """Images `idx` of x on the device: indexed there, or (host-resident data) gathered on the host and
-        copied from pinned memory without blocking."""
-        if self.on_device or self.dev.type != "cuda":
-            return x[idx]
-        b = x[idx]
-        return b.pin_memory().to(self.dev, non_blocking=True)
-
-    def fit(self):
-        fid, dev, data = self.fid, self.dev, self.data
-        cuda = dev.type == "cuda"
+    def _setup(self):
+        """Model, images and optimizer on the device (inside fit: running out of memory here is an "oom")."""
+        fid, dev = self.fid, self.dev
         self.mf = memory_format_for(self.model, dev)  # channels_last on CUDA unless KernelWarehouse
-        self.amp = (lambda: torch.autocast("cuda", torch.bfloat16)) if cuda else contextlib.nullcontext
-        model = self.model.to(dev, memory_format=self.mf)
-        self.norm = norm_constants(dev, torch.float32)  # once per run, not per batch
-        r = fid.resolution
-        pad = (r // 8 if fid.crop_pad is None else fid.crop_pad) if fid.augment == "crop" else 0
-        # one copy of the images wherever they live: the crop reads the reflect padding through its indices
-        here = dev if self.on_device else torch.device("cpu")
-        self.xtr, self.xva = data.train_x.to(here), data.val_x.to(here)
-        self.ytr, self.yva = data.train_y.to(dev), data.val_y.to(dev)
-        n = len(self.ytr)
-        bs = min(fid.batch_size, n)
-        steps = n // bs  # drop the ragged last batch: equal steps, no tiny BatchNorm batches
-        total = steps * fid.epochs
-        warm = min(round(fid.warmup_epochs * steps), total // 4)  # short runs still get their cosine decay
-        kw_t = fid.epochs * 0.2 if fid.kw_temperature_epochs is None else fid.kw_temperature_epochs
-        from searchspace import set_kw_epoch
-
-        decay = [p for p in model.parameters() if p.ndim > 1]  # norm weights and biases (1-d) get no decay
-        no_decay = [p for p in model.parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": fid.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if fid.optimizer == "sgd":
-            self.opt = torch.optim.SGD(groups, lr=fid.lr, momentum=fid.momentum, nesterov=True)
-        else:
-            self.opt = torch.optim.AdamW(groups, lr=fid.lr)
-        opt = self.opt
+        self.amp = autocast_for(dev)
+        self.model = self.model.to(dev, memory_format=self.mf)
+        pad = (fid.resolution // 8 if fid.crop_pad is None else fid.crop_pad) if fid.augment == "crop" else 0
+        self.train_set = Loader(self.data.train_x, self.data.train_y, fid.batch_size, dev, augment=fid.augment,
+                                crop_pad=pad, shuffle=True, generator=self.gen, on_device=self.on_device,
+                                memory_format=self.mf)
+        self.val_set = Loader(self.data.val_x, self.data.val_y, fid.eval_batch_size, dev, on_device=self.on_device,
+                              memory_format=self.mf, norm=self.train_set.norm)
+        self.opt = _optimizer(self.model, fid)
         if fid.compile:
             compiler.reset()  # see trainers/compiler.py: a reused worker would reach the recompile limit
-            self.step_model = compiler.compile_for_training(model)
+            self.step_model = compiler.compile_for_training(self.model)
         else:
-            self.step_model = model
+            self.step_model = self.model
 
-        def lr_at(it):
-            if it < warm:
-                return fid.lr * (it + 1) / warm
-            return fid.lr * 0.5 * (1 + math.cos(math.pi * (it - warm) / max(1, total - warm)))
-
+    def fit(self):
         from tqdm.auto import tqdm
 
+        self._setup()
+        fid, dev, model, opt, batches = self.fid, self.dev, self.model, self.opt, self.train_set
+        steps, bs = len(batches), batches.batch_size
+        lr_at = _lr_schedule(fid, steps)
+        kw_t = fid.epochs * 0.2 if fid.kw_temperature_epochs is None else fid.kw_temperature_epochs
         bar = tqdm(range(fid.epochs), desc="train", unit="ep", disable=not sys.stderr.isatty(), leave=False)
         for epoch in bar:
             t0, c0 = time.perf_counter(), time.process_time()
-            g = self.gen
-            perm_host = torch.randperm(n, generator=g)[: steps * bs]
-            perm = perm_host.to(dev)
-            if fid.augment == "crop":
-                dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(dev)
-                dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(dev)
-                flip = (torch.rand(n, generator=g) < 0.5).to(dev)
-            elif fid.augment == "rrc":
-                rrc = rrc_params(n, g).to(dev)
             model.train()
-            loss_sum = torch.zeros((), device=dev)
-            timed_steps = steps
-            for i in range(steps):
+            loss_sum, timed_steps = torch.zeros((), device=dev), steps
+            for i, (x, y) in enumerate(batches):
                 it = epoch * steps + i
                 for group in opt.param_groups:
                     group["lr"] = lr_at(it)
                 set_kw_epoch(model, it / steps, kw_t)
-                idx = perm[i * bs : (i + 1) * bs]
-                xb = self._batch(self.xtr, perm_host[i * bs : (i + 1) * bs] if not self.on_device else idx)
-                if fid.augment == "crop":
-                    x = normalize(crop_flip(xb, dy[idx], dx[idx], flip[idx], r, pad), torch.float32, self.norm)
-                elif fid.augment == "rrc":
-                    x = resized_crop_flip(normalize(xb, torch.float32, self.norm), rrc[idx], r)
-                else:
-                    x = normalize(xb, torch.float32, self.norm)
                 with self.amp():
-                    out = self.step_model(x.contiguous(memory_format=self.mf))
-                loss = F.cross_entropy(out.float(), self.ytr[idx], label_smoothing=fid.label_smoothing)
+                    out = self.step_model(x)
+                loss = F.cross_entropy(out.float(), y, label_smoothing=fid.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 loss_sum += loss.detach()
                 if it == 0 and steps > 1:  # compilation, kernel choice, allocator growth: timed apart
-                    if cuda:
-                        torch.cuda.synchronize(dev)  # the one extra sync of a run
+                    synchronize(dev)  # the one extra sync of a run
                     now = time.perf_counter()
                     self.warmup_s, t0, timed_steps = now - t0, now, steps - 1
             mean_loss = loss_sum.item() / steps  # the one host sync of the epoch
             dt, cpu = time.perf_counter() - t0, time.process_time() - c0
             self.train_s += dt
             self.images += timed_steps * bs
-            metrics = {"epoch": epoch + 1, "loss": mean_loss, "lr": lr_at(min(it, total - 1)),
+            metrics = {"epoch": epoch + 1, "loss": mean_loss, "lr": lr_at((epoch + 1) * steps - 1),
                        "images_per_s": timed_steps * bs / dt if dt > 0 else 0.0, "train_s": dt,
                        "cpu_s": cpu}  # cpu_s: this process, all threads
-            if not math.isfinite(mean_loss):
-                self.status, metrics["loss"] = "diverged", None  # None: results stay strict JSON
-                self.history.append(metrics)
-                self.epochs_done = epoch + 1
+            if not self._end_epoch(metrics, bar):
                 return
-            last = epoch + 1 == fid.epochs
-            if (self.report is not None and self.evaluate_every_epoch) or last:  # ~15% of an epoch: only when read
-                metrics.update(self.evaluate())
+
+    def _end_epoch(self, metrics: dict, bar) -> bool:
+        """Record the epoch (evaluated when someone reads it, or at the end); False ends the run."""
+        epoch, last = metrics["epoch"], metrics["epoch"] == self.fid.epochs
+        if not math.isfinite(metrics["loss"]):
+            self.status, metrics["loss"] = "diverged", None  # None: results stay strict JSON
             self.history.append(metrics)
-            self.epochs_done = epoch + 1
-            bar.set_postfix(loss=f"{mean_loss:.3f}", top1=f"{metrics.get('top1', float('nan')):.3f}")
-            if self.report is not None and self.report(epoch + 1, dict(metrics)) is False and not last:
-                self.status = "stopped"
-                return
+            self.epochs_done = epoch
+            return False
+        if (self.report is not None and self.evaluate_every_epoch) or last:  # ~15% of an epoch: only when read
+            metrics.update(self.evaluate())
+        self.history.append(metrics)
+        self.epochs_done = epoch
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", top1=f"{metrics.get('top1', float('nan')):.3f}")
+        if self.report is not None and self.report(epoch, dict(metrics)) is False and not last:
+            self.status = "stopped"
+            return False
+        return True
 
     @torch.inference_mode()
     def evaluate(self) -> dict:
@@ -406,16 +394,14 @@ class _Run:
         k = min(5, self.data.num_classes)
         correct1 = correct5 = 0
         loss = torch.zeros((), device=self.dev)
-        for i in range(0, len(self.yva), self.fid.eval_batch_size):
-            x = normalize(self._batch(self.xva, slice(i, i + self.fid.eval_batch_size)), torch.float32, self.norm)
-            y = self.yva[i : i + self.fid.eval_batch_size]
+        for x, y in self.val_set:
             with self.amp():
-                out = self.model(x.contiguous(memory_format=self.mf)).float()
+                out = self.model(x).float()
             loss += F.cross_entropy(out, y, reduction="sum")
             hit = out.topk(k, 1).indices == y[:, None]
             correct1 += hit[:, 0].sum()
             correct5 += hit.any(1).sum()
-        n = len(self.yva)
+        n = len(self.val_set.labels)
         return {"top1": int(correct1) / n, "top5": int(correct5) / n, "val_loss": loss.item() / n}
 
 
