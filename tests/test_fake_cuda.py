@@ -60,7 +60,7 @@ def test_catalog_models_run_on_fake_cuda(name):
 
 
 def sampled_genomes(config_name: str, n: int, seed: int = 0):
-    spec = config.spec(config.load(config_name))
+    spec = config.load(config_name).space
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     return [space.suggest(study.ask(), spec) for _ in range(n)]
 

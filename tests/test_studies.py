@@ -298,7 +298,7 @@ def test_readme_says_what_the_configs_say():
     assert readme.block(text) == readme.table(), \
         "README.md's shipped-configs table is out of date: run python -m studies.readme --write"
     row = readme.row("imagenet_subset")  # spot-check the generator against the raw TOML
-    raw = config.load("imagenet_subset").raw
+    raw = config.to_storable(config.load("imagenet_subset"))
     assert f"{raw['data']['max_per_class']} train images" in row["proxy"]
     assert f"{raw['fidelity']['epochs']} epochs" in row["proxy"] and f"{raw['fidelity']['resolution']} px" in row["proxy"]
     quoted = re.search(r"studies\.run imagenet_subset +# (\d+) published designs, then (\d+) trials", text)
@@ -397,12 +397,12 @@ def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys,
     journal = JournalStorage(JournalFileBackend(str(run / "study.journal")))
     existing = optuna.create_study(study_name="smoke", directions=["maximize", "minimize"], storage=journal)
     smoke = config.load("smoke")
-    for k, v in (("fidelity", smoke.fidelity), ("data", smoke.data), ("seed", 0),
+    for k, v in (("fidelity", smoke.protocol["fidelity"]), ("data", smoke.protocol["data"]), ("seed", 0),
                  ("config", config.to_storable(smoke))):
         existing.set_user_attr(k, v)
     other = optuna.create_study(study_name="space_changed", directions=["maximize", "minimize"],
                                 storage=journal)  # the same storage, [space] of another choice list
-    other.set_user_attr("config", {**config.to_storable(smoke), "space": {**smoke.space, "plugins": ["none"]}})
+    other.set_user_attr("config", {**config.to_storable(smoke), "space": {**smoke.space_table, "plugins": ["none"]}})
     other_root = tmp_path / "imgs"
     for split in ("train", "val"):
         (other_root / split).mkdir(parents=True)
@@ -455,9 +455,9 @@ def test_config_loading_and_overrides():
     for name in config.shipped():
         c = config.load(name)
         assert c.objectives[0] == {"name": "top1", "direction": "maximize"}
-        assert c.target["resolution"] == 224 and c.target["num_classes"] == 1000
+        assert c.target.resolution == 224 and c.target.num_classes == 1000
     c = config.load("smoke", {"fidelity.epochs": 3, "budget.trials": 9})
-    assert c["fidelity"]["epochs"] == 3 and c["budget"]["trials"] == 9
+    assert c.fidelity.epochs == 3 and c.budget.trials == 9
     with pytest.raises(UserError, match="objective 'acc'"):
         config.from_dict({"space": {"backbone": "resnet18"}, "objectives": {"acc": "maximize"}}, "x")
 
@@ -466,7 +466,7 @@ def test_published_resnet50_designs_lie_in_imagenet_subset():
     from searchspace import catalog, space
     from studies import config
 
-    spec = config.spec(config.load("imagenet_subset"))
+    spec = config.load("imagenet_subset").space
     # kw_resnet50_1d2x also switches KW's nonlocal basis on, which the space has no axis for
     r50 = [n for n in catalog.names() if catalog.get(n).genome.backbone == "resnet50"
            and not dict(catalog.get(n).genome.kw_options).get("nonlocal_basis")]
@@ -482,15 +482,9 @@ def _searcher(tmp_path, cfg, sampler=None, **kw):
     url = str(tmp_path / "study.journal")
     optuna.create_study(study_name="u", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(url)), directions=[o["direction"] for o in cfg.objectives])
-    kw = {"epochs": cfg["fidelity"]["epochs"], "attrs": {"fidelity": cfg.fidelity, "seed": 0, "reference": None},
+    kw = {"epochs": cfg.fidelity.epochs, "attrs": {"fidelity": cfg.protocol["fidelity"], "seed": 0, "reference": None},
           "log": lambda m: None, **kw}
-    return StudySearch(GenomeSpace(config_spec(cfg)), cfg.objectives, "u", url, sampler or SamplerSpec("random", 0), **kw)
-
-
-def config_spec(cfg):
-    from studies import config
-
-    return config.spec(cfg)
+    return StudySearch(GenomeSpace(cfg.space), cfg.objectives, "u", url, sampler or SamplerSpec("random", 0), **kw)
 
 
 def test_searcher_states_without_ray(tmp_path):
