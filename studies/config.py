@@ -14,12 +14,14 @@ import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from searchspace.errors import UserError
-from searchspace.space import SpaceSpec
-from trainers.data import DataSpec
-from trainers.train import Fidelity
+
+if TYPE_CHECKING:  # imported when a config is built: listing the shipped configs needs no trainer
+    from searchspace.space import SpaceSpec
+    from trainers.data import DataSpec
+    from trainers.train import Fidelity
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 OBJECTIVES = {"top1": "maximize", "flops": "minimize", "params": "minimize", "activations": "minimize",
@@ -160,7 +162,7 @@ class StudyConfig:
         data = {k: getattr(self.data, k) for k in DEFAULTS["data"]}
         return {"fidelity": {**fid, "num_classes": data["num_classes"], "max_per_class": data["max_per_class"]},
                 "data": data,
-                "target": {"backbone": self.space_table.get("backbone", "resnet50"), **asdict(self.target)}}
+                "target": {"backbone": self.space.backbone, **asdict(self.target)}}
 
 
 def shipped() -> list[str]:
@@ -249,6 +251,10 @@ def _num(v, what, lo=0.0, hi=None, strict=True):
 
 def _build(raw: dict, source: str, where: str) -> StudyConfig:
     """Check every field of the merged config (one UserError naming the first bad one), then build it."""
+    from searchspace.space import SpaceSpec
+    from trainers.data import DataSpec
+    from trainers.train import Fidelity
+
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", raw["name"]):
         raise UserError(f"{where}: name {raw['name']!r} may only use letters, digits, '_', '-' and '.'")
     if not isinstance(raw["description"], str):

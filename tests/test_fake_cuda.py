@@ -66,7 +66,7 @@ def sampled_genomes(config_name: str, n: int, seed: int = 0):
 
 
 def _check_sample(config_name: str, n: int):
-    res = config.load(config_name)["fidelity"]["resolution"]
+    res = config.load(config_name).fidelity.resolution
     bad = []
     for g in sampled_genomes(config_name, n):
         try:

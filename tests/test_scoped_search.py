@@ -288,4 +288,4 @@ def test_gp_sampler_config_says_what_it_needs():
         with pytest.raises(UserError, match=r'sampler.name "gp" needs scipy, which is not installed \(pip install scipy\)'):
             config.from_dict(doc, "x")
     else:
-        assert config.from_dict(doc, "x")["sampler"]["name"] == "gp"
+        assert config.from_dict(doc, "x").sampler.name == "gp"

@@ -462,6 +462,34 @@ def test_config_loading_and_overrides():
         config.from_dict({"space": {"backbone": "resnet18"}, "objectives": {"acc": "maximize"}}, "x")
 
 
+def test_config_is_typed_frozen_and_changed_only_by_a_new_validated_config():
+    import dataclasses
+
+    from studies import config
+    from trainers.train import Fidelity
+
+    for name in config.shipped():  # the stored form rebuilds the same config
+        c = config.load(name)
+        assert config.from_dict(config.to_storable(c), name=c.name, source=c.source) == c
+    c = config.load("smoke", {"fidelity.width": 0.5, "seed": 7})
+    assert isinstance(c.fidelity, Fidelity) and c.fidelity.width == 0.5 and c.seed == 7
+    assert c.protocol["fidelity"]["width"] == 0.5 and "width_mult" not in config.to_storable(c)["fidelity"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.seed = 3
+    d = config.with_overrides(c, {"budget.concurrency": 1, "name": "other"}, "--name")
+    assert (d.budget.concurrency, d.name, c.budget.concurrency, c.name) == (1, "other", 2, "smoke")
+    with pytest.raises(UserError, match=r"^--name: name 'a b' may only use"):
+        config.with_overrides(c, {"name": "a b"}, "--name")
+    # one set of fidelity rules: the study's [fidelity] and trainers.Fidelity say the same thing
+    with pytest.raises(UserError, match=r"^smoke.toml: fidelity.batch_size: expected an integer >= 2, got 1$"):
+        config.load("smoke", {"fidelity.batch_size": 1})
+    with pytest.raises(UserError, match=r"^fidelity.batch_size: expected an integer >= 2, got 1$"):
+        Fidelity(batch_size=1)
+    with pytest.raises(UserError, match=r"^smoke.toml: fidelity: unknown keys \['nope'\]"):
+        config.load("smoke", {"fidelity.nope": 1})
+    assert Fidelity.from_dict({"width_mult": 0.5}).width == 0.5  # a record written before the rename
+
+
 def test_published_resnet50_designs_lie_in_imagenet_subset():
     from searchspace import catalog, space
     from studies import config
