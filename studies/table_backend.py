@@ -81,14 +81,14 @@ class FromDecide:
 def stopping_rule(cfg) -> StoppingRule:
     """The rule the config asks for ([early_stopping]); the same settings Ray's ASHAScheduler gets."""
     es = cfg.early_stopping
-    if not es["asha"]:
+    if not es.asha:
         return NoStopping()
-    if es.get("rule") == "pareto":  # the rule studies.pareto_asha.ParetoASHA runs inside Ray
+    if es.rule == "pareto":  # the rule studies.pareto_asha.ParetoASHA runs inside Ray
         from .pareto_asha import ParetoRungs, rung_levels
 
         metrics = {o["name"]: o["direction"] for o in cfg.objectives if o["name"] != "latency_ms"}
         levels = rung_levels(cfg.fidelity.epochs, es.grace_period, es.reduction_factor)
-        return FromDecide(ParetoRungs(levels, es["reduction_factor"], list(metrics.values())), list(metrics))
+        return FromDecide(ParetoRungs(levels, es.reduction_factor, list(metrics.values())), list(metrics))
     return ASHA(cfg.fidelity.epochs, es.grace_period, es.reduction_factor)
 
 

@@ -24,7 +24,7 @@ PUBLISHED_R50 = ("resnet50", "se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b"
 
 
 def _menu_spec(**extra):
-    return space.SpaceSpec.from_dict({"backbone": "resnet50", **config_mod.load("placement_table").space, **extra})
+    return space.SpaceSpec.from_dict({"backbone": "resnet50", **config_mod.load("placement_table").space_table, **extra})
 
 
 # -- stage menus in the space spec ------------------------------------------------------------------
