@@ -132,19 +132,19 @@ def alone_vs_bare(name: str, trials, device: str, count: int) -> list[float]:
     """Trainer alone on the device and a bare loop, for `count` of the study's trained genomes."""
     from searchspace import Genome, build
     from studies import config as config_mod
-    from trainers.data import DataSpec, load_data
+    from trainers.data import load_data
     from trainers.measure import train_throughput
-    from trainers.train import Fidelity, train
+    from trainers.train import train
 
     cfg = config_mod.load(name)
-    fid = Fidelity.from_dict(cfg.trainer_fidelity)
-    data = load_data(DataSpec(**cfg["data"]), fid.resolution)
+    fid = cfg.fidelity
+    data = load_data(cfg.data, fid.resolution)
     done = [t for t in trials if t.user_attrs.get("status") == "ok" and t.user_attrs.get("images_per_s")]
     done.sort(key=lambda t: t.user_attrs.get("params", 0))
     pick = {t.user_attrs["genome_key"]: t for t in (done[:1] + done[-1:] + done[1:-1])}  # smallest, largest, others
     ratios = []
     print(f"\n  {name}: trainer alone vs bare loop vs packed trial ({device}, batch {fid.batch_size}, "
-          f"{fid.resolution}px, width {fid.width_mult})")
+          f"{fid.resolution}px, width {fid.width})")
     print(f"  {'genome':<13} {'bare img/s':>10} {'alone img/s':>11} {'alone/bare':>10} {'packed img/s':>12} "
           f"{'packed/alone':>12} {'alone peak MB':>13}")
     for key, t in list(pick.items())[:count]:
@@ -152,7 +152,7 @@ def alone_vs_bare(name: str, trials, device: str, count: int) -> list[float]:
         alone = train(genome, fid, data, device=device, seed=0)
         torch.manual_seed(0)
         n = 10 if device == "cuda" else 2  # the CPU variant only checks the script
-        bare = train_throughput(build(genome, num_classes=data.num_classes, width_mult=fid.width_mult),
+        bare = train_throughput(build(genome, num_classes=data.num_classes, width_mult=fid.width),
                                 fid.batch_size, fid.resolution, device, steps=n, warmup=n, repeats=n // 2 + 1)
         packed = t.user_attrs["images_per_s"]
         ratios.append(alone.images_per_s / bare)

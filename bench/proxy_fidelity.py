@@ -97,8 +97,8 @@ def main(argv=None) -> int:
     from studies import config
 
     shipped_cfg = config.load(SHIPPED)
-    shipped_fid = json.loads(json.dumps(shipped_cfg.fidelity))
-    base = nominal_cost(shipped_cfg.fidelity, shipped_cfg.data)
+    shipped_fid = json.loads(json.dumps(shipped_cfg.protocol["fidelity"]))
+    base = nominal_cost(shipped_fid, shipped_cfg.protocol["data"])
     ref = next((r for r in recs if r["label"] == a.reference), None) if a.reference else \
         max(recs, key=lambda r: nominal_cost(r["fidelity"], r["data"]))
     if a.reference and ref is None:

@@ -73,15 +73,15 @@ def gp_available() -> str | None:
 
 
 def make_rule(stopping: str, cfg, epochs: int):
-    es = cfg["early_stopping"]
+    es = cfg.early_stopping
     if stopping == "asha":
-        return ASHA(epochs, es["grace_period"], es["reduction_factor"])
+        return ASHA(epochs, es.grace_period, es.reduction_factor)
     if stopping == "pareto":  # rungs as ASHA's, below the last epoch
-        milestones, m = [], es["grace_period"]
+        milestones, m = [], es.grace_period
         while m < epochs:
             milestones.append(m)
-            m *= es["reduction_factor"]
-        return FromDecide(ParetoRungs(milestones, es["reduction_factor"], ["maximize", "minimize"]), ["top1", "flops"])
+            m *= es.reduction_factor
+        return FromDecide(ParetoRungs(milestones, es.reduction_factor, ["maximize", "minimize"]), ["top1", "flops"])
     return NoStopping()
 
 
@@ -90,7 +90,7 @@ def one_run(table, cfg, spec, sampler: str, stopping: str, seed: int, budget: in
     name = f"bench-{sampler}-{stopping}-{seed}"
     optuna.create_study(study_name=name, storage=storage, directions=DIRS)
     search = StudySearch(GenomeSpace(spec), cfg.objectives, name, storage,
-                         BenchSampler(sampler, seed, cfg["sampler"]["population"]), table.epochs,
+                         BenchSampler(sampler, seed, cfg.sampler.population), table.epochs,
                          {"seed": seed}, log=lambda *_: None)
     rule = make_rule(stopping, cfg, table.epochs)
     backend = TableBackend(table, cfg, rule=rule, seed=seed, on_missing="skip")
@@ -117,7 +117,7 @@ def main() -> None:
     a = ap.parse_args()
 
     cfg = config_mod.load(a.config)
-    spec = config_mod.spec(cfg)
+    spec = cfg.space
     full = Table.load(a.table or default_csv(cfg.name), cfg)
     table = Table(full.name, full.path, full.complete(), full.epochs, full.protocol)
     seeds_per_genome = len(next(iter(table.rows.values())))
@@ -132,8 +132,8 @@ def main() -> None:
     if budget < 16:
         print(f"note: a budget of {budget} trials lies inside every model-based sampler's random start-up (TPE and "
               "GP: 10 trials, NSGA-II: its first population), so they all draw what random search draws")
-    conc = cfg["budget"]["concurrency"] or 1
-    conv = cfg.target["convention"]
+    conc = cfg.budget.concurrency or 1
+    conv = cfg.target.convention
 
     keys = list(table.rows)
     mean_top1 = {k: table.mean(k) for k in keys}

@@ -48,12 +48,12 @@ def main():
         data = load_data(DataSpec(), a.resolution)
     print(f"data: {len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, "
           f"{a.resolution}px, loaded in {t.wall_s:.1f}s; torch threads {torch.get_num_threads()}")
-    fid = Fidelity(epochs=a.epochs, resolution=a.resolution, width_mult=a.width, batch_size=a.batch_size)
+    fid = Fidelity(epochs=a.epochs, resolution=a.resolution, width=a.width, batch_size=a.batch_size)
     rows = []
     for name in a.models.split(","):
         genome = catalog.get(name).genome
         torch.manual_seed(0)
-        step, dev = bare_train_step(build(genome, num_classes=data.num_classes, width_mult=a.width),
+        step, dev = bare_train_step(build(genome, num_classes=data.num_classes, width=a.width),
                                     a.batch_size, a.resolution, a.device, data.num_classes)
         for _ in range(3):  # warm-up of the bare loop
             step()

@@ -77,23 +77,15 @@ def parse_versus(items) -> dict:
 
 def _with_overrides(cfg, overrides: dict, where: str):
     """A copy of the config with dotted [fidelity] / [data] overrides, fully validated."""
-    doc = json.loads(json.dumps(config_mod.to_storable(cfg)))
-    for key, val in overrides.items():
+    known_data = config_mod.DEFAULTS["data"]
+    for key in overrides:
         sec, dot, name = key.partition(".")
         if not dot or sec not in VERSUS_SECTIONS:
             raise UserError(f"{where} {key!r}: only {' / '.join(s + '.KEY' for s in VERSUS_SECTIONS)} may differ "
                             "between the protocols")
-        if sec == "data" and name not in doc["data"]:
-            raise UserError(f"{where} {key!r}: unknown [data] key (known: {', '.join(doc['data'])})")
-        doc[sec][name] = val
-    out = config_mod.from_dict(doc, name=cfg.name, source=cfg.source)
-    from trainers.train import Fidelity
-
-    try:
-        Fidelity.from_dict(out.trainer_fidelity)
-    except UserError as e:
-        raise UserError(f"{where}: {e}") from None
-    return out
+        if sec == "data" and name not in known_data:
+            raise UserError(f"{where} {key!r}: unknown [data] key (known: {', '.join(known_data)})")
+    return config_mod.with_overrides(cfg, overrides, where)
 
 
 def prepare(args) -> dict:
@@ -106,31 +98,20 @@ def prepare(args) -> dict:
             raise UserError(f"--{n}: expected an integer >= {0 if n == 'designs' else 1}, got {v}")
     cfg = config_mod.load(args.study, {"budget.concurrency": args.concurrency})
     if args.name:
-        cfg.raw["name"] = cfg.name = args.name
-        config_mod.validate(cfg.raw, "--name")
-    cal = cfg.raw["calibration"]
+        cfg = config_mod.with_overrides(cfg, {"name": args.name}, "--name")
+    cal = cfg.calibration  # checked with the rest of the config
     where = Path(cfg.source).name
-    for key in ("designs", "seeds"):
-        if not isinstance(cal[key], int) or isinstance(cal[key], bool) or cal[key] < (0 if key == "designs" else 1):
-            raise UserError(f"{where}: calibration.{key}: expected an integer >= {0 if key == 'designs' else 1}, "
-                            f"got {cal[key]!r}")
-    if not isinstance(cal["versus"], dict):
-        raise UserError(f"{where}: calibration.versus: expected a table of overrides, e.g. "
-                        '{ "fidelity.epochs" = 16 }')
-    designs = cal["designs"] if args.designs is None else args.designs
-    seeds = cal["seeds"] if args.seeds is None else args.seeds
-    overrides = {} if args.no_versus else (parse_versus(args.versus) if args.versus else dict(cal["versus"]))
+    designs = cal.designs if args.designs is None else args.designs
+    seeds = cal.seeds if args.seeds is None else args.seeds
+    overrides = {} if args.no_versus else (parse_versus(args.versus) if args.versus else dict(cal.versus))
     protocols = {"study": cfg}
     if overrides:
         protocols["versus"] = _with_overrides(cfg, overrides, "--versus" if args.versus else f"{where}: calibration.versus")
-        if protocols["versus"].fidelity == cfg.fidelity and protocols["versus"].data == cfg.data:
+        if protocols["versus"].protocol == cfg.protocol:
             raise UserError("--versus: the reference protocol is the study's own; change fidelity or data")
-    from trainers.train import Fidelity
-
-    Fidelity.from_dict(cfg.trainer_fidelity)
     from searchspace import catalog, space
 
-    spec = config_mod.spec(cfg)
+    spec = cfg.space
     inside = [n for n in catalog.names() if space.contains(spec, catalog.get(n).genome)]
     if args.only:
         only = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -164,13 +145,13 @@ def random_genomes(spec, k: int, seed: int) -> list[str]:
 def plan(cfg, published: list[str], k: int, seeds: int, stored_random: list[str]) -> tuple[list[dict], list[str]]:
     from searchspace import catalog
 
-    spec = config_mod.spec(cfg)
+    spec = cfg.space
     rand = list(stored_random[:k])
     if len(rand) < k:
-        rand += random_genomes(spec, k, cfg["seed"] + 7919)[len(rand):]
+        rand += random_genomes(spec, k, cfg.seed + 7919)[len(rand):]
     designs = [(n, catalog.get(n).genome.to_json(), True) for n in published]
     designs += [(f"random-{i + 1}", g, False) for i, g in enumerate(rand)]
-    entries = [{"design": n, "genome": g, "published": p, "trial_seed": cfg["seed"] + s}
+    entries = [{"design": n, "genome": g, "published": p, "trial_seed": cfg.seed + s}
                for n, g, p in designs for s in range(seeds)]
     return entries, rand
 
@@ -212,13 +193,13 @@ def _check_stored(study, protocols: dict) -> None:
     """A calibration study keeps its protocols: a re-run asking for other ones needs another --name."""
     stored = study.user_attrs.get("protocols") or {}
     for p, cfg in protocols.items():
-        want = json.loads(json.dumps({"fidelity": cfg.fidelity, "data": cfg.data, "target": cfg.target}))
+        want = json.loads(json.dumps(cfg.protocol))
         if p in stored and stored[p] != want:
             diff = sorted(k for k in want if stored[p].get(k) != want[k])
             raise UserError(f"study {study.study_name!r}: protocol {p!r} was calibrated with another "
                             f"{', '.join(diff)}; use --name for a new calibration")
     space = (study.user_attrs.get("config") or {}).get("space")
-    if space is not None and space != json.loads(json.dumps(protocols["study"].space)):
+    if space is not None and space != json.loads(json.dumps(protocols["study"].space_table)):
         raise UserError(f"study {study.study_name!r}: [space] differs from the stored calibration; use --name")
 
 
@@ -227,7 +208,7 @@ def run(plan_: dict, log) -> dict:
     from . import driver
 
     cfg, protocols, url = plan_["cfg"], plan_["protocols"], plan_["url"]
-    spec = config_mod.spec(cfg)
+    spec = cfg.space
     name = cfg.name + CALIBRATION_SUFFIX
     work = plan_["run_dir"] / name  # its own lock and Ray folder: a study (or another calibration) may run beside it
     work.mkdir(parents=True, exist_ok=True)
@@ -238,13 +219,12 @@ def run(plan_: dict, log) -> dict:
             _check_stored(existing, protocols)
         directions = [o["direction"] for o in cfg.objectives]
         study = existing or optuna.create_study(study_name=name, storage=storage, directions=directions)
-        stored = json.loads(json.dumps({p: {"fidelity": c.fidelity, "data": c.data, "target": c.target}
-                                        for p, c in protocols.items()}))
+        stored = json.loads(json.dumps({p: c.protocol for p, c in protocols.items()}))
         study.set_user_attr("protocols", {**(study.user_attrs.get("protocols") or {}), **stored})
         study.set_user_attr("objectives", cfg.objectives)
         study.set_user_attr("config", config_mod.to_storable(cfg))
-        study.set_user_attr("target", cfg.target)
-        study.set_user_attr("fidelity", cfg.fidelity)
+        study.set_user_attr("target", cfg.protocol["target"])
+        study.set_user_attr("fidelity", cfg.protocol["fidelity"])
         requeued = st.recover(storage, study)
         if requeued:
             log(f"resuming: trial(s) {requeued} of a stopped driver marked FAIL (interrupted) and requeued")
@@ -276,11 +256,11 @@ def run(plan_: dict, log) -> dict:
                     n = _waiting(study).get(p, 0)
                     if not n:
                         continue
-                    log(f"protocol {p}: {n} run(s); fidelity {json.dumps(pcfg.fidelity)}")
-                    attrs = {"fidelity": pcfg.fidelity, "protocol": p, "held": res["gpu"] or res["cpu"]}
+                    log(f"protocol {p}: {n} run(s); fidelity {json.dumps(pcfg.protocol['fidelity'])}")
+                    attrs = {"fidelity": pcfg.protocol["fidelity"], "protocol": p, "held": res["gpu"] or res["cpu"]}
                     search = driver._new_search(pcfg, url, name, 0, spec, attrs, log,
-                                                sampler=driver.SamplerSpec("random", cfg["seed"]), driver=heartbeat.id)
-                    pcfg.raw["early_stopping"]["asha"] = False  # every run to its last epoch
+                                                sampler=driver.SamplerSpec("random", cfg.seed), driver=heartbeat.id)
+                    pcfg = config_mod.with_overrides(pcfg, {"early_stopping.asha": False})  # every run to its last epoch
                     driver._tune(pcfg, res, search, n, work, f"calibrate-{p}", log)
                     ran += len(search.finished)
             finally:
@@ -321,7 +301,7 @@ def summarize(study, protocols: dict, seeds: int, n_boot: int = 2000, designs=No
                    "compute_s": float(sum(cost[p][d]) / len(cost[p][d]))} for d in r}
         n_pub = cal.noise(pub) if pub else None
         out["protocols"][p] = {
-            "fidelity": protocols[p].fidelity, "data": protocols[p].data, "designs": per, "noise": noise.to_dict(),
+            "fidelity": protocols[p].protocol["fidelity"], "data": protocols[p].protocol["data"], "designs": per, "noise": noise.to_dict(),
             "noise_published": n_pub.to_dict() if n_pub else None,
             "snr_of_mean": {str(m): noise.snr_of_mean(m) for m in (1, 2, 3, 4, 8)},
             "compute_s_per_run": float(sum(sum(v) for v in cost[p].values()) / max(1, sum(len(v) for v in cost[p].values()))),

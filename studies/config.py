@@ -1,4 +1,4 @@
-"""Study configs: load a TOML file, check every field, return a plain `StudyConfig`.
+"""Study configs: load a TOML file, check every field once, return a frozen, typed `StudyConfig`.
 
 A config names the search space ([space], handed to searchspace.space.SpaceSpec.from_dict), the
 objectives, the full-size target the costs are counted on, the proxy fidelity accuracy is measured
@@ -9,13 +9,20 @@ UserError line naming the field; nothing is opened or written while loading.
 from __future__ import annotations
 
 import copy
+import json
+import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from analysis import metrics
 from searchspace.errors import UserError
+
+if TYPE_CHECKING:  # imported when a config is built: listing the shipped configs needs no trainer
+    from searchspace.space import SpaceSpec
+    from trainers.data import DataSpec
+    from trainers.train import Fidelity
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 OBJECTIVES = metrics.OBJECTIVES  # {name: default direction}, read live from analysis.metrics' table
@@ -23,66 +30,134 @@ SAMPLERS = ("nsga2", "tpe", "gp", "random")
 LIMITS = ("flops", "params")  # [constraints] <name>_max
 ES_RULES = ("pareto", "top1")
 
+# The study's own proxy defaults; any other trainers.Fidelity setting may be given in [fidelity] too.
+FIDELITY_DEFAULTS = {"epochs": 2, "resolution": 32, "width": 0.25, "batch_size": 64, "lr": 0.1}
+
+
+@dataclass(frozen=True)
+class Target:
+    """The full-size network the costs are counted on (its backbone is the space's)."""
+
+    resolution: int = 224
+    num_classes: int = 1000
+    convention: str = "paper"
+
+
+@dataclass(frozen=True)
+class Budget:
+    trials: int = 32
+    concurrency: int = 0  # 0 = as many as the cluster's resources allow
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str = "nsga2"
+    population: int = 16
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    asha: bool = False
+    grace_period: int = 1
+    reduction_factor: int = 2
+    rule: str = "pareto"
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Upper limits on a genome's full-size cost: a number, or "<factor> x <catalog design>" (that
+    design's cost at the study's target). A genome over a limit is recorded infeasible, never trained."""
+
+    flops_max: float | str | None = None
+    params_max: float | str | None = None
+
+
+@dataclass(frozen=True)
+class References:
+    """evaluate: train the in-space catalog designs with the same proxy (study '<name>.references');
+    neighbours: the search's first trials are this many one-edit variants of those designs."""
+
+    evaluate: bool = False
+    neighbours: int = 0
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus_per_trial: float = 1
+    gpus_per_trial: float | str = "auto"  # auto = 1 GPU per trial if any
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """studies.calibrate: K random genomes besides the published designs, S seeds each, and the longer
+    reference protocol as {"fidelity.epochs": 16, ...} overrides (checked by studies.calibrate)."""
+
+    designs: int = 8
+    seeds: int = 3
+    versus: dict = field(default_factory=dict)
+
+
 DEFAULTS: dict[str, Any] = {
     "description": "",
     "seed": 0,
     "objectives": {"top1": "maximize", "flops": "minimize"},
-    "target": {"resolution": 224, "num_classes": 1000, "convention": "paper"},
-    "fidelity": {"epochs": 2, "resolution": 32, "width": 0.25, "batch_size": 64, "lr": 0.1},
+    "target": asdict(Target()),
+    "fidelity": FIDELITY_DEFAULTS,
     "data": {"root": None, "num_classes": 10, "max_per_class": None, "max_val_per_class": None,
              "classes_file": None},
-    "budget": {"trials": 32, "concurrency": 0},  # 0 = as many as the cluster's resources allow
-    "sampler": {"name": "nsga2", "population": 16},
-    "early_stopping": {"asha": False, "grace_period": 1, "reduction_factor": 2, "rule": "pareto"},
-    # Upper limits on a genome's full-size cost: a number, or "<factor> x <catalog design>" (that
-    # design's cost at the study's target). A genome over a limit is recorded infeasible, never trained.
-    "constraints": {"flops_max": None, "params_max": None},
-    # evaluate: train the in-space catalog designs with the same proxy (study '<name>.references');
-    # neighbours: the search's first trials are this many one-edit variants of those designs.
-    "references": {"evaluate": False, "neighbours": 0},
-    "resources": {"cpus_per_trial": 1, "gpus_per_trial": "auto"},  # auto = 1 GPU per trial if any
-    # studies.calibrate: K random genomes besides the published designs, S seeds each, and the longer
-    # reference protocol as {"fidelity.epochs": 16, ...} overrides (checked by studies.calibrate)
-    "calibration": {"designs": 8, "seeds": 3, "versus": {}},
+    "budget": asdict(Budget()),
+    "sampler": asdict(Sampler()),
+    "early_stopping": asdict(EarlyStopping()),
+    "constraints": asdict(Constraints()),
+    "references": asdict(References()),
+    "resources": asdict(Resources()),
+    "calibration": asdict(Calibration()),
 }
 SECTIONS = {k for k, v in DEFAULTS.items() if isinstance(v, dict)} | {"space"}
+_TYPED = {"target": Target, "budget": Budget, "sampler": Sampler, "early_stopping": EarlyStopping,
+          "constraints": Constraints, "references": References, "resources": Resources, "calibration": Calibration}
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudyConfig:
+    """A study config, validated: typed sections, nothing to edit. A change (a CLI flag, a resolved data
+    root, another protocol) is a new config from `with_overrides`, checked by the same rules."""
+
     name: str
     source: str  # the file it came from
-    raw: dict  # the merged config as a dict (stored as the study's "config" user attr)
-    space: dict = field(default_factory=dict)
-
-    def __getitem__(self, key):
-        return self.raw[key]
+    space: SpaceSpec
+    fidelity: Fidelity  # the proxy protocol's training settings (trainers.Fidelity)
+    data: DataSpec  # root resolved by studies.run; None = bundled Imagenette-64
+    target: Target
+    directions: tuple[tuple[str, str], ...]  # (objective, "maximize" | "minimize"), in the file's order
+    budget: Budget = Budget()
+    sampler: Sampler = Sampler()
+    early_stopping: EarlyStopping = EarlyStopping()
+    constraints: Constraints = Constraints()
+    references: References = References()
+    resources: Resources = Resources()
+    calibration: Calibration = Calibration()
+    description: str = ""
+    seed: int = 0
+    # What is stored with the study besides the typed values: [space] as written (the study's "config"
+    # attr keeps it so), and the [fidelity] keys set by the defaults or the file (the stored protocol).
+    space_table: dict = field(default_factory=dict)
+    fidelity_keys: tuple[str, ...] = tuple(FIDELITY_DEFAULTS)
 
     @property
     def objectives(self) -> list[dict]:
-        return [{"name": k, "direction": v} for k, v in self.raw["objectives"].items()]
+        return [{"name": k, "direction": v} for k, v in self.directions]
 
     @property
-    def target(self) -> dict:
-        return {"backbone": self.space.get("backbone", "resnet50"), **self.raw["target"]}
-
-    @property
-    def fidelity(self) -> dict:
-        """The proxy protocol as stored with the study: training settings plus the data subset."""
-        d = self.raw["data"]
-        return {**self.raw["fidelity"], "num_classes": d["num_classes"], "max_per_class": d["max_per_class"]}
-
-    @property
-    def data(self) -> dict:
-        """[data] as stored with the study (root resolved by studies.run; None = bundled Imagenette-64)."""
-        return dict(self.raw["data"])
-
-    @property
-    def trainer_fidelity(self) -> dict:
-        """[fidelity] in trainers.Fidelity's names (width -> width_mult)."""
-        f = dict(self.raw["fidelity"])
-        f["width_mult"] = f.pop("width")
-        return f
+    def protocol(self) -> dict:
+        """What a proxy result depends on besides the genome and the seed, as stored with the study
+        (user attrs "fidelity", "data", "target"): the fidelity with its data subset, the data, the
+        full-size target with its backbone."""
+        fid = {k: getattr(self.fidelity, k) for k in self.fidelity_keys}
+        data = {k: getattr(self.data, k) for k in DEFAULTS["data"]}
+        return {"fidelity": {**fid, "num_classes": data["num_classes"], "max_per_class": data["max_per_class"]},
+                "data": data,
+                "target": {"backbone": self.space.backbone, **asdict(self.target)}}
 
 
 def shipped() -> list[str]:
@@ -113,8 +188,11 @@ def load(name_or_path: str, overrides: dict | None = None) -> StudyConfig:
     return from_dict(doc, name=path.stem, source=str(path), overrides=overrides)
 
 
-def from_dict(doc: dict, name: str, source: str = "<dict>", overrides: dict | None = None) -> StudyConfig:
-    where = Path(source).name
+def from_dict(doc: dict, name: str, source: str = "<dict>", overrides: dict | None = None,
+              where: str | None = None) -> StudyConfig:
+    """Merge `doc` with the defaults, apply `overrides` ({"fidelity.epochs": 3, "seed": 1, ...}; None
+    values are skipped), validate, build. Errors name `where` (default: the source's file name)."""
+    where = where or Path(source).name
     unknown = sorted(set(doc) - set(DEFAULTS) - {"space", "name"})
     if unknown:
         raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(set(DEFAULTS) | {'space', 'name'}))})")
@@ -131,16 +209,26 @@ def from_dict(doc: dict, name: str, source: str = "<dict>", overrides: dict | No
                 raise UserError(f"{where}: [{key}] unknown key {bad[0]!r} (known: {', '.join(raw[key])})")
             raw[key].update(val)
         else:
-            raw[key] = val
+            raw[key] = copy.deepcopy(val)
     for dotted, val in (overrides or {}).items():
         if val is not None:
-            sec, _, key = dotted.partition(".")
-            raw[sec][key] = val
+            sec, dot, key = dotted.partition(".")
+            if sec not in raw and sec not in ("name", "space"):
+                raise UserError(f"{where}: override {dotted!r}: unknown section {sec!r}")
+            if dot:
+                raw[sec][key] = val
+            else:
+                raw[sec] = val
     raw["name"] = str(raw.get("name") or name)
     if "space" not in raw or not isinstance(raw["space"], dict):
         raise UserError(f"{where}: missing [space] table")
-    validate(raw, where)
-    return StudyConfig(raw["name"], source, raw, raw["space"])
+    return _build(raw, source, where)
+
+
+def with_overrides(cfg: StudyConfig, overrides: dict, where: str | None = None) -> StudyConfig:
+    """A new config: `cfg` as stored with dotted overrides ({"budget.concurrency": 4, "name": "b"}),
+    validated by the same rules as a file (errors name `where`, default the config's file)."""
+    return from_dict(to_storable(cfg), name=cfg.name, source=cfg.source, overrides=overrides, where=where)
 
 
 def _int(v, what, lo=1, none_ok=False):
@@ -156,11 +244,16 @@ def _num(v, what, lo=0.0, hi=None, strict=True):
         raise UserError(f"{what}: expected a number {'>' if strict else '>='} {lo}{f' and <= {hi}' if hi else ''}, got {v!r}")
 
 
-def validate(raw: dict, where: str) -> None:
-    import re
+def _build(raw: dict, source: str, where: str) -> StudyConfig:
+    """Check every field of the merged config (one UserError naming the first bad one), then build it."""
+    from searchspace.space import SpaceSpec
+    from trainers.data import DataSpec
+    from trainers.train import Fidelity
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", raw["name"]):
         raise UserError(f"{where}: name {raw['name']!r} may only use letters, digits, '_', '-' and '.'")
+    if not isinstance(raw["description"], str):
+        raise UserError(f"{where}: description: expected a string, got {raw['description']!r}")
     _int(raw["seed"], f"{where}: seed", lo=0)
     obj = raw["objectives"]
     if not obj:
@@ -179,12 +272,10 @@ def validate(raw: dict, where: str) -> None:
 
     if t["convention"] not in CONVENTIONS:
         raise UserError(f"{where}: target.convention {t['convention']!r} unknown (known: {', '.join(CONVENTIONS)})")
-    f = raw["fidelity"]
-    _int(f["epochs"], f"{where}: fidelity.epochs")
-    _int(f["resolution"], f"{where}: fidelity.resolution", lo=8)
-    _num(f["width"], f"{where}: fidelity.width", hi=4)
-    _int(f["batch_size"], f"{where}: fidelity.batch_size")
-    _num(f["lr"], f"{where}: fidelity.lr")
+    try:  # trainers.Fidelity holds the rules of every [fidelity] key
+        fidelity = Fidelity.from_dict(raw["fidelity"])
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
     d = raw["data"]
     if d["root"] is not None and not isinstance(d["root"], str):
         raise UserError(f"{where}: data.root: expected a path string, got {d['root']!r}")
@@ -193,6 +284,8 @@ def validate(raw: dict, where: str) -> None:
     _int(d["num_classes"], f"{where}: data.num_classes", lo=2, none_ok=True)
     _int(d["max_per_class"], f"{where}: data.max_per_class", none_ok=True)
     _int(d["max_val_per_class"], f"{where}: data.max_val_per_class", none_ok=True)
+    if d["classes_file"] is not None and not isinstance(d["classes_file"], str):
+        raise UserError(f"{where}: data.classes_file: expected a path string, got {d['classes_file']!r}")
     b = raw["budget"]
     _int(b["trials"], f"{where}: budget.trials (trials)")
     _int(b["concurrency"], f"{where}: budget.concurrency", lo=0)
@@ -222,17 +315,27 @@ def validate(raw: dict, where: str) -> None:
     _num(r["cpus_per_trial"], f"{where}: resources.cpus_per_trial")
     if r["gpus_per_trial"] != "auto":
         _num(r["gpus_per_trial"], f"{where}: resources.gpus_per_trial", strict=False)
-    if "padding_free" in (raw["space"].get("downsampling") or []) and not _padding_free_fits(raw["space"], f["resolution"]):
+    cal = raw["calibration"]
+    for key in ("designs", "seeds"):
+        _int(cal[key], f"{where}: calibration.{key}", lo=0 if key == "designs" else 1)
+    if not isinstance(cal["versus"], dict):
+        raise UserError(f"{where}: calibration.versus: expected a table of overrides, e.g. "
+                        '{ "fidelity.epochs" = 16 }')
+    if "padding_free" in (raw["space"].get("downsampling") or []) and not _padding_free_fits(raw["space"], fidelity.resolution):
         # its unpadded stride-2 convs shrink the map faster: the last stage must keep at least 1 pixel
         raise UserError(f"{where}: downsampling 'padding_free' shrinks the map to nothing at fidelity.resolution "
-                        f"{f['resolution']} for backbone {raw['space'].get('backbone', 'resnet50')!r}; raise it")
+                        f"{fidelity.resolution} for backbone {raw['space'].get('backbone', 'resnet50')!r}; raise it")
     # the space last: its own messages already name the field
-    from searchspace import space as _space
-
     try:
-        raw["_spec"] = _space.SpaceSpec.from_dict(raw["space"])
+        space = SpaceSpec.from_dict(raw["space"])
     except UserError as e:
         raise UserError(f"{where}: [space] {e}") from None
+    return StudyConfig(
+        name=raw["name"], source=source, space=space, fidelity=fidelity, data=DataSpec(**d),
+        target=Target(**t), directions=tuple(obj.items()),
+        **{k: cls(**raw[k]) for k, cls in _TYPED.items() if k != "target"},
+        description=raw["description"], seed=raw["seed"],
+        space_table=raw["space"], fidelity_keys=tuple(raw["fidelity"]))
 
 
 def parse_limit(v, where: str = "limit") -> tuple[float, str | None]:
@@ -272,10 +375,12 @@ def _padding_free_fits(space: dict, resolution: int) -> bool:
     return b is None or b.last_map_size(resolution, "padding_free") >= 1
 
 
-def spec(cfg: StudyConfig):
-    return cfg.raw["_spec"]
-
-
 def to_storable(cfg: StudyConfig) -> dict:
-    """The config as JSON-able data (no parsed objects), for the study's user attrs."""
-    return {k: v for k, v in cfg.raw.items() if not k.startswith("_")}
+    """The config as JSON-able data, as the study's "config" user attr has always held it (the
+    sections' keys, [fidelity] as set by the defaults and the file, [space] as written)."""
+    sections = {k: asdict(getattr(cfg, k)) for k in _TYPED}
+    out = {"description": cfg.description, "seed": cfg.seed, "objectives": dict(cfg.directions),
+           "target": sections["target"], "fidelity": {k: getattr(cfg.fidelity, k) for k in cfg.fidelity_keys},
+           "data": cfg.protocol["data"], **{k: sections[k] for k in DEFAULTS if k in sections and k != "target"},
+           "space": cfg.space_table, "name": cfg.name}
+    return json.loads(json.dumps(out))  # a deep copy, tuples as lists

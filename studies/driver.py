@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
@@ -49,13 +50,13 @@ def init_ray(address: str | None) -> bool:
 def resources(cfg) -> dict:
     import ray
 
-    r = cfg["resources"]
+    r = cfg.resources
     total = ray.cluster_resources()
-    gpus = r["gpus_per_trial"]
+    gpus = r.gpus_per_trial
     if gpus == "auto":
         gpus = 1 if total.get("GPU", 0) >= 1 else 0
-    cpus = float(r["cpus_per_trial"])
-    conc = cfg["budget"]["concurrency"]
+    cpus = float(r.cpus_per_trial)
+    conc = cfg.budget.concurrency
     if not conc:  # as many as the resources hold
         conc = int(total.get("GPU", 0) // gpus) if gpus else int(total.get("CPU", 1) // cpus)
     return {"cpu": cpus, "gpu": float(gpus), "concurrency": max(1, conc), "device": "cuda" if gpus else "cpu",
@@ -63,11 +64,10 @@ def resources(cfg) -> dict:
 
 
 def _ctx(cfg, res) -> dict:
-    return {"data": {k: v for k, v in cfg["data"].items()}, "fidelity": cfg.fidelity,
-            "trainer_fidelity": cfg.trainer_fidelity, "target": cfg.target, "seed": cfg["seed"],
+    return {"data": cfg.data, "fidelity": cfg.fidelity, "target": cfg.protocol["target"], "seed": cfg.seed,
             "device": res["device"], "cpus_per_trial": res["cpu"],
-            "evaluate_every_epoch": bool(cfg["early_stopping"]["asha"]),  # only ASHA reads per-epoch top-1
-            "imports": _imports(config_mod.spec(cfg).imports),  # [space] imports: each worker registers them too
+            "evaluate_every_epoch": cfg.early_stopping.asha,  # only ASHA reads per-epoch top-1
+            "imports": _imports(cfg.space.imports),  # [space] imports: each worker registers them too
             "metrics": trial_metrics()}
 
 
@@ -112,10 +112,10 @@ def _study_attrs(study, cfg):
     name_objectives(study, cfg.objectives)
     study.set_user_attr("objectives", cfg.objectives)
     study.set_user_attr("config", config_mod.to_storable(cfg))
-    study.set_user_attr("target", cfg.target)
-    study.set_user_attr("fidelity", cfg.fidelity)
-    study.set_user_attr("data", cfg.data)  # compared on resume with the seed (studies.run._open_study)
-    study.set_user_attr("seed", cfg["seed"])
+    study.set_user_attr("target", cfg.protocol["target"])
+    study.set_user_attr("fidelity", cfg.protocol["fidelity"])
+    study.set_user_attr("data", cfg.protocol["data"])  # compared on resume with the seed (studies.run._open_study)
+    study.set_user_attr("seed", cfg.seed)
 
 
 def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log,
@@ -124,16 +124,16 @@ def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log,
     from ray.tune.search import ConcurrencyLimiter
 
     scheduler = None
-    es = cfg["early_stopping"]
-    if es["asha"] and early_stop and es["rule"] == "pareto":
+    es = cfg.early_stopping
+    if es.asha and early_stop and es.rule == "pareto":
         scheduler = _pareto_scheduler(cfg)
-    elif es["asha"] and early_stop:
+    elif es.asha and early_stop:
         from ray.tune.schedulers import ASHAScheduler
 
         # time_attr = epochs (not Ray's iteration count: the trainable sends one extra final result)
         scheduler = ASHAScheduler(time_attr="epochs_completed", metric="top1", mode="max",
-                                  max_t=cfg["fidelity"]["epochs"], grace_period=es["grace_period"],
-                                  reduction_factor=es["reduction_factor"])
+                                  max_t=cfg.fidelity.epochs, grace_period=es.grace_period,
+                                  reduction_factor=es.reduction_factor)
     ctx = {**_ctx(cfg, res), **(ctx_overrides or {})}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     {"cpu": res["cpu"], "gpu": res["gpu"]})
@@ -153,17 +153,17 @@ def _pareto_scheduler(cfg):
     (latency is measured only at the end, so it is left out)."""
     from .pareto_asha import ParetoASHA
 
-    es = cfg["early_stopping"]
+    es = cfg.early_stopping
     ranked = {o["name"]: o["direction"] for o in cfg.objectives if metrics.get(o["name"]).every_epoch}
-    return ParetoASHA(time_attr="epochs_completed", metrics=ranked, max_t=cfg["fidelity"]["epochs"],
-                      grace_period=es["grace_period"], reduction_factor=es["reduction_factor"])
+    return ParetoASHA(time_attr="epochs_completed", metrics=ranked, max_t=cfg.fidelity.epochs,
+                      grace_period=es.grace_period, reduction_factor=es.reduction_factor)
 
 
 def _new_search(cfg, url, name, n_existing, spec, attrs, log, sampler=None, driver=None, limits=None) -> StudySearch:
-    s = cfg["sampler"]
+    s = cfg.sampler
     # seed + trials so far: a resumed sampler does not replay the first run's draws
-    sampler = sampler or SamplerSpec(s["name"], cfg["seed"] + n_existing, s["population"])
-    return StudySearch(GenomeSpace(spec, driver, cfg.target), cfg.objectives, name, url, sampler, cfg["fidelity"]["epochs"],
+    sampler = sampler or SamplerSpec(s.name, cfg.seed + n_existing, s.population)
+    return StudySearch(GenomeSpace(spec, driver, cfg.protocol["target"]), cfg.objectives, name, url, sampler, cfg.fidelity.epochs,
                        attrs, log, limits=limits)
 
 
@@ -171,9 +171,9 @@ def cost_limits(cfg) -> CostLimits | None:
     """[constraints] as numbers ("1.10 x resnet50": that design's cost at the study's target), or None."""
     from searchspace import catalog, cost
 
-    target = tuple((k, cfg.target[k]) for k in ("convention", "resolution", "num_classes"))
+    target = tuple((k, getattr(cfg.target, k)) for k in ("convention", "resolution", "num_classes"))
     limits = []
-    for key, v in cfg["constraints"].items():
+    for key, v in asdict(cfg.constraints).items():
         if v is None:
             continue
         factor, design = config_mod.parse_limit(v, f"constraints.{key}")
@@ -187,7 +187,7 @@ def evaluates_references(cfg, args) -> bool:
     """--reference forces the reference designs on, --no-reference off; else [references] evaluate."""
     if getattr(args, "no_reference", False):
         return False
-    return bool(args.reference or cfg["references"]["evaluate"])
+    return bool(args.reference or cfg.references.evaluate)
 
 
 def _enqueue_neighbours(study, designs, spec, n: int, seed: int, limits, log) -> int:
@@ -251,8 +251,8 @@ def _enqueue_known(study, designs, spec, attr: str, log) -> int:
 def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
     console = Console(quiet=args.quiet)
     log = console.log
-    spec = config_mod.spec(cfg)
-    attrs = {"fidelity": cfg.fidelity, "seed": cfg["seed"], "reference": None}
+    spec = cfg.space
+    attrs = {"fidelity": cfg.protocol["fidelity"], "seed": cfg.seed, "reference": None}
     directions = [o["direction"] for o in cfg.objectives]
     summary = {"requeued": [], "ran": 0, "references": 0}
     from searchspace import space
@@ -280,8 +280,8 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
     if limits:
         log("constraints: " + ", ".join(f"{n} <= {metrics.fmt(n, v)}" for n, v in limits.limits)
             + " (a genome over a limit is recorded infeasible, never trained)")
-    _enqueue_neighbours(study, _designs_in_space(spec), spec, cfg["references"]["neighbours"], cfg["seed"], limits, log)
-    done, want = st.counted(study), cfg["budget"]["trials"]
+    _enqueue_neighbours(study, _designs_in_space(spec), spec, cfg.references.neighbours, cfg.seed, limits, log)
+    done, want = st.counted(study), cfg.budget.trials
     summary["before"] = done
     if done >= want and not ref_waiting:
         log(f"study {cfg.name} already has {done} of {want} trials; nothing to run")
@@ -306,7 +306,7 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
             log(f"evaluating {ref_waiting} reference design(s) in study {ref.study_name!r}")
             ref_attrs = {k: v for k, v in attrs.items() if k != "reference"}  # keep the name set at enqueue
             search = _new_search(cfg, url, ref.study_name, 0, spec, ref_attrs, log,
-                                 sampler=SamplerSpec("random", cfg["seed"]), driver=heartbeat.id)
+                                 sampler=SamplerSpec("random", cfg.seed), driver=heartbeat.id)
             with Progress(console, ref_waiting, 0, res["concurrency"], "references") as search.progress:
                 # a reference is measured in full: an early-stopped design would have no proxy result
                 tune_fn(cfg, res, search, ref_waiting, run_dir, "references", log, early_stop=False)
@@ -356,12 +356,12 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
     for t in trials:
         key = t.user_attrs.get("status") or t.state.name.lower()
         states[key] = states.get(key, 0) + 1
-    print(f"\nstudy {cfg.name}: {st.counted(study)} of {cfg['budget']['trials']} trials "
+    print(f"\nstudy {cfg.name}: {st.counted(study)} of {cfg.budget.trials} trials "
           f"({', '.join(f'{n} {k}' for k, n in sorted(states.items()))}); this run {summary.get('ran', 0)} trial(s) "
           f"in {summary['wall_s']:.0f}s")
     if st.skipped(study):
         print(f"skipped before training: {st.skipped(study)} genome(s) over [constraints] (stored infeasible with "
-              f"their costs, not counted in the {cfg['budget']['trials']}); this run {summary.get('skipped', 0)}")
+              f"their costs, not counted in the {cfg.budget.trials}); this run {summary.get('skipped', 0)}")
     names = [o["name"] for o in cfg.objectives]
     front = sorted(study.best_trials if any(t.state == TrialState.COMPLETE for t in trials) else [],
                    key=lambda t: t.values[names.index("top1")], reverse=True)

@@ -30,20 +30,20 @@ def row(name: str) -> dict[str, str]:
     from searchspace import catalog, space
 
     cfg = config_mod.load(name)
-    spec = config_mod.spec(cfg)
-    d, f = cfg["data"], cfg["fidelity"]
-    images = f"{d['max_per_class']} train images" if d["max_per_class"] else "all train images"
-    data = "bundled Imagenette-64" if not d["root"] else d["root"]
+    spec = cfg.space
+    d, f = cfg.data, cfg.fidelity
+    images = f"{d.max_per_class} train images" if d.max_per_class else "all train images"
+    data = "bundled Imagenette-64" if not d.root else d.root
     designs = [n for n in catalog.names() if space.contains(spec, catalog.get(n).genome)]
     return {
         "config": f"`{name}`",
-        "searches": cfg["description"] or "",
+        "searches": cfg.description or "",
         "genomes": f"{space.count(spec):,}",
         "catalog designs inside": ", ".join(designs) or "none",
-        "proxy": (f"{data}, {d['num_classes']} classes x {images}, {_width(f['width'])} width, "
-                  f"{f['resolution']} px, {f['epochs']} epoch{'s' if f['epochs'] != 1 else ''}, batch {f['batch_size']}"),
+        "proxy": (f"{data}, {d.num_classes} classes x {images}, {_width(f.width)} width, "
+                  f"{f.resolution} px, {f.epochs} epoch{'s' if f.epochs != 1 else ''}, batch {f.batch_size}"),
         "objectives": ", ".join(o["name"] for o in cfg.objectives),
-        "trials": f"{cfg['budget']['trials']} ({cfg['sampler']['name']})",
+        "trials": f"{cfg.budget.trials} ({cfg.sampler.name})",
     }
 
 

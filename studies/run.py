@@ -69,13 +69,10 @@ def prepare(args) -> dict:
         "budget.trials": args.trials, "fidelity.epochs": args.epochs, "fidelity.resolution": args.resolution,
         "fidelity.width": args.width, "data.root": args.data_root, "budget.concurrency": args.concurrency,
         "resources.cpus_per_trial": args.cpus_per_trial, "resources.gpus_per_trial": args.gpus_per_trial,
-        "early_stopping.asha": args.asha})
-    if args.seed is not None:
-        cfg.raw["seed"] = args.seed
+        "early_stopping.asha": args.asha, "seed": args.seed})
     if args.name:
-        cfg.raw["name"] = cfg.name = args.name
-        config_mod.validate(cfg.raw, "--name")
-    root = cfg.raw["data"]["root"]
+        cfg = config_mod.with_overrides(cfg, {"name": args.name}, "--name")
+    root = cfg.data.root
     if root:
         p = Path(root).expanduser()
         if not p.is_dir():
@@ -83,10 +80,7 @@ def prepare(args) -> dict:
         for split in ("train", "val"):
             if not (p / split).is_dir():
                 raise UserError(f"data root {root!r}: no {split}/ folder (expected {split}/<class>/<image>)")
-        cfg.raw["data"]["root"] = str(p.resolve())
-    from trainers.train import Fidelity
-
-    Fidelity.from_dict(cfg.trainer_fidelity)  # trainer settings in [fidelity] are checked here
+        cfg = config_mod.with_overrides(cfg, {"data.root": str(p.resolve())})
     run_dir = Path(args.out or Path("runs") / cfg.name).expanduser().resolve()
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {str(run_dir)!r}: exists and is not a folder")
@@ -171,7 +165,8 @@ def _open_study(storage, name: str, cfg, resume: bool, ref: bool = False):
         if resume and not ref:
             raise UserError(f"--resume: no study {name!r} in the storage")
         return None
-    for key, want in (("objectives", cfg.objectives), ("fidelity", cfg.fidelity), ("target", cfg.target)):
+    for key, want in (("objectives", cfg.objectives), ("fidelity", cfg.protocol["fidelity"]),
+                      ("target", cfg.protocol["target"])):
         have = study.user_attrs.get(key)
         if have is not None and have != want:
             raise UserError(f"study {name!r} was run with {key} {json.dumps(have)}; this run asks for "
@@ -179,8 +174,9 @@ def _open_study(storage, name: str, cfg, resume: bool, ref: bool = False):
     # The space (a changed choice list breaks Optuna's distributions inside Ray), the data subset and
     # the seed. Not the sampler: switching it, or its population, on resume is legitimate and safe.
     stored_space = (study.user_attrs.get("config") or {}).get("space")
-    for key, have, want in (("[space]", stored_space, cfg.space), ("[data]", study.user_attrs.get("data"), cfg.data),
-                            ("seed", study.user_attrs.get("seed"), cfg["seed"])):
+    for key, have, want in (("[space]", stored_space, cfg.space_table),
+                            ("[data]", study.user_attrs.get("data"), cfg.protocol["data"]),
+                            ("seed", study.user_attrs.get("seed"), cfg.seed)):
         want = json.loads(json.dumps(want))  # as stored (tuples -> lists)
         if have is not None and have != want:
             diff = (", ".join(sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k)))
@@ -196,9 +192,9 @@ def list_studies(out=print) -> None:
 
     for name in config_mod.shipped():
         cfg = config_mod.load(name)
-        spec = config_mod.spec(cfg)
+        spec = cfg.space
         inside = [d.name for d in catalog.designs() if space.contains(spec, d.genome)]
-        out(f"{name:24} {space.count(spec):>14,} genomes  {cfg['description']}")
+        out(f"{name:24} {space.count(spec):>14,} genomes  {cfg.description}")
         out(f"{'':24} designs: {', '.join(inside) or '-'}")
 
 

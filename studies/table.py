@@ -42,7 +42,7 @@ def default_csv(name: str) -> Path:
 
 def protocol(cfg) -> dict:
     """What a row's accuracy depends on besides the genome and the seed; rows of one table share it."""
-    return {"fidelity": cfg.fidelity, "data": {k: v for k, v in cfg.data.items()}, "target": cfg.target}
+    return dict(cfg.protocol)
 
 
 def protocol_text(cfg) -> str:
@@ -74,7 +74,7 @@ def generation_order(cfg) -> list:
     """Every genome of the space: the published designs first, then the rest shuffled by the config's seed."""
     from searchspace import space
 
-    spec = config_mod.spec(cfg)
+    spec = cfg.space
     everything = space.enumerate_genomes(spec, limit=space.count(spec))
     first = []
     for d in published_in_space(spec):
@@ -82,7 +82,7 @@ def generation_order(cfg) -> list:
             first.append(d.genome)
     keys = {g.key for g in first}
     rest = sorted((g for g in everything if g.key not in keys), key=lambda g: g.key)
-    random.Random(cfg["seed"]).shuffle(rest)
+    random.Random(cfg.seed).shuffle(rest)
     return first + rest
 
 
@@ -142,9 +142,9 @@ def _cost(genome, conv: str, cfg) -> dict:
     import searchspace
 
     t = cfg.target
-    key = f"{genome.key}/{conv}/{t['resolution']}/{t['num_classes']}"
+    key = f"{genome.key}/{conv}/{t.resolution}/{t.num_classes}"
     if key not in _COST_CACHE:
-        c = searchspace.cost(genome, convention=conv, resolution=t["resolution"], num_classes=t["num_classes"])
+        c = searchspace.cost(genome, convention=conv, resolution=t.resolution, num_classes=t.num_classes)
         _COST_CACHE[key] = {m: getattr(c, m) for m in ("params", "flops", "activations")}
     return _COST_CACHE[key]
 
@@ -175,7 +175,7 @@ def costs(genome, cfg, direct: dict, log=print) -> dict:
 
     `direct`: the trial's own counts under the study's convention. The others are stagewise_cost,
     trusted only if stagewise_cost reproduces `direct` exactly; otherwise counted directly."""
-    conv = cfg.target["convention"]
+    conv = cfg.target.convention
     out = {f"{m}_{conv}": int(direct[m]) for m in ("params", "flops", "activations")}
     exact = stagewise_cost(genome, conv, cfg) == {m: int(direct[m]) for m in ("params", "flops", "activations")}
     if not exact:
@@ -221,7 +221,7 @@ def build(args) -> int:
     from .search import SamplerSpec, StudySearch
 
     cfg = config_mod.load(args.study)
-    spec = config_mod.spec(cfg)
+    spec = cfg.space
     if args.seeds < 1:
         raise UserError(f"--seeds: expected an integer >= 1, got {args.seeds}")
     if args.concurrency is not None and args.concurrency < 0:
@@ -260,17 +260,16 @@ def build(args) -> int:
             f"{len(shipped)} row(s) in {_rel(csv_path)}, {len(todo)} enqueued now, {waiting} waiting; storage {_rel(url)}")
         if not waiting:
             return 0
-        if args.concurrency is not None:
-            cfg.raw["budget"]["concurrency"] = args.concurrency
-        if args.gpus_per_trial is not None:
-            cfg.raw["resources"]["gpus_per_trial"] = args.gpus_per_trial
+        # after the study's attrs: these flags change how it runs, not what is stored
+        cfg = config_mod.with_overrides(cfg, {"budget.concurrency": args.concurrency,
+                                              "resources.gpus_per_trial": args.gpus_per_trial})
         started = driver.init_ray(args.address)
         heartbeat = st.Heartbeat(storage, [study.study_name]).start()
         try:
             res = driver.resources(cfg)
-            attrs = {"fidelity": cfg.fidelity, "seed": cfg["seed"], "reference": None, "versions": versions()}
+            attrs = {"fidelity": cfg.protocol["fidelity"], "seed": cfg.seed, "reference": None, "versions": versions()}
             search = StudySearch(TableSpace(spec, heartbeat.id), cfg.objectives, study.study_name, url,
-                                 SamplerSpec("random", cfg["seed"]), cfg["fidelity"]["epochs"], attrs, log)
+                                 SamplerSpec("random", cfg.seed), cfg.fidelity.epochs, attrs, log)
             log(f"training {waiting} trial(s), up to {res['concurrency']} at a time on {res['device']}")
             driver._tune(cfg, res, search, waiting, run_dir, "table", log,
                          ctx_overrides={"evaluate_every_epoch": True})  # every epoch's top-1/top-5 is a column
@@ -315,12 +314,12 @@ def export_rows(cfg, url: str, csv_path: Path, log=print) -> list[dict]:
     cache = Path(url).with_name("costs.json") if "://" not in url else None  # fvcore traces are slow: kept
     if cache and cache.is_file():
         _COST_CACHE.update(json.loads(cache.read_text()))
-    spec = config_mod.spec(cfg)
+    spec = cfg.space
     have = {(r["genome_key"], int(r["seed"])) for r in rows}
     known_costs = {r["genome_key"]: {k: r[k] for k in r if k.split("_")[0] in ("params", "flops", "activations")
                                      and k.endswith(CONVENTIONS)} for r in rows}
     names = {d.genome.key: d.name for d in published_in_space(spec)}
-    epochs = cfg["fidelity"]["epochs"]
+    epochs = cfg.fidelity.epochs
     proto = protocol_text(cfg)
     study = st.find_study(st.open_storage(url), study_name(cfg)) if Path(url).exists() or "://" in url else None
     new = []

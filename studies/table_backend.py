@@ -81,16 +81,16 @@ class FromDecide:
 
 def stopping_rule(cfg) -> StoppingRule:
     """The rule the config asks for ([early_stopping]); the same settings Ray's ASHAScheduler gets."""
-    es = cfg["early_stopping"]
-    if not es["asha"]:
+    es = cfg.early_stopping
+    if not es.asha:
         return NoStopping()
-    if es.get("rule") == "pareto":  # the rule studies.pareto_asha.ParetoASHA runs inside Ray
+    if es.rule == "pareto":  # the rule studies.pareto_asha.ParetoASHA runs inside Ray
         from .pareto_asha import ParetoRungs, rung_levels
 
         metrics = {o["name"]: o["direction"] for o in cfg.objectives if metric_table.get(o["name"]).every_epoch}
-        levels = rung_levels(cfg["fidelity"]["epochs"], es["grace_period"], es["reduction_factor"])
-        return FromDecide(ParetoRungs(levels, es["reduction_factor"], list(metrics.values())), list(metrics))
-    return ASHA(cfg["fidelity"]["epochs"], es["grace_period"], es["reduction_factor"])
+        levels = rung_levels(cfg.fidelity.epochs, es.grace_period, es.reduction_factor)
+        return FromDecide(ParetoRungs(levels, es.reduction_factor, list(metrics.values())), list(metrics))
+    return ASHA(cfg.fidelity.epochs, es.grace_period, es.reduction_factor)
 
 
 class TableBackend:
@@ -100,9 +100,9 @@ class TableBackend:
                  on_missing: str = "error", max_skips: int | None = None):
         self.table, self.cfg = table, cfg
         self.rule = rule if rule is not None else stopping_rule(cfg)
-        self.seed = cfg["seed"] if seed is None else seed
+        self.seed = cfg.seed if seed is None else seed
         self.on_missing = on_missing  # "error" | "skip" (a partial table: tell FAIL, ask again, not counted)
-        self.convention = cfg.target["convention"]
+        self.convention = cfg.target.convention
         if f"flops_{self.convention}" not in next(iter(table.rows.values()))[0]:
             raise UserError(f"table {str(table.path)!r} has no costs under convention {self.convention!r}")
         self.clock = 0.0  # simulated seconds since the study's first table trial
@@ -116,7 +116,7 @@ class TableBackend:
         return cls(Table.load(path, cfg), cfg, **kw)
 
     def resources(self, cfg) -> dict:
-        conc = cfg["budget"]["concurrency"] or 1
+        conc = cfg.budget.concurrency or 1
         return {"cpu": 0.0, "gpu": 0.0, "concurrency": conc, "device": "table", "cluster": {"CPU": 0, "GPU": 0},
                 "nodes": 0}
 

@@ -15,9 +15,9 @@ import traceback
 
 def _data(ctx: dict):
     """The decoded data set; trainers.data.load_data memoizes it per worker process (reused actors)."""
-    from trainers.data import DataSpec, load_data
+    from trainers.data import load_data
 
-    return load_data(DataSpec(**ctx["data"]), ctx["fidelity"]["resolution"])
+    return load_data(ctx["data"], ctx["fidelity"].resolution)
 
 
 def _gpu_share(ctx: dict) -> float:
@@ -47,13 +47,13 @@ def run_trial(config: dict, ctx: dict) -> None:
     from ray import tune
 
     from searchspace import Genome
-    from trainers.train import Fidelity, release_memory, train
+    from trainers.train import release_memory, train
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
     number = config["trial_number"]
     seed = config.get("seed", ctx["seed"])  # a trial's own seed (calibration, table), else the study's
-    epochs = ctx["fidelity"]["epochs"]
+    epochs = ctx["fidelity"].epochs
     gpus = _gpu_share(ctx) if ctx["device"] == "cuda" else 0.0
     base = {"trial_number": number, "node": _node(), "pid": os.getpid(), "epochs_target": epochs,
             "gpus_per_trial": gpus}  # < 1: the GPU was shared, its throughput and latency with it
@@ -66,7 +66,7 @@ def run_trial(config: dict, ctx: dict) -> None:
         c = config.get("cost") or _cost(genome, ctx["target"])  # the driver counts it (studies.costs)
         rec.update(genome_key=genome.key, **c)
         data = _data(ctx)
-        fid = Fidelity.from_dict(ctx["trainer_fidelity"])
+        fid = ctx["fidelity"]  # a trainers.Fidelity, checked when the config was loaded
 
         def report(epoch: int, m: dict):
             rec.update(epochs_completed=epoch, **{k: _f(m.get(k)) for k in plan["epoch"]},

@@ -60,13 +60,13 @@ def test_catalog_models_run_on_fake_cuda(name):
 
 
 def sampled_genomes(config_name: str, n: int, seed: int = 0):
-    spec = config.spec(config.load(config_name))
+    spec = config.load(config_name).space
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     return [space.suggest(study.ask(), spec) for _ in range(n)]
 
 
 def _check_sample(config_name: str, n: int):
-    res = config.load(config_name)["fidelity"]["resolution"]
+    res = config.load(config_name).fidelity.resolution
     bad = []
     for g in sampled_genomes(config_name, n):
         try:

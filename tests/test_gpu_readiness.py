@@ -274,7 +274,7 @@ def test_target_cost_is_counted_once_and_cached_on_disk(tmp_path, monkeypatch):
     from studies import config as config_mod
 
     cfg = config_mod.load("smoke")
-    space = GenomeSpace(config_mod.spec(cfg), target=cfg.target)
+    space = GenomeSpace(cfg.space, target=cfg.protocol["target"])
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     out = pickle.loads(pickle.dumps(space))(trial)  # Ray pickles the searcher with its space
     got = Genome.from_json(out["genome"])

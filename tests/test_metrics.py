@@ -79,8 +79,8 @@ def test_registered_objective_is_validated_stored_loaded_formatted_and_plotted(t
     study = optuna.create_study(study_name="vl", storage=storage, directions=["maximize", "minimize"])
     driver._study_attrs(study, cfg)
     lines = []
-    s = StudySearch(GenomeSpace(config.spec(cfg)), cfg.objectives, "vl", url, SamplerSpec("random", 0), epochs=1,
-                    attrs={"fidelity": cfg.fidelity, "seed": 0, "reference": None}, log=lines.append)
+    s = StudySearch(GenomeSpace(cfg.space), cfg.objectives, "vl", url, SamplerSpec("random", 0), epochs=1,
+                    attrs={"fidelity": cfg.protocol["fidelity"], "seed": 0, "reference": None}, log=lines.append)
     for i, (top1, vl) in enumerate([(0.75, 0.61), (0.5, 0.42), (0.625, 0.9)]):
         s.suggest(str(i))
         s.on_trial_complete(str(i), {"final": True, "status": "ok", "epochs_completed": 1, "top1": top1,

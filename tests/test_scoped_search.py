@@ -26,10 +26,10 @@ SCOPED = {  # config -> the published designs it must contain
 @pytest.mark.parametrize("name", sorted(SCOPED))
 def test_scoped_config_contains_its_designs_and_counts_right(name):
     cfg = config.load(name)
-    spec = config.spec(cfg)
+    spec = cfg.space
     inside = {d.name for d in catalog.designs() if space.contains(spec, d.genome)}
     assert SCOPED[name] <= inside
-    assert cfg["references"]["evaluate"] and cfg["references"]["neighbours"] > 0
+    assert cfg.references.evaluate and cfg.references.neighbours > 0
     n = space.count(spec)
     if n <= 1000:  # enumeration is feasible: the printed size is the number of distinct genomes
         assert len(space.enumerate_genomes(spec, limit=1000)) == n
@@ -46,7 +46,7 @@ def test_list_prints_every_shipped_study_with_size_and_designs(capsys):
     for name in config.shipped():
         cfg = config.load(name)
         line = next(ln for ln in out.splitlines() if ln.startswith(name + " "))
-        assert f"{space.count(config.spec(cfg)):,} genomes" in line and cfg["description"] in line
+        assert f"{space.count(cfg.space):,} genomes" in line and cfg.description in line
     assert "designs: resnet50, resnet50_v1c, resnet50_d" in out  # downsampling's
 
 
@@ -96,8 +96,8 @@ def _constrained_searcher(tmp_path, limit: str):
     study = optuna.create_study(study_name="c", directions=["maximize", "minimize"],
                                 storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url)))
     limits = driver.cost_limits(cfg)
-    s = StudySearch(GenomeSpace(config.spec(cfg)), cfg.objectives, "c", url, SamplerSpec("tpe", 0),
-                    epochs=1, attrs={"fidelity": cfg.fidelity, "seed": 0, "reference": None}, log=lambda m: None,
+    s = StudySearch(GenomeSpace(cfg.space), cfg.objectives, "c", url, SamplerSpec("tpe", 0),
+                    epochs=1, attrs={"fidelity": cfg.protocol["fidelity"], "seed": 0, "reference": None}, log=lambda m: None,
                     limits=limits, max_skips=2)
     return cfg, study, s, limits
 
@@ -112,7 +112,7 @@ def test_constraint_excludes_a_genome_before_training(tmp_path):
     cfg, study, s, limits = _constrained_searcher(tmp_path, "1.0 x resnet18")
     from searchspace.genome import Stage
 
-    spec = config.spec(cfg)
+    spec = cfg.space
     stages = (Stage(), Stage(), Stage(), Stage(plugins=(make_plugin("se", "after_conv2", 16),)))
     cheap_but_big = Genome("resnet18", stages, downsampling="padding_free").validate()
     plain = Genome("resnet18").validate()
@@ -288,4 +288,4 @@ def test_gp_sampler_config_says_what_it_needs():
         with pytest.raises(UserError, match=r'sampler.name "gp" needs scipy, which is not installed \(pip install scipy\)'):
             config.from_dict(doc, "x")
     else:
-        assert config.from_dict(doc, "x")["sampler"]["name"] == "gp"
+        assert config.from_dict(doc, "x").sampler.name == "gp"

@@ -101,7 +101,7 @@ def smoke_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(user))  # importable here only: Ray's workers get the folder from the driver
         cfg = _faulty_smoke(user)
-        spec = config.spec(config.load(str(cfg)))
+        spec = config.load(str(cfg).space)
         faulty = json.loads(catalog.get("se_resnet18").genome.to_json())
         faulty["stages"][1]["plugins"][0]["type"] = "raises_in_training"
         study = optuna.create_study(study_name="smoke", storage=_storage(out), directions=["maximize", "minimize"])
@@ -354,7 +354,7 @@ def test_readme_says_what_the_configs_say():
     assert readme.block(text) == readme.table(), \
         "README.md's shipped-configs table is out of date: run python -m studies.readme --write"
     row = readme.row("imagenet_subset")  # spot-check the generator against the raw TOML
-    raw = config.load("imagenet_subset").raw
+    raw = config.to_storable(config.load("imagenet_subset"))
     assert f"{raw['data']['max_per_class']} train images" in row["proxy"]
     assert f"{raw['fidelity']['epochs']} epochs" in row["proxy"] and f"{raw['fidelity']['resolution']} px" in row["proxy"]
     quoted = re.search(r"studies\.run imagenet_subset +# (\d+) published designs, then (\d+) trials", text)
@@ -453,12 +453,12 @@ def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys,
     journal = JournalStorage(JournalFileBackend(str(run / "study.journal")))
     existing = optuna.create_study(study_name="smoke", directions=["maximize", "minimize"], storage=journal)
     smoke = config.load("smoke")
-    for k, v in (("fidelity", smoke.fidelity), ("data", smoke.data), ("seed", 0),
+    for k, v in (("fidelity", smoke.protocol["fidelity"]), ("data", smoke.protocol["data"]), ("seed", 0),
                  ("config", config.to_storable(smoke))):
         existing.set_user_attr(k, v)
     other = optuna.create_study(study_name="space_changed", directions=["maximize", "minimize"],
                                 storage=journal)  # the same storage, [space] of another choice list
-    other.set_user_attr("config", {**config.to_storable(smoke), "space": {**smoke.space, "plugins": ["none"]}})
+    other.set_user_attr("config", {**config.to_storable(smoke), "space": {**smoke.space_table, "plugins": ["none"]}})
     other_root = tmp_path / "imgs"
     for split in ("train", "val"):
         (other_root / split).mkdir(parents=True)
@@ -601,8 +601,8 @@ def test_readme_user_plugin_example_loads(tmp_path, monkeypatch):
     cfg.write_text((REPO / "studies/configs/smoke.toml").read_text().replace('plugins = ["none", "se"]\n', lines))
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        spec = config.spec(config.load(str(cfg)))
-        assert "my_gate" in spec.plugins and space.count(spec) > space.count(config.spec(config.load("smoke")))
+        spec = config.load(str(cfg).space)
+        assert "my_gate" in spec.plugins and space.count(spec) > space.count(config.load("smoke").space)
     finally:
         unregister("my_gate")
         for name in ("my_plugins.gate", "my_plugins"):
@@ -630,18 +630,46 @@ def test_config_loading_and_overrides():
     for name in config.shipped():
         c = config.load(name)
         assert c.objectives[0] == {"name": "top1", "direction": "maximize"}
-        assert c.target["resolution"] == 224 and c.target["num_classes"] == 1000
+        assert c.target.resolution == 224 and c.target.num_classes == 1000
     c = config.load("smoke", {"fidelity.epochs": 3, "budget.trials": 9})
-    assert c["fidelity"]["epochs"] == 3 and c["budget"]["trials"] == 9
+    assert c.fidelity.epochs == 3 and c.budget.trials == 9
     with pytest.raises(UserError, match="objective 'acc'"):
         config.from_dict({"space": {"backbone": "resnet18"}, "objectives": {"acc": "maximize"}}, "x")
+
+
+def test_config_is_typed_frozen_and_changed_only_by_a_new_validated_config():
+    import dataclasses
+
+    from studies import config
+    from trainers.train import Fidelity
+
+    for name in config.shipped():  # the stored form rebuilds the same config
+        c = config.load(name)
+        assert config.from_dict(config.to_storable(c), name=c.name, source=c.source) == c
+    c = config.load("smoke", {"fidelity.width": 0.5, "seed": 7})
+    assert isinstance(c.fidelity, Fidelity) and c.fidelity.width == 0.5 and c.seed == 7
+    assert c.protocol["fidelity"]["width"] == 0.5 and "width_mult" not in config.to_storable(c)["fidelity"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.seed = 3
+    d = config.with_overrides(c, {"budget.concurrency": 1, "name": "other"}, "--name")
+    assert (d.budget.concurrency, d.name, c.budget.concurrency, c.name) == (1, "other", 2, "smoke")
+    with pytest.raises(UserError, match=r"^--name: name 'a b' may only use"):
+        config.with_overrides(c, {"name": "a b"}, "--name")
+    # one set of fidelity rules: the study's [fidelity] and trainers.Fidelity say the same thing
+    with pytest.raises(UserError, match=r"^smoke.toml: fidelity.batch_size: expected an integer >= 2, got 1$"):
+        config.load("smoke", {"fidelity.batch_size": 1})
+    with pytest.raises(UserError, match=r"^fidelity.batch_size: expected an integer >= 2, got 1$"):
+        Fidelity(batch_size=1)
+    with pytest.raises(UserError, match=r"^smoke.toml: fidelity: unknown keys \['nope'\]"):
+        config.load("smoke", {"fidelity.nope": 1})
+    assert Fidelity.from_dict({"width_mult": 0.5}).width == 0.5  # a record written before the rename
 
 
 def test_published_resnet50_designs_lie_in_imagenet_subset():
     from searchspace import catalog, space
     from studies import config
 
-    spec = config.spec(config.load("imagenet_subset"))
+    spec = config.load("imagenet_subset").space
     # kw_resnet50_1d2x also switches KW's nonlocal basis on, which the space has no axis for
     r50 = [n for n in catalog.names() if catalog.get(n).genome.backbone == "resnet50"
            and not dict(catalog.get(n).genome.kw_options).get("nonlocal_basis")]
@@ -657,15 +685,9 @@ def _searcher(tmp_path, cfg, sampler=None, **kw):
     url = str(tmp_path / "study.journal")
     optuna.create_study(study_name="u", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(url)), directions=[o["direction"] for o in cfg.objectives])
-    kw = {"epochs": cfg["fidelity"]["epochs"], "attrs": {"fidelity": cfg.fidelity, "seed": 0, "reference": None},
+    kw = {"epochs": cfg.fidelity.epochs, "attrs": {"fidelity": cfg.protocol["fidelity"], "seed": 0, "reference": None},
           "log": lambda m: None, **kw}
-    return StudySearch(GenomeSpace(config_spec(cfg)), cfg.objectives, "u", url, sampler or SamplerSpec("random", 0), **kw)
-
-
-def config_spec(cfg):
-    from studies import config
-
-    return config.spec(cfg)
+    return StudySearch(GenomeSpace(cfg.space), cfg.objectives, "u", url, sampler or SamplerSpec("random", 0), **kw)
 
 
 def test_searcher_with_storage_asks_and_tells_there_only(tmp_path):
@@ -773,10 +795,10 @@ def test_padding_free_resolution_per_backbone():
 
     cifar = {"backbone": "resnet20_cifar", "stems": ["cifar"], "downsampling": ["v1.5", "padding_free"]}
     cfg = config.from_dict({"space": cifar, "fidelity": {"resolution": 32}}, "x")  # stride-1 stem: 32 -> 15 -> 7
-    assert config.spec(cfg).downsampling == ("v1.5", "padding_free")
+    assert cfg.space.downsampling == ("v1.5", "padding_free")
     r50 = {"backbone": "resnet50", "downsampling": ["v1.5", "padding_free"]}
     cfg = config.from_dict({"space": r50, "fidelity": {"resolution": 64}}, "x")  # 16 -> 7 -> 3 -> 1
-    assert config.spec(cfg).downsampling == ("v1.5", "padding_free")
+    assert cfg.space.downsampling == ("v1.5", "padding_free")
     with pytest.raises(UserError, match="padding_free"):
         config.from_dict({"space": r50, "fidelity": {"resolution": 56}}, "x")  # 14 -> 6 -> 2 -> 0
 

@@ -24,7 +24,7 @@ PUBLISHED_R50 = ("resnet50", "se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b"
 
 
 def _menu_spec(**extra):
-    return space.SpaceSpec.from_dict({"backbone": "resnet50", **config_mod.load("placement_table").space, **extra})
+    return space.SpaceSpec.from_dict({"backbone": "resnet50", **config_mod.load("placement_table").space_table, **extra})
 
 
 # -- stage menus in the space spec ------------------------------------------------------------------
@@ -98,7 +98,7 @@ def test_bad_menu_in_a_config_is_exit_2(tmp_path):
 @pytest.mark.parametrize("name", ["placement_table", "smoke_table"])
 def test_shipped_table_loads_validates_and_holds_the_published_designs(name):
     cfg = config_mod.load(name)
-    spec = config_mod.spec(cfg)
+    spec = cfg.space
     table = Table.load(default_csv(name), cfg)  # refuses rows of another protocol
     for key, rows in table.rows.items():
         g = Genome.from_json(rows[0]["genome"])
@@ -141,8 +141,8 @@ def test_table_refuses_another_protocol(tmp_path):
 # -- the table backend ------------------------------------------------------------------------------
 def _search(cfg, storage, name, sampler="nsga2", seed=0):
     optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"])
-    return StudySearch(GenomeSpace(config_mod.spec(cfg)), cfg.objectives, name, storage,
-                       SamplerSpec(sampler, seed, 4), cfg["fidelity"]["epochs"], {"seed": seed}, log=lambda *_: None)
+    return StudySearch(GenomeSpace(cfg.space), cfg.objectives, name, storage,
+                       SamplerSpec(sampler, seed, 4), cfg.fidelity.epochs, {"seed": seed}, log=lambda *_: None)
 
 
 def test_asha_rule_matches_successive_halving_by_hand():
@@ -312,7 +312,7 @@ def test_a_killed_build_requeues_its_trials_with_their_seed(tmp_path):
     from studies.table import _have
 
     cfg = config_mod.load("smoke_table")
-    spec = config_mod.spec(cfg)
+    spec = cfg.space
     storage = open_storage(str(tmp_path / "study.journal"))
     study = optuna.create_study(study_name="t", storage=storage, directions=["maximize", "minimize"])
     g = generation_order(cfg)[0]

@@ -21,7 +21,7 @@ from trainers.train import Fidelity, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO = ["n03445777", "n03888257"]  # golf ball, parachute: separable at low resolution
-TINY = Fidelity(epochs=1, resolution=32, width_mult=0.125, batch_size=32, warmup_epochs=0.5)
+TINY = Fidelity(epochs=1, resolution=32, width=0.125, batch_size=32, warmup_epochs=0.5)
 
 
 @pytest.fixture(autouse=True)

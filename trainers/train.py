@@ -47,13 +47,31 @@ OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALL
                 "can't allocate memory", "not enough memory")
 
 
+def _integer(v, what: str, lo: int) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise UserError(f"{what}: expected an integer >= {lo}, got {v!r}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number(v, what: str, lo: float = 0.0, hi: float | None = None, strict: bool = True) -> None:
+    ok = _is_number(v) and (v > lo if strict else v >= lo)
+    if not ok or (hi is not None and v > hi):
+        raise UserError(f"{what}: expected a number {'>' if strict else '>='} {lo}{f' and <= {hi}' if hi else ''}, got {v!r}")
+
+
 @dataclass(frozen=True)
 class Fidelity:
-    """How a genome is proxy-trained. Defaults: a CPU-friendly proxy of ResNet-style networks."""
+    """How a genome is proxy-trained. Defaults: a CPU-friendly proxy of ResNet-style networks.
+
+    The one set of rules for a fidelity: a study's [fidelity] table is built into this class, so a bad
+    value is one UserError naming the field, whether it comes from a config, the CLI or Python."""
 
     epochs: int = 10
     resolution: int = 32
-    width_mult: float = 0.25
+    width: float = 0.25  # channel width multiplier of the proxy network (<= 4)
     batch_size: int = 128
     lr: float = 0.1  # peak learning rate, reached after the warm-up
     optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw"
@@ -69,20 +87,25 @@ class Fidelity:
     deterministic: bool = False  # also on CUDA (slower); CPU runs are always reproducible
 
     def __post_init__(self):
+        _integer(self.epochs, "fidelity.epochs", 1)
+        _integer(self.resolution, "fidelity.resolution", 8)
+        _number(self.width, "fidelity.width", hi=4)
+        _integer(self.batch_size, "fidelity.batch_size", 2)  # batch norm needs two images
+        _number(self.lr, "fidelity.lr")
+        _number(self.momentum, "fidelity.momentum", strict=False)
+        _number(self.weight_decay, "fidelity.weight_decay", strict=False)
+        _number(self.warmup_epochs, "fidelity.warmup_epochs", strict=False)
+        _integer(self.eval_batch_size, "fidelity.eval_batch_size", 1)
         checks = {
-            "epochs": isinstance(self.epochs, int) and self.epochs >= 1,
-            "resolution": isinstance(self.resolution, int) and self.resolution >= 8,
-            "width_mult": self.width_mult > 0,
-            "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 2,
-            "lr": self.lr > 0,
             "optimizer": self.optimizer in ("sgd", "adamw"),
-            "weight_decay": self.weight_decay >= 0,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "warmup_epochs": self.warmup_epochs >= 0,
+            "label_smoothing": _is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
             "augment": self.augment in ("crop", "rrc", "none"),
-            "crop_pad": self.crop_pad is None or (isinstance(self.crop_pad, int) and 0 <= self.crop_pad < self.resolution),
-            "kw_temperature_epochs": self.kw_temperature_epochs is None or self.kw_temperature_epochs >= 0,
-            "eval_batch_size": isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1,
+            "crop_pad": self.crop_pad is None or (isinstance(self.crop_pad, int) and not isinstance(self.crop_pad, bool)
+                                                  and 0 <= self.crop_pad < self.resolution),
+            "kw_temperature_epochs": self.kw_temperature_epochs is None or (_is_number(self.kw_temperature_epochs)
+                                                                            and self.kw_temperature_epochs >= 0),
+            "compile": isinstance(self.compile, bool),
+            "deterministic": isinstance(self.deterministic, bool),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -93,13 +116,12 @@ class Fidelity:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Fidelity":
+        if "width_mult" in d and "width" not in d:  # its name in records written before it was renamed
+            d = {("width" if k == "width_mult" else k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         if set(d) - known:
             raise UserError(f"fidelity: unknown keys {sorted(set(d) - known)} (allowed: {sorted(known)})")
-        try:
-            return cls(**d)
-        except TypeError as e:  # e.g. a string where a number belongs
-            raise UserError(f"fidelity: {e}") from None
+        return cls(**d)
 
 
 @dataclass
@@ -186,7 +208,7 @@ def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec |
         data = load_data(data, fid.resolution)
     data = data.at(fid.resolution)
     torch.manual_seed(seed)  # the initialisation
-    model = build_model(genome, data.num_classes, fid.width_mult)
+    model = build_model(genome, data.num_classes, fid.width)
     base = dict(device=str(dev), params=sum(p.numel() for p in model.parameters()), seed=seed,
                 num_classes=data.num_classes, skipped_images=len(data.skipped), fidelity=fid.to_dict())
     if data_on_device is None:
@@ -463,7 +485,7 @@ def main(argv=None) -> int:
     d = Fidelity()
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--resolution", type=int, default=d.resolution)
-    p.add_argument("--width", type=float, default=d.width_mult, help="width multiplier of the proxy network")
+    p.add_argument("--width", type=float, default=d.width, help="width multiplier of the proxy network")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d.optimizer)
@@ -480,7 +502,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    fid = Fidelity(epochs=a.epochs, resolution=a.resolution, width_mult=a.width, batch_size=a.batch_size, lr=a.lr,
+    fid = Fidelity(epochs=a.epochs, resolution=a.resolution, width=a.width, batch_size=a.batch_size, lr=a.lr,
                    optimizer=a.optimizer, augment=a.augment, compile=a.compile)
     spec = DataSpec(root=a.data_root, num_classes=a.num_classes, classes_file=a.classes_file, max_per_class=a.max_per_class)
     genome = catalog.resolve(a.genome)[1]
