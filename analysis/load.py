@@ -30,7 +30,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # -- storage ------------------------------------------------------------------------------------
 def open_storage(run_dir_or_storage: Any) -> optuna.storages.BaseStorage:
-    """A run folder, a `.journal` file, an RDB URL, or an already open Optuna storage."""
+    """A run folder, a `.journal` file, an RDB URL, or an already open Optuna storage; never creates
+    one (a run creates its storage with studies.storage.open_or_create)."""
     if isinstance(run_dir_or_storage, optuna.storages.BaseStorage):
         return run_dir_or_storage
     s = str(run_dir_or_storage)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 import plotly.offline
 
-from searchspace.errors import UserError, argument_parser, cli_main
+from searchspace.errors import UserError
+from searchspace.cli import argument_parser, cli_main
 
 from . import metrics, plots
 from .load import completed, load_study, objectives_of

@@ -103,7 +103,7 @@ def trials_of(name: str, out: Path) -> list:
 
     from studies import storage as st
 
-    study = optuna.load_study(study_name=name, storage=st.open_storage(str(out / name / "study.journal")))
+    study = optuna.load_study(study_name=name, storage=st.open_or_create(str(out / name / "study.journal")))
     return study.get_trials(deepcopy=False)
 
 

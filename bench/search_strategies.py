@@ -244,9 +244,9 @@ def main() -> None:
 
     # the table backend's own cost per trial, on the storage studies.run uses (a journal file)
     with tempfile.TemporaryDirectory() as tmp:
-        from studies.storage import open_storage
+        from studies.storage import open_or_create
 
-        storage = open_storage(str(Path(tmp) / "study.journal"))
+        storage = open_or_create(str(Path(tmp) / "study.journal"))
         t0 = time.perf_counter()
         trials, skipped = one_run(table, cfg, spec, "nsga2", "asha", 0, budget, conc, storage=storage)
         ms_journal = (time.perf_counter() - t0) / max(1, len(trials) + abs(skipped)) * 1e3

@@ -13,7 +13,8 @@ import sys
 
 from . import catalog
 from .cost import CONVENTIONS, cost
-from .errors import UserError, argument_parser, cli_main
+from .errors import UserError
+from .cli import argument_parser, cli_main
 from .recipe import Recipe
 
 COUNTS = ("params", "flops", "activations")

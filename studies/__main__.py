@@ -1,4 +1,4 @@
-from searchspace.errors import cli_main
+from searchspace.cli import cli_main
 
 from .run import main
 

@@ -25,7 +25,8 @@ import optuna
 from optuna.trial import TrialState
 
 from analysis.calibration import CALIBRATION_SUFFIX
-from searchspace.errors import UserError, argument_parser, cli_main
+from searchspace.errors import UserError
+from searchspace.cli import argument_parser, cli_main
 
 from . import config as config_mod
 from . import storage as st
@@ -213,7 +214,7 @@ def run(plan_: dict, log) -> dict:
     work = plan_["run_dir"] / name  # its own lock and Ray folder: a study (or another calibration) may run beside it
     work.mkdir(parents=True, exist_ok=True)
     with st.DriverLock(work):
-        storage = st.open_storage(url)
+        storage = st.open_or_create(url)
         existing = st.find_study(storage, name)
         if existing is not None:
             _check_stored(existing, protocols)

@@ -343,7 +343,7 @@ def _report(cfg, url, run_dir: Path, log):
         log(f"report skipped: {type(e).__name__}: {e}")
         out = None
     try:
-        analysis.push_to_dashboard(st.open_storage(url), cfg.name)
+        analysis.push_to_dashboard(st.open_or_create(url), cfg.name)
     except Exception as e:
         log(f"dashboard figures skipped: {type(e).__name__}: {e}")
     return out

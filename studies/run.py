@@ -13,7 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from searchspace.errors import UserError, argument_parser, cli_main
+from searchspace.errors import UserError
+from searchspace.cli import argument_parser, cli_main
 
 from . import config as config_mod
 from . import storage as st
@@ -222,13 +223,13 @@ def main(argv=None) -> int:
 
             ray.shutdown()
     summary["wall_s"] = time.perf_counter() - t_start
-    driver.print_summary(cfg, st.open_storage(url), url, run_dir, summary)
+    driver.print_summary(cfg, st.open_or_create(url), url, run_dir, summary)
     return 0
 
 
 def _run(args, cfg, run_dir: Path, url: str) -> dict:
     with st.DriverLock(run_dir):
-        storage = st.open_storage(url)
+        storage = st.open_or_create(url)
         existing = _open_study(storage, cfg.name, cfg, args.resume)
         _open_study(storage, cfg.name + ".references", cfg, args.resume, ref=True)
         _write_atomic(run_dir / "config.toml", f"# {cfg.name}: effective config (from {cfg.source})\n"

@@ -154,9 +154,9 @@ class StudySearch(Searcher):
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            from .storage import open_storage
+            from .storage import open_or_create
 
-            self._storage = open_storage(self.storage) if isinstance(self.storage, str) else self.storage
+            self._storage = open_or_create(self.storage) if isinstance(self.storage, str) else self.storage
             self._study = optuna.load_study(study_name=self.study_name, storage=self._storage,
                                             sampler=self.sampler.build())
         return self._study

@@ -60,7 +60,9 @@ def check_url(url: str) -> str:
     return url
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_or_create(url: str) -> optuna.storages.BaseStorage:
+    """The storage a run writes to, created when missing (a journal file, an RDB's tables); reading
+    a finished study goes through analysis.open_storage, which never creates one."""
     if "://" not in url:
         from optuna.storages.journal import JournalFileBackend
 

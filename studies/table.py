@@ -24,7 +24,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from searchspace.errors import UserError, argument_parser, cli_main
+from searchspace.errors import UserError
+from searchspace.cli import argument_parser, cli_main
 
 from . import config as config_mod
 
@@ -242,7 +243,7 @@ def build(args) -> int:
     shipped = {(r["genome_key"], int(r["seed"])) for r in rows}
     log = lambda m: print(m, flush=True)  # noqa: E731
     with st.DriverLock(run_dir):
-        storage = st.open_storage(url)
+        storage = st.open_or_create(url)
         study = optuna.create_study(study_name=study_name(cfg), storage=storage,
                                     directions=[o["direction"] for o in cfg.objectives], load_if_exists=True)
         driver._study_attrs(study, cfg)
@@ -321,7 +322,7 @@ def export_rows(cfg, url: str, csv_path: Path, log=print) -> list[dict]:
     names = {d.genome.key: d.name for d in published_in_space(spec)}
     epochs = cfg.fidelity.epochs
     proto = protocol_text(cfg)
-    study = st.find_study(st.open_storage(url), study_name(cfg)) if Path(url).exists() or "://" in url else None
+    study = st.find_study(st.open_or_create(url), study_name(cfg)) if Path(url).exists() or "://" in url else None
     new = []
     for t in (study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if study else []):
         a = t.user_attrs

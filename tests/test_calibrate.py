@@ -17,7 +17,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from searchspace.errors import cli_main
+from searchspace.cli import cli_main
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -9,7 +9,8 @@ import pytest
 from optuna.trial import TrialState
 
 from searchspace import catalog, space
-from searchspace.errors import UserError, cli_main
+from searchspace.errors import UserError
+from searchspace.cli import cli_main
 from studies import config
 
 SCOPED = {  # config -> the published designs it must contain
@@ -252,7 +253,7 @@ def test_default_run_names_every_design_and_never_trains_an_infeasible_genome(tm
     finally:
         ray.shutdown()
     out = capsys.readouterr().out
-    storage = st.open_storage(str(tmp_path / "run" / "study.journal"))
+    storage = st.open_or_create(str(tmp_path / "run" / "study.journal"))
     ref = optuna.load_study(study_name="e2e.references", storage=storage)
     proxy = {t.user_attrs["reference"]: t.values[0] for t in ref.trials if t.state == TrialState.COMPLETE}
     assert set(proxy) == {"resnet18", "se_resnet18"}  # evaluated without --reference

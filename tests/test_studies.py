@@ -19,7 +19,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from searchspace.errors import UserError, cli_main
+from searchspace.errors import UserError
+from searchspace.cli import cli_main
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -308,12 +308,12 @@ def test_stagewise_full_costs_equal_direct_counts():
 def test_a_killed_build_requeues_its_trials_with_their_seed(tmp_path):
     """recover (a dead driver's RUNNING trials) keeps the table's seed and key, so the rebuild neither
     loses the seed nor enqueues the pair twice."""
-    from studies.storage import open_storage, recover
+    from studies.storage import open_or_create, recover
     from studies.table import _have
 
     cfg = config_mod.load("smoke_table")
     spec = cfg.space
-    storage = open_storage(str(tmp_path / "study.journal"))
+    storage = open_or_create(str(tmp_path / "study.journal"))
     study = optuna.create_study(study_name="t", storage=storage, directions=["maximize", "minimize"])
     g = generation_order(cfg)[0]
     study.enqueue_trial(space.to_params(g, spec), user_attrs={"table_seed": 1, "table_key": g.key})

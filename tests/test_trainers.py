@@ -273,7 +273,7 @@ def test_measure_smoke():
 
 def _cli(*args, capsys):
     """The entry point in-process (a fresh interpreter costs seconds): exit status, stdout, stderr."""
-    from searchspace.errors import cli_main
+    from searchspace.cli import cli_main
     from trainers.train import main
 
     with pytest.raises(SystemExit) as e:

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from searchspace import catalog, set_kw_epoch
-from searchspace.errors import UserError, argument_parser, cli_main
+from searchspace.errors import UserError
+from searchspace.cli import argument_parser, cli_main
 
 from . import compiler
 from .data import DataSpec, ImageData, load_data
