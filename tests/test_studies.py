@@ -102,7 +102,7 @@ def smoke_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(user))  # importable here only: Ray's workers get the folder from the driver
         cfg = _faulty_smoke(user)
-        spec = config.load(str(cfg).space)
+        spec = config.load(str(cfg)).space
         faulty = json.loads(catalog.get("se_resnet18").genome.to_json())
         faulty["stages"][1]["plugins"][0]["type"] = "raises_in_training"
         study = optuna.create_study(study_name="smoke", storage=_storage(out), directions=["maximize", "minimize"])
@@ -602,7 +602,7 @@ def test_readme_user_plugin_example_loads(tmp_path, monkeypatch):
     cfg.write_text((REPO / "studies/configs/smoke.toml").read_text().replace('plugins = ["none", "se"]\n', lines))
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        spec = config.load(str(cfg).space)
+        spec = config.load(str(cfg)).space
         assert "my_gate" in spec.plugins and space.count(spec) > space.count(config.load("smoke").space)
     finally:
         unregister("my_gate")
