@@ -177,7 +177,7 @@ class StudySearch(Searcher):
         for _ in range(self.max_skips + 1):
             trial = self.study.ask()
             genome, config = self.space.ask(trial)
-            if self.limits is None or self._feasible(trial, genome, config):
+            if self.limits is None or self._feasible(trial, genome):
                 self._asked[trial_id] = (trial.number, trial.user_attrs.get("reference") or trial.user_attrs.get("design"))
                 if self.progress is not None:
                     self.progress.started(trial_id)
@@ -186,11 +186,11 @@ class StudySearch(Searcher):
                   "(loosen the limits or narrow [space])")
         return Searcher.FINISHED
 
-    def _feasible(self, trial: optuna.Trial, genome, config: dict) -> bool:
+    def _feasible(self, trial: optuna.Trial, genome) -> bool:
         """Set the trial's Optuna constraints from its costs; an infeasible one is told now (see the
         module docstring) and False returned."""
-        try:  # the space counted it already at the same target, unless that failed
-            cost = config.get("cost") or self.limits.cost(genome)
+        try:  # read from studies.costs' cache when the space has just counted it at this target
+            cost = self.limits.cost(genome)
         except Exception as e:  # a genome the cost model cannot build: let the trainable report it
             self._log(f"  trial {trial.number}: cost unknown before training ({type(e).__name__}: {e})")
             return True
