@@ -7,7 +7,7 @@ from .load import (completed, flatten_genome, genome_columns, genome_summary, lo
                    open_storage)
 from .pareto import (add_ranks, dominates, hypervolume, hypervolume_history, non_dominated_sort, pareto_front,
                      pareto_mask, reference_point)
-from .rediscovery import catalog_designs, genome_distance, in_space, rediscovery
+from .rediscovery import genome_distance, in_space, rediscovery
 from .plots import (front3d_figure, front_figure, hypervolume_figure, parallel_figure, rediscovery_figure,
                     stage_map_figure)
 
@@ -26,5 +26,5 @@ def __getattr__(name):
 __all__ = ["load_study", "open_storage", "completed", "flatten_genome", "genome_columns", "genome_summary",
            "newest_run_dir", "non_dominated_sort", "pareto_mask", "dominates", "hypervolume", "reference_point",
            "add_ranks", "pareto_front", "hypervolume_history", "rediscovery", "genome_distance", "in_space",
-           "catalog_designs", "front_figure", "hypervolume_figure", "parallel_figure", "stage_map_figure",
+           "front_figure", "hypervolume_figure", "parallel_figure", "stage_map_figure",
            "front3d_figure", "rediscovery_figure", "build_report", "write_report", "push_to_dashboard"]

@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
-import json
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import optuna
 import pandas as pd
 
 from searchspace.errors import UserError, redact
+from searchspace.genome import STAGE_FLAT_FIELDS, Genome
 
 from . import metrics
 
@@ -23,7 +24,7 @@ REFERENCES_SUFFIX = ".references"
 # Trial user attrs copied into columns as they are (objective columns may overwrite some), after
 # every metric of analysis.metrics (attr_columns()).
 ATTR_COLUMNS = ("genome_key", "epochs_completed", "status", "wall_s", "train_s", "device", "seed", "reference", "error")
-STAGE_FIELDS = ("plugin", "position", "r", "fusion", "stage_module", "kw")
+STAGE_FIELDS = STAGE_FLAT_FIELDS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -84,70 +85,33 @@ def resolve_study_name(storage: optuna.storages.BaseStorage, study_name: str | N
     return study_name
 
 
-# -- genome flattening --------------------------------------------------------------------------
-def genome_dict(g: Any) -> dict | None:
-    """A genome as a plain dict from JSON text, a dict or a searchspace.Genome (None if absent)."""
-    if g is None or (isinstance(g, float) and g != g):
-        return None
-    if hasattr(g, "to_dict"):
-        return g.to_dict()
-    if isinstance(g, str):
+# -- genomes: read once, shown through Genome's views -----------------------------------------------
+def read_genome(g: Any) -> Genome | None:
+    """A stored genome (JSON text, a dict or a Genome) as a Genome; None if absent or unreadable.
+    Text is parsed once per process (Genome.from_json caches). A genome this process cannot validate
+    (a plugin it has not imported, a field of another version) is read as stored."""
+    if isinstance(g, Genome):
+        return g
+    if not isinstance(g, (str, Mapping)):
+        return None  # absent: None or NaN
+    for strict in (True, False):
         try:
-            g = json.loads(g)
-        except json.JSONDecodeError:
-            return None
-    return g if isinstance(g, dict) else None
-
-
-def _module_label(p: dict | None) -> str:
-    if not p:
-        return "none"
-    return p["type"] if p.get("r") is None else f"{p['type']}(r={p['r']})"
+            return Genome.from_json(g, strict) if isinstance(g, str) else Genome.from_dict(g, strict)
+        except (UserError, TypeError, ValueError):
+            pass
+    return None
 
 
 def flatten_genome(g: Any) -> dict[str, Any]:
-    """backbone, stem, downsampling and s{i}.plugin/position/r/fusion/stage_module/kw (i from 1).
-
-    Several plugins in one stage are joined with '+' in chain order; r is an int for one plugin,
-    a '+'-joined string for several and None for none.
-    """
-    d = genome_dict(g)
-    if d is None:
-        return {}
-    row: dict[str, Any] = {k: d.get(k) for k in ("backbone", "stem", "downsampling")}
-    for i, st in enumerate(d.get("stages") or [], start=1):
-        st = st or {}
-        plugins = st.get("plugins") or []
-        rs = [p.get("r") for p in plugins]
-        row[f"s{i}.plugin"] = "+".join(p["type"] for p in plugins) or "none"
-        row[f"s{i}.position"] = "+".join(p["position"] for p in plugins) or None
-        row[f"s{i}.r"] = rs[0] if len(rs) == 1 else ("+".join(map(str, rs)) if rs else None)
-        row[f"s{i}.fusion"] = _module_label(st.get("fusion"))
-        row[f"s{i}.stage_module"] = _module_label(st.get("stage_module"))
-        row[f"s{i}.kw"] = st.get("kw")
-    return row
+    """Genome.flat() of a stored genome ({} without one)."""
+    genome = read_genome(g)
+    return genome.flat() if genome is not None else {}
 
 
 def genome_summary(g: Any) -> str:
-    """One line per genome for hover text and tables, e.g. 'resnet50 | s1 se@after_conv3 r16 | s2 -'."""
-    d = genome_dict(g)
-    if d is None:
-        return "(no genome)"
-    head = d.get("backbone", "?")
-    extras = [x for x in (d.get("stem"), d.get("downsampling")) if x not in (None, "standard", "v1.5")]
-    parts = [" ".join([head, *extras])]
-    for i, st in enumerate(d.get("stages") or [], start=1):
-        st = st or {}
-        bits = [f"{p['type']}@{p['position']}" + (f" r{p['r']}" if p.get("r") is not None else "")
-                for p in st.get("plugins") or []]
-        for k in ("fusion", "stage_module"):
-            if st.get(k):
-                p = st[k]
-                bits.append(p["type"] + (f" r{p['r']}" if p.get("r") is not None else ""))
-        if st.get("kw") is not None:
-            bits.append(f"kw b={st['kw']:g}")
-        parts.append(f"s{i} " + (", ".join(bits) or "-"))
-    return " | ".join(parts)
+    """Genome.summary() of a stored genome, e.g. 'resnet50 | s1 se@after_conv3 r16 | s2 -'."""
+    genome = read_genome(g)
+    return genome.summary() if genome is not None else "(no genome)"
 
 
 def stage_count(df: pd.DataFrame) -> int:
@@ -179,8 +143,9 @@ def _rows(study: optuna.Study, kind: str, objectives: list[dict]) -> list[dict]:
         for k, v in (fid.items() if isinstance(fid, dict) else ()):
             row[f"fidelity.{k}"] = v
         row["genome"] = ua.get("genome")
-        row.update(flatten_genome(ua.get("genome")))
-        row["genome_summary"] = genome_summary(ua.get("genome"))
+        genome = read_genome(ua.get("genome"))
+        row.update(genome.flat() if genome is not None else {})
+        row["genome_summary"] = genome.summary() if genome is not None else "(no genome)"
         row["datetime_start"] = t.datetime_start
         row["datetime_complete"] = t.datetime_complete
         rows.append(row)
@@ -251,4 +216,4 @@ def newest_run_dir(roots=("runs", "../runs")) -> Path:
 
 
 __all__ = ["open_storage", "resolve_study_name", "load_study", "flatten_genome", "genome_summary",
-           "genome_dict", "genome_columns", "stage_count", "objectives_of", "completed", "newest_run_dir"]
+           "read_genome", "genome_columns", "stage_count", "objectives_of", "completed", "newest_run_dir"]

@@ -11,10 +11,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from searchspace import catalog
+
 from . import metrics
-from .load import completed, genome_columns, genome_dict, objectives_of, stage_count
+from .load import completed, genome_columns, objectives_of, read_genome, stage_count
 from .pareto import add_ranks, pareto_mask
-from .rediscovery import _field, catalog_designs, published_records
+from .rediscovery import published_records
 
 PUBLISHED_NOTE = ("Published ImageNet-1K top-1 (each paper's own training recipe and dataset: "
                   "not comparable with the proxy accuracy above)")
@@ -168,13 +170,13 @@ def published_points(df: pd.DataFrame, designs=None, x: str = "flops") -> pd.Dat
     """The catalog's published ImageNet rows with a top-1 and an `x` cost, for the study's backbone
     only (others would only stretch the axis): design, x (in plot units), top1, source, short_source,
     each row as the paper printed it."""
-    designs = catalog_designs() if designs is None else list(designs)
+    designs = catalog.designs() if designs is None else list(designs)
     backbone = (df.attrs.get("target") or {}).get("backbone")
     fx = _unit(x)[0]
-    rows = [{"design": _field(d, "name"), "x": r[x] / fx, "top1": r["top1"], "source": r.get("source") or "?"}
+    rows = [{"design": d.name, "x": r[x] / fx, "top1": r["top1"], "source": r.get("source") or "?"}
             for d in designs for r in published_records(d)
             if r.get(x) is not None and r.get("top1") is not None
-            and (backbone is None or (genome_dict(_field(d, "genome")) or {}).get("backbone") == backbone)]
+            and (backbone is None or d.genome.backbone == backbone)]
     out = pd.DataFrame(rows, columns=["design", "x", "top1", "source"])
     sources = list(dict.fromkeys(out["source"]))
     out["short_source"] = [short_source(s, sources) for s in out["source"]]
@@ -320,15 +322,6 @@ def _category(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _stage_tokens(st: dict | None) -> list[str]:
-    st = st or {}
-    toks = [f"{p['type']}@{p['position']}" for p in st.get("plugins") or []]
-    toks += [f"{st[k]['type']}@{k}" for k in ("fusion", "stage_module") if st.get(k)]
-    if st.get("kw") is not None:
-        toks.append(f"kw b={st['kw']:g}")
-    return toks or ["none"]
-
-
 def stage_map_figure(df: pd.DataFrame, objectives: list[dict] | None = None) -> go.Figure:
     """Heatmap: share of Pareto-front genomes having module@position (rows) in each stage (columns)."""
     objs = objectives_of(df, objectives)
@@ -336,10 +329,9 @@ def stage_map_figure(df: pd.DataFrame, objectives: list[dict] | None = None) -> 
     front = ranked[ranked["front_rank"] == 0]
     n_stages = stage_count(df)
     counts = [Counter() for _ in range(n_stages)]
-    for g in front["genome"]:
-        for i, st in enumerate((genome_dict(g) or {}).get("stages") or []):
-            if i < n_stages:
-                counts[i].update(set(_stage_tokens(st)))
+    for g in front["genome"].map(read_genome):
+        for i, st in enumerate(g.stages[:n_stages] if g is not None else ()):
+            counts[i].update(set(st.placements()))
     rows = sorted({t for c in counts for t in c}, key=lambda t: (t == "none", t))
     z = [[counts[i][t] / max(len(front), 1) for i in range(n_stages)] for t in rows]
     text = [[str(counts[i][t]) for i in range(n_stages)] for t in rows]

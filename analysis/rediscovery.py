@@ -14,6 +14,7 @@ resolvable difference, or a cost); it *matches within noise* when it ties every 
 tolerance is 0: differences are taken at face value, and the report says so.
 
 Genome distance (documented, symmetric, in [0, 1]): the fraction of differing fields among
+`Genome.distance_fields()`:
   global: stem, downsampling, kw_options                                    (3 fields)
   per stage: plugin types (chain order), positions, r values, plugin options,
              fusion (type, r, options), stage module (type, r, options), KW budget   (7 per stage)
@@ -23,97 +24,52 @@ counts) are at distance 1.
 
 from __future__ import annotations
 
-import json
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from searchspace import catalog
-from searchspace.genome import Genome
+from searchspace.catalog import Design
 from searchspace.space import SpaceSpec, contains
 
 from .calibration import Noise, study_noise
-from .load import completed, genome_dict, genome_summary, objectives_of
+from .load import completed, objectives_of, read_genome
 from .pareto import to_minimization
 
 
-# -- catalog access -----------------------------------------------------------------------------
-def catalog_designs(names: Iterable[str] | None = None) -> list:
-    """Designs of searchspace.catalog (all, or the given names)."""
-    return [catalog.get(n) for n in (catalog.names() if names is None else names)]
-
-
-def _field(obj: Any, key: str, default=None):
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
-
-
-def published_records(design) -> list[dict]:
+def published_records(design: Design) -> list[dict]:
     """The design's published rows as dicts {params, flops, top1, top5, source}: one per printed
     accuracy row (`design.results`, each with its own recipe), the size falling back to the
-    design's exact counts; else the flat `design.published`."""
-    counts = {k: _field(c, "value", c) for k, c in (_field(design, "counts") or {}).items()}
-    rows = _field(design, "results")
-    if rows:
-        return [{"top1": _field(r, "top1"), "top5": _field(r, "top5"), "source": _field(r, "source"),
-                 "params": _field(r, "params") or counts.get("params"),
-                 "flops": _field(r, "flops") or counts.get("flops")} for r in rows]
-    pub = _field(design, "published")
-    recs = pub if isinstance(pub, (list, tuple)) else [pub] if pub else []
-    return [{k: _field(r, k) for k in ("params", "flops", "top1", "top5")}
-            | {"source": _field(r, "source") or _field(r, "recipe") or _field(design, "source")} for r in recs]
-
-
-def design_key(design) -> str | None:
-    g = _field(design, "genome")
-    if hasattr(g, "key"):
-        return g.key
-    d = genome_dict(g)
-    return None if d is None else Genome.from_dict(d).key  # the canonical key the studies layer stores
+    design's counts; a design with counts only gives one row without accuracy."""
+    counts = {k: c.value for k, c in design.counts.items()}
+    if design.results:
+        return [{"top1": r.top1, "top5": r.top5, "source": r.source, "params": r.params or counts.get("params"),
+                 "flops": r.flops or counts.get("flops")} for r in design.results]
+    if not counts:
+        return []
+    return [{"params": counts.get("params"), "flops": counts.get("flops"), "top1": None, "top5": None,
+             "source": design.source}]
 
 
 # -- distance -----------------------------------------------------------------------------------
-def _canon(x: Any) -> str:
-    return json.dumps(x, sort_keys=True)
-
-
-def _module(p: dict | None) -> tuple:
-    return (None,) if not p else (p.get("type"), p.get("r"), _canon(p.get("options") or {}))
-
-
-def _stage_fields(st: dict | None) -> tuple:
-    st = st or {}
-    ps = st.get("plugins") or []
-    return (tuple(p.get("type") for p in ps), tuple(p.get("position") for p in ps),
-            tuple(p.get("r") for p in ps), tuple(_canon(p.get("options") or {}) for p in ps),
-            _module(st.get("fusion")), _module(st.get("stage_module")), st.get("kw"))
-
-
 def genome_distance(a: Any, b: Any) -> float:
-    """Normalised Hamming distance over genome fields (see the module docstring)."""
-    da, db = genome_dict(a), genome_dict(b)
-    if da is None or db is None:
+    """Normalised Hamming distance over Genome.distance_fields (see the module docstring); a and b
+    are Genomes or stored JSON."""
+    ga, gb = read_genome(a), read_genome(b)
+    if ga is None or gb is None:
         return 1.0
-    sa, sb = da.get("stages") or [], db.get("stages") or []
-    if da.get("backbone") != db.get("backbone") or len(sa) != len(sb):
+    fa, fb = ga.distance_fields(), gb.distance_fields()
+    if ga.backbone != gb.backbone or len(fa) != len(fb):
         return 1.0
-    diff = sum(da.get(k) != db.get(k) for k in ("stem", "downsampling"))
-    diff += _canon(da.get("kw_options") or {}) != _canon(db.get("kw_options") or {})
-    for x, y in zip(sa, sb):
-        diff += sum(u != v for u, v in zip(_stage_fields(x), _stage_fields(y)))
-    return diff / (3 + 7 * len(sa))
+    return sum(x != y for x, y in zip(fa, fb)) / len(fa)
 
 
 # -- in space -----------------------------------------------------------------------------------
-def in_space(design, config: dict | None, target: dict | None = None) -> tuple[bool, str]:
+def in_space(design: Design, config: dict | None, target: dict | None = None) -> tuple[bool, str]:
     """(in space?, why). With a [space] table in the study config: searchspace.space.contains, i.e.
     the sampler can produce exactly this genome. Without one: the design's backbone is the study's."""
-    genome = _field(design, "genome")
-    g = genome if isinstance(genome, Genome) else Genome.from_dict(genome_dict(genome))
+    g = design.genome
     config, target = config or {}, target or {}
     space = config.get("space")
     if isinstance(space, dict):
@@ -145,7 +101,7 @@ def verdict_against(done_vals: np.ndarray, p: np.ndarray, tolerance: np.ndarray)
     return beats, matches
 
 
-def rediscovery(df: pd.DataFrame, designs: Sequence | None = None,
+def rediscovery(df: pd.DataFrame, designs: Sequence[Design] | None = None,
                 objectives: list[dict] | None = None, noise: Noise | None | str = "auto") -> pd.DataFrame:
     """One row per catalog design in the study's space (designs default to the whole catalog), plus
     one per design of the study's backbone outside it (verdict "not in space").
@@ -160,7 +116,7 @@ def rediscovery(df: pd.DataFrame, designs: Sequence | None = None,
     """
     objs = objectives_of(df, objectives)
     names, dirs = [o["name"] for o in objs], [o["direction"] for o in objs]
-    designs = catalog_designs() if designs is None else list(designs)
+    designs = catalog.designs() if designs is None else list(designs)
     if isinstance(noise, str):
         noise, source = study_noise(df)
     else:
@@ -175,14 +131,13 @@ def rediscovery(df: pd.DataFrame, designs: Sequence | None = None,
     rows = []
     for d in designs:
         ok, why = in_space(d, df.attrs.get("config"), df.attrs.get("target"))
-        name, key = _field(d, "name"), design_key(d)
+        name, key = d.name, d.genome.key
         if not ok:
-            g = genome_dict(_field(d, "genome")) or {}
-            if backbone is not None and g.get("backbone") == backbone and isinstance((df.attrs.get("config") or {}).get("space"), dict):
+            if backbone is not None and d.genome.backbone == backbone and isinstance((df.attrs.get("config") or {}).get("space"), dict):
                 rows.append({"design": name, "in_space_reason": why, "genome_key": key, "evaluated": False,
                              "verdict": "not in space", "top1_tolerance": tol_top1, "noise": source,
                              "dominated_by": 0, "best_dominating": None, "equalled_by": [], "sampled": [],
-                             "design_genome": genome_summary(_field(d, "genome"))})
+                             "design_genome": d.genome.summary()})
             continue
         row: dict[str, Any] = {"design": name, "in_space_reason": why, "genome_key": key}
         ev = refs[refs["reference"] == name] if "reference" in refs else refs.iloc[0:0]
@@ -205,8 +160,8 @@ def rediscovery(df: pd.DataFrame, designs: Sequence | None = None,
             row["verdict"] = "beaten" if dom.any() else "matched within noise" if eq.any() else "missed"
         elif vals is not None:
             row["verdict"] = "missed"
-        row["sampled"] = searched_all["number"][searched_all["genome_key"] == key].tolist() if key else []
-        near, dist = _nearest(_field(d, "genome"), done if len(done) else searched_all)
+        row["sampled"] = searched_all["number"][searched_all["genome_key"] == key].tolist()
+        near, dist = _nearest(d.genome, done if len(done) else searched_all)
         row["nearest_trial"] = None if near is None else int(df.loc[near, "number"])
         row["nearest_distance"] = None if near is None else dist
         row["nearest_genome"] = None if near is None else df.loc[near, "genome_summary"]
@@ -216,7 +171,7 @@ def rediscovery(df: pd.DataFrame, designs: Sequence | None = None,
         first = pubs[0] if pubs else {}
         row.update(published_top1=first.get("top1"), published_flops=first.get("flops"),
                    published_params=first.get("params"), published_source=first.get("source"))
-        row["design_genome"] = genome_summary(_field(d, "genome"))
+        row["design_genome"] = d.genome.summary()
         rows.append(row)
     out = pd.DataFrame(rows)
     for c in ("best_dominating", "nearest_trial"):  # trial numbers, possibly missing
@@ -225,4 +180,4 @@ def rediscovery(df: pd.DataFrame, designs: Sequence | None = None,
     return out
 
 
-__all__ = ["rediscovery", "verdict_against", "genome_distance", "in_space", "catalog_designs", "published_records", "design_key"]
+__all__ = ["rediscovery", "verdict_against", "genome_distance", "in_space", "published_records"]

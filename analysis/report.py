@@ -17,13 +17,14 @@ from pathlib import Path
 import pandas as pd
 import plotly.offline
 
-from searchspace.errors import UserError
+from searchspace import catalog
 from searchspace.cli import argument_parser, cli_main
+from searchspace.errors import UserError
 
 from . import metrics, plots
 from .load import completed, load_study, objectives_of
 from .pareto import hypervolume_history, pareto_front
-from .rediscovery import catalog_designs, rediscovery
+from .rediscovery import rediscovery
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
@@ -136,7 +137,7 @@ def build_report(df: pd.DataFrame, designs=None) -> str:
     """The report's HTML text for a table from load_study."""
     objs = objectives_of(df)
     names = [o["name"] for o in objs]
-    designs = catalog_designs() if designs is None else list(designs)
+    designs = catalog.designs() if designs is None else list(designs)
     name = df.attrs.get("study_name", "study")
     parts = [f"<h1>Study {html.escape(name)}</h1>",
              '<dl class="meta">' + "".join(

@@ -71,17 +71,6 @@ class Design:
     note: str = ""
     recipe: Recipe = Recipe()  # how the authors' code starts and regularises it (not part of the genome)
 
-    @property
-    def published(self) -> dict:
-        """Flat view: counts, and the first printed accuracy row (what plots use)."""
-        d = {k: c.value for k, c in self.counts.items()}
-        if self.results:
-            r = self.results[0]
-            d.update(top1=r.top1, top5=r.top5, recipe=r.source)
-            d.setdefault("params", r.params)
-            d.setdefault("flops", r.flops)
-        return d
-
 
 _CATALOG: dict[str, Design] = {}
 
@@ -106,6 +95,11 @@ def names() -> list[str]:
     return list(_CATALOG)
 
 
+def designs() -> list[Design]:
+    """Every catalog design, in the order they are defined (the one way to list them)."""
+    return list(_CATALOG.values())
+
+
 def resolve(text: str) -> tuple[str, Genome, Design | None]:
     """A catalog name, a path to a genome .json file, or inline genome JSON -> (name, genome, design)."""
     text = text.strip()
@@ -123,10 +117,6 @@ def resolve(text: str) -> tuple[str, Genome, Design | None]:
             raise UserError(f"genome file {str(path)!r} cannot be read: {e}") from None
     g = Genome.from_json(text)
     return g.key, g, None
-
-
-def designs() -> list[Design]:
-    return list(_CATALOG.values())
 
 
 def exact(n: int, source: str = "") -> Count:

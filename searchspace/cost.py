@@ -11,7 +11,7 @@ Conventions (docs/modules.md, "Counting conventions"):
   elements + pooling input elements), for its CIFAR tables.
 - `conv_linear`: SDA-xNet's counter (conv and linear MACs plus one op per bias element).
   Activations are fvcore's under every convention.
-Counts are cached by (genome key, convention, resolution, classes).
+Counts are cached by (genome, convention, resolution, classes); equal genomes have equal keys.
 """
 
 from __future__ import annotations
@@ -106,10 +106,9 @@ def _fvcore_counts(model: nn.Module, x: torch.Tensor, full: bool) -> tuple[int, 
 
 
 @lru_cache(maxsize=4096)
-def _cost(genome_json: str, convention: str, resolution: int, num_classes: int) -> Cost:
+def _cost(genome: Genome, convention: str, resolution: int, num_classes: int) -> Cost:
     from .build import build
 
-    genome = Genome.from_json(genome_json)
     model = build(genome, num_classes=num_classes).eval()
     params = sum(p.numel() for p in model.parameters())
     x = torch.zeros(1, 3, resolution, resolution)
@@ -141,4 +140,4 @@ def cost(genome: Genome, convention: str = "paper", resolution: int | None = Non
     num_classes = spec.target_classes if num_classes is None else num_classes
     if not isinstance(resolution, int) or resolution < 32:
         raise UserError(f"resolution: {resolution!r} must be an integer >= 32")
-    return _cost(genome.to_json(), convention, resolution, num_classes)
+    return _cost(genome, convention, resolution, num_classes)

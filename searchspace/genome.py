@@ -2,7 +2,9 @@
 
 A genome is a frozen value. Its canonical JSON writes every default out, so equal networks have
 equal JSON and an equal `key`. `validate()` raises UserError naming the field, the bad value and
-what is allowed.
+what is allowed; a genome is checked once (build, cost and the trainer all ask), and JSON text is
+parsed once per process (`from_json` caches). The views `summary()`, `flat()` and
+`distance_fields()` are what tables, reports and rediscovery read.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, Mapping
 
 from .backbones.specs import BACKBONE_SPECS
@@ -20,6 +23,8 @@ KW_BUDGETS = (0.25, 0.5, 1.0, 2.0, 4.0)  # None = static convolutions
 KW_OPTIONS = {"nonlocal_basis": (False, True)}  # ResNet-50 1/2x uses the nonlocal basis attention
 
 Options = tuple[tuple[str, Any], ...]
+# Per stage, the columns of Genome.flat() (s1.plugin, s1.position, ...).
+STAGE_FLAT_FIELDS = ("plugin", "position", "r", "fusion", "stage_module", "kw")
 
 
 def _freeze(opts: Mapping[str, Any] | Options | None) -> Options:
@@ -105,14 +110,24 @@ class Plugin:
     def to_dict(self) -> dict:
         return {"type": self.type, "position": self.position, "r": self.r, "options": dict(self.options)}
 
+    def _r_suffix(self, form: str) -> str:
+        return "" if self.r is None else form.format(self.r)
+
+    def _fields(self) -> tuple:
+        return self.type, self.r, _canon(dict(self.options))
+
     @classmethod
-    def from_dict(cls, d: Mapping, where: str) -> "Plugin":
+    def from_dict(cls, d: Mapping, where: str, strict: bool = True) -> "Plugin":
         if not isinstance(d, Mapping):
             raise UserError(f"{where}: expected an object with 'type' and 'position', got {d!r}")
-        _no_unknown_keys(d, {"type", "position", "r", "options"}, where)
+        if strict:
+            _no_unknown_keys(d, {"type", "position", "r", "options"}, where)
         type_ = _name_field(d, "type", f"{where}.type", "a plugin name", registry.names())
         if type_ is None:
             raise UserError(f"{where}.type: missing (known: {', '.join(registry.names())})")
+        if not strict and type_ not in registry.names():  # a module this process has not imported: as stored
+            return cls(type_, _name_field(d, "position", f"{where}.position", "a position"), d.get("r"),
+                       _mapping_field(d, "options", f"{where}.options", "option values"))
         info = _plugin_info(type_, f"{where}.type")
         position = _name_field(d, "position", f"{where}.position", "a position", info.positions,
                                default=info.positions[0] if len(info.positions) == 1 else None)
@@ -139,6 +154,36 @@ class Stage:
             except OverflowError:
                 pass  # validate() rejects it
 
+    # -- views (see Genome) ---------------------------------------------------------------------
+    def summary(self) -> str:
+        bits = [f"{p.type}@{p.position}" + p._r_suffix(" r{}") for p in self.plugins]
+        bits += [p.type + p._r_suffix(" r{}") for p in (self.fusion, self.stage_module) if p is not None]
+        if self.kw is not None:
+            bits.append(f"kw b={self.kw:g}")
+        return ", ".join(bits) or "-"
+
+    def flat(self) -> dict[str, Any]:
+        rs = [p.r for p in self.plugins]
+        modules = [("none" if p is None else p.type + p._r_suffix("(r={})")) for p in (self.fusion, self.stage_module)]
+        values = ("+".join(p.type for p in self.plugins) or "none", "+".join(p.position for p in self.plugins) or None,
+                  rs[0] if len(rs) == 1 else ("+".join(map(str, rs)) if rs else None), *modules, self.kw)
+        return dict(zip(STAGE_FLAT_FIELDS, values))
+
+    def distance_fields(self) -> tuple:
+        ps = self.plugins
+        return (tuple(p.type for p in ps), tuple(p.position for p in ps), tuple(p.r for p in ps),
+                tuple(_canon(dict(p.options)) for p in ps),
+                *((None,) if p is None else p._fields() for p in (self.fusion, self.stage_module)), self.kw)
+
+    def placements(self) -> list[str]:
+        """'module@position' per module (a fusion at '@fusion', a stage module at '@stage_module'), the
+        KW budget as 'kw b=B'; ['none'] for an empty stage."""
+        toks = [f"{p.type}@{p.position}" for p in self.plugins]
+        toks += [f"{p.type}@{k}" for k, p in (("fusion", self.fusion), ("stage_module", self.stage_module)) if p is not None]
+        if self.kw is not None:
+            toks.append(f"kw b={self.kw:g}")
+        return toks or ["none"]
+
     def to_dict(self) -> dict:
         return {
             "plugins": [p.to_dict() for p in self.plugins],
@@ -148,12 +193,13 @@ class Stage:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping, where: str) -> "Stage":
+    def from_dict(cls, d: Mapping, where: str, strict: bool = True) -> "Stage":
         if d is None:
             return cls()
         if not isinstance(d, Mapping):
             raise UserError(f"{where}: expected an object, got {d!r}")
-        _no_unknown_keys(d, {"plugins", "fusion", "stage_module", "kw"}, where)
+        if strict:
+            _no_unknown_keys(d, {"plugins", "fusion", "stage_module", "kw"}, where)
         plugins = d.get("plugins")
         if plugins is None:
             plugins = []
@@ -165,9 +211,9 @@ class Stage:
                             f"(allowed: null, {', '.join(str(b) for b in KW_BUDGETS)})")
         fusion, stage_module = d.get("fusion"), d.get("stage_module")
         return cls(
-            tuple(Plugin.from_dict(p, f"{where}.plugins[{i}]") for i, p in enumerate(plugins)),
-            None if fusion is None else Plugin.from_dict(fusion, f"{where}.fusion"),
-            None if stage_module is None else Plugin.from_dict(stage_module, f"{where}.stage_module"),
+            tuple(Plugin.from_dict(p, f"{where}.plugins[{i}]", strict) for i, p in enumerate(plugins)),
+            None if fusion is None else Plugin.from_dict(fusion, f"{where}.fusion", strict),
+            None if stage_module is None else Plugin.from_dict(stage_module, f"{where}.stage_module", strict),
             kw,
         )
 
@@ -211,10 +257,14 @@ class Genome:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Genome":
+    def from_dict(cls, d: Mapping, strict: bool = True) -> "Genome":
+        """The genome `d` describes, validated. strict=False reads a stored genome as it is (analysis):
+        unknown fields are ignored, a plugin this process has not imported is kept by name, and the
+        result is not validated."""
         if not isinstance(d, Mapping):
             raise UserError(f"genome: expected a JSON object, got {type(d).__name__}")
-        _no_unknown_keys(d, {"backbone", "stem", "downsampling", "kw_options", "stages"}, "genome")
+        if strict:
+            _no_unknown_keys(d, {"backbone", "stem", "downsampling", "kw_options", "stages"}, "genome")
         backbone = _name_field(d, "backbone", "backbone", "a backbone name", sorted(BACKBONE_SPECS), "resnet50")
         spec = BACKBONE_SPECS.get(backbone)
         stem = _name_field(d, "stem", "stem", "a stem name", spec.stems if spec else ())
@@ -228,20 +278,17 @@ class Genome:
             raise UserError(f"stages: expected a list of stage objects, got {stages!r}")
         g = cls(
             backbone=backbone,
-            stages=tuple(Stage.from_dict(s, f"stages[{i}]") for i, s in enumerate(stages)),
+            stages=tuple(Stage.from_dict(s, f"stages[{i}]", strict) for i, s in enumerate(stages)),
             stem=stem,
             downsampling=downsampling,
             kw_options=kw_options,
         )
-        return g.validate()
+        return g.validate() if strict else g
 
     @classmethod
-    def from_json(cls, text: str) -> "Genome":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"genome JSON does not parse: {e}") from None
-        return cls.from_dict(d)
+    def from_json(cls, text: str, strict: bool = True) -> "Genome":
+        """from_dict of JSON text, parsed once per distinct text in this process (the result is frozen)."""
+        return _from_json(text, strict, registry.generation())
 
     # -- editing helpers -----------------------------------------------------------------------
     def with_stage(self, index: int, **changes) -> "Genome":
@@ -253,8 +300,36 @@ class Genome:
     def uses_kw(self) -> bool:
         return any(s.kw is not None for s in self.stages)
 
+    # -- views: what tables, reports and rediscovery read ---------------------------------------
+    def summary(self) -> str:
+        """One line, e.g. 'resnet50 | s1 se@after_conv3 r16 | s2 -': the backbone (and its stem and
+        downsampling unless standard and v1.5), then per stage its modules and KW budget."""
+        head = " ".join([self.backbone, *(x for x in (self.stem, self.downsampling) if x not in (None, "standard", "v1.5"))])
+        return " | ".join([head] + [f"s{i} {st.summary()}" for i, st in enumerate(self.stages, start=1)])
+
+    def flat(self) -> dict[str, Any]:
+        """Table columns: backbone, stem, downsampling and s{i}.plugin/position/r/fusion/stage_module/kw
+        (i from 1). Several plugins in a stage are joined by '+' in chain order; r is an int for one
+        plugin, a '+'-joined string for several, None for none; a fusion or stage module reads
+        'type(r=R)', or 'none'."""
+        row: dict[str, Any] = {"backbone": self.backbone, "stem": self.stem, "downsampling": self.downsampling}
+        for i, st in enumerate(self.stages, start=1):
+            row.update({f"s{i}.{k}": v for k, v in st.flat().items()})
+        return row
+
+    def distance_fields(self) -> tuple:
+        """The fields a genome distance compares one by one (analysis.rediscovery): stem, downsampling,
+        KW options, then per stage 7: plugin types, positions, r values and options (each in chain
+        order), the fusion (type, r, options), the stage module (type, r, options), the KW budget."""
+        out = [self.stem, self.downsampling, _canon(dict(self.kw_options))]
+        for st in self.stages:
+            out += st.distance_fields()
+        return tuple(out)
+
     # -- validation ----------------------------------------------------------------------------
     def validate(self) -> "Genome":
+        if self.__dict__.get("_valid") == registry.generation():  # checked already, against the same plugins
+            return self
         spec = BACKBONE_SPECS.get(self.backbone) if isinstance(self.backbone, str) else None
         if spec is None:
             raise UserError(f"backbone: unknown {self.backbone!r} (allowed: {', '.join(sorted(BACKBONE_SPECS))})")
@@ -290,7 +365,25 @@ class Genome:
             if st.kw is not None and not spec.supports_kw:
                 raise UserError(f"{where}.kw: {st.kw!r} not allowed: KernelWarehouse is not supported on {spec.name} "
                                 f"(allowed: null; KW backbones: {', '.join(kw_backbones())})")
+        object.__setattr__(self, "_valid", registry.generation())  # not a field: equality, hash and JSON ignore it
         return self
+
+    def __getstate__(self) -> dict:
+        # Another process checks again: it may not have registered the same plugins.
+        return {k: v for k, v in self.__dict__.items() if k != "_valid"}
+
+
+@lru_cache(maxsize=8192)
+def _from_json(text: str, strict: bool, plugins_generation: int) -> Genome:  # the registry is part of the key
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"genome JSON does not parse: {e}") from None
+    return Genome.from_dict(d, strict)
+
+
+def _canon(x) -> str:
+    return json.dumps(x, sort_keys=True)
 
 
 def kw_backbones() -> list[str]:

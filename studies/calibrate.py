@@ -113,7 +113,7 @@ def prepare(args) -> dict:
     from searchspace import catalog, space
 
     spec = cfg.space
-    inside = [n for n in catalog.names() if space.contains(spec, catalog.get(n).genome)]
+    inside = [d.name for d in catalog.designs() if space.contains(spec, d.genome)]
     if args.only:
         only = [n.strip() for n in args.only.split(",") if n.strip()]
         bad = [n for n in only if n not in inside]

@@ -217,7 +217,7 @@ def _enqueue_neighbours(study, designs, spec, n: int, seed: int, limits, log) ->
                     continue
                 seen.add(g.key)
                 checks += 1
-                if limits is not None and any(v > 0 for v in limits.violations(limits.cost(g.to_json())).values()):
+                if limits is not None and any(v > 0 for v in limits.violations(limits.cost(g)).values()):
                     continue
                 chosen.append((name, g))
                 break
@@ -231,7 +231,7 @@ def _enqueue_neighbours(study, designs, spec, n: int, seed: int, limits, log) ->
 def _designs_in_space(spec):
     from searchspace import catalog, space
 
-    return [d for d in (catalog.get(n) for n in catalog.names()) if space.contains(spec, d.genome)]
+    return [d for d in catalog.designs() if space.contains(spec, d.genome)]
 
 
 def _enqueue_known(study, designs, spec, attr: str, log) -> int:

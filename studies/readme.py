@@ -34,7 +34,7 @@ def row(name: str) -> dict[str, str]:
     d, f = cfg.data, cfg.fidelity
     images = f"{d.max_per_class} train images" if d.max_per_class else "all train images"
     data = "bundled Imagenette-64" if not d.root else d.root
-    designs = [n for n in catalog.names() if space.contains(spec, catalog.get(n).genome)]
+    designs = [d.name for d in catalog.designs() if space.contains(spec, d.genome)]
     return {
         "config": f"`{name}`",
         "searches": cfg.description or "",

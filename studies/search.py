@@ -52,6 +52,10 @@ class GenomeSpace:
         self.target = target  # counted here, once per genome (studies.costs), not in the GPU trial
 
     def __call__(self, trial) -> dict:
+        return self.ask(trial)[1]
+
+    def ask(self, trial):
+        """(the Genome, the Ray trial config): the searcher keeps using the object, the worker gets the JSON."""
         from searchspace import space
 
         if self.driver:
@@ -69,7 +73,7 @@ class GenomeSpace:
                 pass
         if trial.user_attrs.get("trial_seed") is not None:  # set at enqueue (studies.calibrate: repeated seeds)
             config["seed"] = trial.user_attrs["trial_seed"]
-        return config
+        return genome, config
 
 
 @dataclass(frozen=True)
@@ -103,16 +107,16 @@ class CostLimits:
     limits: tuple[tuple[str, float], ...]  # (("flops", 4.52e9), ("params", 3e7)): cost name, maximum
     target: tuple[tuple[str, object], ...]  # convention, resolution, num_classes
 
-    def cost(self, genome_json: str):
-        import searchspace
-        from searchspace import Genome
+    def cost(self, genome) -> dict:
+        """{"flops", "params", "activations"} of the Genome at the study's target (studies.costs' cache)."""
+        from .costs import target_cost
 
-        return searchspace.cost(Genome.from_json(genome_json), **dict(self.target))
+        return target_cost(genome, dict(self.target))
 
-    def violations(self, cost) -> dict[str, float]:
+    def violations(self, cost: dict) -> dict[str, float]:
         """Per limit: cost / maximum - 1 (Optuna's convention: <= 0 is feasible; relative, so the samplers
         see flops and params on one scale)."""
-        return {name: getattr(cost, name) / top - 1.0 for name, top in self.limits}
+        return {name: cost[name] / top - 1.0 for name, top in self.limits}
 
 
 class StudySearch(Searcher):
@@ -189,8 +193,8 @@ class StudySearch(Searcher):
         # one genome and Ray's num_samples stays the number of trained trials.
         for _ in range(self.max_skips + 1):
             trial = self.study.ask()
-            config = self.space(trial)
-            if self.limits is None or self._feasible(trial, config):
+            genome, config = self.space.ask(trial)
+            if self.limits is None or self._feasible(trial, genome):
                 self._asked[trial_id] = (trial.number, trial.user_attrs.get("reference") or trial.user_attrs.get("design"))
                 if self.progress is not None:
                     self.progress.started(trial_id)
@@ -199,11 +203,11 @@ class StudySearch(Searcher):
                   "(loosen the limits or narrow [space])")
         return Searcher.FINISHED
 
-    def _feasible(self, trial: optuna.Trial, config: dict) -> bool:
+    def _feasible(self, trial: optuna.Trial, genome) -> bool:
         """Set the trial's Optuna constraints from its costs; an infeasible one is told now (see the
         module docstring) and False returned."""
-        try:
-            cost = self.limits.cost(config["genome"])
+        try:  # read from studies.costs' cache when the space has just counted it at this target
+            cost = self.limits.cost(genome)
         except Exception as e:  # a genome the cost model cannot build: let the trainable report it
             self._log(f"  trial {trial.number}: cost unknown before training ({type(e).__name__}: {e})")
             return True
@@ -212,10 +216,8 @@ class StudySearch(Searcher):
             trial.set_constraint(name, v)
         if all(v <= 0 for v in over.values()):
             return True
-        from searchspace import Genome
-
-        r = {"genome_key": Genome.from_json(config["genome"]).key,
-             **{n: getattr(cost, n) for n in metrics.names("cost")}, "top1": 0.0, "epochs_completed": 0, "status": INFEASIBLE,
+        r = {"genome_key": genome.key, **{n: cost[n] for n in metrics.names("cost")},
+             "top1": 0.0, "epochs_completed": 0, "status": INFEASIBLE,
              "error": "over " + ", ".join(f"{n}_max by {v:+.1%}" for n, v in over.items() if v > 0)}
         # Never trained: top1 0 (the worst), the exact costs, and latency unknown (the worst too).
         values = [r.get(o["name"], 0.0 if o["direction"] == "maximize" else math.inf) for o in self.objectives]

@@ -294,11 +294,14 @@ class TableSpace:
         self.inner = GenomeSpace(spec, driver)
 
     def __call__(self, trial) -> dict:
-        out = self.inner(trial)
+        return self.ask(trial)[1]
+
+    def ask(self, trial):
+        genome, out = self.inner.ask(trial)
         seed = trial.user_attrs.get("table_seed")
         if seed is not None:
             out["seed"] = int(seed)
-        return out
+        return genome, out
 
 
 # -- export -----------------------------------------------------------------------------------------

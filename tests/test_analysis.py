@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -21,6 +20,7 @@ from optuna.trial import TrialState, create_trial
 import analysis
 from analysis import (dominates, genome_distance, hypervolume, hypervolume_history, load_study,
                       non_dominated_sort, pareto_front, rediscovery)
+from searchspace.catalog import Design, Result
 from searchspace.errors import UserError
 from searchspace.genome import Genome, make_plugin, uniform
 
@@ -100,14 +100,15 @@ MSCA_ALL = uniform("resnet50", make_plugin("msca", "after_conv3"))
 R18_SE = uniform("resnet18", make_plugin("se", "after_add"))
 
 
-def design(name, genome, top1, flops, params):
-    return SimpleNamespace(name=name, genome=genome, source="synthetic",
-                           published=SimpleNamespace(top1=top1, top5=None, flops=flops, params=params))
+def design(name, genome, top1=None, flops=None, params=None):
+    """A catalog Design with one printed accuracy row (none without top1)."""
+    rows = (Result(top1, None, "synthetic", params, flops),) if top1 is not None else ()
+    return Design(name, genome, "synthetic", results=rows)
 
 
 DESIGNS = [design("se_all", SE_ALL, 77.0, 4.11e9, 28.1e6), design("se_s4", SE_S4, 76.8, 4.11e9, 26.5e6),
            design("msca_all", MSCA_ALL, 77.5, 4.112e9, 28.07e6), design("r18_se", R18_SE, 71.2, 1.8e9, 11.8e6),
-           design("msca_s4", MSCA_S4, None, None, None)]
+           design("msca_s4", MSCA_S4)]
 
 
 def _trial(genome, values, state=TrialState.COMPLETE, reference=None, wall=60.0, **extra):
@@ -241,6 +242,73 @@ def test_genome_distance():
     assert genome_distance(PLAIN, SE_S4) == pytest.approx(4 / n)  # type, position, r, options of stage 4
     assert genome_distance(SE_ALL, R18_SE) == 1.0
     assert genome_distance(SE_S4, se_at([3], "after_conv2")) == pytest.approx(1 / n)
+
+
+def _json_distance(a: str, b: str) -> float:
+    """The distance of analysis.rediscovery's docstring computed from stored JSON, as analysis did before
+    Genome.distance_fields: the reference the view is held to."""
+    def canon(x):
+        return json.dumps(x, sort_keys=True)
+
+    def module(p):
+        return (None,) if not p else (p.get("type"), p.get("r"), canon(p.get("options") or {}))
+
+    def stage(st):
+        ps = st.get("plugins") or []
+        return (tuple(p["type"] for p in ps), tuple(p["position"] for p in ps), tuple(p["r"] for p in ps),
+                tuple(canon(p.get("options") or {}) for p in ps), module(st.get("fusion")),
+                module(st.get("stage_module")), st.get("kw"))
+
+    da, db = json.loads(a), json.loads(b)
+    if da["backbone"] != db["backbone"] or len(da["stages"]) != len(db["stages"]):
+        return 1.0
+    diff = sum(da[k] != db[k] for k in ("stem", "downsampling")) + (canon(da["kw_options"]) != canon(db["kw_options"]))
+    diff += sum(u != v for x, y in zip(da["stages"], db["stages"]) for u, v in zip(stage(x), stage(y)))
+    return diff / (3 + 7 * len(da["stages"]))
+
+
+def test_genome_distance_equals_the_json_distance_on_catalog_and_sampled_genomes():
+    from searchspace import catalog, space
+    from studies import config as config_mod
+
+    genomes = [d.genome for d in catalog.designs()]
+    for name in ("imagenet_subset", "resnet18_fusion", "sda", "kernelwarehouse", "downsampling"):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        genomes += [space.suggest(study.ask(), config_mod.spec(config_mod.load(name))) for _ in range(6)]
+    texts = [g.to_json() for g in genomes]
+    got = [[genome_distance(a, b) for b in texts] for a in genomes]
+    assert got == [[_json_distance(a, b) for b in texts] for a in texts]
+    assert len({d for row in got for d in row}) > 10  # far from all-or-nothing
+
+
+def test_genome_views_of_catalog_designs():
+    from searchspace import catalog
+
+    def flat_stage(g, i):
+        return [g.flat()[f"s{i}.{k}"] for k in ("plugin", "position", "r", "fusion", "stage_module", "kw")]
+
+    dsnet, msaf = catalog.get("dsnet50_a").genome, catalog.get("msaf_resnet18_r4").genome
+    sda, kw = catalog.get("sda_resnet86").genome, catalog.get("kw_resnet50_1d2x").genome
+    assert dsnet.summary() == "resnet50 | s1 - | s2 - | s3 - | s4 dsm@after_conv2 r2"
+    assert catalog.get("resnet50_d").genome.summary() == "resnet50 deep avgdown | s1 - | s2 - | s3 - | s4 -"
+    assert msaf.summary() == "resnet18 | s1 msaf r4 | s2 msaf r4 | s3 msaf r4 | s4 msaf r4"
+    assert sda.summary().endswith("| s4 sda r16") and kw.summary().endswith("| s4 kw b=0.5")
+    assert list(dsnet.flat())[:4] == ["backbone", "stem", "downsampling", "s1.plugin"] and len(dsnet.flat()) == 3 + 6 * 4
+    assert flat_stage(dsnet, 1) == ["none", None, None, "none", "none", None]
+    assert flat_stage(dsnet, 4) == ["dsm", "after_conv2", 2, "none", "none", None]
+    assert flat_stage(msaf, 2)[3] == "msaf(r=4)" and flat_stage(sda, 3)[4] == "sda(r=16)" and flat_stage(kw, 1)[5] == 0.5
+    assert [st.placements() for st in sda.stages][0] == ["sda@stage_module"]
+    assert msaf.stages[0].placements() == ["msaf@fusion"] and dsnet.stages[0].placements() == ["none"]
+    assert len(dsnet.distance_fields()) == 3 + 7 * 4 and len(catalog.get("mobilenetv3_large_cifar").genome.distance_fields()) == 3 + 7 * 5
+
+
+def test_a_stored_genome_with_a_plugin_this_process_lacks_is_still_shown():
+    text = SE_S4.to_json().replace('"se"', '"gate_from_elsewhere"')
+    with pytest.raises(UserError, match="unknown plugin 'gate_from_elsewhere'"):
+        Genome.from_json(text)
+    assert analysis.genome_summary(text) == "resnet50 | s1 - | s2 - | s3 - | s4 gate_from_elsewhere@after_conv3 r16"
+    assert analysis.flatten_genome(text)["s4.plugin"] == "gate_from_elsewhere"
+    assert analysis.genome_summary(None) == "(no genome)" and analysis.flatten_genome("{not json") == {}
 
 
 def test_rediscovery_known_answer(run_dir):

@@ -1,6 +1,7 @@
 """Genome, space, registry, cost parity and the inspect command line."""
 
 import json
+import pickle
 import subprocess
 import sys
 
@@ -249,6 +250,20 @@ def test_user_registered_module_is_searchable():
         build(g, num_classes=10, width_mult=0.25)(torch.randn(2, 3, 32, 32)).sum().backward()
     finally:
         registry.unregister("toy_gate")
+    with pytest.raises(UserError, match="unknown plugin 'toy_gate'"):  # the parse cache forgets it too
+        Genome.from_json(g.to_json())
+
+
+def test_a_genome_is_parsed_and_checked_once_per_process():
+    text = catalog.get("dsnet50_c").genome.to_json()
+    g = Genome.from_json(text)
+    assert Genome.from_json(text) is g and g.validate() is g  # one parse per text, one check per object
+    sent = pickle.loads(pickle.dumps(g))  # another process checks it again (its registry may differ)
+    assert sent == g and sent.key == g.key and "_valid" not in sent.__dict__ and sent.validate() is sent
+    bad = Genome("resnet18", (Stage(kw=3.0),) * 4)
+    for _ in range(2):  # a failed check is not remembered
+        with pytest.raises(UserError, match="not a KernelWarehouse budget"):
+            bad.validate()
 
 
 # -- inspect ----------------------------------------------------------------------------------------

@@ -672,11 +672,11 @@ def test_published_resnet50_designs_lie_in_imagenet_subset():
 
     spec = config.load("imagenet_subset").space
     # kw_resnet50_1d2x also switches KW's nonlocal basis on, which the space has no axis for
-    r50 = [n for n in catalog.names() if catalog.get(n).genome.backbone == "resnet50"
-           and not dict(catalog.get(n).genome.kw_options).get("nonlocal_basis")]
-    assert {"se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b", "dsnet50_c", "kw_resnet50_1x"} <= set(r50)
-    assert r50 and all(space.contains(spec, catalog.get(n).genome) for n in r50), \
-        [n for n in r50 if not space.contains(spec, catalog.get(n).genome)]
+    r50 = [d for d in catalog.designs() if d.genome.backbone == "resnet50"
+           and not dict(d.genome.kw_options).get("nonlocal_basis")]
+    assert {"se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b", "dsnet50_c", "kw_resnet50_1x"} <= {d.name for d in r50}
+    assert r50 and all(space.contains(spec, d.genome) for d in r50), \
+        [d.name for d in r50 if not space.contains(spec, d.genome)]
 
 
 def _searcher(tmp_path, cfg, sampler=None, **kw):

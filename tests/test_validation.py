@@ -129,7 +129,7 @@ sys.modules["optuna"] = None  # any `import optuna` now fails
 from searchspace import catalog, space
 spec = space.SpaceSpec.from_dict({"backbone": "resnet50", "plugins": ["none", "se"], "r": [16],
                                   "positions": ["after_conv3"], "kw": ["off", 1]})
-inside = [n for n in catalog.names() if space.contains(spec, catalog.get(n).genome)]
+inside = [d.name for d in catalog.designs() if space.contains(spec, d.genome)]
 assert "resnet50" in inside and "se_resnet50" in inside, inside
 assert not space.contains(spec, catalog.get("resnet18").genome)
 params = space.to_params(catalog.get("se_resnet50").genome, spec)

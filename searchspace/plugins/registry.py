@@ -82,6 +82,7 @@ def register(name: str, *, kind: str = "block", positions: tuple[str, ...] = (),
             raise ValueError(f"plugin {name!r}: implicit_defaults {unknown} are not among its options")
         _REGISTRY[name] = PluginInfo(name, kind, tuple(positions), factory, default_r, dict(options or {}),
                                      tuple(implicit_defaults))
+        _changed()
         return factory
 
     return deco
@@ -89,6 +90,19 @@ def register(name: str, *, kind: str = "block", positions: tuple[str, ...] = (),
 
 def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
+    _changed()
+
+
+_generation = 0  # bumped on every change: genomes parsed or checked before it are checked again
+
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
+
+
+def generation() -> int:
+    return _generation
 
 
 def get(name: str) -> PluginInfo:
