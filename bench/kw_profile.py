@@ -7,12 +7,16 @@ op is charged to the part whose forward op created its autograd node (matched by
 The table gives the share of self CPU time per part, then the heaviest ops of each part.
 
     python bench/kw_profile.py [--design kw_resnet50_1x] [--width 0.125] [--batch 16]
-                               [--resolutions 64 128] [--threads 2] [--form auto|grouped|...]
+                               [--resolutions 64 128] [--threads 2] [--form auto|grouped|matmul|counted]
+
+`--form counted` runs the authors' form (searchspace.plugins.forms.counted_forms: the grouped conv
+and the attention as first written), i.e. the code before the fast forms.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 from collections import defaultdict
 
@@ -23,6 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from searchspace import Genome, build, catalog
 from searchspace.plugins import kernelwarehouse as kwm
+from searchspace.plugins.forms import counted_forms
 
 PARTS = ("attention", "assembly", "conv", "rest")
 _SCOPE = "kw."
@@ -79,13 +84,14 @@ def split(events) -> tuple[dict, dict]:
     return parts, ops
 
 
-def profile_step(model, x, y, repeats: int):
-    for _ in range(2):  # warm-up
-        F.cross_entropy(model(x), y).backward()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(repeats):
-            model.zero_grad(set_to_none=True)
+def profile_step(model, x, y, repeats: int, counted: bool = False):
+    with counted_forms() if counted else contextlib.nullcontext():
+        for _ in range(2):  # warm-up
             F.cross_entropy(model(x), y).backward()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
+                model.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x), y).backward()
     return prof.events()
 
 
@@ -97,7 +103,7 @@ def main() -> None:
     ap.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--form", choices=kwm.FORMS, default=None, help="force one KW conv form (default: auto)")
+    ap.add_argument("--form", choices=(*kwm.FORMS, "counted"), default="auto", help="KW conv form")
     ap.add_argument("--top", type=int, default=4, help="heaviest ops listed per part")
     args = ap.parse_args()
     if args.threads:
@@ -107,15 +113,15 @@ def main() -> None:
     design = catalog.get(args.design)
     kw = build(design.genome, num_classes=100, width_mult=args.width).train()
     plain = build(Genome(design.genome.backbone), num_classes=100, width_mult=args.width).train()
-    if args.form:
+    if args.form != "counted":
         for conv in kwm.kw_convs(kw):
             conv.form = args.form
     print(f"{args.design} width={args.width} batch={args.batch} threads={torch.get_num_threads()} "
-          f"form={args.form or 'auto'}: self CPU time of forward+backward, {args.repeats} steps profiled")
+          f"form={args.form}: self CPU time of forward+backward, {args.repeats} steps profiled")
     for res in args.resolutions:
         x = torch.randn(args.batch, 3, res, res)
         y = torch.randint(0, 100, (args.batch,))
-        parts, ops = split(profile_step(kw, x, y, args.repeats))
+        parts, ops = split(profile_step(kw, x, y, args.repeats, args.form == "counted"))
         base = sum(split(profile_step(plain, x, y, args.repeats))[0].values())
         total = sum(parts.values())
         print(f"\n{res} px: KW step {total / 1e3 / args.repeats:.1f} ms, plain step {base / 1e3 / args.repeats:.1f} ms "

@@ -98,11 +98,8 @@ class KWAttention(nn.Module):
             z = self._expand_basis(z)
         z = z.reshape(-1, self.m, self.n + 1)
         z = z / (z.abs().sum(-1, keepdim=True) + EPS)
-        if counting():
-            a = (1.0 - self.tau) * z + self.tau * self.beta
-            return a[..., :-1].reshape(-1, self.n)  # the zero cell contributes nothing
-        # (1 - tau) z + tau beta in one op, on the stored cells only (the zero cell contributes nothing)
-        return torch.lerp(z[..., :-1], self.beta[:, :-1], self.tau).reshape(-1, self.n)
+        a = (1.0 - self.tau) * z + self.tau * self.beta
+        return a[..., :-1].reshape(-1, self.n)  # the zero cell contributes nothing
 
 
 FORMS = ("auto", "grouped", "matmul")
@@ -116,10 +113,11 @@ class KWConv2d(nn.Module):
     - "grouped": one grouped conv over the batch folded into channels (the authors' form, which the
       counters count);
     - "matmul": one batched matmul of the per-sample kernels with the input (1x1 convs: the map
-      itself; k x k: its unfolded patches). On CPU this is several times faster than the grouped
-      conv, whose backward falls back to slow paths; ungrouped convs only.
-    "auto" takes "matmul" on CPU for ungrouped convs and "grouped" elsewhere (cuDNN's grouped
-    conv is fast and unfolding would cost GPU memory).
+      itself; k x k: its unfolded patches); ungrouped convs only.
+    "auto" takes "matmul" for ungrouped 1x1 convs on CPU, where the grouped conv over the batch
+    runs far below matmul speed, and "grouped" elsewhere: for k x k convs unfolding the input
+    costs more than it saves from 128 px on (bench/kw_conv.py, docs/modules.md), and cuDNN's
+    grouped conv is fast.
     """
 
     form = "auto"
@@ -179,7 +177,7 @@ class KWConv2d(nn.Module):
         if counting() or self.groups != 1:
             return "grouped"
         if self.form == "auto":
-            return "matmul" if x.device.type == "cpu" else "grouped"
+            return "matmul" if x.device.type == "cpu" and self.kernel_size == (1, 1) else "grouped"
         return self.form
 
     def _conv_matmul(self, x: torch.Tensor, w: torch.Tensor, b: int) -> torch.Tensor:
