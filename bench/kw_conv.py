@@ -6,15 +6,19 @@ the same process, interleaved repeat by repeat; the table gives medians and the 
 `--layouts nchw channels_last` and `--dtypes fp32 bf16` (CUDA autocast, as the trainer) add rows:
 a channels_last input makes the KW conv convert its input to NCHW and its output back (the trainer
 therefore keeps KW networks in NCHW; these rows measure what that choice saves).
+`--forms grouped matmul` times the KW conv's equal forms (KWConv2d.form) as separate rows, and
+`--hw` / `--width` set the map side and channels (width 1/8 and maps 2-4 are what proxy trials use).
 
     python bench/kw_conv.py [--device cuda] [--batches 8 32] [--repeats 15] [--budgets 1 4]
-                            [--layouts nchw channels_last] [--dtypes fp32 bf16]
+                            [--layouts nchw channels_last] [--dtypes fp32 bf16] [--forms auto]
+                            [--hw 14] [--width 1.0]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import statistics
 
 import torch
@@ -22,6 +26,7 @@ from torch import nn
 
 from searchspace.build import build, set_kw_epoch
 from searchspace.genome import Genome, Stage
+from searchspace.plugins.kernelwarehouse import FORMS
 from trainers.measure import time_call
 
 
@@ -36,18 +41,20 @@ def _step(mod: nn.Module, x: torch.Tensor) -> None:
 
 
 def bench(budget: float, batch: int, repeats: int, device: torch.device, hw: int = 14, layout: str = "nchw",
-          dtype: str = "fp32") -> dict:
+          dtype: str = "fp32", form: str = "auto", width: float = 1.0) -> dict:
     global _AMP
     _AMP = (lambda: torch.autocast(device.type, torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
     mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     torch.manual_seed(0)
-    model = build(Genome("resnet18", tuple(Stage(kw=budget) for _ in range(4))))
-    kw = model.stages[2].blocks[1].conv1  # 256 -> 256, 3x3, stride 1, warehouse of stage 3
+    model = build(Genome("resnet18", tuple(Stage(kw=budget) for _ in range(4))), width_mult=width)
+    kw = model.stages[2].blocks[1].conv1  # 256 -> 256 (times width), 3x3, stride 1, warehouse of stage 3
+    kw.form = form
+    channels = kw.in_channels
     # Keep only what the conv needs: its attention (a submodule) and the warehouses it points at.
     holder = nn.ModuleDict({"conv": kw, "warehouses": model.kw_warehouses}).to(device).train()
     set_kw_epoch(holder, 5.0)
-    plain = nn.Conv2d(256, 256, 3, 1, 1, bias=False).to(device, memory_format=mf).train()
-    x = torch.randn(batch, 256, hw, hw, device=device).contiguous(memory_format=mf).requires_grad_()
+    plain = nn.Conv2d(channels, channels, 3, 1, 1, bias=False).to(device, memory_format=mf).train()
+    x = torch.randn(batch, channels, hw, hw, device=device).contiguous(memory_format=mf).requires_grad_()
     for _ in range(2):  # warm-up (allocator, cuDNN algorithm choice)
         _step(holder["conv"], x)
         _step(plain, x)
@@ -57,7 +64,7 @@ def bench(budget: float, batch: int, repeats: int, device: torch.device, hw: int
         t_plain.append(time_call(lambda: _step(plain, x), device))
     ratios = [a / b for a, b in zip(t_kw, t_plain)]
     n = kw.warehouse_weight.shape[0]
-    return {"b": budget, "batch": batch, "n": n, "layout": layout, "dtype": dtype,
+    return {"b": budget, "batch": batch, "n": n, "layout": layout, "dtype": dtype, "form": form, "c": channels,
             "plain_ms": 1e3 * statistics.median(t_plain),
             "kw_ms": 1e3 * statistics.median(t_kw), "ratio": statistics.median(ratios),
             "plain_img_s": batch / statistics.median(t_plain), "kw_img_s": batch / statistics.median(t_kw)}
@@ -72,22 +79,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--layouts", nargs="+", choices=("nchw", "channels_last"), default=["nchw"])
     ap.add_argument("--dtypes", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
+    ap.add_argument("--forms", nargs="+", choices=FORMS, default=["auto"])
+    ap.add_argument("--hw", type=int, default=14, help="map side")
+    ap.add_argument("--width", type=float, default=1.0, help="channel width multiplier (256 at 1.0)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device {device} ({torch.get_num_threads()} CPU threads), conv 256->256 3x3 @14x14, fwd+bwd, "
+    c = max(int(256 * args.width), 1)
+    print(f"device {device} ({torch.get_num_threads()} CPU threads), conv ~{c}->{c} 3x3 @{args.hw}x{args.hw}, fwd+bwd, "
           f"median of {args.repeats} interleaved repeats")
-    print(f"{'layout':<13} {'dtype':<5} {'b':>4} {'batch':>5} {'n':>4} {'plain ms':>9} {'KW ms':>9} {'plain img/s':>12} "
+    print(f"{'layout':<13} {'dtype':<5} {'form':<8} {'b':>4} {'batch':>5} {'n':>4} {'plain ms':>9} {'KW ms':>9} {'plain img/s':>12} "
           f"{'KW img/s':>10} {'KW/plain':>9}")
-    for layout in args.layouts:
-        for dtype in args.dtypes:
-            for b in args.budgets:
-                for batch in args.batches:
-                    r = bench(b, batch, args.repeats, device, layout=layout, dtype=dtype)
-                    print(f"{layout:<13} {dtype:<5} {r['b']:>4g} {r['batch']:>5} {r['n']:>4} {r['plain_ms']:>9.2f} "
-                          f"{r['kw_ms']:>9.2f} {r['plain_img_s']:>12.1f} {r['kw_img_s']:>10.1f} {r['ratio']:>8.2f}x")
-
+    for layout, dtype, form, b, batch in itertools.product(args.layouts, args.dtypes, args.forms, args.budgets,
+                                                            args.batches):
+        r = bench(b, batch, args.repeats, device, args.hw, layout, dtype, form, args.width)
+        print(f"{layout:<13} {dtype:<5} {form:<8} {r['b']:>4g} {r['batch']:>5} {r['n']:>4} {r['plain_ms']:>9.2f} "
+              f"{r['kw_ms']:>9.2f} {r['plain_img_s']:>12.1f} {r['kw_img_s']:>10.1f} {r['ratio']:>8.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ from searchspace.build import build, set_kw_epoch
 from searchspace.counters import hook_flops
 from searchspace.errors import UserError
 from searchspace.genome import Genome, Stage, make_plugin
+from searchspace.plugins.forms import counted_forms
 from searchspace.plugins.kernelwarehouse import KernelWarehouseConvs, KWConv2d, kw_assembly_macs, kw_convs
 
 
@@ -133,6 +134,92 @@ def test_batched_grouped_conv_equals_per_sample_loop():
     # and each sample really gets its own kernel
     att = net.b.attention(torch.randn(2, 128, 4, 4))
     assert not torch.allclose(att[:att.shape[0] // 2], att[att.shape[0] // 2:])
+
+
+# -- equal forms: the matmul form computes what the authors' grouped conv (the counted form) computes ----
+def _outputs_and_grads(net, x):
+    y = net(x)
+    return [y.detach(), *torch.autograd.grad((y * y).sum(), [x, *net.parameters()])]
+
+
+def _assert_same(fast, counted):
+    # float64 rounding; gradients that are 0 in exact arithmetic get an absolute floor relative to the largest
+    scale = max(float(c.abs().max()) for c in counted)
+    for f, c in zip(fast, counted):
+        torch.testing.assert_close(f, c, rtol=1e-9, atol=1e-11 * scale)
+
+
+@pytest.mark.parametrize("form", ["matmul", "grouped", "auto"])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("b, nonlocal_basis", [(1.0, False), (0.5, False), (4.0, False), (1.0, True)])
+def test_forms_equal_counted_form(form, train, b, nonlocal_basis):
+    torch.manual_seed(0)
+    net = Toy({0: b, 1: b}, nonlocal_basis=nonlocal_basis).double().train(train)
+    with torch.no_grad():
+        for conv in kw_convs(net):
+            for p in conv.attention.parameters():
+                p.normal_(0, 0.3)  # away from the start, so every cell's attention matters
+            conv.attention.norm.running_mean.normal_(0, 0.3)
+    set_kw_epoch(net, 7.0)  # tau = 0.65: attention and start both matter
+    for conv in kw_convs(net):
+        conv.form = form
+    x = torch.randn(3, 3, 9, 9, dtype=torch.float64, requires_grad=True)  # odd side: the strided 1x1 rounds up
+    fast = _outputs_and_grads(net, x)
+    with counted_forms():
+        counted = _outputs_and_grads(net, x)
+    assert len(fast) == 2 + len(list(net.parameters()))
+    _assert_same(fast, counted)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_matmul_form_equals_counted_form_in_resnet50(train):
+    torch.manual_seed(0)
+    net = build(catalog.get("kw_resnet50_1x").genome, num_classes=10, width_mult=0.125).double().train(train)
+    set_kw_epoch(net, 5.0)
+    for conv in kw_convs(net):
+        conv.form = "matmul"
+    x = torch.randn(2, 3, 40, 40, dtype=torch.float64, requires_grad=True)
+    fast = _outputs_and_grads(net, x)
+    with counted_forms():
+        counted = _outputs_and_grads(net, x)
+    _assert_same(fast, counted)
+
+
+def test_matmul_form_keeps_channels_last():
+    torch.manual_seed(0)
+    net = Toy({0: 1.0, 1: 1.0}).eval()
+    set_kw_epoch(net, 7.0)
+    x = torch.randn(2, 64, 9, 9).contiguous(memory_format=torch.channels_last)
+    for conv in (net.a, net.c):  # 3x3 strided, 1x1 strided with bias
+        conv.form = "matmul"
+        y = conv(x)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        with counted_forms():
+            torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_form_batch_of_one():
+    torch.manual_seed(0)
+    net = Toy({0: 1.0, 1: 1.0}).eval()
+    set_kw_epoch(net, 7.0)
+    x = torch.randn(1, 3, 8, 8)  # one sample: the assembled kernels are a view, not a copy
+    for conv in kw_convs(net):
+        conv.form = "matmul"
+    with counted_forms():
+        expected = net(x)
+    torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_form_choice():
+    net = Toy({0: 1.0, 1: 1.0})
+    x = torch.zeros(1, 64, 4, 4)
+    assert net.c._form(x) == "matmul"  # CPU, ungrouped 1x1
+    assert net.a._form(x) == "grouped"  # 3x3: unfolding costs more than it saves
+    assert net.dw._form(x) == "grouped"  # grouped convs keep the grouped conv
+    with counted_forms():
+        assert net.c._form(x) == "grouped"  # the counters count the authors' form
+    net.a.form = "matmul"
+    assert net.a._form(x) == "matmul"
 
 
 def test_attention_is_contrasting_not_softmax():

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .forms import counting
+
 REDUCTION = 1 / 16  # attention hidden width = max(C_in * REDUCTION, 16)
 NONLOCAL_BASIS_RATIO = 1 / 16  # other layers' cells are seen through this many basis logits
 EPS = 1e-3
@@ -100,11 +102,25 @@ class KWAttention(nn.Module):
         return a[..., :-1].reshape(-1, self.n)  # the zero cell contributes nothing
 
 
+FORMS = ("auto", "grouped", "matmul")
+
+
 class KWConv2d(nn.Module):
     """A convolution whose kernel is assembled per sample from a warehouse (see module docstring).
 
     Cells are ordered (spatial position, out-channel block, in-channel block), spatial outermost.
+    The per-sample conv runs in one of two equal forms (`form`, one of FORMS):
+    - "grouped": one grouped conv over the batch folded into channels (the authors' form, which the
+      counters count);
+    - "matmul": one batched matmul of the per-sample kernels with the input (1x1 convs: the map
+      itself; k x k: its unfolded patches); ungrouped convs only.
+    "auto" takes "matmul" for ungrouped 1x1 convs on CPU, where the grouped conv over the batch
+    runs far below matmul speed, and "grouped" elsewhere: for k x k convs unfolding the input
+    costs more than it saves from 128 px on (bench/kw_conv.py, docs/modules.md), and cuDNN's
+    grouped conv is fast.
     """
+
+    form = "auto"
 
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, groups: int = 1,
                  bias: bool = False, warehouse=0):
@@ -145,12 +161,37 @@ class KWConv2d(nn.Module):
             raise RuntimeError("KWConv2d used before KernelWarehouseConvs.finalize(model)")
         b = x.shape[0]
         w = self.assemble(self.attention(x))
+        if self._form(x) == "matmul":
+            return self._conv_matmul(x, w, b)
         # One grouped conv for the whole batch: sample i only sees its own kernel. It needs the batch
         # and channels adjacent (NCHW); a channels_last input is converted once here, explicitly, and
         # the output given back in channels_last so that the layers after it keep their layout.
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         y = F.conv2d(x.contiguous().view(1, -1, *x.shape[2:]), w, None, self.stride, self.padding, 1, self.groups * b)
         y = y.reshape(b, self.out_channels, *y.shape[2:])
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+
+    def _form(self, x: torch.Tensor) -> str:
+        if counting() or self.groups != 1:
+            return "grouped"
+        if self.form == "auto":
+            return "matmul" if x.device.type == "cpu" and self.kernel_size == (1, 1) else "grouped"
+        return self.form
+
+    def _conv_matmul(self, x: torch.Tensor, w: torch.Tensor, b: int) -> torch.Tensor:
+        """y_b = W_b @ patches(x_b) for every sample b at once; W_b is [C_out, C_in * k * k]."""
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        if self.kernel_size == (1, 1) and self.padding == (0, 0):
+            x = x[:, :, ::self.stride[0], ::self.stride[1]]
+            h, wd = x.shape[2:]
+            cols = x.reshape(b, self.in_channels, h * wd)
+        else:  # unfold orders a patch (channel, row, column), as a kernel's [C_in, k, k] flattens
+            h, wd = ((s + 2 * p - k) // st + 1 for s, p, k, st in
+                     zip(x.shape[2:], self.padding, self.kernel_size, self.stride))
+            cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
+        y = torch.bmm(w.reshape(b, self.out_channels, -1), cols).view(b, self.out_channels, h, wd)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
@@ -284,4 +325,4 @@ def kw_assembly_macs(model: nn.Module) -> int:
     return sum(math.prod(c.weight_shape) * c.warehouse_weight.shape[0] for c in kw_convs(model) if c._bank)
 
 
-__all__ = ["KernelWarehouseConvs", "KWConv2d", "KWAttention", "KWWarehouses", "kw_assembly_macs", "kw_convs"]
+__all__ = ["FORMS", "KernelWarehouseConvs", "KWConv2d", "KWAttention", "KWWarehouses", "kw_assembly_macs", "kw_convs"]
