@@ -25,8 +25,8 @@ Definitions (S_i seeds of design i, D designs):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -75,8 +75,11 @@ def design_stats(runs: Mapping[str, Sequence[float]]) -> dict[str, dict]:
     out = {}
     for name, xs in runs.items():
         a = np.asarray([x for x in xs if x is not None and math.isfinite(x)], dtype=float)
-        out[name] = {"n": len(a), "mean": float(a.mean()) if len(a) else None,
-                     "std": float(a.std(ddof=1)) if len(a) > 1 else None}
+        out[name] = {
+            "n": len(a),
+            "mean": float(a.mean()) if len(a) else None,
+            "std": float(a.std(ddof=1)) if len(a) > 1 else None,
+        }
     return out
 
 
@@ -96,7 +99,9 @@ def std_of_means(runs: Mapping[str, Sequence[float]]) -> float | None:
     return float(np.std(means, ddof=1)) if len(means) > 1 else None
 
 
-def resolvable_difference(pooled: float, df: float, n_a: int = 1, n_b: int = 1, level: float = LEVEL) -> float:
+def resolvable_difference(
+    pooled: float, df: float, n_a: int = 1, n_b: int = 1, level: float = LEVEL
+) -> float:
     """t_{(1+level)/2, df} * pooled * sqrt(1/n_a + 1/n_b): see the module docstring."""
     return t_quantile((1 + level) / 2, df) * pooled * math.sqrt(1 / n_a + 1 / n_b)
 
@@ -126,7 +131,7 @@ class Noise:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Noise":
+    def from_dict(cls, d: dict) -> Noise:
         return cls(**d)
 
 
@@ -140,7 +145,7 @@ def noise(runs: Mapping[str, Sequence[float]], level: float = LEVEL) -> Noise:
     snr = som / pooled if som is not None and pooled else None
     signal = None
     if som is not None and pooled is not None:
-        signal = math.sqrt(max(0.0, som ** 2 - pooled ** 2 / seeds))
+        signal = math.sqrt(max(0.0, som**2 - pooled**2 / seeds))
     res1 = resolvable_difference(pooled, df, 1, 1, level) if pooled is not None else None
     resm = resolvable_difference(pooled, df, seeds, seeds, level) if pooled is not None else None
     return Noise(design_stats(runs), pooled, df, som, snr, signal, seeds, res1, resm)
@@ -179,12 +184,17 @@ def average_ranks(x: Sequence[float]) -> np.ndarray:
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     rx, ry = average_ranks(x), average_ranks(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt(float((rx ** 2).sum() * (ry ** 2).sum()))
+    denom = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
     return float((rx * ry).sum() / denom) if denom else float("nan")
 
 
-def rank_agreement(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]], n_boot: int = 2000,
-                   seed: int = 0, level: float = LEVEL) -> dict:
+def rank_agreement(
+    a: Mapping[str, Sequence[float]],
+    b: Mapping[str, Sequence[float]],
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict:
     """Kendall's tau-b and Spearman's rho between the design means of protocols a and b (designs in
     both), each with a percentile bootstrap interval (see the module docstring)."""
     names = sorted(k for k in a if k in b and len(a[k]) and len(b[k]))
@@ -196,8 +206,12 @@ def rank_agreement(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[fl
     taus, rhos = [], []
     for _ in range(n_boot):
         pick = rng.integers(0, len(names), len(names))
-        xa = [float(np.mean(rng.choice(np.asarray(a[names[p]], dtype=float), len(a[names[p]])))) for p in pick]
-        xb = [float(np.mean(rng.choice(np.asarray(b[names[p]], dtype=float), len(b[names[p]])))) for p in pick]
+        xa = [
+            float(np.mean(rng.choice(np.asarray(a[names[p]], dtype=float), len(a[names[p]])))) for p in pick
+        ]
+        xb = [
+            float(np.mean(rng.choice(np.asarray(b[names[p]], dtype=float), len(b[names[p]])))) for p in pick
+        ]
         taus.append(kendall_tau_b(xa, xb))
         rhos.append(spearman_rho(xa, xb))
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
@@ -207,7 +221,12 @@ def rank_agreement(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[fl
         v = v[np.isfinite(v)]
         return [float(x) for x in np.percentile(v, q)] if len(v) else None
 
-    return out | {"tau": kendall_tau_b(ma, mb), "tau_ci": ci(taus), "rho": spearman_rho(ma, mb), "rho_ci": ci(rhos)}
+    return out | {
+        "tau": kendall_tau_b(ma, mb),
+        "tau_ci": ci(taus),
+        "rho": spearman_rho(ma, mb),
+        "rho_ci": ci(rhos),
+    }
 
 
 # -- reading a stored calibration ----------------------------------------------------------------
@@ -239,12 +258,19 @@ def study_noise(df) -> tuple[Noise | None, str]:
     summary = df.attrs.get("calibration")
     p = ((summary or {}).get("protocols") or {}).get("study")
     fid = df.attrs.get("fidelity")
-    if p and p.get("noise") and p["noise"].get("pooled_std") is not None and (not fid or p.get("fidelity") == fid):
+    if (
+        p
+        and p.get("noise")
+        and p["noise"].get("pooled_std") is not None
+        and (not fid or p.get("fidelity") == fid)
+    ):
         n = Noise.from_dict(p["noise"])
         return n, f"calibration ({sum(d['n'] for d in n.designs.values())} runs of {len(n.designs)} designs)"
     if not len(df) or "genome_key" not in df or "seed" not in df:
         return None, "none"
-    done = df[(df["state"] == "COMPLETE") & (df["status"] == "ok") & df["genome_key"].notna() & df["seed"].notna()]
+    done = df[
+        (df["state"] == "COMPLETE") & (df["status"] == "ok") & df["genome_key"].notna() & df["seed"].notna()
+    ]
     runs = {}
     for key, part in done.groupby("genome_key"):
         part = part.drop_duplicates("seed")
@@ -273,5 +299,20 @@ def stage_map_sizes(backbone: str, resolution: int, stem: str = "standard") -> l
     return sizes
 
 
-__all__ = ["Noise", "study_noise", "stage_map_sizes", "noise", "design_stats", "pooled_std", "std_of_means", "resolvable_difference", "t_quantile",
-           "kendall_tau_b", "spearman_rho", "average_ranks", "rank_agreement", "load_calibration", "protocol_noise"]
+__all__ = [
+    "Noise",
+    "study_noise",
+    "stage_map_sizes",
+    "noise",
+    "design_stats",
+    "pooled_std",
+    "std_of_means",
+    "resolvable_difference",
+    "t_quantile",
+    "kendall_tau_b",
+    "spearman_rho",
+    "average_ranks",
+    "rank_agreement",
+    "load_calibration",
+    "protocol_noise",
+]

@@ -21,14 +21,19 @@ def push_to_dashboard(storage, study_name: str | None = None, designs=None) -> l
     df = load_study(st, name)
     # The dashboard draws each figure in a 450 px card: the proxy panel only (the published
     # ImageNet panel is in the HTML report), compact margins and legend.
-    figs = {"pareto-front": plots.front_figure(df, designs=designs, published=False),
-            "rediscovery": plots.rediscovery_figure(rediscovery(df, designs))}
+    figs = {
+        "pareto-front": plots.front_figure(df, designs=designs, published=False),
+        "rediscovery": plots.rediscovery_figure(rediscovery(df, designs)),
+    }
     if len(completed(df)):  # hypervolume needs a reference point, i.e. a completed trial
         figs["hypervolume"] = plots.hypervolume_figure(hypervolume_history(df))
     study = optuna.load_study(study_name=name, storage=st)
     for gid, fig in figs.items():
-        fig.update_layout(height=440, margin=dict(l=50, r=10, t=60, b=40),
-                          legend=dict(orientation="h", y=-0.25, yanchor="top", font=dict(size=9)))
+        fig.update_layout(
+            height=440,
+            margin=dict(l=50, r=10, t=60, b=40),
+            legend=dict(orientation="h", y=-0.25, yanchor="top", font=dict(size=9)),
+        )
         save_plotly_graph_object(study, fig, graph_object_id=gid)
     return list(figs)
 

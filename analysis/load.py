@@ -23,7 +23,17 @@ JOURNAL = "study.journal"
 REFERENCES_SUFFIX = ".references"
 # Trial user attrs copied into columns as they are (objective columns may overwrite some), after
 # every metric of analysis.metrics (attr_columns()).
-ATTR_COLUMNS = ("genome_key", "epochs_completed", "status", "wall_s", "train_s", "device", "seed", "reference", "error")
+ATTR_COLUMNS = (
+    "genome_key",
+    "epochs_completed",
+    "status",
+    "wall_s",
+    "train_s",
+    "device",
+    "seed",
+    "reference",
+    "error",
+)
 STAGE_FIELDS = STAGE_FLAT_FIELDS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -37,9 +47,9 @@ def open_storage(run_dir_or_storage: Any) -> optuna.storages.BaseStorage:
         return run_dir_or_storage
     s = str(run_dir_or_storage)
     if "://" in s:
-        if s.startswith("sqlite:///") and not Path(s[len("sqlite:///"):]).is_file():
+        if s.startswith("sqlite:///") and not Path(s[len("sqlite:///") :]).is_file():
             # RDBStorage would silently create an empty database.
-            raise UserError(f"no SQLite database at {s[len('sqlite:///'):]}")
+            raise UserError(f"no SQLite database at {s[len('sqlite:///') :]}")
         try:
             return optuna.storages.RDBStorage(s, skip_table_creation=True)
         except Exception as e:  # bad URL, server down, missing driver
@@ -47,8 +57,10 @@ def open_storage(run_dir_or_storage: Any) -> optuna.storages.BaseStorage:
     p = Path(s)
     journal = p / JOURNAL if p.is_dir() else p
     if not journal.is_file():
-        raise UserError(f"no study storage at {s} (expected a run folder holding {JOURNAL}, "
-                        f"a .journal file or a storage URL)")
+        raise UserError(
+            f"no study storage at {s} (expected a run folder holding {JOURNAL}, "
+            f"a .journal file or a storage URL)"
+        )
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
@@ -67,8 +79,9 @@ def _config_name(run_dir_or_storage: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def resolve_study_name(storage: optuna.storages.BaseStorage, study_name: str | None = None,
-                       run_dir_or_storage: Any = None) -> str:
+def resolve_study_name(
+    storage: optuna.storages.BaseStorage, study_name: str | None = None, run_dir_or_storage: Any = None
+) -> str:
     """The given name, else config.toml's `name`, else the only searched study in the storage."""
     names = [s.study_name for s in storage.get_all_studies()]
     if study_name is None:
@@ -80,8 +93,10 @@ def resolve_study_name(storage: optuna.storages.BaseStorage, study_name: str | N
             raise UserError(f"give the study name with --study (studies here: {', '.join(names) or 'none'})")
         study_name = searched[0]
     if study_name not in names:
-        raise UserError(f"no study {study_name!r} in {run_dir_or_storage or 'the storage'} "
-                        f"(studies here: {', '.join(names) or 'none'})")
+        raise UserError(
+            f"no study {study_name!r} in {run_dir_or_storage or 'the storage'} "
+            f"(studies here: {', '.join(names) or 'none'})"
+        )
     return study_name
 
 
@@ -140,7 +155,7 @@ def _rows(study: optuna.Study, kind: str, objectives: list[dict]) -> list[dict]:
         if row["status"] is None:
             row["status"] = {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "error"}.get(t.state.name)
         fid = ua.get("fidelity") or {}
-        for k, v in (fid.items() if isinstance(fid, dict) else ()):
+        for k, v in fid.items() if isinstance(fid, dict) else ():
             row[f"fidelity.{k}"] = v
         row["genome"] = ua.get("genome")
         genome = read_genome(ua.get("genome"))
@@ -165,24 +180,41 @@ def load_study(run_dir_or_storage: Any, study_name: str | None = None) -> pd.Dat
     study = optuna.load_study(study_name=name, storage=storage)
     ua = study.user_attrs
     objectives = ua.get("objectives") or [
-        {"name": f"value{i}", "direction": d.name.lower()} for i, d in enumerate(study.directions)]
+        {"name": f"value{i}", "direction": d.name.lower()} for i, d in enumerate(study.directions)
+    ]
     rows = _rows(study, "search", objectives)
     ref_name = name + REFERENCES_SUFFIX
     if any(s.study_name == ref_name for s in storage.get_all_studies()):
         rows += _rows(optuna.load_study(study_name=ref_name, storage=storage), "reference", objectives)
     df = pd.DataFrame(rows)
     if df.empty:
-        df = pd.DataFrame(columns=["number", "study", "state", *attr_columns(), "genome", "genome_summary",
-                                   "datetime_start", "datetime_complete"])
+        df = pd.DataFrame(
+            columns=[
+                "number",
+                "study",
+                "state",
+                *attr_columns(),
+                "genome",
+                "genome_summary",
+                "datetime_start",
+                "datetime_complete",
+            ]
+        )
     for o in objectives:  # present even when no trial has completed yet
         if o["name"] not in df.columns:
             df[o["name"]] = float("nan")
     for c in ("datetime_start", "datetime_complete"):
         df[c] = pd.to_datetime(df[c])
-    df.attrs.update(study_name=name, objectives=objectives, config=ua.get("config") or {},
-                    target=ua.get("target") or {}, fidelity=ua.get("fidelity") or {},
-                    storage=redact(str(run_dir_or_storage)) if not isinstance(run_dir_or_storage, optuna.storages.BaseStorage)
-                    else type(run_dir_or_storage).__name__)
+    df.attrs.update(
+        study_name=name,
+        objectives=objectives,
+        config=ua.get("config") or {},
+        target=ua.get("target") or {},
+        fidelity=ua.get("fidelity") or {},
+        storage=redact(str(run_dir_or_storage))
+        if not isinstance(run_dir_or_storage, optuna.storages.BaseStorage)
+        else type(run_dir_or_storage).__name__,
+    )
     from .calibration import load_calibration  # '<name>.calibration' (studies.calibrate), if there is one
 
     df.attrs["calibration"] = load_calibration(storage, name)
@@ -201,7 +233,9 @@ def completed(df: pd.DataFrame, kind: str = "search") -> pd.DataFrame:
     the references ('reference'), less status 'diverged' (stored COMPLETE at chance-level top-1 so
     the sampler learns to avoid the network, but not a measured accuracy) and 'infeasible' (over a
     [constraints] limit: stored COMPLETE at top-1 0 with its costs, never trained)."""
-    return df[(df["study"] == kind) & (df["state"] == "COMPLETE") & ~df["status"].isin(("diverged", "infeasible"))]
+    return df[
+        (df["study"] == kind) & (df["state"] == "COMPLETE") & ~df["status"].isin(("diverged", "infeasible"))
+    ]
 
 
 def newest_run_dir(roots=("runs", "../runs")) -> Path:
@@ -210,10 +244,23 @@ def newest_run_dir(roots=("runs", "../runs")) -> Path:
         root = Path(root)
         dirs = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
         if dirs:
-            return max(dirs, key=lambda p: (p / JOURNAL).stat().st_mtime if (p / JOURNAL).exists()
-                       else p.stat().st_mtime)
+            return max(
+                dirs,
+                key=lambda p: (p / JOURNAL).stat().st_mtime if (p / JOURNAL).exists() else p.stat().st_mtime,
+            )
     raise UserError(f"no run folder under {', '.join(map(str, roots))}; set PARETO_RUN_DIR")
 
 
-__all__ = ["open_storage", "resolve_study_name", "load_study", "flatten_genome", "genome_summary",
-           "read_genome", "genome_columns", "stage_count", "objectives_of", "completed", "newest_run_dir"]
+__all__ = [
+    "open_storage",
+    "resolve_study_name",
+    "load_study",
+    "flatten_genome",
+    "genome_summary",
+    "read_genome",
+    "genome_columns",
+    "stage_count",
+    "objectives_of",
+    "completed",
+    "newest_run_dir",
+]

@@ -161,5 +161,18 @@ def placeholder(name: str):
     return 0 if m is not None and m.source == "cost" else 0.0
 
 
-__all__ = ["Metric", "METRICS", "OBJECTIVES", "SOURCES", "register", "unregister", "get", "names", "fmt", "scale",
-           "label", "direction", "placeholder"]
+__all__ = [
+    "Metric",
+    "METRICS",
+    "OBJECTIVES",
+    "SOURCES",
+    "register",
+    "unregister",
+    "get",
+    "names",
+    "fmt",
+    "scale",
+    "label",
+    "direction",
+    "placeholder",
+]

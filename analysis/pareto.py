@@ -12,7 +12,7 @@ directions) to compare runs on one fixed box.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,8 +57,8 @@ def non_dominated_sort(values, directions: Sequence[str]) -> np.ndarray:
     # fine for the thousands of trials a study holds.
     dom = np.empty((len(w), len(w)), dtype=bool)
     for s in range(0, len(w), 512):
-        blk = w[s:s + 512, None, :]
-        dom[s:s + 512] = (blk <= w[None]).all(axis=2) & (blk < w[None]).any(axis=2)
+        blk = w[s : s + 512, None, :]
+        dom[s : s + 512] = (blk <= w[None]).all(axis=2) & (blk < w[None]).any(axis=2)
     count = dom.sum(axis=0)  # how many dominate each j
     remaining = np.ones(len(w), dtype=bool)
     rank = 0
@@ -134,8 +134,9 @@ def _worst_point(df: pd.DataFrame, objectives: list[dict] | None) -> np.ndarray:
     if done.empty:
         raise UserError("no completed trials yet: no reference point")
     vals = done[names].astype(float)
-    return np.array([vals[o["name"]].min() if o["direction"] == "maximize" else vals[o["name"]].max()
-                     for o in objs])
+    return np.array(
+        [vals[o["name"]].min() if o["direction"] == "maximize" else vals[o["name"]].max() for o in objs]
+    )
 
 
 # -- table helpers ------------------------------------------------------------------------------
@@ -148,7 +149,8 @@ def add_ranks(df: pd.DataFrame, objectives: list[dict] | None = None) -> pd.Data
     done = completed(out)
     if not done.empty:
         out.loc[done.index, "front_rank"] = non_dominated_sort(
-            done[[o["name"] for o in objs]].astype(float).to_numpy(), [o["direction"] for o in objs])
+            done[[o["name"] for o in objs]].astype(float).to_numpy(), [o["direction"] for o in objs]
+        )
     return out
 
 
@@ -157,11 +159,14 @@ def pareto_front(df: pd.DataFrame, objectives: list[dict] | None = None) -> pd.D
     objs = objectives_of(df, objectives)
     ranked = add_ranks(df, objs)
     front = ranked[ranked["front_rank"] == 0]
-    return front.sort_values([o["name"] for o in objs], ascending=[o["direction"] == "minimize" for o in objs])
+    return front.sort_values(
+        [o["name"] for o in objs], ascending=[o["direction"] == "minimize" for o in objs]
+    )
 
 
-def hypervolume_history(df: pd.DataFrame, objectives: list[dict] | None = None,
-                        reference_point=None, max_evaluations: int = 300) -> pd.DataFrame:
+def hypervolume_history(
+    df: pd.DataFrame, objectives: list[dict] | None = None, reference_point=None, max_evaluations: int = 300
+) -> pd.DataFrame:
     """Hypervolume of the completed searched trials after each searched trial (by trial number),
     with the cumulative compute `wall_s` of all searched trials so far (pruned and failed ones cost
     time too). Columns: number, state, cumulative_wall_s, hypervolume, and hypervolume_normalized:
@@ -176,12 +181,18 @@ def hypervolume_history(df: pd.DataFrame, objectives: list[dict] | None = None,
     names, dirs = [o["name"] for o in objs], [o["direction"] for o in objs]
     ref = np.asarray(_worst_point(df, objs) if reference_point is None else reference_point, dtype=float)
     searched = df[df["study"] == "search"].sort_values("number")
-    wall = pd.to_numeric(searched["wall_s"], errors="coerce").fillna(0.0).to_numpy() if "wall_s" in searched \
+    wall = (
+        pd.to_numeric(searched["wall_s"], errors="coerce").fillna(0.0).to_numpy()
+        if "wall_s" in searched
         else np.zeros(len(searched))
+    )
     ref_min = to_minimization([ref], dirs)[0]
     minimised = to_minimization(searched[names].astype(float).to_numpy(), dirs)
-    usable = searched.index.isin(completed(df).index) & np.isfinite(minimised).all(axis=1) \
+    usable = (
+        searched.index.isin(completed(df).index)
+        & np.isfinite(minimised).all(axis=1)
         & (minimised < ref_min).all(axis=1)
+    )
 
     def fronts():  # (index, front so far, changed?) per searched trial; cheap incremental update
         front = np.empty((0, len(objs)))
@@ -204,16 +215,34 @@ def hypervolume_history(df: pd.DataFrame, objectives: list[dict] | None = None,
         if keep[k] and dirty:
             hv, dirty = _hv_min(front, ref_min), False
         values[k] = hv
-    hist = pd.DataFrame({"number": searched["number"].to_numpy(), "state": searched["state"].to_numpy(),
-                         "hypervolume": values, "cumulative_wall_s": np.cumsum(wall)})[keep].reset_index(drop=True)
+    hist = pd.DataFrame(
+        {
+            "number": searched["number"].to_numpy(),
+            "state": searched["state"].to_numpy(),
+            "hypervolume": values,
+            "cumulative_wall_s": np.cumsum(wall),
+        }
+    )[keep].reset_index(drop=True)
     done = to_minimization(completed(df)[names].astype(float).to_numpy(), dirs)
     ideal_min = np.nanmin(done, axis=0) if len(done) else ref_min
     box = float(np.prod(np.abs(ref_min - ideal_min)))
     hist["hypervolume_normalized"] = hist["hypervolume"] / box if box > 0 else np.nan
-    hist.attrs.update(reference_point=dict(zip(names, ref.tolist())), subsampled=not keep.all(),
-                      ideal_point=dict(zip(names, (ideal_min * _directions(dirs, len(dirs))).tolist())))
+    hist.attrs.update(
+        reference_point=dict(zip(names, ref.tolist())),
+        subsampled=not keep.all(),
+        ideal_point=dict(zip(names, (ideal_min * _directions(dirs, len(dirs))).tolist())),
+    )
     return hist
 
 
-__all__ = ["non_dominated_sort", "pareto_mask", "dominates", "hypervolume", "reference_point",
-           "add_ranks", "pareto_front", "hypervolume_history", "to_minimization"]
+__all__ = [
+    "non_dominated_sort",
+    "pareto_mask",
+    "dominates",
+    "hypervolume",
+    "reference_point",
+    "add_ranks",
+    "pareto_front",
+    "hypervolume_history",
+    "to_minimization",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,8 +18,10 @@ from .load import completed, genome_columns, objectives_of, read_genome, stage_c
 from .pareto import add_ranks, pareto_mask
 from .rediscovery import published_records
 
-PUBLISHED_NOTE = ("Published ImageNet-1K top-1 (each paper's own training recipe and dataset: "
-                  "not comparable with the proxy accuracy above)")
+PUBLISHED_NOTE = (
+    "Published ImageNet-1K top-1 (each paper's own training recipe and dataset: "
+    "not comparable with the proxy accuracy above)"
+)
 FRONT_COLOR, REF_COLOR = "#d62728", "#1f77b4"
 PUB_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#ff7f0e")
 
@@ -48,8 +50,10 @@ def _axes(objs, x, y):
     if y is None:
         y = "top1" if "top1" in names else names[0]
     if x is None:
-        x = next((m.name for m in metrics.METRICS.values() if m.cost_axis and m.name in names and m.name != y),
-                 next((n for n in names if n != y), "flops"))
+        x = next(
+            (m.name for m in metrics.METRICS.values() if m.cost_axis and m.name in names and m.name != y),
+            next((n for n in names if n != y), "flops"),
+        )
     return x, y
 
 
@@ -61,12 +65,20 @@ def _noise_bars(df: pd.DataFrame, y: str) -> tuple[dict | None, str]:
     if noise is None or noise.pooled_std is None:
         return None, ""
     bars = dict(type="constant", value=noise.pooled_std, thickness=1, width=3, color="rgba(90,90,90,0.6)")
-    return bars, (f" (bars: +-{noise.pooled_std:.3f} seed std; differences under {noise.resolvable_1:.3f} "
-                  f"are noise; from {source})")
+    return bars, (
+        f" (bars: +-{noise.pooled_std:.3f} seed std; differences under {noise.resolvable_1:.3f} "
+        f"are noise; from {source})"
+    )
 
 
-def front_figure(df: pd.DataFrame, x: str | None = None, y: str | None = None, designs=None,
-                 objectives: list[dict] | None = None, published: bool = True) -> go.Figure:
+def front_figure(
+    df: pd.DataFrame,
+    x: str | None = None,
+    y: str | None = None,
+    designs=None,
+    objectives: list[dict] | None = None,
+    published: bool = True,
+) -> go.Figure:
     """Accuracy vs cost: searched trials, the 2-D front as a step line, the full front (when there
     are more objectives), reference evaluations of catalog designs labelled by name, and below, on
     its own panel with the same cost axis, the published ImageNet points of the catalog."""
@@ -81,49 +93,114 @@ def front_figure(df: pd.DataFrame, x: str | None = None, y: str | None = None, d
     # Fixed pixel heights per panel: the labels are spread on them (see _callouts).
     panel_px = [max(380, LABEL_PX * (len(refs) + 2)), max(260, LABEL_PX * (len(pubs) + 2))][:rows]
     gap_px = 70
-    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=gap_px / (sum(panel_px) + gap_px),
-                        row_heights=panel_px,
-                        subplot_titles=[f"{y} vs {x}: searched trials and Pareto front{bars_note}", PUBLISHED_NOTE][:rows])
+    fig = make_subplots(
+        rows=rows,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=gap_px / (sum(panel_px) + gap_px),
+        row_heights=panel_px,
+        subplot_titles=[f"{y} vs {x}: searched trials and Pareto front{bars_note}", PUBLISHED_NOTE][:rows],
+    )
     done = add_ranks(df, objs)
     done = completed(done).dropna(subset=[x, y])
     hover_names = [n for n in dict.fromkeys([*names, x, y]) if n in df.columns]
     if len(done):
         custom, tmpl = _hover(done, hover_names)
-        fig.add_trace(go.Scatter(x=done[x] / fx, y=done[y] / fy, mode="markers", name="searched trials",
-                                 marker=dict(color="rgba(120,120,120,0.55)", size=7), error_y=bars,
-                                 customdata=custom, hovertemplate=tmpl), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=done[x] / fx,
+                y=done[y] / fy,
+                mode="markers",
+                name="searched trials",
+                marker=dict(color="rgba(120,120,120,0.55)", size=7),
+                error_y=bars,
+                customdata=custom,
+                hovertemplate=tmpl,
+            ),
+            row=1,
+            col=1,
+        )
         dx, dy = _direction(objs, x), _direction(objs, y)
         front2 = done[pareto_mask(done[[x, y]].astype(float).to_numpy(), [dx, dy])].sort_values([x, y])
         custom, tmpl = _hover(front2, hover_names)
         # Step line = the attainment surface between front points.
-        fig.add_trace(go.Scatter(x=front2[x] / fx, y=front2[y] / fy, mode="lines+markers",
-                                 line=dict(shape="hv" if dx == "minimize" else "vh", color=FRONT_COLOR, width=2),
-                                 marker=dict(color=FRONT_COLOR, size=9), name=f"Pareto front ({y}, {x})", error_y=bars,
-                                 customdata=custom, hovertemplate=tmpl), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=front2[x] / fx,
+                y=front2[y] / fy,
+                mode="lines+markers",
+                line=dict(shape="hv" if dx == "minimize" else "vh", color=FRONT_COLOR, width=2),
+                marker=dict(color=FRONT_COLOR, size=9),
+                name=f"Pareto front ({y}, {x})",
+                error_y=bars,
+                customdata=custom,
+                hovertemplate=tmpl,
+            ),
+            row=1,
+            col=1,
+        )
         if len(objs) > 2:
             full = done[done["front_rank"] == 0]
             custom, tmpl = _hover(full, hover_names)
-            fig.add_trace(go.Scatter(x=full[x] / fx, y=full[y] / fy, mode="markers",
-                                     name=f"front over all {len(objs)} objectives",
-                                     marker=dict(symbol="circle-open", color=FRONT_COLOR, size=14, line=dict(width=2)),
-                                     customdata=custom, hovertemplate=tmpl), row=1, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=full[x] / fx,
+                    y=full[y] / fy,
+                    mode="markers",
+                    name=f"front over all {len(objs)} objectives",
+                    marker=dict(symbol="circle-open", color=FRONT_COLOR, size=14, line=dict(width=2)),
+                    customdata=custom,
+                    hovertemplate=tmpl,
+                ),
+                row=1,
+                col=1,
+            )
     if len(refs):
         custom, tmpl = _hover(refs, hover_names)
-        fig.add_trace(go.Scatter(x=refs[x] / fx, y=refs[y] / fy, mode="markers", name="catalog designs (proxy)",
-                                 text=refs["reference"].fillna("reference"),
-                                 marker=dict(symbol="star", size=15, color=REF_COLOR, line=dict(color="white", width=1)),
-                                 error_y=bars,
-                                 customdata=custom, hovertemplate="<b>%{text}</b><br>" + tmpl), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=refs[x] / fx,
+                y=refs[y] / fy,
+                mode="markers",
+                name="catalog designs (proxy)",
+                text=refs["reference"].fillna("reference"),
+                marker=dict(symbol="star", size=15, color=REF_COLOR, line=dict(color="white", width=1)),
+                error_y=bars,
+                customdata=custom,
+                hovertemplate="<b>%{text}</b><br>" + tmpl,
+            ),
+            row=1,
+            col=1,
+        )
     if not len(done) and not len(refs):
-        fig.add_annotation(text="no completed trials yet", showarrow=False, xref="x domain", yref="y domain",
-                           x=0.5, y=0.5, row=1, col=1)
-    xs = [v for v in (*(done[x] / fx if len(done) else []), *(refs[x] / fx), *(pubs["x"] if len(pubs) else []))]
+        fig.add_annotation(
+            text="no completed trials yet",
+            showarrow=False,
+            xref="x domain",
+            yref="y domain",
+            x=0.5,
+            y=0.5,
+            row=1,
+            col=1,
+        )
+    xs = [
+        v for v in (*(done[x] / fx if len(done) else []), *(refs[x] / fx), *(pubs["x"] if len(pubs) else []))
+    ]
     x_range = _label_room(xs)
     if len(refs):
         ys = [*(done[y] / fy if len(done) else []), *(refs[y] / fy)]
-        y_range = _callouts(fig, 1, refs[x] / fx, refs[y] / fy, refs["reference"].fillna("reference"),
-                            [REF_COLOR] * len(refs), x_range, panel_px[0], (min(ys), max(ys)),
-                            others=list(zip(done[x] / fx, done[y] / fy)) if len(done) else ())
+        y_range = _callouts(
+            fig,
+            1,
+            refs[x] / fx,
+            refs[y] / fy,
+            refs["reference"].fillna("reference"),
+            [REF_COLOR] * len(refs),
+            x_range,
+            panel_px[0],
+            (min(ys), max(ys)),
+            others=list(zip(done[x] / fx, done[y] / fy)) if len(done) else (),
+        )
         fig.update_yaxes(range=y_range, row=1, col=1)
     if len(pubs):
         # One colour per source: each paper trained with its own recipe; the legend names it
@@ -131,23 +208,47 @@ def front_figure(df: pd.DataFrame, x: str | None = None, y: str | None = None, d
         colors = {}
         for k, (src, part) in enumerate(pubs.groupby("short_source", sort=False)):
             colors[src] = PUB_COLORS[k % len(PUB_COLORS)]
-            fig.add_trace(go.Scatter(x=part["x"], y=part["top1"], mode="markers", text=part["design"],
-                                     name=src, legendgroup="published", customdata=part[["source"]].to_numpy(),
-                                     legendgrouptitle_text="published ImageNet-1K (each paper's own recipe)" if k == 0 else None,
-                                     marker=dict(symbol="diamond", size=10, color=colors[src]),
-                                     hovertemplate="<b>%{text}</b><br>top-1 %{y}<br>%{x:.4g}<br>%{customdata[0]}"
-                                                   "<extra></extra>"), row=2, col=1)
-        y_range = _callouts(fig, 2, pubs["x"], pubs["top1"], pubs["design"], [colors[s] for s in pubs["short_source"]],
-                            x_range, panel_px[1])
+            fig.add_trace(
+                go.Scatter(
+                    x=part["x"],
+                    y=part["top1"],
+                    mode="markers",
+                    text=part["design"],
+                    name=src,
+                    legendgroup="published",
+                    customdata=part[["source"]].to_numpy(),
+                    legendgrouptitle_text="published ImageNet-1K (each paper's own recipe)"
+                    if k == 0
+                    else None,
+                    marker=dict(symbol="diamond", size=10, color=colors[src]),
+                    hovertemplate="<b>%{text}</b><br>top-1 %{y}<br>%{x:.4g}<br>%{customdata[0]}"
+                    "<extra></extra>",
+                ),
+                row=2,
+                col=1,
+            )
+        y_range = _callouts(
+            fig,
+            2,
+            pubs["x"],
+            pubs["top1"],
+            pubs["design"],
+            [colors[s] for s in pubs["short_source"]],
+            x_range,
+            panel_px[1],
+        )
         fig.update_yaxes(title_text="published top-1 (%)", range=y_range, row=2, col=1)
         fig.update_xaxes(title_text=xlabel, row=2, col=1)
     if x_range is not None:
         fig.update_xaxes(range=x_range)
     fig.update_xaxes(title_text=xlabel, row=1, col=1, showticklabels=True)
     fig.update_yaxes(title_text=ylabel, row=1, col=1)
-    fig.update_layout(height=sum(panel_px) + gap_px * (rows - 1) + FRONT_MARGIN["t"] + FRONT_MARGIN["b"],
-                      template="plotly_white", margin=FRONT_MARGIN,
-                      legend=dict(orientation="v", yanchor="top", y=1, x=1.01, xanchor="left", font=dict(size=11)))
+    fig.update_layout(
+        height=sum(panel_px) + gap_px * (rows - 1) + FRONT_MARGIN["t"] + FRONT_MARGIN["b"],
+        template="plotly_white",
+        margin=FRONT_MARGIN,
+        legend=dict(orientation="v", yanchor="top", y=1, x=1.01, xanchor="left", font=dict(size=11)),
+    )
     return fig
 
 
@@ -155,6 +256,7 @@ def short_source(source: str, others=()) -> str:
     """A legend name for a published source string: its head, before any ' (', ',', ':' or ' / ',
     without the 'seed ' prefix; when two different sources would read the same, the first
     comma-separated remainder that differs is added back."""
+
     def head(s):
         s = s[5:] if s.startswith("seed ") else s
         return re.split(r" \(|,|:| / ", s, maxsplit=1)[0].strip() or s
@@ -173,10 +275,14 @@ def published_points(df: pd.DataFrame, designs=None, x: str = "flops") -> pd.Dat
     designs = catalog.designs() if designs is None else list(designs)
     backbone = (df.attrs.get("target") or {}).get("backbone")
     fx = _unit(x)[0]
-    rows = [{"design": d.name, "x": r[x] / fx, "top1": r["top1"], "source": r.get("source") or "?"}
-            for d in designs for r in published_records(d)
-            if r.get(x) is not None and r.get("top1") is not None
-            and (backbone is None or d.genome.backbone == backbone)]
+    rows = [
+        {"design": d.name, "x": r[x] / fx, "top1": r["top1"], "source": r.get("source") or "?"}
+        for d in designs
+        for r in published_records(d)
+        if r.get(x) is not None
+        and r.get("top1") is not None
+        and (backbone is None or d.genome.backbone == backbone)
+    ]
     out = pd.DataFrame(rows, columns=["design", "x", "top1", "source"])
     sources = list(dict.fromkeys(out["source"]))
     out["short_source"] = [short_source(s, sources) for s in out["source"]]
@@ -203,8 +309,9 @@ def _overlaps(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _callouts(fig, row: int, xs, ys, names, colors, x_range, panel_px: int, y_extent=None,
-              others=()) -> list[float] | None:
+def _callouts(
+    fig, row: int, xs, ys, names, colors, x_range, panel_px: int, y_extent=None, others=()
+) -> list[float] | None:
     """Name each point by a label just right of it, joined by a short line. Labels are laid out
     greedily in pixels (the panel's fixed height, the narrowest plot width expected): each takes
     the nearest free height, alternately above and below its point, so no label covers another or
@@ -236,15 +343,34 @@ def _callouts(fig, row: int, xs, ys, names, colors, x_range, panel_px: int, y_ex
         def box(dy):
             return (cx + 12, cy + dy - h / 2, cx + 12 + w, cy + dy + h / 2)
 
-        free = [dy for dy in (k * LABEL_PX / 2 for k in steps)
-                if 0 <= box(dy)[1] and box(dy)[3] <= panel_px
-                and not any(_overlaps(box(dy), b) for b in placed)
-                and not any(_overlaps(box(dy), m) for j, m in enumerate(markers) if j != i)]
+        free = [
+            dy
+            for dy in (k * LABEL_PX / 2 for k in steps)
+            if 0 <= box(dy)[1]
+            and box(dy)[3] <= panel_px
+            and not any(_overlaps(box(dy), b) for b in placed)
+            and not any(_overlaps(box(dy), m) for j, m in enumerate(markers) if j != i)
+        ]
         dy = free[0] if free else 0.0
         placed.append(box(dy))
-        fig.add_annotation(x=x, y=y, xref=xa, yref=ya, ax=12, ay=dy, text=name, name=f"label:{name}",
-                           showarrow=True, arrowhead=0, arrowwidth=0.8, arrowcolor=color, standoff=4,
-                           xanchor="left", yanchor="middle", font=dict(size=10, color=color))
+        fig.add_annotation(
+            x=x,
+            y=y,
+            xref=xa,
+            yref=ya,
+            ax=12,
+            ay=dy,
+            text=name,
+            name=f"label:{name}",
+            showarrow=True,
+            arrowhead=0,
+            arrowwidth=0.8,
+            arrowcolor=color,
+            standoff=4,
+            xanchor="left",
+            yanchor="middle",
+            font=dict(size=10, color=color),
+        )
     return [y0, y1]
 
 
@@ -253,26 +379,50 @@ def hypervolume_figure(history: pd.DataFrame) -> go.Figure:
     trial number and against cumulative compute hours; the raw value is in the hover text."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=["against trial number", "against cumulative compute"])
     raw = history[["hypervolume", "number"]].to_numpy(dtype=object)
-    for col, (xs, label) in enumerate([(history["number"], "trial number"),
-                                       (history["cumulative_wall_s"] / 3600.0, "compute (wall hours, summed)")], 1):
-        fig.add_trace(go.Scatter(x=xs, y=history["hypervolume_normalized"], mode="lines+markers",
-                                 line=dict(shape="hv"), name="hypervolume", showlegend=False, customdata=raw,
-                                 hovertemplate="trial %{customdata[1]}<br>%{x:.4g}<br>normalised %{y:.4f}"
-                                               "<br>raw %{customdata[0]:.4g}<extra></extra>"), row=1, col=col)
+    for col, (xs, label) in enumerate(
+        [
+            (history["number"], "trial number"),
+            (history["cumulative_wall_s"] / 3600.0, "compute (wall hours, summed)"),
+        ],
+        1,
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=history["hypervolume_normalized"],
+                mode="lines+markers",
+                line=dict(shape="hv"),
+                name="hypervolume",
+                showlegend=False,
+                customdata=raw,
+                hovertemplate="trial %{customdata[1]}<br>%{x:.4g}<br>normalised %{y:.4f}"
+                "<br>raw %{customdata[0]:.4g}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
         fig.update_xaxes(title_text=label, row=1, col=col)
     ref = history.attrs.get("reference_point") or {}
     fig.update_yaxes(title_text="hypervolume (share of best..worst box)", row=1, col=1)
-    fig.update_layout(height=380, template="plotly_white",
-                      title=dict(text="Hypervolume (reference point: " + ", ".join(f"{k}={v:.4g}" for k, v in ref.items())
-                                 + (")" if not history.attrs.get("subsampled") else f"; {len(history)} evenly spaced trials)"),
-                                 font=dict(size=14)))
+    fig.update_layout(
+        height=380,
+        template="plotly_white",
+        title=dict(
+            text="Hypervolume (reference point: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in ref.items())
+            + (")" if not history.attrs.get("subsampled") else f"; {len(history)} evenly spaced trials)"),
+            font=dict(size=14),
+        ),
+    )
     return fig
 
 
 PARALLEL_AXES = 8  # genome axes shown at first; the menu shows all that vary
 
 
-def parallel_figure(df: pd.DataFrame, objectives: list[dict] | None = None, max_axes: int = PARALLEL_AXES) -> go.Figure:
+def parallel_figure(
+    df: pd.DataFrame, objectives: list[dict] | None = None, max_axes: int = PARALLEL_AXES
+) -> go.Figure:
     """Parallel coordinates of the completed trials: genome fields, then the objectives, then
     whether the trial is on the front; coloured by the first objective. The fields that vary on
     the front come first (most values on the front first), at most `max_axes` of them at first;
@@ -289,29 +439,74 @@ def parallel_figure(df: pd.DataFrame, objectives: list[dict] | None = None, max_
 
     def axis(vals, label):
         code = {v: i for i, v in enumerate(sorted(vals.unique()))}
-        return dict(label=label, values=vals.map(code).tolist(), tickvals=list(code.values()), ticktext=list(code))
+        return dict(
+            label=label, values=vals.map(code).tolist(), tickvals=list(code.values()), ticktext=list(code)
+        )
 
     genome_axes = [axis(vals, c) for *_, c, vals in fields]
-    tail = [dict(label=o["name"], values=(done[o["name"]].astype(float) / _unit(o["name"])[0]).tolist()) for o in objs]
-    tail.append(dict(label="on front", values=on_front.astype(int).tolist(), tickvals=[0, 1], ticktext=["no", "yes"]))
+    tail = [
+        dict(label=o["name"], values=(done[o["name"]].astype(float) / _unit(o["name"])[0]).tolist())
+        for o in objs
+    ]
+    tail.append(
+        dict(label="on front", values=on_front.astype(int).tolist(), tickvals=[0, 1], ticktext=["no", "yes"])
+    )
     varying_on_front = sum(1 for f in fields if f[0] < -1)
-    first = genome_axes[:max(min(max_axes, varying_on_front), min(max_axes, len(genome_axes)))]
+    first = genome_axes[: max(min(max_axes, varying_on_front), min(max_axes, len(genome_axes)))]
     color = done[objs[0]["name"]].astype(float).tolist() if len(done) else []
-    fig = go.Figure(go.Parcoords(dimensions=first + tail, labelangle=-30, labelside="top", tickfont=dict(size=9),
-                                 line=dict(color=color, colorscale="Viridis", showscale=True,
-                                           colorbar=dict(title=objs[0]["name"]))))
+    fig = go.Figure(
+        go.Parcoords(
+            dimensions=first + tail,
+            labelangle=-30,
+            labelside="top",
+            tickfont=dict(size=9),
+            line=dict(
+                color=color, colorscale="Viridis", showscale=True, colorbar=dict(title=objs[0]["name"])
+            ),
+        )
+    )
     if len(first) < len(genome_axes):
-        fig.update_layout(updatemenus=[dict(
-            type="dropdown", x=0, xanchor="left", y=1.34, yanchor="top", showactive=True,
-            buttons=[dict(label=f"{len(first)} fields that vary most on the front", method="restyle",
-                          args=[{"dimensions": [first + tail]}, [0]]),
-                     dict(label=f"all {len(genome_axes)} fields that vary", method="restyle",
-                          args=[{"dimensions": [genome_axes + tail]}, [0]])])])
-    shown = (f"{len(first)} of {len(genome_axes)} genome fields that vary, those varying on the front first"
-             if len(first) < len(genome_axes) else f"the {len(genome_axes)} genome fields that vary")
-    fig.update_layout(height=560, template="plotly_white", margin=dict(l=90, r=90, t=170, b=40),
-                      title=dict(text=f"Completed trials: {shown}, then the objectives", font=dict(size=14),
-                                 y=0.98, yref="container", yanchor="top"))
+        fig.update_layout(
+            updatemenus=[
+                dict(
+                    type="dropdown",
+                    x=0,
+                    xanchor="left",
+                    y=1.34,
+                    yanchor="top",
+                    showactive=True,
+                    buttons=[
+                        dict(
+                            label=f"{len(first)} fields that vary most on the front",
+                            method="restyle",
+                            args=[{"dimensions": [first + tail]}, [0]],
+                        ),
+                        dict(
+                            label=f"all {len(genome_axes)} fields that vary",
+                            method="restyle",
+                            args=[{"dimensions": [genome_axes + tail]}, [0]],
+                        ),
+                    ],
+                )
+            ]
+        )
+    shown = (
+        f"{len(first)} of {len(genome_axes)} genome fields that vary, those varying on the front first"
+        if len(first) < len(genome_axes)
+        else f"the {len(genome_axes)} genome fields that vary"
+    )
+    fig.update_layout(
+        height=560,
+        template="plotly_white",
+        margin=dict(l=90, r=90, t=170, b=40),
+        title=dict(
+            text=f"Completed trials: {shown}, then the objectives",
+            font=dict(size=14),
+            y=0.98,
+            yref="container",
+            yanchor="top",
+        ),
+    )
     return fig
 
 
@@ -335,13 +530,28 @@ def stage_map_figure(df: pd.DataFrame, objectives: list[dict] | None = None) -> 
     rows = sorted({t for c in counts for t in c}, key=lambda t: (t == "none", t))
     z = [[counts[i][t] / max(len(front), 1) for i in range(n_stages)] for t in rows]
     text = [[str(counts[i][t]) for i in range(n_stages)] for t in rows]
-    fig = go.Figure(go.Heatmap(z=z, x=[f"stage {i + 1}" for i in range(n_stages)], y=rows, text=text,
-                               texttemplate="%{text}", colorscale="Reds", zmin=0, zmax=1,
-                               colorbar=dict(title="share"),
-                               hovertemplate="%{y} in %{x}: %{text} front genomes<extra></extra>"))
-    fig.update_layout(height=max(300, 60 + 28 * len(rows)), template="plotly_white", yaxis=dict(autorange="reversed"),
-                      title=dict(text=f"Which module sits where on the Pareto front ({len(front)} genomes)",
-                                 font=dict(size=14)))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[f"stage {i + 1}" for i in range(n_stages)],
+            y=rows,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Reds",
+            zmin=0,
+            zmax=1,
+            colorbar=dict(title="share"),
+            hovertemplate="%{y} in %{x}: %{text} front genomes<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=max(300, 60 + 28 * len(rows)),
+        template="plotly_white",
+        yaxis=dict(autorange="reversed"),
+        title=dict(
+            text=f"Which module sits where on the Pareto front ({len(front)} genomes)", font=dict(size=14)
+        ),
+    )
     return fig
 
 
@@ -355,27 +565,63 @@ def front3d_figure(df: pd.DataFrame, objectives: list[dict] | None = None) -> go
     ranked = add_ranks(df, objs)
     done = completed(ranked)
     fig = go.Figure()
-    for mask, label, marker in [(done["front_rank"] != 0, "dominated", dict(size=3, color="rgba(120,120,120,0.5)")),
-                                (done["front_rank"] == 0, "Pareto front", dict(size=5, color=FRONT_COLOR))]:
+    for mask, label, marker in [
+        (done["front_rank"] != 0, "dominated", dict(size=3, color="rgba(120,120,120,0.5)")),
+        (done["front_rank"] == 0, "Pareto front", dict(size=5, color=FRONT_COLOR)),
+    ]:
         part = done[mask]
         custom, tmpl = _hover(part, names)
-        fig.add_trace(go.Scatter3d(x=part[a] / _unit(a)[0], y=part[b] / _unit(b)[0], z=part[c] / _unit(c)[0],
-                                   mode="markers", name=label, marker=marker, customdata=custom, hovertemplate=tmpl))
+        fig.add_trace(
+            go.Scatter3d(
+                x=part[a] / _unit(a)[0],
+                y=part[b] / _unit(b)[0],
+                z=part[c] / _unit(c)[0],
+                mode="markers",
+                name=label,
+                marker=marker,
+                customdata=custom,
+                hovertemplate=tmpl,
+            )
+        )
     refs = completed(df, "reference")
     if len(refs):
-        fig.add_trace(go.Scatter3d(x=refs[a] / _unit(a)[0], y=refs[b] / _unit(b)[0], z=refs[c] / _unit(c)[0],
-                                   mode="markers+text", text=refs["reference"], name="catalog designs (proxy)",
-                                   marker=dict(size=6, color=REF_COLOR, symbol="diamond")))
-    fig.update_layout(height=650, template="plotly_white", margin=dict(l=0, r=0, t=40, b=0),
-                      scene=dict(xaxis_title=_unit(a)[1], yaxis_title=_unit(b)[1], zaxis_title=_unit(c)[1]),
-                      title=dict(text="Three objectives", font=dict(size=14)))
+        fig.add_trace(
+            go.Scatter3d(
+                x=refs[a] / _unit(a)[0],
+                y=refs[b] / _unit(b)[0],
+                z=refs[c] / _unit(c)[0],
+                mode="markers+text",
+                text=refs["reference"],
+                name="catalog designs (proxy)",
+                marker=dict(size=6, color=REF_COLOR, symbol="diamond"),
+            )
+        )
+    fig.update_layout(
+        height=650,
+        template="plotly_white",
+        margin=dict(l=0, r=0, t=40, b=0),
+        scene=dict(xaxis_title=_unit(a)[1], yaxis_title=_unit(b)[1], zaxis_title=_unit(c)[1]),
+        title=dict(text="Three objectives", font=dict(size=14)),
+    )
     return fig
 
 
 def rediscovery_figure(table: pd.DataFrame, objectives: list[dict] | None = None) -> go.Figure:
     """The rediscovery table as a plotly table (optuna-dashboard shows figures, not HTML)."""
-    cols = [c for c in ("design", "verdict", "top1_proxy", "dominated_by", "best_dominating", "sampled",
-                        "nearest_trial", "nearest_distance") if c in table.columns]
+    cols = [
+        c
+        for c in (
+            "design",
+            "verdict",
+            "top1_proxy",
+            "dominated_by",
+            "best_dominating",
+            "sampled",
+            "nearest_trial",
+            "nearest_distance",
+        )
+        if c in table.columns
+    ]
 
     def cell(v):
         if isinstance(v, list):
@@ -385,14 +631,30 @@ def rediscovery_figure(table: pd.DataFrame, objectives: list[dict] | None = None
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     cells = [[cell(v) for v in table[c]] for c in cols]
-    fig = go.Figure(go.Table(header=dict(values=[c.replace("_", " ") for c in cols] or ["no catalog design in this space"],
-                                         fill_color="#eee", align="left"),
-                             columnwidth=[3, 2.4, 1.4, 1.4, 1.6, 1.4, 1.4, 1.6][:len(cols)] or None,
-                             cells=dict(values=cells, align="left", height=22)))
-    fig.update_layout(height=140 + 24 * max(len(table), 1), margin=dict(l=10, r=10, t=40, b=10),
-                      title=dict(text="Rediscovery of catalog designs", font=dict(size=14)))
+    fig = go.Figure(
+        go.Table(
+            header=dict(
+                values=[c.replace("_", " ") for c in cols] or ["no catalog design in this space"],
+                fill_color="#eee",
+                align="left",
+            ),
+            columnwidth=[3, 2.4, 1.4, 1.4, 1.6, 1.4, 1.4, 1.6][: len(cols)] or None,
+            cells=dict(values=cells, align="left", height=22),
+        )
+    )
+    fig.update_layout(
+        height=140 + 24 * max(len(table), 1),
+        margin=dict(l=10, r=10, t=40, b=10),
+        title=dict(text="Rediscovery of catalog designs", font=dict(size=14)),
+    )
     return fig
 
 
-__all__ = ["front_figure", "hypervolume_figure", "parallel_figure", "stage_map_figure", "front3d_figure",
-           "rediscovery_figure"]
+__all__ = [
+    "front_figure",
+    "hypervolume_figure",
+    "parallel_figure",
+    "stage_map_figure",
+    "front3d_figure",
+    "rediscovery_figure",
+]

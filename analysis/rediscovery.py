@@ -24,7 +24,8 @@ counts) are at distance 1.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,12 +45,27 @@ def published_records(design: Design) -> list[dict]:
     design's counts; a design with counts only gives one row without accuracy."""
     counts = {k: c.value for k, c in design.counts.items()}
     if design.results:
-        return [{"top1": r.top1, "top5": r.top5, "source": r.source, "params": r.params or counts.get("params"),
-                 "flops": r.flops or counts.get("flops")} for r in design.results]
+        return [
+            {
+                "top1": r.top1,
+                "top5": r.top5,
+                "source": r.source,
+                "params": r.params or counts.get("params"),
+                "flops": r.flops or counts.get("flops"),
+            }
+            for r in design.results
+        ]
     if not counts:
         return []
-    return [{"params": counts.get("params"), "flops": counts.get("flops"), "top1": None, "top5": None,
-             "source": design.source}]
+    return [
+        {
+            "params": counts.get("params"),
+            "flops": counts.get("flops"),
+            "top1": None,
+            "top5": None,
+            "source": design.source,
+        }
+    ]
 
 
 # -- distance -----------------------------------------------------------------------------------
@@ -91,7 +107,9 @@ def _nearest(genome, searched: pd.DataFrame) -> tuple[Any, float]:
     return best, best_d
 
 
-def verdict_against(done_vals: np.ndarray, p: np.ndarray, tolerance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def verdict_against(
+    done_vals: np.ndarray, p: np.ndarray, tolerance: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(beats, matches) masks of the rows of `done_vals` against the point `p`, all in minimisation
     form, with a per-objective `tolerance` under which a difference is a tie."""
     better = done_vals < p - tolerance
@@ -101,8 +119,12 @@ def verdict_against(done_vals: np.ndarray, p: np.ndarray, tolerance: np.ndarray)
     return beats, matches
 
 
-def rediscovery(df: pd.DataFrame, designs: Sequence[Design] | None = None,
-                objectives: list[dict] | None = None, noise: Noise | None | str = "auto") -> pd.DataFrame:
+def rediscovery(
+    df: pd.DataFrame,
+    designs: Sequence[Design] | None = None,
+    objectives: list[dict] | None = None,
+    noise: Noise | None | str = "auto",
+) -> pd.DataFrame:
     """One row per catalog design in the study's space (designs default to the whole catalog), plus
     one per design of the study's backbone outside it (verdict "not in space").
 
@@ -125,7 +147,9 @@ def rediscovery(df: pd.DataFrame, designs: Sequence[Design] | None = None,
     tolerance = np.array([tol_top1 if n == "top1" else 0.0 for n in names])
     searched_all = df[df["study"] == "search"]
     done = completed(df)
-    done_vals = to_minimization(done[names].astype(float).to_numpy(), dirs) if len(done) else np.empty((0, len(objs)))
+    done_vals = (
+        to_minimization(done[names].astype(float).to_numpy(), dirs) if len(done) else np.empty((0, len(objs)))
+    )
     refs = completed(df, "reference")
     backbone = (df.attrs.get("target") or {}).get("backbone")
     rows = []
@@ -133,11 +157,27 @@ def rediscovery(df: pd.DataFrame, designs: Sequence[Design] | None = None,
         ok, why = in_space(d, df.attrs.get("config"), df.attrs.get("target"))
         name, key = d.name, d.genome.key
         if not ok:
-            if backbone is not None and d.genome.backbone == backbone and isinstance((df.attrs.get("config") or {}).get("space"), dict):
-                rows.append({"design": name, "in_space_reason": why, "genome_key": key, "evaluated": False,
-                             "verdict": "not in space", "top1_tolerance": tol_top1, "noise": source,
-                             "dominated_by": 0, "best_dominating": None, "equalled_by": [], "sampled": [],
-                             "design_genome": d.genome.summary()})
+            if (
+                backbone is not None
+                and d.genome.backbone == backbone
+                and isinstance((df.attrs.get("config") or {}).get("space"), dict)
+            ):
+                rows.append(
+                    {
+                        "design": name,
+                        "in_space_reason": why,
+                        "genome_key": key,
+                        "evaluated": False,
+                        "verdict": "not in space",
+                        "top1_tolerance": tol_top1,
+                        "noise": source,
+                        "dominated_by": 0,
+                        "best_dominating": None,
+                        "equalled_by": [],
+                        "sampled": [],
+                        "design_genome": d.genome.summary(),
+                    }
+                )
             continue
         row: dict[str, Any] = {"design": name, "in_space_reason": why, "genome_key": key}
         ev = refs[refs["reference"] == name] if "reference" in refs else refs.iloc[0:0]
@@ -146,8 +186,14 @@ def rediscovery(df: pd.DataFrame, designs: Sequence[Design] | None = None,
         vals = ev[names].astype(float).iloc[-1].to_numpy() if len(ev) else None  # latest evaluation
         for n, v in zip(names, vals if vals is not None else [np.nan] * len(names)):
             row[f"{n}_proxy"] = v
-        row.update(verdict="not evaluated", top1_tolerance=tol_top1, noise=source, dominated_by=0,
-                   best_dominating=None, equalled_by=[])
+        row.update(
+            verdict="not evaluated",
+            top1_tolerance=tol_top1,
+            noise=source,
+            dominated_by=0,
+            best_dominating=None,
+            equalled_by=[],
+        )
         if vals is not None and np.isfinite(vals).all() and len(done):
             p = to_minimization([vals], dirs)[0]
             dom, eq = verdict_against(done_vals, p, tolerance)
@@ -156,7 +202,9 @@ def rediscovery(df: pd.DataFrame, designs: Sequence[Design] | None = None,
             if dom.any():
                 # The beating trial with the largest margin on the first objective.
                 margin = (p - done_vals)[:, 0]
-                row["best_dominating"] = int(done["number"].to_numpy()[np.flatnonzero(dom)[np.argmax(margin[dom])]])
+                row["best_dominating"] = int(
+                    done["number"].to_numpy()[np.flatnonzero(dom)[np.argmax(margin[dom])]]
+                )
             row["verdict"] = "beaten" if dom.any() else "matched within noise" if eq.any() else "missed"
         elif vals is not None:
             row["verdict"] = "missed"
@@ -169,8 +217,12 @@ def rediscovery(df: pd.DataFrame, designs: Sequence[Design] | None = None,
             row[f"{n}_nearest"] = np.nan if near is None else df.loc[near, n]
         pubs = published_records(d)
         first = pubs[0] if pubs else {}
-        row.update(published_top1=first.get("top1"), published_flops=first.get("flops"),
-                   published_params=first.get("params"), published_source=first.get("source"))
+        row.update(
+            published_top1=first.get("top1"),
+            published_flops=first.get("flops"),
+            published_params=first.get("params"),
+            published_source=first.get("source"),
+        )
         row["design_genome"] = d.genome.summary()
         rows.append(row)
     out = pd.DataFrame(rows)

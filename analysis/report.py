@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -38,8 +38,11 @@ table.t td:last-child{font-size:11px;min-width:240px}"""
 def _table(df: pd.DataFrame) -> str:
     if df.empty:
         return '<p class="note">(none)</p>'
-    return ('<div style="overflow-x:auto">' + df.to_html(index=False, classes="t", border=0, na_rep="",
-                                                          float_format=lambda v: f"{v:.4g}") + "</div>")
+    return (
+        '<div style="overflow-x:auto">'
+        + df.to_html(index=False, classes="t", border=0, na_rep="", float_format=lambda v: f"{v:.4g}")
+        + "</div>"
+    )
 
 
 def _cost_units(df: pd.DataFrame) -> pd.DataFrame:
@@ -68,13 +71,17 @@ def rediscovery_display(red: pd.DataFrame) -> pd.DataFrame:
         if r["published_top1"] is None or r["published_top1"] != r["published_top1"]:
             return ""
         m = metrics.get("flops")
-        flops = f" @ {r['published_flops'] / m.scale:.3f} {m.unit}" if r["published_flops"] == r["published_flops"] \
-            and r["published_flops"] is not None else ""
+        flops = (
+            f" @ {r['published_flops'] / m.scale:.3f} {m.unit}"
+            if r["published_flops"] == r["published_flops"] and r["published_flops"] is not None
+            else ""
+        )
         return f"{r['published_top1']:g}{flops} ({r['published_source']})"
 
     out["published ImageNet-1K"] = red.apply(published, axis=1)
-    out = out.drop(columns=["published_top1", "published_flops", "published_params", "published_source"],
-                   errors="ignore")
+    out = out.drop(
+        columns=["published_top1", "published_flops", "published_params", "published_source"], errors="ignore"
+    )
     cols = [c for c in out.columns if c not in ("nearest_genome", "published ImageNet-1K")]
     return _cost_units(out[cols + ["published ImageNet-1K", "nearest_genome"]])
 
@@ -90,38 +97,57 @@ def calibration_section(df: pd.DataFrame) -> list[str]:
     proxy = stage_map_sizes(backbone, fid["resolution"]) if backbone and fid.get("resolution") else None
     full = stage_map_sizes(backbone, target["resolution"]) if backbone and target.get("resolution") else None
     if proxy and full:
-        parts.append(f"<p>Feature maps per stage (standard stem): {'/'.join(map(str, proxy))} at the proxy's "
-                     f"{fid['resolution']} px, {'/'.join(map(str, full))} on the target at {target['resolution']} px. "
-                     "Spatial modules (DSM/DAM, MSCA's DCT frequencies, MSA's local branch) compute on the "
-                     "proxy's maps, not the target's.</p>")
+        parts.append(
+            f"<p>Feature maps per stage (standard stem): {'/'.join(map(str, proxy))} at the proxy's "
+            f"{fid['resolution']} px, {'/'.join(map(str, full))} on the target at {target['resolution']} px. "
+            "Spatial modules (DSM/DAM, MSCA's DCT frequencies, MSA's local branch) compute on the "
+            "proxy's maps, not the target's.</p>"
+        )
     noise, source = study_noise(df)
     summary = df.attrs.get("calibration")
     if noise is None:
-        parts.append('<p class="note">No noise measurement: this storage holds no calibration of the study\'s '
-                     'protocol and no genome ran under several seeds, so differences in top-1 are taken at face '
-                     'value. Run <code>python -m studies.calibrate NAME</code> to measure the seed noise.</p>')
+        parts.append(
+            '<p class="note">No noise measurement: this storage holds no calibration of the study\'s '
+            "protocol and no genome ran under several seeds, so differences in top-1 are taken at face "
+            "value. Run <code>python -m studies.calibrate NAME</code> to measure the seed noise.</p>"
+        )
         return parts
-    parts.append(f"<p>Top-1 noise ({html.escape(source)}): pooled seed std {noise.pooled_std:.4f} on {noise.df} "
-                 f"degrees of freedom; std of design means {_g(noise.std_of_means)}; single-run signal-to-noise "
-                 f"{_g(noise.snr)}. Two single runs differ resolvably (t test, 95 %) only by more than "
-                 f"{noise.resolvable_1:.4f}: the front's error bars and the rediscovery verdicts use it.</p>")
+    parts.append(
+        f"<p>Top-1 noise ({html.escape(source)}): pooled seed std {noise.pooled_std:.4f} on {noise.df} "
+        f"degrees of freedom; std of design means {_g(noise.std_of_means)}; single-run signal-to-noise "
+        f"{_g(noise.snr)}. Two single runs differ resolvably (t test, 95 %) only by more than "
+        f"{noise.resolvable_1:.4f}: the front's error bars and the rediscovery verdicts use it.</p>"
+    )
     for p, s in ((summary or {}).get("protocols") or {}).items():
-        rows = pd.DataFrame([{"design": d, "runs": v["n"], "mean top-1": v["mean"], "seed std": v["std"],
-                              f"{summary.get('unit', 'core-s')} per run": v.get("compute_s"),
-                              "published": "yes" if v.get("published") else ""}
-                             for d, v in (s.get("designs") or s["noise"]["designs"]).items()])
+        rows = pd.DataFrame(
+            [
+                {
+                    "design": d,
+                    "runs": v["n"],
+                    "mean top-1": v["mean"],
+                    "seed std": v["std"],
+                    f"{summary.get('unit', 'core-s')} per run": v.get("compute_s"),
+                    "published": "yes" if v.get("published") else "",
+                }
+                for d, v in (s.get("designs") or s["noise"]["designs"]).items()
+            ]
+        )
         rows = rows.sort_values("mean top-1", ascending=False)
         n = s["noise"]
-        parts += [f"<h3>protocol {html.escape(p)}</h3><p class='note'>{html.escape(str(s.get('fidelity')))}</p>",
-                  _table(rows),
-                  f"<p>pooled seed std {_g(n['pooled_std'])}, std of design means {_g(n['std_of_means'])}, SNR "
-                  f"{_g(n['snr'])}; resolvable difference {_g(n['resolvable_1'])} (single runs), "
-                  f"{_g(n['resolvable_mean'])} (means of {n['seeds']:g}).</p>"]
+        parts += [
+            f"<h3>protocol {html.escape(p)}</h3><p class='note'>{html.escape(str(s.get('fidelity')))}</p>",
+            _table(rows),
+            f"<p>pooled seed std {_g(n['pooled_std'])}, std of design means {_g(n['std_of_means'])}, SNR "
+            f"{_g(n['snr'])}; resolvable difference {_g(n['resolvable_1'])} (single runs), "
+            f"{_g(n['resolvable_mean'])} (means of {n['seeds']:g}).</p>",
+        ]
     for which, a in ((summary or {}).get("agreement") or {}).items():
         if a.get("tau") is not None:
-            parts.append(f"<p>Rank agreement study vs versus protocol ({which}, {a['n']} designs): Kendall tau-b "
-                         f"{a['tau']:.2f} [{a['tau_ci'][0]:.2f}, {a['tau_ci'][1]:.2f}], Spearman rho {a['rho']:.2f} "
-                         f"[{a['rho_ci'][0]:.2f}, {a['rho_ci'][1]:.2f}] (95 % bootstrap intervals).</p>")
+            parts.append(
+                f"<p>Rank agreement study vs versus protocol ({which}, {a['n']} designs): Kendall tau-b "
+                f"{a['tau']:.2f} [{a['tau_ci'][0]:.2f}, {a['tau_ci'][1]:.2f}], Spearman rho {a['rho']:.2f} "
+                f"[{a['rho_ci'][0]:.2f}, {a['rho_ci'][1]:.2f}] (95 % bootstrap intervals).</p>"
+            )
     return parts
 
 
@@ -139,13 +165,20 @@ def build_report(df: pd.DataFrame, designs=None) -> str:
     names = [o["name"] for o in objs]
     designs = catalog.designs() if designs is None else list(designs)
     name = df.attrs.get("study_name", "study")
-    parts = [f"<h1>Study {html.escape(name)}</h1>",
-             '<dl class="meta">' + "".join(
-                 f"<dt>{k}</dt><dd>{html.escape(str(v))}</dd>" for k, v in [
-                     ("storage", df.attrs.get("storage")),
-                     ("objectives", ", ".join(f"{o['name']} ({o['direction']})" for o in objs)),
-                     ("target (costs are of this network)", df.attrs.get("target")),
-                     ("fidelity (accuracy is from this proxy)", df.attrs.get("fidelity"))]) + "</dl>"]
+    parts = [
+        f"<h1>Study {html.escape(name)}</h1>",
+        '<dl class="meta">'
+        + "".join(
+            f"<dt>{k}</dt><dd>{html.escape(str(v))}</dd>"
+            for k, v in [
+                ("storage", df.attrs.get("storage")),
+                ("objectives", ", ".join(f"{o['name']} ({o['direction']})" for o in objs)),
+                ("target (costs are of this network)", df.attrs.get("target")),
+                ("fidelity (accuracy is from this proxy)", df.attrs.get("fidelity")),
+            ]
+        )
+        + "</dl>",
+    ]
     counts = df.groupby(["study", "state", "status"], dropna=False).size().reset_index(name="trials")
     parts += ["<h2>Trials by state</h2>", _table(counts)]
     done = completed(df)
@@ -154,45 +187,61 @@ def build_report(df: pd.DataFrame, designs=None) -> str:
     else:
         hist = hypervolume_history(df)
         ref = ", ".join(f"{n}={v:.4g}" for n, v in hist.attrs["reference_point"].items())
-        parts += ["<h2>Pareto front</h2>",
-                  f'<p>Hypervolume {hist["hypervolume"].iloc[-1]:.6g} '
-                  f'(normalised {hist["hypervolume_normalized"].iloc[-1]:.4f}) with reference point '
-                  f'{html.escape(ref)} <span class="note">(reference point: the worst observed value of each '
-                  'objective over the completed searched trials, so points worst in some objective add no '
-                  'volume; normalised: divided by the volume of the box between the best observed values and '
-                  'the reference point)</span></p>',
-                  _fig(plots.front_figure(df, designs=designs), "front")]
+        parts += [
+            "<h2>Pareto front</h2>",
+            f"<p>Hypervolume {hist['hypervolume'].iloc[-1]:.6g} "
+            f"(normalised {hist['hypervolume_normalized'].iloc[-1]:.4f}) with reference point "
+            f'{html.escape(ref)} <span class="note">(reference point: the worst observed value of each '
+            "objective over the completed searched trials, so points worst in some objective add no "
+            "volume; normalised: divided by the volume of the box between the best observed values and "
+            "the reference point)</span></p>",
+            _fig(plots.front_figure(df, designs=designs), "front"),
+        ]
         front = pareto_front(df)
         parts.append(_table(_cost_units(front[["number", *names, "genome_summary", "genome_key"]])))
         x = plots._axes(objs, None, None)[0]  # the front figure's cost axis
         pubs = plots.published_points(df, designs, x)
         if len(pubs):
-            parts += ['<p class="note">The lower panel\'s published points, each as its source printed it '
-                      '(ImageNet-1K, that source\'s own training recipe):</p>',
-                      _table(pubs.rename(columns={"x": metrics.label(x), "top1": "top-1 (%)",
-                                                  "short_source": "legend"}))]
+            parts += [
+                '<p class="note">The lower panel\'s published points, each as its source printed it '
+                "(ImageNet-1K, that source's own training recipe):</p>",
+                _table(
+                    pubs.rename(
+                        columns={"x": metrics.label(x), "top1": "top-1 (%)", "short_source": "legend"}
+                    )
+                ),
+            ]
         parts += ["<h2>Hypervolume history</h2>", _fig(plots.hypervolume_figure(hist), "hv")]
         f3 = plots.front3d_figure(df)
         if f3 is not None:
             parts += ["<h2>Three objectives</h2>", _fig(f3, "front3d")]
-        parts += ["<h2>Where the modules sit on the front</h2>", _fig(plots.stage_map_figure(df), "stagemap"),
-                  "<h2>Genome fields (parallel coordinates)</h2>", _fig(plots.parallel_figure(df), "parcoords")]
+        parts += [
+            "<h2>Where the modules sit on the front</h2>",
+            _fig(plots.stage_map_figure(df), "stagemap"),
+            "<h2>Genome fields (parallel coordinates)</h2>",
+            _fig(plots.parallel_figure(df), "parcoords"),
+        ]
     parts += calibration_section(df)
     red = rediscovery(df, designs)
-    parts += ["<h2>Rediscovery of published designs</h2>",
-              '<p class="note">verdict: "beaten" when a searched trial is no worse in every objective and better '
-              'in one, "matched within noise" when it ties every objective, else "missed"; two top-1 values closer '
-              'than top1_tolerance (the resolvable difference of two single runs, from the measured noise; 0 when '
-              'none is measured) are a tie. The design\'s proxy result comes from the references study. sampled: searched trials with the same genome key. nearest: the '
-              'completed searched genome at the smallest normalised Hamming distance over stem, downsampling, '
-              'KW options and, per stage, plugin types / positions / r / options, fusion, stage module and KW '
-              'budget (0 = same network). Published numbers are ImageNet-1K under each paper\'s own recipe.</p>',
-              _table(rediscovery_display(red))]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(name)} — Pareto report</title><style>{CSS}</style>"
-            f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"
-            + "\n".join(parts) + f"<p class='note'>Generated {stamp} by analysis.report.</p></body></html>")
+    parts += [
+        "<h2>Rediscovery of published designs</h2>",
+        '<p class="note">verdict: "beaten" when a searched trial is no worse in every objective and better '
+        'in one, "matched within noise" when it ties every objective, else "missed"; two top-1 values closer '
+        "than top1_tolerance (the resolvable difference of two single runs, from the measured noise; 0 when "
+        "none is measured) are a tie. The design's proxy result comes from the references study. sampled: searched trials with the same genome key. nearest: the "
+        "completed searched genome at the smallest normalised Hamming distance over stem, downsampling, "
+        "KW options and, per stage, plugin types / positions / r / options, fusion, stage module and KW "
+        "budget (0 = same network). Published numbers are ImageNet-1K under each paper's own recipe.</p>",
+        _table(rediscovery_display(red)),
+    ]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(name)} — Pareto report</title><style>{CSS}</style>"
+        f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"
+        + "\n".join(parts)
+        + f"<p class='note'>Generated {stamp} by analysis.report.</p></body></html>"
+    )
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -214,7 +263,9 @@ def write_report(run_dir_or_storage, study_name: str | None = None, out_path=Non
     ./report.html for a storage URL)."""
     if out_path is None:
         p = Path(str(run_dir_or_storage))
-        out_path = p / "report.html" if "://" not in str(run_dir_or_storage) and p.is_dir() else Path("report.html")
+        out_path = (
+            p / "report.html" if "://" not in str(run_dir_or_storage) and p.is_dir() else Path("report.html")
+        )
     out_path = Path(out_path)
     if not out_path.parent.is_dir():  # say so before the (slower) loading
         raise UserError(f"cannot write {out_path}: folder {out_path.parent} does not exist")

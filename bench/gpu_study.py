@@ -46,8 +46,17 @@ class GpuSampler(threading.Thread):
 
     def _one(self):
         if self._smi:
-            out = subprocess.run([self._smi, "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                                  "--id=0"], capture_output=True, text=True, timeout=10)
+            out = subprocess.run(
+                [
+                    self._smi,
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "--id=0",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             if out.returncode == 0 and out.stdout.strip():
                 util, mem = (float(v) for v in out.stdout.strip().splitlines()[0].split(","))
                 self.source = "nvidia-smi"
@@ -73,15 +82,30 @@ class GpuSampler(threading.Thread):
         mem = [m for _, m in self.samples if m == m]
         if not util:
             return {"source": "none (no nvidia-smi, no NVML)"}
-        return {"source": self.source, "n": len(util), "util_mean": statistics.fmean(util),
-                "util_median": statistics.median(util), "util_busy": sum(u >= 50 for u in util) / len(util),
-                "mem_max_mb": max(mem) if mem else float("nan")}
+        return {
+            "source": self.source,
+            "n": len(util),
+            "util_mean": statistics.fmean(util),
+            "util_median": statistics.median(util),
+            "util_busy": sum(u >= 50 for u in util) / len(util),
+            "mem_max_mb": max(mem) if mem else float("nan"),
+        }
 
 
 def run_study(name: str, out: Path, gpus: float, extra: list[str]) -> tuple[dict, float]:
     folder = out / name
     shutil.rmtree(folder, ignore_errors=True)
-    cmd = [sys.executable, "-m", "studies.run", name, "--out", str(folder), "--gpus-per-trial", f"{gpus:g}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "studies.run",
+        name,
+        "--out",
+        str(folder),
+        "--gpus-per-trial",
+        f"{gpus:g}",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     print(f"\n$ {' '.join(cmd[1:])}", flush=True)
     sampler = GpuSampler() if gpus else None
@@ -94,7 +118,10 @@ def run_study(name: str, out: Path, gpus: float, extra: list[str]) -> tuple[dict
     wall = t.wall_s
     util = sampler.stop() if sampler else {"source": "cpu run: no GPU sampled"}
     if rc != 0:
-        print(f"study {name} exited {rc}; last lines of {log}:\n" + "\n".join(log.read_text().splitlines()[-15:]))
+        print(
+            f"study {name} exited {rc}; last lines of {log}:\n"
+            + "\n".join(log.read_text().splitlines()[-15:])
+        )
     return util, wall
 
 
@@ -112,16 +139,20 @@ def _fmt(v, spec=".0f"):
 
 
 def print_trials(trials) -> None:
-    print(f"  {'trial':>5} {'status':<9} {'peak MB':>8} {'img/s':>7} {'train s':>8} {'warm-up s':>9} {'GPU':>5} "
-          f"{'graphs':>6} {'determ.':>8} {'data':>6} {'lat ms':>7}  genome")
+    print(
+        f"  {'trial':>5} {'status':<9} {'peak MB':>8} {'img/s':>7} {'train s':>8} {'warm-up s':>9} {'GPU':>5} "
+        f"{'graphs':>6} {'determ.':>8} {'data':>6} {'lat ms':>7}  genome"
+    )
     for t in trials:
         a = t.user_attrs
         det = "-" if not a.get("deterministic_requested") else ("yes" if a.get("deterministic") else "NO")
-        print(f"  {t.number:>5} {a.get('status', t.state.name.lower()):<9} {_fmt(a.get('peak_mem_mb')):>8} "
-              f"{_fmt(a.get('images_per_s')):>7} {_fmt(a.get('train_s'), '.1f'):>8} {_fmt(a.get('warmup_s'), '.2f'):>9} "
-              f"{_fmt(a.get('gpus_per_trial'), 'g'):>5} {_fmt(a.get('compiled_graphs')):>6} {det:>8} "
-              f"{'device' if a.get('data_on_device', True) else 'host':>6} {_fmt(a.get('latency_ms'), '.2f'):>7}  "
-              f"{a.get('genome_key', '')}")
+        print(
+            f"  {t.number:>5} {a.get('status', t.state.name.lower()):<9} {_fmt(a.get('peak_mem_mb')):>8} "
+            f"{_fmt(a.get('images_per_s')):>7} {_fmt(a.get('train_s'), '.1f'):>8} {_fmt(a.get('warmup_s'), '.2f'):>9} "
+            f"{_fmt(a.get('gpus_per_trial'), 'g'):>5} {_fmt(a.get('compiled_graphs')):>6} {det:>8} "
+            f"{'device' if a.get('data_on_device', True) else 'host':>6} {_fmt(a.get('latency_ms'), '.2f'):>7}  "
+            f"{a.get('genome_key', '')}"
+        )
         if a.get("nondeterministic_ops"):
             print(f"        nondeterministic: {', '.join(a['nondeterministic_ops'])}")
         if a.get("error"):
@@ -141,24 +172,39 @@ def alone_vs_bare(name: str, trials, device: str, count: int) -> list[float]:
     data = load_data(cfg.data, fid.resolution)
     done = [t for t in trials if t.user_attrs.get("status") == "ok" and t.user_attrs.get("images_per_s")]
     done.sort(key=lambda t: t.user_attrs.get("params", 0))
-    pick = {t.user_attrs["genome_key"]: t for t in (done[:1] + done[-1:] + done[1:-1])}  # smallest, largest, others
+    pick = {
+        t.user_attrs["genome_key"]: t for t in (done[:1] + done[-1:] + done[1:-1])
+    }  # smallest, largest, others
     ratios = []
-    print(f"\n  {name}: trainer alone vs bare loop vs packed trial ({device}, batch {fid.batch_size}, "
-          f"{fid.resolution}px, width {fid.width})")
-    print(f"  {'genome':<13} {'bare img/s':>10} {'alone img/s':>11} {'alone/bare':>10} {'packed img/s':>12} "
-          f"{'packed/alone':>12} {'alone peak MB':>13}")
+    print(
+        f"\n  {name}: trainer alone vs bare loop vs packed trial ({device}, batch {fid.batch_size}, "
+        f"{fid.resolution}px, width {fid.width})"
+    )
+    print(
+        f"  {'genome':<13} {'bare img/s':>10} {'alone img/s':>11} {'alone/bare':>10} {'packed img/s':>12} "
+        f"{'packed/alone':>12} {'alone peak MB':>13}"
+    )
     for key, t in list(pick.items())[:count]:
         genome = Genome.from_json(t.user_attrs["genome"])
         alone = train(genome, fid, data, device=device, seed=0)
         torch.manual_seed(0)
         n = 10 if device == "cuda" else 2  # the CPU variant only checks the script
-        bare = train_throughput(build(genome, num_classes=data.num_classes, width_mult=fid.width),
-                                fid.batch_size, fid.resolution, device, steps=n, warmup=n, repeats=n // 2 + 1)
+        bare = train_throughput(
+            build(genome, num_classes=data.num_classes, width_mult=fid.width),
+            fid.batch_size,
+            fid.resolution,
+            device,
+            steps=n,
+            warmup=n,
+            repeats=n // 2 + 1,
+        )
         packed = t.user_attrs["images_per_s"]
         ratios.append(alone.images_per_s / bare)
-        print(f"  {key:<13} {bare:>10.0f} {alone.images_per_s:>11.0f} {alone.images_per_s / bare:>10.3f} "
-              f"{packed:>12.0f} {packed / alone.images_per_s if alone.images_per_s else float('nan'):>12.3f} "
-              f"{alone.peak_mem_mb:>13.0f}")
+        print(
+            f"  {key:<13} {bare:>10.0f} {alone.images_per_s:>11.0f} {alone.images_per_s / bare:>10.3f} "
+            f"{packed:>12.0f} {packed / alone.images_per_s if alone.images_per_s else float('nan'):>12.3f} "
+            f"{alone.peak_mem_mb:>13.0f}"
+        )
     return ratios
 
 
@@ -172,7 +218,9 @@ def main() -> int:
     p.add_argument("--out", default="/tmp/gpu_study")
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device here: nothing to measure (run on a GPU machine; --device cpu checks the script)")
+        print(
+            "no CUDA device here: nothing to measure (run on a GPU machine; --device cpu checks the script)"
+        )
         return 0
     out = Path(a.out)
     gpus = a.gpus_per_trial if a.device == "cuda" else 0.0
@@ -181,8 +229,10 @@ def main() -> int:
         a.compare = min(a.compare, 1)
     if a.device == "cuda":
         props = torch.cuda.get_device_properties(0)
-        print(f"GPU 0: {props.name}, {props.total_memory / 2**30:.0f} GiB; torch {torch.__version__}; "
-              f"{os.cpu_count()} CPUs; {gpus:g} GPU per trial")
+        print(
+            f"GPU 0: {props.name}, {props.total_memory / 2**30:.0f} GiB; torch {torch.__version__}; "
+            f"{os.cpu_count()} CPUs; {gpus:g} GPU per trial"
+        )
     studies = [("smoke", [])]
     if a.device == "cuda":
         studies.append(("imagenet_subset", ["--trials", str(a.trials), "--epochs", str(a.epochs)]))
@@ -198,9 +248,11 @@ def main() -> int:
         print(f"study {name}: {len(trials)} trial(s) in {wall:.0f}s; GPU sampling: {util}")
         print_trials(trials)
         ok = [t.user_attrs for t in trials if t.user_attrs.get("status") == "ok"]
-        summary.append(f"{name}: {len(ok)}/{len(trials)} ok, {wall:.0f}s, peak MB max "
-                       f"{max((x.get('peak_mem_mb') or 0) for x in ok) if ok else 0:.0f}, GPU util mean "
-                       + (f"{util['util_mean']:.0f}%" if "util_mean" in util else "-"))
+        summary.append(
+            f"{name}: {len(ok)}/{len(trials)} ok, {wall:.0f}s, peak MB max "
+            f"{max((x.get('peak_mem_mb') or 0) for x in ok) if ok else 0:.0f}, GPU util mean "
+            + (f"{util['util_mean']:.0f}%" if "util_mean" in util else "-")
+        )
         if name == studies[-1][0] and a.compare:
             ratios = alone_vs_bare(name, trials, a.device, a.compare)
     print("\nsummary: " + "; ".join(summary))

@@ -24,11 +24,10 @@ import statistics
 import torch
 from torch import nn
 
+from searchspace.backbones.kernelwarehouse import FORMS
 from searchspace.build import build, set_kw_epoch
 from searchspace.genome import Genome, Stage
-from searchspace.plugins.kernelwarehouse import FORMS
 from trainers.measure import time_call
-
 
 _AMP = contextlib.nullcontext
 
@@ -40,10 +39,21 @@ def _step(mod: nn.Module, x: torch.Tensor) -> None:
     y.float().sum().backward()
 
 
-def bench(budget: float, batch: int, repeats: int, device: torch.device, hw: int = 14, layout: str = "nchw",
-          dtype: str = "fp32", form: str = "auto", width: float = 1.0) -> dict:
+def bench(
+    budget: float,
+    batch: int,
+    repeats: int,
+    device: torch.device,
+    hw: int = 14,
+    layout: str = "nchw",
+    dtype: str = "fp32",
+    form: str = "auto",
+    width: float = 1.0,
+) -> dict:
     global _AMP
-    _AMP = (lambda: torch.autocast(device.type, torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+    _AMP = (
+        (lambda: torch.autocast(device.type, torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+    )
     mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     torch.manual_seed(0)
     model = build(Genome("resnet18", tuple(Stage(kw=budget) for _ in range(4))), width_mult=width)
@@ -64,10 +74,20 @@ def bench(budget: float, batch: int, repeats: int, device: torch.device, hw: int
         t_plain.append(time_call(lambda: _step(plain, x), device))
     ratios = [a / b for a, b in zip(t_kw, t_plain)]
     n = kw.warehouse_weight.shape[0]
-    return {"b": budget, "batch": batch, "n": n, "layout": layout, "dtype": dtype, "form": form, "c": channels,
-            "plain_ms": 1e3 * statistics.median(t_plain),
-            "kw_ms": 1e3 * statistics.median(t_kw), "ratio": statistics.median(ratios),
-            "plain_img_s": batch / statistics.median(t_plain), "kw_img_s": batch / statistics.median(t_kw)}
+    return {
+        "b": budget,
+        "batch": batch,
+        "n": n,
+        "layout": layout,
+        "dtype": dtype,
+        "form": form,
+        "c": channels,
+        "plain_ms": 1e3 * statistics.median(t_plain),
+        "kw_ms": 1e3 * statistics.median(t_kw),
+        "ratio": statistics.median(ratios),
+        "plain_img_s": batch / statistics.median(t_plain),
+        "kw_img_s": batch / statistics.median(t_kw),
+    }
 
 
 def main() -> None:
@@ -87,15 +107,23 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     c = max(int(256 * args.width), 1)
-    print(f"device {device} ({torch.get_num_threads()} CPU threads), conv ~{c}->{c} 3x3 @{args.hw}x{args.hw}, fwd+bwd, "
-          f"median of {args.repeats} interleaved repeats")
-    print(f"{'layout':<13} {'dtype':<5} {'form':<8} {'b':>4} {'batch':>5} {'n':>4} {'plain ms':>9} {'KW ms':>9} {'plain img/s':>12} "
-          f"{'KW img/s':>10} {'KW/plain':>9}")
-    for layout, dtype, form, b, batch in itertools.product(args.layouts, args.dtypes, args.forms, args.budgets,
-                                                            args.batches):
+    print(
+        f"device {device} ({torch.get_num_threads()} CPU threads), conv ~{c}->{c} 3x3 @{args.hw}x{args.hw}, fwd+bwd, "
+        f"median of {args.repeats} interleaved repeats"
+    )
+    print(
+        f"{'layout':<13} {'dtype':<5} {'form':<8} {'b':>4} {'batch':>5} {'n':>4} {'plain ms':>9} {'KW ms':>9} {'plain img/s':>12} "
+        f"{'KW img/s':>10} {'KW/plain':>9}"
+    )
+    for layout, dtype, form, b, batch in itertools.product(
+        args.layouts, args.dtypes, args.forms, args.budgets, args.batches
+    ):
         r = bench(b, batch, args.repeats, device, args.hw, layout, dtype, form, args.width)
-        print(f"{layout:<13} {dtype:<5} {form:<8} {r['b']:>4g} {r['batch']:>5} {r['n']:>4} {r['plain_ms']:>9.2f} "
-              f"{r['kw_ms']:>9.2f} {r['plain_img_s']:>12.1f} {r['kw_img_s']:>10.1f} {r['ratio']:>8.2f}x")
+        print(
+            f"{layout:<13} {dtype:<5} {form:<8} {r['b']:>4g} {r['batch']:>5} {r['n']:>4} {r['plain_ms']:>9.2f} "
+            f"{r['kw_ms']:>9.2f} {r['plain_img_s']:>12.1f} {r['kw_img_s']:>10.1f} {r['ratio']:>8.2f}x"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -38,6 +38,7 @@ def _labelled(fn, label):
     def wrapper(*args, **kwargs):
         with record_function(_SCOPE + label):
             return fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -52,7 +53,7 @@ def _scope(event) -> str | None:
     e = event
     while e is not None:
         if e.name.startswith(_SCOPE):
-            return e.name[len(_SCOPE):]
+            return e.name[len(_SCOPE) :]
         e = e.cpu_parent
     return None
 
@@ -116,21 +117,27 @@ def main() -> None:
     if args.form != "counted":
         for conv in kwm.kw_convs(kw):
             conv.form = args.form
-    print(f"{args.design} width={args.width} batch={args.batch} threads={torch.get_num_threads()} "
-          f"form={args.form}: self CPU time of forward+backward, {args.repeats} steps profiled")
+    print(
+        f"{args.design} width={args.width} batch={args.batch} threads={torch.get_num_threads()} "
+        f"form={args.form}: self CPU time of forward+backward, {args.repeats} steps profiled"
+    )
     for res in args.resolutions:
         x = torch.randn(args.batch, 3, res, res)
         y = torch.randint(0, 100, (args.batch,))
         parts, ops = split(profile_step(kw, x, y, args.repeats, args.form == "counted"))
         base = sum(split(profile_step(plain, x, y, args.repeats))[0].values())
         total = sum(parts.values())
-        print(f"\n{res} px: KW step {total / 1e3 / args.repeats:.1f} ms, plain step {base / 1e3 / args.repeats:.1f} ms "
-              f"(plain/KW time {base / total:.3f})")
+        print(
+            f"\n{res} px: KW step {total / 1e3 / args.repeats:.1f} ms, plain step {base / 1e3 / args.repeats:.1f} ms "
+            f"(plain/KW time {base / total:.3f})"
+        )
         print(f"  {'part':<10}{'ms/step':>9}{'share':>8}   heaviest ops")
         for part in PARTS:
-            top = sorted(((t, name) for (p, name), t in ops.items() if p == part), reverse=True)[:args.top]
+            top = sorted(((t, name) for (p, name), t in ops.items() if p == part), reverse=True)[: args.top]
             listed = ", ".join(f"{name} {t / total:.0%}" for t, name in top)
-            print(f"  {part:<10}{parts[part] / 1e3 / args.repeats:>9.1f}{parts[part] / total:>8.1%}   {listed}")
+            print(
+                f"  {part:<10}{parts[part] / 1e3 / args.repeats:>9.1f}{parts[part] / total:>8.1%}   {listed}"
+            )
 
 
 if __name__ == "__main__":

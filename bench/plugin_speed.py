@@ -25,9 +25,21 @@ from searchspace import Genome, build, catalog
 from searchspace.plugins.forms import counted_forms
 from trainers.measure import autocast_for, memory_format_for, time_call
 
-ATTENTION = ["se_resnet18", "se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b", "dsnet50_c", "msa_resnet18_r16",
-             "msa_resnet18_r4", "msaf_resnet18_r16", "msaf_resnet18_r4", "aff_resnet18_r4", "iaff_resnet18_r4",
-             "sda_resnet86"]
+ATTENTION = [
+    "se_resnet18",
+    "se_resnet50",
+    "fcanet50",
+    "dsnet50_a",
+    "dsnet50_b",
+    "dsnet50_c",
+    "msa_resnet18_r16",
+    "msa_resnet18_r4",
+    "msaf_resnet18_r16",
+    "msaf_resnet18_r4",
+    "aff_resnet18_r4",
+    "iaff_resnet18_r4",
+    "sda_resnet86",
+]
 
 
 def step_time(model, opt, x, y, device, counted=False) -> float:
@@ -35,7 +47,7 @@ def step_time(model, opt, x, y, device, counted=False) -> float:
     amp = autocast_for(device)
 
     def step():
-        with amp(), (counted_forms() if counted else contextlib.nullcontext()):
+        with amp(), counted_forms() if counted else contextlib.nullcontext():
             loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
@@ -58,7 +70,9 @@ def compare(design, resolution, args, device) -> tuple[float, ...]:
         models.append(make(design.genome, device, args.width))
         counted.append(True)
     x = torch.randn(args.batch, 3, resolution, resolution, device=device)
-    xs = [x.contiguous(memory_format=memory_format_for(m, device)) for m, _ in models]  # as the trainer feeds it
+    xs = [
+        x.contiguous(memory_format=memory_format_for(m, device)) for m, _ in models
+    ]  # as the trainer feeds it
     y = torch.randint(0, 100, (args.batch,), device=device)
     times = [[] for _ in models]
     for i in range(args.warmup + args.repeats):
@@ -86,8 +100,10 @@ def main():
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} width={args.width} "
-          f"repeats={args.repeats} (median step, interleaved with the plain backbone)")
+    print(
+        f"device={device} threads={torch.get_num_threads()} batch={args.batch} width={args.width} "
+        f"repeats={args.repeats} (median step, interleaved with the plain backbone)"
+    )
     extra = f"{'counted img/s':>15}{'ratio':>8}{'fast/counted':>14}" if args.forms else ""
     print(f"{'design':22}{'res':>5}{'base img/s':>12}{'design img/s':>14}{'ratio':>8}" + extra)
     worst = (float("inf"), "")

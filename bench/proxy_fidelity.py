@@ -52,15 +52,30 @@ def protocols(storage, published_only: bool = True) -> list[dict]:
             runs, cost = {}, []
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 ua = t.user_attrs
-                if ua.get("protocol") != p or ua.get("status") != "ok" or (published_only and ua["design"] not in names):
+                if (
+                    ua.get("protocol") != p
+                    or ua.get("status") != "ok"
+                    or (published_only and ua["design"] not in names)
+                ):
                     continue
                 runs.setdefault(ua["design"], []).append(float(ua["top1"]))
                 cost.append(float(ua.get("wall_s") or 0) * float(ua.get("held") or 1))
             if runs:
-                out.append({"label": f"{s.study_name[:-len(CALIBRATION_SUFFIX)]}:{p}", "fidelity": spec["fidelity"],
-                            "data": spec["data"], "runs": runs, "compute_s": sum(cost) / len(cost),
-                            "unit": "GPU-s" if any(str(t.user_attrs.get("device", "")).startswith("cuda")
-                                                   for t in study.get_trials(deepcopy=False)) else "core-s"})
+                out.append(
+                    {
+                        "label": f"{s.study_name[: -len(CALIBRATION_SUFFIX)]}:{p}",
+                        "fidelity": spec["fidelity"],
+                        "data": spec["data"],
+                        "runs": runs,
+                        "compute_s": sum(cost) / len(cost),
+                        "unit": "GPU-s"
+                        if any(
+                            str(t.user_attrs.get("device", "")).startswith("cuda")
+                            for t in study.get_trials(deepcopy=False)
+                        )
+                        else "core-s",
+                    }
+                )
     return out
 
 
@@ -85,24 +100,46 @@ def main(argv=None) -> int:
         from studies.calibrate import main as calibrate
 
         run_dir = Path(a.storage)
-        calibrate([SHIPPED, "--designs", "0", "--seeds", str(a.seeds), "--only", DESIGNS, "--no-versus",
-                   "--out", str(run_dir if run_dir.suffix != ".journal" else run_dir.parent), "--quiet"]
-                  + (["--storage", a.storage] if run_dir.suffix == ".journal" else []))
+        calibrate(
+            [
+                SHIPPED,
+                "--designs",
+                "0",
+                "--seeds",
+                str(a.seeds),
+                "--only",
+                DESIGNS,
+                "--no-versus",
+                "--out",
+                str(run_dir if run_dir.suffix != ".journal" else run_dir.parent),
+                "--quiet",
+            ]
+            + (["--storage", a.storage] if run_dir.suffix == ".journal" else [])
+        )
     storage = open_storage(a.storage)
     recs = protocols(storage, published_only=not a.all)
     if not recs:
-        print(f"no calibration in {a.storage}: run python -m studies.calibrate NAME --out {a.storage} "
-              "(or this script with --run)", file=sys.stderr)
+        print(
+            f"no calibration in {a.storage}: run python -m studies.calibrate NAME --out {a.storage} "
+            "(or this script with --run)",
+            file=sys.stderr,
+        )
         return 2
     from studies import config
 
     shipped_cfg = config.load(SHIPPED)
     shipped_fid = json.loads(json.dumps(shipped_cfg.protocol["fidelity"]))
     base = nominal_cost(shipped_fid, shipped_cfg.protocol["data"])
-    ref = next((r for r in recs if r["label"] == a.reference), None) if a.reference else \
-        max(recs, key=lambda r: nominal_cost(r["fidelity"], r["data"]))
+    ref = (
+        next((r for r in recs if r["label"] == a.reference), None)
+        if a.reference
+        else max(recs, key=lambda r: nominal_cost(r["fidelity"], r["data"]))
+    )
     if a.reference and ref is None:
-        print(f"--reference {a.reference!r}: not found (have: {', '.join(r['label'] for r in recs)})", file=sys.stderr)
+        print(
+            f"--reference {a.reference!r}: not found (have: {', '.join(r['label'] for r in recs)})",
+            file=sys.stderr,
+        )
         return 2
     for r in recs:
         r["noise"] = noise(r["runs"])
@@ -112,32 +149,83 @@ def main(argv=None) -> int:
     designs = sorted({d for r in recs for d in r["runs"]})
     print("mean top-1 over seeds (runs):")
     head = ["design"] + [r["label"] for r in recs]
-    rows = [head] + [[d] + [f"{sum(r['runs'][d]) / len(r['runs'][d]):.3f} ({len(r['runs'][d])})" if d in r["runs"] else "-"
-                            for r in recs] for d in designs]
+    rows = [head] + [
+        [d]
+        + [
+            f"{sum(r['runs'][d]) / len(r['runs'][d]):.3f} ({len(r['runs'][d])})" if d in r["runs"] else "-"
+            for r in recs
+        ]
+        for d in designs
+    ]
     _table(rows)
     print(f"\nper protocol (reference for tau / rho: {ref['label']}):")
-    rows = [["protocol", "fidelity", "seed std", "std means", "SNR", "SNR mean3", "resolv.", "nominal x",
-             "compute/run", "tau [95 %]", "rho [95 %]"]]
+    rows = [
+        [
+            "protocol",
+            "fidelity",
+            "seed std",
+            "std means",
+            "SNR",
+            "SNR mean3",
+            "resolv.",
+            "nominal x",
+            "compute/run",
+            "tau [95 %]",
+            "rho [95 %]",
+        ]
+    ]
     for r in recs:
         f, n, g = r["fidelity"], r["noise"], r["agree"]
-        what = (f"{f['num_classes']}x{f['max_per_class']} {f['resolution']}px w{f['width']} {f['epochs']}ep "
-                f"b{f['batch_size']} lr{f['lr']}" + "".join(f" {k}={v}" for k, v in f.items() if k not in (
-                    "num_classes", "max_per_class", "resolution", "width", "epochs", "batch_size", "lr")))
-        tau = "reference" if g is None else (f"{g['tau']:.2f} [{g['tau_ci'][0]:.2f},{g['tau_ci'][1]:.2f}]"
-                                             if g["tau"] is not None else "-")
-        rho = "" if g is None or g["rho"] is None else f"{g['rho']:.2f} [{g['rho_ci'][0]:.2f},{g['rho_ci'][1]:.2f}]"
-        rows.append([r["label"] + (" *" if r["shipped"] else ""), what, _f(n.pooled_std), _f(n.std_of_means),
-                     _f(n.snr, 2), _f(n.snr_of_mean(3), 2), _f(n.resolvable_1),
-                     f"{nominal_cost(f, r['data']) / base:.2f}", f"{r['compute_s']:.0f} {r['unit']}", tau, rho])
+        what = (
+            f"{f['num_classes']}x{f['max_per_class']} {f['resolution']}px w{f['width']} {f['epochs']}ep "
+            f"b{f['batch_size']} lr{f['lr']}"
+            + "".join(
+                f" {k}={v}"
+                for k, v in f.items()
+                if k
+                not in ("num_classes", "max_per_class", "resolution", "width", "epochs", "batch_size", "lr")
+            )
+        )
+        tau = (
+            "reference"
+            if g is None
+            else (
+                f"{g['tau']:.2f} [{g['tau_ci'][0]:.2f},{g['tau_ci'][1]:.2f}]" if g["tau"] is not None else "-"
+            )
+        )
+        rho = (
+            ""
+            if g is None or g["rho"] is None
+            else f"{g['rho']:.2f} [{g['rho_ci'][0]:.2f},{g['rho_ci'][1]:.2f}]"
+        )
+        rows.append(
+            [
+                r["label"] + (" *" if r["shipped"] else ""),
+                what,
+                _f(n.pooled_std),
+                _f(n.std_of_means),
+                _f(n.snr, 2),
+                _f(n.snr_of_mean(3), 2),
+                _f(n.resolvable_1),
+                f"{nominal_cost(f, r['data']) / base:.2f}",
+                f"{r['compute_s']:.0f} {r['unit']}",
+                tau,
+                rho,
+            ]
+        )
     _table(rows)
-    print("(* the shipped imagenet_subset protocol; SNR: std of design means / pooled seed std; SNR mean3: "
-          "between-design std with the noise of the means removed / (seed std / sqrt 3); resolv.: two single runs)")
+    print(
+        "(* the shipped imagenet_subset protocol; SNR: std of design means / pooled seed std; SNR mean3: "
+        "between-design std with the noise of the means removed / (seed std / sqrt 3); resolv.: two single runs)"
+    )
     shipped = next((r for r in recs if r["shipped"]), None)
     if shipped is None:
         print(f"\nno calibration of the shipped {SHIPPED} protocol here (run with --run)", file=sys.stderr)
         return 2
-    tau = shipped["agree"]["tau"] if shipped["agree"] and shipped["agree"]["tau"] is not None else float("nan")
-    snr = shipped['noise'].snr if shipped['noise'].snr is not None else float('nan')
+    tau = (
+        shipped["agree"]["tau"] if shipped["agree"] and shipped["agree"]["tau"] is not None else float("nan")
+    )
+    snr = shipped["noise"].snr if shipped["noise"].snr is not None else float("nan")
     print(f"snr={snr:.2f} tau={tau:.2f}")
     return 0
 

@@ -30,7 +30,9 @@ from analysis.pareto import pareto_mask
 def _first_found(design_vals, design_key, searched, dirs) -> int | None:
     """1-based position among trained searched trials (in trial order) of the first that is the design or
     equals / dominates its proxy values."""
-    trained = searched[searched["status"].isin(["ok", "pruned", "diverged"]) | (searched["state"] == "COMPLETE")]
+    trained = searched[
+        searched["status"].isin(["ok", "pruned", "diverged"]) | (searched["state"] == "COMPLETE")
+    ]
     trained = trained[trained["status"] != "infeasible"].sort_values("number")
     p = np.array([-design_vals[0], design_vals[1]])
     for i, (_, r) in enumerate(trained.iterrows(), 1):
@@ -51,21 +53,33 @@ def main(run_dirs: list[str]) -> None:
         done = completed(df)
         epochs = int(search["epochs_completed"].fillna(0).sum())
         status = search["status"].value_counts().to_dict()
-        front = done[pareto_mask(done[["top1", "flops"]].to_numpy(float), ["maximize", "minimize"])] if len(done) else done
-        hv = hypervolume(done[["top1", "flops"]].to_numpy(float), ["maximize", "minimize"], [0.0, flops_ref * 1.0001])
-        print(f"\n{d}: study {df.attrs['study_name']}: {len(search)} searched trial(s) {status}; "
-              f"{epochs} epochs trained; front {len(front)} trial(s); hypervolume {hv / 1e9:.4f} (top-1 x GFLOPs, "
-              f"ref top-1 0, {flops_ref / 1e9:.3f} G)")
+        front = (
+            done[pareto_mask(done[["top1", "flops"]].to_numpy(float), ["maximize", "minimize"])]
+            if len(done)
+            else done
+        )
+        hv = hypervolume(
+            done[["top1", "flops"]].to_numpy(float), ["maximize", "minimize"], [0.0, flops_ref * 1.0001]
+        )
+        print(
+            f"\n{d}: study {df.attrs['study_name']}: {len(search)} searched trial(s) {status}; "
+            f"{epochs} epochs trained; front {len(front)} trial(s); hypervolume {hv / 1e9:.4f} (top-1 x GFLOPs, "
+            f"ref top-1 0, {flops_ref / 1e9:.3f} G)"
+        )
         if len(front):
             low = front.sort_values("flops").iloc[0]
-            print(f"  lowest-FLOPs front trial: #{int(low['number'])} {low['flops'] / 1e9:.3f} G top-1 {low['top1']:.3f}"
-                  f"  {low['genome_summary']}")
+            print(
+                f"  lowest-FLOPs front trial: #{int(low['number'])} {low['flops'] / 1e9:.3f} G top-1 {low['top1']:.3f}"
+                f"  {low['genome_summary']}"
+            )
         val = (df.attrs.get("config") or {}).get("data", {}).get("max_val_per_class")
         classes = (df.attrs.get("config") or {}).get("data", {}).get("num_classes")
         red = rediscovery(df)
         if red.empty:
             continue
-        print(f"  {'design':24} {'proxy':>6} {'GFLOPs':>7} {'best<=F':>8} {'margin':>7} {'verdict':16} {'dist':>5} {'found@':>6}")
+        print(
+            f"  {'design':24} {'proxy':>6} {'GFLOPs':>7} {'best<=F':>8} {'margin':>7} {'verdict':16} {'dist':>5} {'found@':>6}"
+        )
         for r in red.to_dict("records"):
             top1, flops = r.get("top1_proxy"), r.get("flops_proxy")
             if top1 is None or not math.isfinite(top1):
@@ -77,12 +91,16 @@ def main(run_dirs: list[str]) -> None:
             se = math.sqrt(top1 * (1 - top1) / (val * classes)) if val and classes else float("nan")
             margin = best - top1
             note = "" if not math.isfinite(margin) else (" (within 2 SE)" if abs(margin) < 2 * se else "")
-            print(f"  {r['design']:24} {top1:6.3f} {flops / 1e9:7.3f} {best:8.3f} {margin:+7.3f} {r['verdict']:16} "
-                  f"{r['nearest_distance'] if r['nearest_distance'] is not None else float('nan'):5.3f} "
-                  f"{found if found else '-':>6}{note}")
+            print(
+                f"  {r['design']:24} {top1:6.3f} {flops / 1e9:7.3f} {best:8.3f} {margin:+7.3f} {r['verdict']:16} "
+                f"{r['nearest_distance'] if r['nearest_distance'] is not None else float('nan'):5.3f} "
+                f"{found if found else '-':>6}{note}"
+            )
         if val and classes:
-            print(f"  (binomial SE of a top-1 near 0.25 on {val * classes} validation images: "
-                  f"{math.sqrt(0.25 * 0.75 / (val * classes)):.3f})")
+            print(
+                f"  (binomial SE of a top-1 near 0.25 on {val * classes} validation images: "
+                f"{math.sqrt(0.25 * 0.75 / (val * classes)):.3f})"
+            )
 
 
 if __name__ == "__main__":

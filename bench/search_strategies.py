@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 
 import optuna  # noqa: E402
 
-from searchspace.errors import UserError  # noqa: E402
 from analysis.pareto import hypervolume, pareto_mask  # noqa: E402
+from searchspace.errors import UserError  # noqa: E402
 from studies import config as config_mod  # noqa: E402
 from studies.search import GenomeSpace, SamplerSpec, StudySearch  # noqa: E402
 from studies.table import Table, default_csv, published_in_space  # noqa: E402
@@ -81,17 +81,28 @@ def make_rule(stopping: str, cfg, epochs: int):
         while m < epochs:
             milestones.append(m)
             m *= es.reduction_factor
-        return FromDecide(ParetoRungs(milestones, es.reduction_factor, ["maximize", "minimize"]), ["top1", "flops"])
+        return FromDecide(
+            ParetoRungs(milestones, es.reduction_factor, ["maximize", "minimize"]), ["top1", "flops"]
+        )
     return NoStopping()
 
 
-def one_run(table, cfg, spec, sampler: str, stopping: str, seed: int, budget: int, concurrency: int, storage=None):
+def one_run(
+    table, cfg, spec, sampler: str, stopping: str, seed: int, budget: int, concurrency: int, storage=None
+):
     storage = storage or optuna.storages.InMemoryStorage()
     name = f"bench-{sampler}-{stopping}-{seed}"
     optuna.create_study(study_name=name, storage=storage, directions=DIRS)
-    search = StudySearch(GenomeSpace(spec), cfg.objectives, name, storage,
-                         BenchSampler(sampler, seed, cfg.sampler.population), table.epochs,
-                         {"seed": seed}, log=lambda *_: None)
+    search = StudySearch(
+        GenomeSpace(spec),
+        cfg.objectives,
+        name,
+        storage,
+        BenchSampler(sampler, seed, cfg.sampler.population),
+        table.epochs,
+        {"seed": seed},
+        log=lambda *_: None,
+    )
     rule = make_rule(stopping, cfg, table.epochs)
     backend = TableBackend(table, cfg, rule=rule, seed=seed, on_missing="skip")
     try:
@@ -102,8 +113,10 @@ def one_run(table, cfg, spec, sampler: str, stopping: str, seed: int, budget: in
     except UserError:  # a partial table: the sampler kept proposing genomes it does not hold
         backend.skipped = -backend.skipped - 1  # marks the run as given up (counted in the output)
     study = optuna.load_study(study_name=name, storage=storage)
-    trials = sorted((t for t in study.get_trials(deepcopy=False) if "sim_end_s" in t.user_attrs),  # answered
-                    key=lambda t: t.user_attrs["sim_end_s"])
+    trials = sorted(
+        (t for t in study.get_trials(deepcopy=False) if "sim_end_s" in t.user_attrs),  # answered
+        key=lambda t: t.user_attrs["sim_end_s"],
+    )
     return trials, backend.skipped
 
 
@@ -112,7 +125,9 @@ def main() -> None:
     ap.add_argument("--config", default="placement_table")
     ap.add_argument("--table", help="CSV (default studies/tables/<config>.csv)")
     ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument("--budget", type=int, default=48, help="trials per search (capped at half the usable genomes)")
+    ap.add_argument(
+        "--budget", type=int, default=48, help="trials per search (capped at half the usable genomes)"
+    )
     ap.add_argument("--samplers", default="random,tpe,nsga2,gp")
     a = ap.parse_args()
 
@@ -125,13 +140,22 @@ def main() -> None:
 
     n_space = space.count(spec)
     partial = len(table.rows) < n_space
-    print(f"table {full.path}: {len(full.rows)} of {n_space} genomes trained, {len(table.rows)} with all "
-          f"{seeds_per_genome} seeds" + (" -- PARTIAL TABLE: results below are for this subset only; proposals "
-                                          "outside it are skipped, not counted" if partial else ""))
+    print(
+        f"table {full.path}: {len(full.rows)} of {n_space} genomes trained, {len(table.rows)} with all "
+        f"{seeds_per_genome} seeds"
+        + (
+            " -- PARTIAL TABLE: results below are for this subset only; proposals "
+            "outside it are skipped, not counted"
+            if partial
+            else ""
+        )
+    )
     budget = min(a.budget, max(4, len(table.rows) // 2))
     if budget < 16:
-        print(f"note: a budget of {budget} trials lies inside every model-based sampler's random start-up (TPE and "
-              "GP: 10 trials, NSGA-II: its first population), so they all draw what random search draws")
+        print(
+            f"note: a budget of {budget} trials lies inside every model-based sampler's random start-up (TPE and "
+            "GP: 10 trials, NSGA-II: its first population), so they all draw what random search draws"
+        )
     conc = cfg.budget.concurrency or 1
     conv = cfg.target.convention
 
@@ -147,15 +171,19 @@ def main() -> None:
     designs = [(d.name, d.genome.key) for d in published_in_space(spec) if d.genome.key in table.rows]
     # two genomes' means differ beyond noise when apart by more than 2 standard errors of the difference
     margin = 2 * noise * np.sqrt(2 / seeds_per_genome)
-    print(f"true front: {len(true_front)} genomes; seed noise: pooled sd of one trial's top-1 {noise:.4f}, so two "
-          f"{seeds_per_genome}-seed means differ beyond noise when apart by > {margin:.4f}")
+    print(
+        f"true front: {len(true_front)} genomes; seed noise: pooled sd of one trial's top-1 {noise:.4f}, so two "
+        f"{seeds_per_genome}-seed means differ beyond noise when apart by > {margin:.4f}"
+    )
     print(f"budget {budget} trials, {conc} at a time; {a.seeds} search seeds per strategy")
     for name, key in designs:
         beaten_by = [k for k in keys if flops[k] <= flops[key] and mean_top1[k] > mean_top1[key] + margin]
         sd = np.std([r["top1"] for r in table.rows[key]], ddof=1)
-        print(f"  {name:>12}: mean top-1 {mean_top1[key]:.4f} (sd {sd:.4f}), {flops[key] / 1e9:.3f} GFLOPs, "
-              f"{'on' if key in true_front else 'off'} the true front of means; {len(beaten_by)} genome(s) beat it "
-              f"beyond noise at no more FLOPs" + (f": {', '.join(beaten_by[:3])}" if beaten_by else ""))
+        print(
+            f"  {name:>12}: mean top-1 {mean_top1[key]:.4f} (sd {sd:.4f}), {flops[key] / 1e9:.3f} GFLOPs, "
+            f"{'on' if key in true_front else 'off'} the true front of means; {len(beaten_by)} genome(s) beat it "
+            f"beyond noise at no more FLOPs" + (f": {', '.join(beaten_by[:3])}" if beaten_by else "")
+        )
 
     samplers = [s for s in a.samplers.split(",") if s]
     if "gp" in samplers:
@@ -172,7 +200,11 @@ def main() -> None:
         return s if es == "none" else f"{s}+{es}"
 
     def hv_of(found):
-        return hypervolume(np.array([[mean_top1[k], flops[k]] for k in found]), DIRS, ref) / hv_true if found else 0.0
+        return (
+            hypervolume(np.array([[mean_top1[k], flops[k]] for k in found]), DIRS, ref) / hv_true
+            if found
+            else 0.0
+        )
 
     results = {}
     t_all, n_all = time.perf_counter(), 0
@@ -189,22 +221,33 @@ def main() -> None:
     def compute(trials):
         return np.cumsum([t.user_attrs.get("wall_s") or 0.0 for t in trials])
 
-    c_ref = float(np.median([compute(tr)[-1] for tr, _ in results[("random", "none")]])) if ("random", "none") in results \
+    c_ref = (
+        float(np.median([compute(tr)[-1] for tr, _ in results[("random", "none")]]))
+        if ("random", "none") in results
         else 1.0
+    )
     checkpoints = sorted({max(1, budget // 4), max(1, budget // 2), budget})
     shares = (0.25, 0.5, 1.0)
-    print(f"\nnormalised hypervolume (1 = the table's true front), median [25%-75%] over {a.seeds} search seeds")
-    print(f"{'strategy':<14} " + " ".join(f"{'@' + str(k) + ' trials':>20}" for k in checkpoints)
-          + " " + " ".join(f"{'@' + format(f, '.0%') + ' compute':>20}" for f in shares)
-          + f" {'front share':>13} {'skipped':>8} {'gave up':>8}")
+    print(
+        f"\nnormalised hypervolume (1 = the table's true front), median [25%-75%] over {a.seeds} search seeds"
+    )
+    print(
+        f"{'strategy':<14} "
+        + " ".join(f"{'@' + str(k) + ' trials':>20}" for k in checkpoints)
+        + " "
+        + " ".join(f"{'@' + format(f, '.0%') + ' compute':>20}" for f in shares)
+        + f" {'front share':>13} {'skipped':>8} {'gave up':>8}"
+    )
     summary = {}
     for (s, es), runs in results.items():
         by_trials = {k: [] for k in checkpoints}
         by_compute = {f: [] for f in shares}
         share, skipped, gave_up = [], [], []
         for trials, sk in runs:
-            done = [t.user_attrs.get("genome_key") if t.state == optuna.trial.TrialState.COMPLETE else None
-                    for t in trials]
+            done = [
+                t.user_attrs.get("genome_key") if t.state == optuna.trial.TrialState.COMPLETE else None
+                for t in trials
+            ]
             for k in checkpoints:
                 by_trials[k].append(hv_of({g for g in done[:k] if g}))
             cum = compute(trials)
@@ -218,12 +261,19 @@ def main() -> None:
         def q(v):
             return f"{np.median(v):.3f} [{np.percentile(v, 25):.3f}-{np.percentile(v, 75):.3f}]"
 
-        print(f"{label(s, es):<14} " + " ".join(f"{q(by_trials[k]):>20}" for k in checkpoints) + " "
-              + " ".join(f"{q(by_compute[f]):>20}" for f in shares) + f" {np.median(share):>13.2f} "
-              f"{np.median(skipped):>8.0f} {sum(gave_up):>8}")
+        print(
+            f"{label(s, es):<14} "
+            + " ".join(f"{q(by_trials[k]):>20}" for k in checkpoints)
+            + " "
+            + " ".join(f"{q(by_compute[f]):>20}" for f in shares)
+            + f" {np.median(share):>13.2f} "
+            f"{np.median(skipped):>8.0f} {sum(gave_up):>8}"
+        )
 
-    print(f"\ntrials until each published design is matched or beaten within noise ({margin:.4f}): median over "
-          f"seeds (- = in fewer than half of the seeds within {budget} trials)")
+    print(
+        f"\ntrials until each published design is matched or beaten within noise ({margin:.4f}): median over "
+        f"seeds (- = in fewer than half of the seeds within {budget} trials)"
+    )
     print(f"{'strategy':<14} " + " ".join(f"{n:>12}" for n, _ in designs))
     for (s, es), runs in results.items():
         cells = []
@@ -233,8 +283,11 @@ def main() -> None:
                 hit = None
                 for i, t in enumerate(trials):
                     g = t.user_attrs.get("genome_key")
-                    if t.state == optuna.trial.TrialState.COMPLETE and flops[g] <= flops[dkey] \
-                            and mean_top1[g] >= mean_top1[dkey] - margin:
+                    if (
+                        t.state == optuna.trial.TrialState.COMPLETE
+                        and flops[g] <= flops[dkey]
+                        and mean_top1[g] >= mean_top1[dkey] - margin
+                    ):
                         hit = i + 1
                         break
                 hits.append(hit if hit is not None else np.inf)
@@ -250,9 +303,11 @@ def main() -> None:
         t0 = time.perf_counter()
         trials, skipped = one_run(table, cfg, spec, "nsga2", "asha", 0, budget, conc, storage=storage)
         ms_journal = (time.perf_counter() - t0) / max(1, len(trials) + abs(skipped)) * 1e3
-    print(f"\nper simulated trial (or skipped proposal, on a partial table): {ms_mem:.1f} ms in memory (all "
-          f"strategies), {ms_journal:.1f} ms on a journal file "
-          f"(nsga2+asha); asha = plain ASHA on top-1 (studies.table_backend.ASHA), pareto = studies.pareto_asha.ParetoRungs")
+    print(
+        f"\nper simulated trial (or skipped proposal, on a partial table): {ms_mem:.1f} ms in memory (all "
+        f"strategies), {ms_journal:.1f} ms on a journal file "
+        f"(nsga2+asha); asha = plain ASHA on top-1 (studies.table_backend.ASHA), pareto = studies.pareto_asha.ParetoRungs"
+    )
     base = summary.get(("random", "none"))
     top = max(summary.values())
     tied = [k for k, v in summary.items() if v >= top - 1e-12]

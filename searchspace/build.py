@@ -16,13 +16,14 @@ def conv_maker(genome: Genome):
     """Static convolutions, or KernelWarehouse convolutions with the genome's per-stage budgets."""
     if not genome.uses_kw:
         return StaticConvs()
-    from .plugins.kernelwarehouse import KernelWarehouseConvs
+    from .backbones.kernelwarehouse import KernelWarehouseConvs
 
     return KernelWarehouseConvs({i: s.kw for i, s in enumerate(genome.stages)}, **dict(genome.kw_options))
 
 
-def build(genome: Genome, num_classes: int | None = None, width_mult: float = 1.0,
-          recipe: Recipe | None = None) -> nn.Module:
+def build(
+    genome: Genome, num_classes: int | None = None, width_mult: float = 1.0, recipe: Recipe | None = None
+) -> nn.Module:
     """Build the network a genome describes.
 
     num_classes defaults to the backbone's target (1000 for ImageNet backbones); width_mult < 1
@@ -36,7 +37,9 @@ def build(genome: Genome, num_classes: int | None = None, width_mult: float = 1.
     num_classes = spec.target_classes if num_classes is None else num_classes
     convs = conv_maker(genome)
     module, _, name = spec.builder.partition(":")
-    model = getattr(importlib.import_module(module), name)(genome, spec, num_classes, width_mult, convs, recipe)
+    model = getattr(importlib.import_module(module), name)(
+        genome, spec, num_classes, width_mult, convs, recipe
+    )
     for m in _temperature_modules(model):
         m.set_temperature(recipe.kw_start_temperature)
     return model

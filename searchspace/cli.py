@@ -14,13 +14,13 @@ def cli_main(main):
         code = main()
     except UserError as e:
         print(f"error: {redact(e)}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     except BrokenPipeError:  # e.g. piped into `head`: not an error of ours
         sys.stderr.close()
-        raise SystemExit(0)
+        raise SystemExit(0) from None
     raise SystemExit(code or 0)
 
 

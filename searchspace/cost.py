@@ -76,9 +76,32 @@ def _reduction(inputs, outputs):
 
 # Ops fvcore leaves out that the `full` convention adds (one FLOP per element unless noted).
 _FULL_HANDLES = {
-    **{f"aten::{op}": _elementwise for op in (
-        "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "sigmoid", "sigmoid_", "relu", "relu_",
-        "hardsigmoid", "hardswish", "hardswish_", "hardsigmoid_", "clamp", "clamp_", "exp", "rsub", "abs")},
+    **{
+        f"aten::{op}": _elementwise
+        for op in (
+            "add",
+            "add_",
+            "sub",
+            "sub_",
+            "mul",
+            "mul_",
+            "div",
+            "div_",
+            "sigmoid",
+            "sigmoid_",
+            "relu",
+            "relu_",
+            "hardsigmoid",
+            "hardswish",
+            "hardswish_",
+            "hardsigmoid_",
+            "clamp",
+            "clamp_",
+            "exp",
+            "rsub",
+            "abs",
+        )
+    },
     "aten::softmax": _softmax,
     "aten::_softmax": _softmax,
     "aten::sum": _reduction,
@@ -121,14 +144,15 @@ def _cost(genome: Genome, convention: str, resolution: int, num_classes: int) ->
             if convention == "paper" and genome.uses_kw:
                 # The paper count leaves KernelWarehouse's kernel assembly out (`full` has it);
                 # fvcore sees our assembly (a matmul), so take it back out here.
-                from .plugins.kernelwarehouse import kw_assembly_macs
+                from .backbones.kernelwarehouse import kw_assembly_macs
 
                 flops -= kw_assembly_macs(model)
     return Cost(params, flops, acts, convention, resolution, num_classes)
 
 
-def cost(genome: Genome, convention: str = "paper", resolution: int | None = None,
-         num_classes: int | None = None) -> Cost:
+def cost(
+    genome: Genome, convention: str = "paper", resolution: int | None = None, num_classes: int | None = None
+) -> Cost:
     """Counts for the full-size network of `genome` at its target (or the given) resolution and classes."""
     from .backbones.specs import BACKBONE_SPECS
 

@@ -22,16 +22,27 @@ from torch import nn
 
 from .plugins.forms import counted_forms
 
-_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-          nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-          nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_POOLS = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
 
 
 COUNTERS = ("bsconv", "conv_linear")
 
 
 def _module_flops(m: nn.Module, inp: torch.Tensor, out: torch.Tensor, counter: str) -> int:
-    from .plugins.kernelwarehouse import KWConv2d
+    from .backbones.kernelwarehouse import KWConv2d
 
     if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, KWConv2d)):
         weight = m.weight.numel() if not isinstance(m, KWConv2d) else torch.Size(m.weight_shape).numel()
@@ -51,7 +62,7 @@ def _module_flops(m: nn.Module, inp: torch.Tensor, out: torch.Tensor, counter: s
 
 def hook_flops(model: nn.Module, x: torch.Tensor, counter: str = "bsconv") -> int:
     """Total FLOPs of `model(x)` under one of the COUNTERS (see the module docstring)."""
-    from .plugins.kernelwarehouse import KWConv2d
+    from .backbones.kernelwarehouse import KWConv2d
 
     total = 0
 
@@ -59,8 +70,11 @@ def hook_flops(model: nn.Module, x: torch.Tensor, counter: str = "bsconv") -> in
         nonlocal total
         total += _module_flops(m, args[0], out, counter)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, KWConv2d) or not any(True for _ in m.children())]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, KWConv2d) or not any(True for _ in m.children())
+    ]
     try:
         with torch.no_grad(), counted_forms():  # the authors' arrangement of each module
             model(x)

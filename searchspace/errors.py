@@ -3,7 +3,6 @@
 Every command-line entry point (searchspace.cli) turns it into one line on stderr and exit status 2.
 """
 
-
 import re
 
 # scheme://user:password@host -> scheme://user:***@host (SQLAlchemy-style URLs in any text)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from .backbones.specs import BACKBONE_SPECS
 from .errors import UserError
@@ -117,7 +118,7 @@ class Plugin:
         return self.type, self.r, _canon(dict(self.options))
 
     @classmethod
-    def from_dict(cls, d: Mapping, where: str, strict: bool = True) -> "Plugin":
+    def from_dict(cls, d: Mapping, where: str, strict: bool = True) -> Plugin:
         if not isinstance(d, Mapping):
             raise UserError(f"{where}: expected an object with 'type' and 'position', got {d!r}")
         if strict:
@@ -126,13 +127,25 @@ class Plugin:
         if type_ is None:
             raise UserError(f"{where}.type: missing (known: {', '.join(registry.names())})")
         if not strict and type_ not in registry.names():  # a module this process has not imported: as stored
-            return cls(type_, _name_field(d, "position", f"{where}.position", "a position"), d.get("r"),
-                       _mapping_field(d, "options", f"{where}.options", "option values"))
+            return cls(
+                type_,
+                _name_field(d, "position", f"{where}.position", "a position"),
+                d.get("r"),
+                _mapping_field(d, "options", f"{where}.options", "option values"),
+            )
         info = _plugin_info(type_, f"{where}.type")
-        position = _name_field(d, "position", f"{where}.position", "a position", info.positions,
-                               default=info.positions[0] if len(info.positions) == 1 else None)
+        position = _name_field(
+            d,
+            "position",
+            f"{where}.position",
+            "a position",
+            info.positions,
+            default=info.positions[0] if len(info.positions) == 1 else None,
+        )
         if position is None:
-            raise UserError(f"{where}.position: missing (allowed for {info.name!r}: {', '.join(info.positions)})")
+            raise UserError(
+                f"{where}.position: missing (allowed for {info.name!r}: {', '.join(info.positions)})"
+            )
         r = d.get("r")
         if r is not None and (not isinstance(r, int) or isinstance(r, bool)):
             raise UserError(f"{where}.r: {r!r} must be an integer >= 1 (or null for the default)")
@@ -164,22 +177,39 @@ class Stage:
 
     def flat(self) -> dict[str, Any]:
         rs = [p.r for p in self.plugins]
-        modules = [("none" if p is None else p.type + p._r_suffix("(r={})")) for p in (self.fusion, self.stage_module)]
-        values = ("+".join(p.type for p in self.plugins) or "none", "+".join(p.position for p in self.plugins) or None,
-                  rs[0] if len(rs) == 1 else ("+".join(map(str, rs)) if rs else None), *modules, self.kw)
+        modules = [
+            ("none" if p is None else p.type + p._r_suffix("(r={})"))
+            for p in (self.fusion, self.stage_module)
+        ]
+        values = (
+            "+".join(p.type for p in self.plugins) or "none",
+            "+".join(p.position for p in self.plugins) or None,
+            rs[0] if len(rs) == 1 else ("+".join(map(str, rs)) if rs else None),
+            *modules,
+            self.kw,
+        )
         return dict(zip(STAGE_FLAT_FIELDS, values))
 
     def distance_fields(self) -> tuple:
         ps = self.plugins
-        return (tuple(p.type for p in ps), tuple(p.position for p in ps), tuple(p.r for p in ps),
-                tuple(_canon(dict(p.options)) for p in ps),
-                *((None,) if p is None else p._fields() for p in (self.fusion, self.stage_module)), self.kw)
+        return (
+            tuple(p.type for p in ps),
+            tuple(p.position for p in ps),
+            tuple(p.r for p in ps),
+            tuple(_canon(dict(p.options)) for p in ps),
+            *((None,) if p is None else p._fields() for p in (self.fusion, self.stage_module)),
+            self.kw,
+        )
 
     def placements(self) -> list[str]:
         """'module@position' per module (a fusion at '@fusion', a stage module at '@stage_module'), the
         KW budget as 'kw b=B'; ['none'] for an empty stage."""
         toks = [f"{p.type}@{p.position}" for p in self.plugins]
-        toks += [f"{p.type}@{k}" for k, p in (("fusion", self.fusion), ("stage_module", self.stage_module)) if p is not None]
+        toks += [
+            f"{p.type}@{k}"
+            for k, p in (("fusion", self.fusion), ("stage_module", self.stage_module))
+            if p is not None
+        ]
         if self.kw is not None:
             toks.append(f"kw b={self.kw:g}")
         return toks or ["none"]
@@ -193,7 +223,7 @@ class Stage:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping, where: str, strict: bool = True) -> "Stage":
+    def from_dict(cls, d: Mapping, where: str, strict: bool = True) -> Stage:
         if d is None:
             return cls()
         if not isinstance(d, Mapping):
@@ -207,8 +237,10 @@ class Stage:
             raise UserError(f"{where}.plugins: expected a list of plugin objects, got {plugins!r}")
         kw = d.get("kw")
         if kw is not None and not _is_number(kw):
-            raise UserError(f"{where}.kw: expected a number or null, got {kw!r} "
-                            f"(allowed: null, {', '.join(str(b) for b in KW_BUDGETS)})")
+            raise UserError(
+                f"{where}.kw: expected a number or null, got {kw!r} "
+                f"(allowed: null, {', '.join(str(b) for b in KW_BUDGETS)})"
+            )
         fusion, stage_module = d.get("fusion"), d.get("stage_module")
         return cls(
             tuple(Plugin.from_dict(p, f"{where}.plugins[{i}]", strict) for i, p in enumerate(plugins)),
@@ -235,8 +267,9 @@ class Genome:
             object.__setattr__(self, "stem", self.stem or spec.stems[0])
             object.__setattr__(self, "downsampling", self.downsampling or spec.downsampling[0])
         object.__setattr__(self, "stages", stages)
-        object.__setattr__(self, "kw_options", _freeze({**{k: v[0] for k, v in KW_OPTIONS.items()},
-                                                        **dict(self.kw_options)}))
+        object.__setattr__(
+            self, "kw_options", _freeze({**{k: v[0] for k, v in KW_OPTIONS.items()}, **dict(self.kw_options)})
+        )
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -249,7 +282,9 @@ class Genome:
         }
 
     def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, indent=indent, separators=None if indent else (",", ":"))
+        return json.dumps(
+            self.to_dict(), sort_keys=True, indent=indent, separators=None if indent else (",", ":")
+        )
 
     @property
     def key(self) -> str:
@@ -257,7 +292,7 @@ class Genome:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     @classmethod
-    def from_dict(cls, d: Mapping, strict: bool = True) -> "Genome":
+    def from_dict(cls, d: Mapping, strict: bool = True) -> Genome:
         """The genome `d` describes, validated. strict=False reads a stored genome as it is (analysis):
         unknown fields are ignored, a plugin this process has not imported is kept by name, and the
         result is not validated."""
@@ -265,12 +300,17 @@ class Genome:
             raise UserError(f"genome: expected a JSON object, got {type(d).__name__}")
         if strict:
             _no_unknown_keys(d, {"backbone", "stem", "downsampling", "kw_options", "stages"}, "genome")
-        backbone = _name_field(d, "backbone", "backbone", "a backbone name", sorted(BACKBONE_SPECS), "resnet50")
+        backbone = _name_field(
+            d, "backbone", "backbone", "a backbone name", sorted(BACKBONE_SPECS), "resnet50"
+        )
         spec = BACKBONE_SPECS.get(backbone)
         stem = _name_field(d, "stem", "stem", "a stem name", spec.stems if spec else ())
-        downsampling = _name_field(d, "downsampling", "downsampling", "a downsampling style",
-                                   spec.downsampling if spec else ())
-        kw_options = _mapping_field(d, "kw_options", "kw_options", "KernelWarehouse options such as {\"nonlocal_basis\": false}")
+        downsampling = _name_field(
+            d, "downsampling", "downsampling", "a downsampling style", spec.downsampling if spec else ()
+        )
+        kw_options = _mapping_field(
+            d, "kw_options", "kw_options", 'KernelWarehouse options such as {"nonlocal_basis": false}'
+        )
         stages = d.get("stages")
         if stages is None:
             stages = []
@@ -286,12 +326,12 @@ class Genome:
         return g.validate() if strict else g
 
     @classmethod
-    def from_json(cls, text: str, strict: bool = True) -> "Genome":
+    def from_json(cls, text: str, strict: bool = True) -> Genome:
         """from_dict of JSON text, parsed once per distinct text in this process (the result is frozen)."""
         return _from_json(text, strict, registry.generation())
 
     # -- editing helpers -----------------------------------------------------------------------
-    def with_stage(self, index: int, **changes) -> "Genome":
+    def with_stage(self, index: int, **changes) -> Genome:
         stages = list(self.stages)
         stages[index] = replace(stages[index], **changes)
         return replace(self, stages=tuple(stages))
@@ -304,7 +344,12 @@ class Genome:
     def summary(self) -> str:
         """One line, e.g. 'resnet50 | s1 se@after_conv3 r16 | s2 -': the backbone (and its stem and
         downsampling unless standard and v1.5), then per stage its modules and KW budget."""
-        head = " ".join([self.backbone, *(x for x in (self.stem, self.downsampling) if x not in (None, "standard", "v1.5"))])
+        head = " ".join(
+            [
+                self.backbone,
+                *(x for x in (self.stem, self.downsampling) if x not in (None, "standard", "v1.5")),
+            ]
+        )
         return " | ".join([head] + [f"s{i} {st.summary()}" for i, st in enumerate(self.stages, start=1)])
 
     def flat(self) -> dict[str, Any]:
@@ -312,7 +357,11 @@ class Genome:
         (i from 1). Several plugins in a stage are joined by '+' in chain order; r is an int for one
         plugin, a '+'-joined string for several, None for none; a fusion or stage module reads
         'type(r=R)', or 'none'."""
-        row: dict[str, Any] = {"backbone": self.backbone, "stem": self.stem, "downsampling": self.downsampling}
+        row: dict[str, Any] = {
+            "backbone": self.backbone,
+            "stem": self.stem,
+            "downsampling": self.downsampling,
+        }
         for i, st in enumerate(self.stages, start=1):
             row.update({f"s{i}.{k}": v for k, v in st.flat().items()})
         return row
@@ -327,32 +376,46 @@ class Genome:
         return tuple(out)
 
     # -- validation ----------------------------------------------------------------------------
-    def validate(self) -> "Genome":
+    def validate(self) -> Genome:
         if self.__dict__.get("_valid") == registry.generation():  # checked already, against the same plugins
             return self
         spec = BACKBONE_SPECS.get(self.backbone) if isinstance(self.backbone, str) else None
         if spec is None:
-            raise UserError(f"backbone: unknown {self.backbone!r} (allowed: {', '.join(sorted(BACKBONE_SPECS))})")
+            raise UserError(
+                f"backbone: unknown {self.backbone!r} (allowed: {', '.join(sorted(BACKBONE_SPECS))})"
+            )
         if self.stem not in spec.stems:
-            raise UserError(f"stem: {self.stem!r} is not available for {spec.name} (allowed: {', '.join(spec.stems)})")
+            raise UserError(
+                f"stem: {self.stem!r} is not available for {spec.name} (allowed: {', '.join(spec.stems)})"
+            )
         if self.downsampling not in spec.downsampling:
-            raise UserError(f"downsampling: {self.downsampling!r} is not available for {spec.name} "
-                            f"(allowed: {', '.join(spec.downsampling)})")
+            raise UserError(
+                f"downsampling: {self.downsampling!r} is not available for {spec.name} "
+                f"(allowed: {', '.join(spec.downsampling)})"
+            )
         for k, v in self.kw_options:
             if k not in KW_OPTIONS:
                 raise UserError(f"kw_options.{k}: unknown option (known: {', '.join(KW_OPTIONS)})")
             if match_choice(v, KW_OPTIONS[k]) is _NO_MATCH:
                 raise UserError(f"kw_options.{k}: {v!r} not allowed (allowed: {_allowed(KW_OPTIONS[k])})")
         if len(self.stages) != spec.num_stages:
-            raise UserError(f"stages: {spec.name} has {spec.num_stages} stages, the genome gives {len(self.stages)}")
+            raise UserError(
+                f"stages: {spec.name} has {spec.num_stages} stages, the genome gives {len(self.stages)}"
+            )
         for i, st in enumerate(self.stages):
             where = f"stages[{i}]"
             if not spec.supports_plugins:
-                for field_, mods in (("plugins", st.plugins), ("fusion", st.fusion), ("stage_module", st.stage_module)):
+                for field_, mods in (
+                    ("plugins", st.plugins),
+                    ("fusion", st.fusion),
+                    ("stage_module", st.stage_module),
+                ):
                     if mods:
-                        raise UserError(f"{where}.{field_}: block, fusion and stage plugins are not supported on "
-                                        f"{spec.name} (allowed: none; {spec.family} backbones take KernelWarehouse, "
-                                        f"stems and downsampling styles only)")
+                        raise UserError(
+                            f"{where}.{field_}: block, fusion and stage plugins are not supported on "
+                            f"{spec.name} (allowed: none; {spec.family} backbones take KernelWarehouse, "
+                            f"stems and downsampling styles only)"
+                        )
             for j, p in enumerate(st.plugins):
                 _check_plugin(p, "block", f"{where}.plugins[{j}]", spec)
             if st.fusion is not None:
@@ -360,12 +423,18 @@ class Genome:
             if st.stage_module is not None:
                 _check_plugin(st.stage_module, "stage", f"{where}.stage_module", spec)
             if st.kw is not None and match_choice(st.kw, KW_BUDGETS) is _NO_MATCH:
-                raise UserError(f"{where}.kw: {st.kw!r} is not a KernelWarehouse budget "
-                                f"(allowed: null, {', '.join(str(b) for b in KW_BUDGETS)})")
+                raise UserError(
+                    f"{where}.kw: {st.kw!r} is not a KernelWarehouse budget "
+                    f"(allowed: null, {', '.join(str(b) for b in KW_BUDGETS)})"
+                )
             if st.kw is not None and not spec.supports_kw:
-                raise UserError(f"{where}.kw: {st.kw!r} not allowed: KernelWarehouse is not supported on {spec.name} "
-                                f"(allowed: null; KW backbones: {', '.join(kw_backbones())})")
-        object.__setattr__(self, "_valid", registry.generation())  # not a field: equality, hash and JSON ignore it
+                raise UserError(
+                    f"{where}.kw: {st.kw!r} not allowed: KernelWarehouse is not supported on {spec.name} "
+                    f"(allowed: null; KW backbones: {', '.join(kw_backbones())})"
+                )
+        object.__setattr__(
+            self, "_valid", registry.generation()
+        )  # not a field: equality, hash and JSON ignore it
         return self
 
     def __getstate__(self) -> dict:
@@ -399,22 +468,32 @@ def _plugin_info(name, where: str):
 def _check_plugin(p: Plugin, kind: str, where: str, spec) -> None:
     info = _plugin_info(p.type, f"{where}.type")
     if info.kind != kind:
-        raise UserError(f"{where}.type: {p.type!r} is a {info.kind} module, not a {kind} module "
-                        f"(allowed here: {', '.join(registry.names(kind))})")
+        raise UserError(
+            f"{where}.type: {p.type!r} is a {info.kind} module, not a {kind} module "
+            f"(allowed here: {', '.join(registry.names(kind))})"
+        )
     if p.position not in info.positions:
-        raise UserError(f"{where}.position: {p.position!r} is not supported by {p.type!r} "
-                        f"(allowed: {', '.join(info.positions)})")
+        raise UserError(
+            f"{where}.position: {p.position!r} is not supported by {p.type!r} "
+            f"(allowed: {', '.join(info.positions)})"
+        )
     if p.position == "after_conv3" and spec.block != "bottleneck":
-        raise UserError(f"{where}.position: 'after_conv3' needs a Bottleneck backbone; {spec.name} has "
-                        f"{spec.block} blocks (use after_conv1, after_conv2 or after_add)")
+        raise UserError(
+            f"{where}.position: 'after_conv3' needs a Bottleneck backbone; {spec.name} has "
+            f"{spec.block} blocks (use after_conv1, after_conv2 or after_add)"
+        )
     if info.default_r is not None and (not isinstance(p.r, int) or isinstance(p.r, bool) or p.r < 1):
         raise UserError(f"{where}.r: {p.r!r} must be an integer >= 1")
     for k, v in p.options:
         if k not in info.options:
-            raise UserError(f"{where}.options.{k}: unknown option for {p.type!r} "
-                            f"(known: {', '.join(info.options) or 'none'})")
+            raise UserError(
+                f"{where}.options.{k}: unknown option for {p.type!r} "
+                f"(known: {', '.join(info.options) or 'none'})"
+            )
         if match_choice(v, info.options[k]) is _NO_MATCH:
-            raise UserError(f"{where}.options.{k}: {v!r} not allowed (allowed: {', '.join(map(str, info.options[k]))})")
+            raise UserError(
+                f"{where}.options.{k}: {v!r} not allowed (allowed: {', '.join(map(str, info.options[k]))})"
+            )
 
 
 def _no_unknown_keys(d: Mapping, known: set[str], where: str) -> None:

@@ -1,9 +1,9 @@
 """`python -m searchspace.inspect NAME_OR_GENOME_JSON`: the size of a design, beside its published numbers.
 
-    python -m searchspace.inspect --list
-    python -m searchspace.inspect fcanet50
-    python -m searchspace.inspect my_genome.json --convention full --json
-    python -m searchspace.inspect --parity          # every catalog design against its sources
+python -m searchspace.inspect --list
+python -m searchspace.inspect fcanet50
+python -m searchspace.inspect my_genome.json --convention full --json
+python -m searchspace.inspect --parity          # every catalog design against its sources
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import json
 import sys
 
 from . import catalog
+from .cli import argument_parser, cli_main
 from .cost import CONVENTIONS, cost
 from .errors import UserError
-from .cli import argument_parser, cli_main
 from .recipe import Recipe
 
 COUNTS = ("params", "flops", "activations")
@@ -27,15 +27,28 @@ def report(arg: str, convention: str | None = None, resolution: int | None = Non
     if resolution is None and target is not None:
         resolution = target.resolution
     c = cost(genome, convention, resolution, target.num_classes if target else None)
-    out = {"name": name, "genome_key": genome.key, **c.to_dict(), "genome": genome.to_dict(), "published": None}
+    out = {
+        "name": name,
+        "genome_key": genome.key,
+        **c.to_dict(),
+        "genome": genome.to_dict(),
+        "published": None,
+    }
     if design is not None:
         comparable = c.convention == design.target.convention and c.resolution == design.target.resolution
         out["published"] = {
             "source": design.source,
-            "counts": {k: {"value": v.value, "exact": v.exact, "step": v.step, "source": v.source,
-                           "diff": (out[k] - v.value) if comparable else None,
-                           "match": v.matches(out[k]) if comparable else None}
-                       for k, v in design.counts.items()},
+            "counts": {
+                k: {
+                    "value": v.value,
+                    "exact": v.exact,
+                    "step": v.step,
+                    "source": v.source,
+                    "diff": (out[k] - v.value) if comparable else None,
+                    "match": v.matches(out[k]) if comparable else None,
+                }
+                for k, v in design.counts.items()
+            },
             "results": [r.__dict__ for r in design.results],
             "note": design.note,
             "recipe": design.recipe.to_dict(),
@@ -50,8 +63,10 @@ def _fmt(v: float | None) -> str:
 
 
 def print_report(r: dict) -> None:
-    print(f"{r['name']}  (genome {r['genome_key']}, {r['convention']} convention, "
-          f"{r['resolution']}x{r['resolution']}, {r['num_classes']} classes)")
+    print(
+        f"{r['name']}  (genome {r['genome_key']}, {r['convention']} convention, "
+        f"{r['resolution']}x{r['resolution']}, {r['num_classes']} classes)"
+    )
     pub = r["published"] or {"counts": {}}
     print(f"  {'':12}{'ours':>18}{'published':>18}{'diff':>14}  ")
     for k in COUNTS:
@@ -65,9 +80,13 @@ def print_report(r: dict) -> None:
     if r["published"]:
         for res in r["published"]["results"]:
             size = ", ".join(f"{k} {_fmt(res[k])}" for k in ("params", "flops") if res[k] is not None)
-            print(f"  top-1 {res['top1']}" + (f" / top-5 {res['top5']}" if res["top5"] else "")
-                  + f"  [{res['source']}]" + (f"  printed with {size}" if size else "")
-                  + (f"  ({res['note']})" if res["note"] else ""))
+            print(
+                f"  top-1 {res['top1']}"
+                + (f" / top-5 {res['top5']}" if res["top5"] else "")
+                + f"  [{res['source']}]"
+                + (f"  printed with {size}" if size else "")
+                + (f"  ({res['note']})" if res["note"] else "")
+            )
         if r["published"]["note"]:
             print(f"  note: {r['published']['note']}")
         changed = {k: v for k, v in r["published"]["recipe"].items() if v != Recipe().to_dict()[k]}

@@ -15,8 +15,8 @@ initialisation, no dropout, no drop-path. See docs/modules.md ("Initialisation a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Mapping
 
 from .errors import UserError
 
@@ -29,19 +29,24 @@ class Recipe:
     drop_path: float = 0.0  # stochastic depth on every residual branch, one rate for all blocks (ResNet only)
     kw_start_temperature: float = 1.0  # KernelWarehouse tau before the schedule (set_kw_epoch) first sets it
 
-    def validate(self) -> "Recipe":
+    def validate(self) -> Recipe:
         for name in ("zero_init_residual", "zero_conv_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"recipe.{name}: expected true or false, got {getattr(self, name)!r}")
         # (field, may be null, upper bound included)
-        for name, nullable, closed in (("dropout", True, False), ("drop_path", False, False),
-                                       ("kw_start_temperature", False, True)):
+        for name, nullable, closed in (
+            ("dropout", True, False),
+            ("drop_path", False, False),
+            ("kw_start_temperature", False, True),
+        ):
             v = getattr(self, name)
             if v is None and nullable:
                 continue
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
             if not number or not (0 <= v <= 1 if closed else 0 <= v < 1):
-                allowed = ("a number in [0, 1]" if closed else "a number in [0, 1)") + (" or null" if nullable else "")
+                allowed = ("a number in [0, 1]" if closed else "a number in [0, 1)") + (
+                    " or null" if nullable else ""
+                )
                 raise UserError(f"recipe.{name}: expected {allowed}, got {v!r}")
         return self
 
@@ -49,7 +54,7 @@ class Recipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping | None) -> "Recipe":
+    def from_dict(cls, d: Mapping | None) -> Recipe:
         if d is None:
             return cls()
         if not isinstance(d, Mapping):

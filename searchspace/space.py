@@ -15,10 +15,11 @@ options take the plugin's defaults.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from math import prod
-from typing import Any, Mapping
+from typing import Any
 
 from .backbones.specs import BACKBONE_SPECS
 from .errors import UserError
@@ -42,11 +43,13 @@ class SpaceSpec:
     stage_modules: tuple[str, ...] = (NONE,)
     kw: tuple[Any, ...] = (KW_OFF,)
     kw_per_stage: bool = False
-    stage_menus: tuple[tuple[str, ...], ...] = ()  # per stage: block-plugin choices; replaces plugins/positions/r
+    stage_menus: tuple[
+        tuple[str, ...], ...
+    ] = ()  # per stage: block-plugin choices; replaces plugins/positions/r
     imports: tuple[str, ...] = ()  # user modules registering plugins, imported before the rest is checked
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "SpaceSpec":
+    def from_dict(cls, d: Mapping) -> SpaceSpec:
         if not isinstance(d, Mapping):
             raise UserError(f"space: expected a table, got {d!r}")
         known = set(cls.__dataclass_fields__)
@@ -57,14 +60,18 @@ class SpaceSpec:
         if "stage_menus" in d:
             clash = sorted({"plugins", "positions", "r", "plugin_options"} & set(d))
             if clash:
-                raise UserError(f"space.stage_menus: replaces space.{clash[0]} (each menu item gives type, "
-                                f"position, r and options); leave space.{clash[0]} out")
+                raise UserError(
+                    f"space.stage_menus: replaces space.{clash[0]} (each menu item gives type, "
+                    f"position, r and options); leave space.{clash[0]} out"
+                )
         for key, v in d.items():
             where = f"space.{key}"
             if key == "backbone":
                 if not isinstance(v, str):
-                    raise UserError(f"{where}: expected a backbone name (a string), got {v!r} "
-                                    f"(allowed: {', '.join(sorted(BACKBONE_SPECS))})")
+                    raise UserError(
+                        f"{where}: expected a backbone name (a string), got {v!r} "
+                        f"(allowed: {', '.join(sorted(BACKBONE_SPECS))})"
+                    )
                 kw[key] = v
             elif key == "kw_per_stage":
                 if not isinstance(v, bool):
@@ -73,29 +80,37 @@ class SpaceSpec:
             elif key == "plugin_options":
                 kw[key] = _options_table(v)
             elif key == "kw":
-                kw[key] = tuple(KW_OFF if b in (KW_OFF, None) else _kw_budget(b) for b in _list(where, v, "budgets"))
+                kw[key] = tuple(
+                    KW_OFF if b in (KW_OFF, None) else _kw_budget(b) for b in _list(where, v, "budgets")
+                )
             elif key == "r":
                 kw[key] = _list(where, v, "integers >= 1")
             elif key == "imports":
                 kw[key] = _list(where, v, "module names", str)
             elif key == "stage_menus":
-                kw[key] = tuple(_list(f"{where}[{i}]", m, "menu items", str)
-                                for i, m in enumerate(_list(where, v, "per-stage lists")))
+                kw[key] = tuple(
+                    _list(f"{where}[{i}]", m, "menu items", str)
+                    for i, m in enumerate(_list(where, v, "per-stage lists"))
+                )
             else:  # stems, downsampling, plugins, positions, fusions, stage_modules: lists of names
                 kw[key] = _list(where, v, "names", str)
         return cls(**kw).validate()
 
-    def validate(self) -> "SpaceSpec":
+    def validate(self) -> SpaceSpec:
         registry.import_modules(self.imports, "space.imports")  # first: they register plugins named below
         spec = BACKBONE_SPECS.get(self.backbone) if isinstance(self.backbone, str) else None
         if spec is None:
-            raise UserError(f"space.backbone: unknown {self.backbone!r} (allowed: {', '.join(sorted(BACKBONE_SPECS))})")
+            raise UserError(
+                f"space.backbone: unknown {self.backbone!r} (allowed: {', '.join(sorted(BACKBONE_SPECS))})"
+            )
         _subset("space.stems", self.stems, spec.stems)
         _subset("space.downsampling", self.downsampling, spec.downsampling)
         if spec.supports_plugins:
             _subset("space.plugins", self.plugins, (NONE, *registry.names("block")), empty_ok=False)
             _subset("space.fusions", self.fusions, (NONE, *registry.names("fusion")), empty_ok=False)
-            _subset("space.stage_modules", self.stage_modules, (NONE, *registry.names("stage")), empty_ok=False)
+            _subset(
+                "space.stage_modules", self.stage_modules, (NONE, *registry.names("stage")), empty_ok=False
+            )
         else:
             why = f"; plugins are not supported on {spec.name}"
             _subset("space.plugins", self.plugins, (NONE,), empty_ok=False, why=why)
@@ -105,34 +120,51 @@ class SpaceSpec:
         if spec.supports_kw:
             _subset("space.kw", self.kw, (KW_OFF, *KW_BUDGETS), empty_ok=False)
         else:
-            _subset("space.kw", self.kw, (KW_OFF,), empty_ok=False,
-                    why=f"; KernelWarehouse is not supported on {spec.name}, only on {', '.join(kw_backbones())}")
+            _subset(
+                "space.kw",
+                self.kw,
+                (KW_OFF,),
+                empty_ok=False,
+                why=f"; KernelWarehouse is not supported on {spec.name}, only on {', '.join(kw_backbones())}",
+            )
         if not self.r or any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in self.r):
             raise UserError(f"space.r: {list(self.r)!r} must be a non-empty list of integers >= 1")
         for p, opts in self.plugin_options.items():
             if p not in registry.names():
-                raise UserError(f"space.plugin_options.{p}: unknown plugin {p!r} (known: {', '.join(registry.names())})")
+                raise UserError(
+                    f"space.plugin_options.{p}: unknown plugin {p!r} (known: {', '.join(registry.names())})"
+                )
             info = registry.get(p)
             for o, vals in opts.items():
                 if o not in info.options:
-                    raise UserError(f"space.plugin_options.{p}.{o}: unknown option for {p!r} "
-                                    f"(known: {', '.join(info.options) or 'none'})")
+                    raise UserError(
+                        f"space.plugin_options.{p}.{o}: unknown option for {p!r} "
+                        f"(known: {', '.join(info.options) or 'none'})"
+                    )
                 _subset(f"space.plugin_options.{p}.{o}", vals, info.options[o], empty_ok=False)
         for p in self.plugins:
             if p != NONE and not self.positions_for(p):
-                raise UserError(f"space.plugins: {p!r} has no position allowed by space.positions on {self.backbone}")
+                raise UserError(
+                    f"space.plugins: {p!r} has no position allowed by space.positions on {self.backbone}"
+                )
         if self.stage_menus:
             if len(self.stage_menus) != spec.num_stages:
-                raise UserError(f"space.stage_menus: {spec.name} has {spec.num_stages} stages, "
-                                f"got {len(self.stage_menus)} menus")
+                raise UserError(
+                    f"space.stage_menus: {spec.name} has {spec.num_stages} stages, "
+                    f"got {len(self.stage_menus)} menus"
+                )
             for i, items in enumerate(self.stage_menus):
                 if not items:
-                    raise UserError(f"space.stage_menus[{i}]: must not be empty (write [\"none\"] for no plugin)")
+                    raise UserError(
+                        f'space.stage_menus[{i}]: must not be empty (write ["none"] for no plugin)'
+                    )
                 seen: dict = {}
                 for item in items:
                     plugin = parse_menu_item(item, self.backbone, f"space.stage_menus[{i}]")
                     if plugin in seen:
-                        raise UserError(f"space.stage_menus[{i}]: {item!r} is the same choice as {seen[plugin]!r}")
+                        raise UserError(
+                            f"space.stage_menus[{i}]: {item!r} is the same choice as {seen[plugin]!r}"
+                        )
                     seen[plugin] = item
         return self
 
@@ -147,8 +179,11 @@ class SpaceSpec:
 
     def positions_for(self, plugin: str) -> tuple[str, ...]:
         bottleneck = BACKBONE_SPECS[self.backbone].block == "bottleneck"
-        return tuple(p for p in registry.get(plugin).positions
-                     if p in self.positions and (bottleneck or p != "after_conv3"))
+        return tuple(
+            p
+            for p in registry.get(plugin).positions
+            if p in self.positions and (bottleneck or p != "after_conv3")
+        )
 
     def options_for(self, plugin: str) -> dict[str, tuple]:
         """Options that vary; the rest stay at their defaults."""
@@ -172,16 +207,18 @@ def parse_menu_item(item: str, backbone: str, where: str = "space.stage_menus") 
     """ "none" -> None; "type@position[:r<int>][:option=value|:option]..." -> a validated block Plugin."""
     text = item.strip() if isinstance(item, str) else item
     if not isinstance(text, str) or not text:
-        raise UserError(f"{where}: menu item {item!r} must be \"none\" or \"type@position[:r16][:option=value]\"")
+        raise UserError(f'{where}: menu item {item!r} must be "none" or "type@position[:r16][:option=value]"')
     if text == NONE:
         return None
     head, *fields = text.split(":")
     type_, at, position = head.partition("@")
     if not at or not type_ or not position:
-        raise UserError(f"{where}: menu item {item!r} needs a position, as in \"se@after_conv3:r16\"")
+        raise UserError(f'{where}: menu item {item!r} needs a position, as in "se@after_conv3:r16"')
     if type_ not in registry.names("block"):
-        raise UserError(f"{where}: menu item {item!r}: unknown block plugin {type_!r} "
-                        f"(known: {', '.join(registry.names('block'))})")
+        raise UserError(
+            f"{where}: menu item {item!r}: unknown block plugin {type_!r} "
+            f"(known: {', '.join(registry.names('block'))})"
+        )
     info = registry.get(type_)
     r, options = None, {}
     for f in fields:
@@ -190,19 +227,25 @@ def parse_menu_item(item: str, backbone: str, where: str = "space.stage_menus") 
             r = int(f[1:])
             continue
         if name not in info.options:
-            raise UserError(f"{where}: menu item {item!r}: {f!r} is neither r<int> nor an option of {type_!r} "
-                            f"(options: {', '.join(info.options) or 'none'})")
+            raise UserError(
+                f"{where}: menu item {item!r}: {f!r} is neither r<int> nor an option of {type_!r} "
+                f"(options: {', '.join(info.options) or 'none'})"
+            )
         allowed = info.options[name]
         by_text = {str(a).lower(): a for a in allowed}
         if not eq:
             value = "true"
         if value.lower() not in by_text:
-            raise UserError(f"{where}: menu item {item!r}: {name}={value} is not allowed "
-                            f"(allowed: {', '.join(map(str, allowed))})")
+            raise UserError(
+                f"{where}: menu item {item!r}: {name}={value} is not allowed "
+                f"(allowed: {', '.join(map(str, allowed))})"
+            )
         options[name] = by_text[value.lower()]
     plugin = Plugin(type_, position, r, options)
     try:
-        Genome(backbone, tuple(Stage(plugins=(plugin,)) for _ in range(BACKBONE_SPECS[backbone].num_stages))).validate()
+        Genome(
+            backbone, tuple(Stage(plugins=(plugin,)) for _ in range(BACKBONE_SPECS[backbone].num_stages))
+        ).validate()
     except UserError as e:
         raise UserError(f"{where}: menu item {item!r}: {e}") from None
     return plugin
@@ -219,7 +262,11 @@ def _subset(where: str, values, allowed, empty_ok: bool = True, why: str = "") -
 def _list(where: str, v, what: str, item_type: type | None = None) -> tuple:
     """A TOML array as a tuple; a bare string or number is refused rather than read letter by letter."""
     if not isinstance(v, (list, tuple)):
-        hint = f" (write [{v!r}])".replace("'", '"') if isinstance(v, (str, int, float)) and not isinstance(v, bool) else ""
+        hint = (
+            f" (write [{v!r}])".replace("'", '"')
+            if isinstance(v, (str, int, float)) and not isinstance(v, bool)
+            else ""
+        )
         raise UserError(f"{where}: expected a list of {what}, got {v!r}{hint}")
     if item_type is not None:
         for x in v:
@@ -255,11 +302,15 @@ def _choose(trial, name: str, choices: tuple):
     return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, list(choices))
 
 
-def _suggest_module(trial, spec: SpaceSpec, prefix: str, kind_choices: tuple[str, ...], kind: str) -> Plugin | None:
+def _suggest_module(
+    trial, spec: SpaceSpec, prefix: str, kind_choices: tuple[str, ...], kind: str
+) -> Plugin | None:
     name = _choose(trial, f"{prefix}_{kind}", kind_choices)
     if name == NONE:
         return None
-    positions = spec.positions_for(name) if kind == "plugin" else (kind if kind != "stage_module" else "stage",)
+    positions = (
+        spec.positions_for(name) if kind == "plugin" else (kind if kind != "stage_module" else "stage",)
+    )
     position = _choose(trial, f"{prefix}_{name}_position", positions)
     rs = spec.r_for(name) if kind != "stage_module" else ()
     r = _choose(trial, f"{prefix}_{name}_r", rs) if rs else None
@@ -359,7 +410,9 @@ def _module_count(spec: SpaceSpec, names: tuple[str, ...], kind: str) -> int:
 def count(spec: SpaceSpec) -> int:
     """How many distinct genomes `suggest` can return."""
     n = spec.num_stages()
-    others = _module_count(spec, spec.fusions, "fusion") * _module_count(spec, spec.stage_modules, "stage_module")
+    others = _module_count(spec, spec.fusions, "fusion") * _module_count(
+        spec, spec.stage_modules, "stage_module"
+    )
     if spec.stage_menus:
         stages = prod(len(m) * others for m in spec.stage_menus)
     else:
@@ -400,8 +453,10 @@ class _FixedAnswers:
             raise UserError(f"parameter {name!r}: no value given")
         value = match_choice(self.params[name], choices)
         if value is _NO_MATCH:
-            raise UserError(f"parameter {name!r}: {self.params[name]!r} is not allowed "
-                            f"(allowed: {', '.join(map(str, choices))})")
+            raise UserError(
+                f"parameter {name!r}: {self.params[name]!r} is not allowed "
+                f"(allowed: {', '.join(map(str, choices))})"
+            )
         return value
 
 

@@ -25,8 +25,8 @@ import optuna
 from optuna.trial import TrialState
 
 from analysis.calibration import CALIBRATION_SUFFIX
-from searchspace.errors import UserError
 from searchspace.cli import argument_parser, cli_main
+from searchspace.errors import UserError
 
 from . import config as config_mod
 from . import storage as st
@@ -39,21 +39,38 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def parse_args(argv=None):
     ap = argument_parser(prog="python -m studies.calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("study", help=f"shipped config ({', '.join(config_mod.shipped())}) or a .toml path")
-    ap.add_argument("--designs", type=int, help="random genomes of the space besides the published designs "
-                    "(default: [calibration] designs, 8)")
+    ap.add_argument(
+        "--designs",
+        type=int,
+        help="random genomes of the space besides the published designs (default: [calibration] designs, 8)",
+    )
     ap.add_argument("--seeds", type=int, help="seeds per design (default: [calibration] seeds, 3)")
-    ap.add_argument("--only", help="comma-separated catalog names: the published designs to train (default: "
-                    "every one inside the space)")
-    ap.add_argument("--versus", nargs="+", metavar="KEY=VALUE", help="the reference protocol: overrides of "
-                    "[fidelity] / [data], e.g. fidelity.epochs=16 data.max_per_class=320")
+    ap.add_argument(
+        "--only",
+        help="comma-separated catalog names: the published designs to train (default: "
+        "every one inside the space)",
+    )
+    ap.add_argument(
+        "--versus",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="the reference protocol: overrides of "
+        "[fidelity] / [data], e.g. fidelity.epochs=16 data.max_per_class=320",
+    )
     ap.add_argument("--no-versus", action="store_true", help="ignore the config's [calibration] versus")
     ap.add_argument("--out", help="run folder (default: runs/<study name>)")
     ap.add_argument("--name", help="study name (default: the config's)")
-    ap.add_argument("--storage", help="Optuna storage: an RDB URL or a journal file path (default: the run "
-                    "folder's study.journal)")
-    ap.add_argument("--concurrency", type=int, help="trials at the same time (default: what the resources allow)")
+    ap.add_argument(
+        "--storage",
+        help="Optuna storage: an RDB URL or a journal file path (default: the run folder's study.journal)",
+    )
+    ap.add_argument(
+        "--concurrency", type=int, help="trials at the same time (default: what the resources allow)"
+    )
     ap.add_argument("--address", help="join a running Ray cluster")
-    ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for the tau / rho intervals")
+    ap.add_argument(
+        "--bootstrap", type=int, default=2000, help="bootstrap replicates for the tau / rho intervals"
+    )
     ap.add_argument("--quiet", action="store_true", help="no per-trial lines")
     return ap.parse_args(argv)
 
@@ -82,8 +99,10 @@ def _with_overrides(cfg, overrides: dict, where: str):
     for key in overrides:
         sec, dot, name = key.partition(".")
         if not dot or sec not in VERSUS_SECTIONS:
-            raise UserError(f"{where} {key!r}: only {' / '.join(s + '.KEY' for s in VERSUS_SECTIONS)} may differ "
-                            "between the protocols")
+            raise UserError(
+                f"{where} {key!r}: only {' / '.join(s + '.KEY' for s in VERSUS_SECTIONS)} may differ "
+                "between the protocols"
+            )
         if sec == "data" and name not in known_data:
             raise UserError(f"{where} {key!r}: unknown [data] key (known: {', '.join(known_data)})")
     return config_mod.with_overrides(cfg, overrides, where)
@@ -107,7 +126,9 @@ def prepare(args) -> dict:
     overrides = {} if args.no_versus else (parse_versus(args.versus) if args.versus else dict(cal.versus))
     protocols = {"study": cfg}
     if overrides:
-        protocols["versus"] = _with_overrides(cfg, overrides, "--versus" if args.versus else f"{where}: calibration.versus")
+        protocols["versus"] = _with_overrides(
+            cfg, overrides, "--versus" if args.versus else f"{where}: calibration.versus"
+        )
         if protocols["versus"].protocol == cfg.protocol:
             raise UserError("--versus: the reference protocol is the study's own; change fidelity or data")
     from searchspace import catalog, space
@@ -118,19 +139,31 @@ def prepare(args) -> dict:
         only = [n.strip() for n in args.only.split(",") if n.strip()]
         bad = [n for n in only if n not in inside]
         if bad:
-            raise UserError(f"--only {bad[0]!r}: not a catalog design inside the space of {cfg.name} "
-                            f"(inside: {', '.join(inside) or 'none'})")
+            raise UserError(
+                f"--only {bad[0]!r}: not a catalog design inside the space of {cfg.name} "
+                f"(inside: {', '.join(inside) or 'none'})"
+            )
         inside = only
     if not inside and not designs:
-        raise UserError(f"nothing to calibrate: no published design inside the space of {cfg.name} and --designs 0")
+        raise UserError(
+            f"nothing to calibrate: no published design inside the space of {cfg.name} and --designs 0"
+        )
     run_dir = Path(args.out or Path("runs") / cfg.name).expanduser().resolve()
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {str(run_dir)!r}: exists and is not a folder")
     url = st.check_url(args.storage) if args.storage else str(run_dir / "study.journal")
     if args.address:
         run_mod._check_address(args.address)
-    return {"cfg": cfg, "protocols": protocols, "published": inside, "designs": designs, "seeds": seeds,
-            "run_dir": run_dir, "url": url, "overrides": overrides}
+    return {
+        "cfg": cfg,
+        "protocols": protocols,
+        "published": inside,
+        "designs": designs,
+        "seeds": seeds,
+        "run_dir": run_dir,
+        "url": url,
+        "overrides": overrides,
+    }
 
 
 # -- the plan: which (protocol, design, seed) to train -------------------------------------------
@@ -143,17 +176,22 @@ def random_genomes(spec, k: int, seed: int) -> list[str]:
     return [space.suggest(study.ask(), spec).to_json() for _ in range(k)]
 
 
-def plan(cfg, published: list[str], k: int, seeds: int, stored_random: list[str]) -> tuple[list[dict], list[str]]:
+def plan(
+    cfg, published: list[str], k: int, seeds: int, stored_random: list[str]
+) -> tuple[list[dict], list[str]]:
     from searchspace import catalog
 
     spec = cfg.space
     rand = list(stored_random[:k])
     if len(rand) < k:
-        rand += random_genomes(spec, k, cfg.seed + 7919)[len(rand):]
+        rand += random_genomes(spec, k, cfg.seed + 7919)[len(rand) :]
     designs = [(n, catalog.get(n).genome.to_json(), True) for n in published]
     designs += [(f"random-{i + 1}", g, False) for i, g in enumerate(rand)]
-    entries = [{"design": n, "genome": g, "published": p, "trial_seed": cfg.seed + s}
-               for n, g, p in designs for s in range(seeds)]
+    entries = [
+        {"design": n, "genome": g, "published": p, "trial_seed": cfg.seed + s}
+        for n, g, p in designs
+        for s in range(seeds)
+    ]
     return entries, rand
 
 
@@ -163,8 +201,11 @@ def _key(protocol, design, seed) -> tuple:
 
 def _present(study) -> set:
     """(protocol, design, seed) of every trial that counts or will run: all but the interrupted."""
-    return {_key(t.user_attrs.get("protocol"), t.user_attrs.get("design"), t.user_attrs.get("trial_seed", -1))
-            for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") != st.INTERRUPTED}
+    return {
+        _key(t.user_attrs.get("protocol"), t.user_attrs.get("design"), t.user_attrs.get("trial_seed", -1))
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("status") != st.INTERRUPTED
+    }
 
 
 def _enqueue(study, entries, protocol: str, spec) -> int:
@@ -175,9 +216,16 @@ def _enqueue(study, entries, protocol: str, spec) -> int:
     for e in entries:
         if _key(protocol, e["design"], e["trial_seed"]) in have:
             continue
-        study.enqueue_trial(space.to_params(Genome.from_json(e["genome"]), spec),
-                            user_attrs={"design": e["design"], "trial_seed": e["trial_seed"], "protocol": protocol,
-                                        "published": e["published"]}, skip_if_exists=False)
+        study.enqueue_trial(
+            space.to_params(Genome.from_json(e["genome"]), spec),
+            user_attrs={
+                "design": e["design"],
+                "trial_seed": e["trial_seed"],
+                "protocol": protocol,
+                "published": e["published"],
+            },
+            skip_if_exists=False,
+        )
         n += 1
     return n
 
@@ -197,11 +245,15 @@ def _check_stored(study, protocols: dict) -> None:
         want = json.loads(json.dumps(cfg.protocol))
         if p in stored and stored[p] != want:
             diff = sorted(k for k in want if stored[p].get(k) != want[k])
-            raise UserError(f"study {study.study_name!r}: protocol {p!r} was calibrated with another "
-                            f"{', '.join(diff)}; use --name for a new calibration")
+            raise UserError(
+                f"study {study.study_name!r}: protocol {p!r} was calibrated with another "
+                f"{', '.join(diff)}; use --name for a new calibration"
+            )
     space = (study.user_attrs.get("config") or {}).get("space")
     if space is not None and space != json.loads(json.dumps(protocols["study"].space_table)):
-        raise UserError(f"study {study.study_name!r}: [space] differs from the stored calibration; use --name")
+        raise UserError(
+            f"study {study.study_name!r}: [space] differs from the stored calibration; use --name"
+        )
 
 
 # -- run -----------------------------------------------------------------------------------------
@@ -211,7 +263,9 @@ def run(plan_: dict, log) -> dict:
     cfg, protocols, url = plan_["cfg"], plan_["protocols"], plan_["url"]
     spec = cfg.space
     name = cfg.name + CALIBRATION_SUFFIX
-    work = plan_["run_dir"] / name  # its own lock and Ray folder: a study (or another calibration) may run beside it
+    work = (
+        plan_["run_dir"] / name
+    )  # its own lock and Ray folder: a study (or another calibration) may run beside it
     work.mkdir(parents=True, exist_ok=True)
     with st.DriverLock(work):
         storage = st.open_or_create(url)
@@ -229,28 +283,40 @@ def run(plan_: dict, log) -> dict:
         requeued = st.recover(storage, study)
         if requeued:
             log(f"resuming: trial(s) {requeued} of a stopped driver marked FAIL (interrupted) and requeued")
-        entries, rand = plan(cfg, plan_["published"], plan_["designs"], plan_["seeds"],
-                             study.user_attrs.get("random_genomes") or [])
+        entries, rand = plan(
+            cfg,
+            plan_["published"],
+            plan_["designs"],
+            plan_["seeds"],
+            study.user_attrs.get("random_genomes") or [],
+        )
         if len(rand) > len(study.user_attrs.get("random_genomes") or []):
             study.set_user_attr("random_genomes", rand)
         names = list(dict.fromkeys(e["design"] for e in entries))
-        log(f"calibrating {cfg.name}: {len(names)} design(s) ({len(plan_['published'])} published, "
+        log(
+            f"calibrating {cfg.name}: {len(names)} design(s) ({len(plan_['published'])} published, "
             f"{plan_['designs']} random) x {plan_['seeds']} seed(s) x {len(protocols)} protocol(s); "
-            f"storage {st.describe(url)} (study {name!r})")
+            f"storage {st.describe(url)} (study {name!r})"
+        )
         # A protocol with trials already waiting (requeued) goes first: asking pops the oldest waiting trial.
         waiting = _waiting(study)
         order = sorted(protocols, key=lambda p: (-waiting.get(p, 0), PROTOCOLS.index(p)))
         present = _present(study)
-        todo = {p: sum(1 for e in entries if _key(p, e["design"], e["trial_seed"]) not in present)
-                + waiting.get(p, 0) for p in protocols}
+        todo = {
+            p: sum(1 for e in entries if _key(p, e["design"], e["trial_seed"]) not in present)
+            + waiting.get(p, 0)
+            for p in protocols
+        }
         ran = 0
         if any(todo.values()):
             started = driver.init_ray(plan_.get("address"))
             heartbeat = st.Heartbeat(storage, [name]).start()
             try:
                 res = driver.resources(cfg)
-                log(f"ray: {res['cluster']['CPU']:g} CPU, {res['cluster']['GPU']:g} GPU; up to "
-                    f"{res['concurrency']} trial(s) at a time on {res['device']}")
+                log(
+                    f"ray: {res['cluster']['CPU']:g} CPU, {res['cluster']['GPU']:g} GPU; up to "
+                    f"{res['concurrency']} trial(s) at a time on {res['device']}"
+                )
                 for p in order:
                     pcfg = protocols[p]
                     _enqueue(study, entries, p, spec)
@@ -258,10 +324,25 @@ def run(plan_: dict, log) -> dict:
                     if not n:
                         continue
                     log(f"protocol {p}: {n} run(s); fidelity {json.dumps(pcfg.protocol['fidelity'])}")
-                    attrs = {"fidelity": pcfg.protocol["fidelity"], "protocol": p, "held": res["gpu"] or res["cpu"]}
-                    search = driver._new_search(pcfg, url, name, 0, spec, attrs, log,
-                                                sampler=driver.SamplerSpec("random", cfg.seed), driver=heartbeat.id)
-                    pcfg = config_mod.with_overrides(pcfg, {"early_stopping.asha": False})  # every run to its last epoch
+                    attrs = {
+                        "fidelity": pcfg.protocol["fidelity"],
+                        "protocol": p,
+                        "held": res["gpu"] or res["cpu"],
+                    }
+                    search = driver._new_search(
+                        pcfg,
+                        url,
+                        name,
+                        0,
+                        spec,
+                        attrs,
+                        log,
+                        sampler=driver.SamplerSpec("random", cfg.seed),
+                        driver=heartbeat.id,
+                    )
+                    pcfg = config_mod.with_overrides(
+                        pcfg, {"early_stopping.asha": False}
+                    )  # every run to its last epoch
                     driver._tune(pcfg, res, search, n, work, f"calibrate-{p}", log)
                     ran += len(search.finished)
             finally:
@@ -270,8 +351,14 @@ def run(plan_: dict, log) -> dict:
                     import ray
 
                     ray.shutdown()
-        summary = summarize(study, protocols, plan_["seeds"], n_boot=plan_.get("bootstrap", 2000),
-                            designs=names, device=res["device"] if ran else None)
+        summary = summarize(
+            study,
+            protocols,
+            plan_["seeds"],
+            n_boot=plan_.get("bootstrap", 2000),
+            designs=names,
+            device=res["device"] if ran else None,
+        )
         study.set_user_attr("summary", summary)
         summary["ran"] = ran
         return summary
@@ -293,26 +380,42 @@ def summarize(study, protocols: dict, seeds: int, n_boot: int = 2000, designs=No
             continue  # diverged runs are chance level by construction, not a measurement
         runs[p].setdefault(d, []).append(float(ua["top1"]))
         cost[p].setdefault(d, []).append(_compute_s(ua))
-        published[d] = d in catalog_names  # by name: a requeued trial keeps only studies.storage.KEEP_ON_REQUEUE
+        published[d] = (
+            d in catalog_names
+        )  # by name: a requeued trial keeps only studies.storage.KEEP_ON_REQUEUE
     out = {"seeds": seeds, "unit": _unit(device or _device(study)), "protocols": {}, "agreement": {}}
     for p, r in runs.items():
         noise = cal.noise(r)
         pub = {d: v for d, v in r.items() if published.get(d)}
-        per = {d: {**noise.designs[d], "published": published.get(d, False),
-                   "compute_s": float(sum(cost[p][d]) / len(cost[p][d]))} for d in r}
+        per = {
+            d: {
+                **noise.designs[d],
+                "published": published.get(d, False),
+                "compute_s": float(sum(cost[p][d]) / len(cost[p][d])),
+            }
+            for d in r
+        }
         n_pub = cal.noise(pub) if pub else None
         out["protocols"][p] = {
-            "fidelity": protocols[p].protocol["fidelity"], "data": protocols[p].protocol["data"], "designs": per, "noise": noise.to_dict(),
+            "fidelity": protocols[p].protocol["fidelity"],
+            "data": protocols[p].protocol["data"],
+            "designs": per,
+            "noise": noise.to_dict(),
             "noise_published": n_pub.to_dict() if n_pub else None,
             "snr_of_mean": {str(m): noise.snr_of_mean(m) for m in (1, 2, 3, 4, 8)},
-            "compute_s_per_run": float(sum(sum(v) for v in cost[p].values()) / max(1, sum(len(v) for v in cost[p].values()))),
-            "runs": sum(len(v) for v in r.values())}
+            "compute_s_per_run": float(
+                sum(sum(v) for v in cost[p].values()) / max(1, sum(len(v) for v in cost[p].values()))
+            ),
+            "runs": sum(len(v) for v in r.values()),
+        }
     if "versus" in runs:
         out["agreement"]["all"] = cal.rank_agreement(runs["study"], runs["versus"], n_boot=n_boot)
         pub = [d for d in runs["study"] if published.get(d)]
-        out["agreement"]["published"] = cal.rank_agreement({d: runs["study"][d] for d in pub},
-                                                           {d: v for d, v in runs["versus"].items() if d in pub},
-                                                           n_boot=n_boot)
+        out["agreement"]["published"] = cal.rank_agreement(
+            {d: runs["study"][d] for d in pub},
+            {d: v for d, v in runs["versus"].items() if d in pub},
+            n_boot=n_boot,
+        )
     return out
 
 
@@ -340,19 +443,25 @@ def print_summary(summary: dict, name: str) -> None:
     for p, s in summary["protocols"].items():
         n = s["noise"]
         fid = s["fidelity"]
-        print(f"\nprotocol {p}: {fid.get('num_classes')} classes x {fid.get('max_per_class')} images, width "
-              f"{fid.get('width')}, {fid.get('resolution')} px, {fid.get('epochs')} epochs, batch "
-              f"{fid.get('batch_size')}, lr {fid.get('lr')}  ({s['runs']} runs)")
+        print(
+            f"\nprotocol {p}: {fid.get('num_classes')} classes x {fid.get('max_per_class')} images, width "
+            f"{fid.get('width')}, {fid.get('resolution')} px, {fid.get('epochs')} epochs, batch "
+            f"{fid.get('batch_size')}, lr {fid.get('lr')}  ({s['runs']} runs)"
+        )
         rows = [("design", "runs", "mean", "std", f"{unit}/run")]
-        for d, v in sorted(s["designs"].items(), key=lambda kv: (not kv[1]["published"], -(kv[1]["mean"] or 0))):
+        for d, v in sorted(
+            s["designs"].items(), key=lambda kv: (not kv[1]["published"], -(kv[1]["mean"] or 0))
+        ):
             rows.append((d, str(v["n"]), _f(v["mean"]), _f(v["std"]), f"{v['compute_s']:.0f}"))
         _table(rows)
         for label, nz in (("all designs", n), ("published designs", s.get("noise_published"))):
             if not nz:
                 continue
-            print(f"  {label}: pooled seed std {_f(nz['pooled_std'])} (df {nz['df']}), std of design means "
-                  f"{_f(nz['std_of_means'])}, SNR {_f(nz['snr'], 2)}; resolvable at 95 %: "
-                  f"{_f(nz['resolvable_1'])} (one run each), {_f(nz['resolvable_mean'])} (means of {nz['seeds']:g})")
+            print(
+                f"  {label}: pooled seed std {_f(nz['pooled_std'])} (df {nz['df']}), std of design means "
+                f"{_f(nz['std_of_means'])}, SNR {_f(nz['snr'], 2)}; resolvable at 95 %: "
+                f"{_f(nz['resolvable_1'])} (one run each), {_f(nz['resolvable_mean'])} (means of {nz['seeds']:g})"
+            )
         snr_m = ", ".join(f"{m}: {_f(v, 2)}" for m, v in s["snr_of_mean"].items())
         print(f"  SNR of a mean of m seeds (noise of the means taken out of the signal): {snr_m}")
         print(f"  compute: {s['compute_s_per_run']:.0f} {unit} per run")
@@ -360,9 +469,11 @@ def print_summary(summary: dict, name: str) -> None:
         if a.get("tau") is None:
             print(f"\nrank agreement ({which}, {a['n']} designs): too few designs")
             continue
-        print(f"\nrank agreement study vs versus ({which}, {a['n']} designs, {a['n_boot']} bootstrap draws): "
-              f"Kendall tau-b {a['tau']:.2f} [{a['tau_ci'][0]:.2f}, {a['tau_ci'][1]:.2f}], "
-              f"Spearman rho {a['rho']:.2f} [{a['rho_ci'][0]:.2f}, {a['rho_ci'][1]:.2f}] (95 % intervals)")
+        print(
+            f"\nrank agreement study vs versus ({which}, {a['n']} designs, {a['n_boot']} bootstrap draws): "
+            f"Kendall tau-b {a['tau']:.2f} [{a['tau_ci'][0]:.2f}, {a['tau_ci'][1]:.2f}], "
+            f"Spearman rho {a['rho']:.2f} [{a['rho_ci'][0]:.2f}, {a['rho_ci'][1]:.2f}] (95 % intervals)"
+        )
     print(f"\nstored as study {name!r} (user attr 'summary')")
 
 

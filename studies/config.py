@@ -103,8 +103,13 @@ DEFAULTS: dict[str, Any] = {
     "objectives": {"top1": "maximize", "flops": "minimize"},
     "target": asdict(Target()),
     "fidelity": FIDELITY_DEFAULTS,
-    "data": {"root": None, "num_classes": 10, "max_per_class": None, "max_val_per_class": None,
-             "classes_file": None},
+    "data": {
+        "root": None,
+        "num_classes": 10,
+        "max_per_class": None,
+        "max_val_per_class": None,
+        "classes_file": None,
+    },
     "budget": asdict(Budget()),
     "sampler": asdict(Sampler()),
     "early_stopping": asdict(EarlyStopping()),
@@ -114,8 +119,16 @@ DEFAULTS: dict[str, Any] = {
     "calibration": asdict(Calibration()),
 }
 SECTIONS = {k for k, v in DEFAULTS.items() if isinstance(v, dict)} | {"space"}
-_TYPED = {"target": Target, "budget": Budget, "sampler": Sampler, "early_stopping": EarlyStopping,
-          "constraints": Constraints, "references": References, "resources": Resources, "calibration": Calibration}
+_TYPED = {
+    "target": Target,
+    "budget": Budget,
+    "sampler": Sampler,
+    "early_stopping": EarlyStopping,
+    "constraints": Constraints,
+    "references": References,
+    "resources": Resources,
+    "calibration": Calibration,
+}
 
 
 @dataclass(frozen=True)
@@ -155,9 +168,11 @@ class StudyConfig:
         full-size target with its backbone."""
         fid = {k: getattr(self.fidelity, k) for k in self.fidelity_keys}
         data = {k: getattr(self.data, k) for k in DEFAULTS["data"]}
-        return {"fidelity": {**fid, "num_classes": data["num_classes"], "max_per_class": data["max_per_class"]},
-                "data": data,
-                "target": {"backbone": self.space.backbone, **asdict(self.target)}}
+        return {
+            "fidelity": {**fid, "num_classes": data["num_classes"], "max_per_class": data["max_per_class"]},
+            "data": data,
+            "target": {"backbone": self.space.backbone, **asdict(self.target)},
+        }
 
 
 def shipped() -> list[str]:
@@ -172,7 +187,9 @@ def resolve(name_or_path: str) -> Path:
         return p
     p = CONFIG_DIR / f"{name_or_path}.toml"
     if not p.is_file():
-        raise UserError(f"unknown study {name_or_path!r} (shipped: {', '.join(shipped())}; or give a path to a .toml)")
+        raise UserError(
+            f"unknown study {name_or_path!r} (shipped: {', '.join(shipped())}; or give a path to a .toml)"
+        )
     return p
 
 
@@ -188,14 +205,17 @@ def load(name_or_path: str, overrides: dict | None = None) -> StudyConfig:
     return from_dict(doc, name=path.stem, source=str(path), overrides=overrides)
 
 
-def from_dict(doc: dict, name: str, source: str = "<dict>", overrides: dict | None = None,
-              where: str | None = None) -> StudyConfig:
+def from_dict(
+    doc: dict, name: str, source: str = "<dict>", overrides: dict | None = None, where: str | None = None
+) -> StudyConfig:
     """Merge `doc` with the defaults, apply `overrides` ({"fidelity.epochs": 3, "seed": 1, ...}; None
     values are skipped), validate, build. Errors name `where` (default: the source's file name)."""
     where = where or Path(source).name
     unknown = sorted(set(doc) - set(DEFAULTS) - {"space", "name"})
     if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(set(DEFAULTS) | {'space', 'name'}))})")
+        raise UserError(
+            f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(set(DEFAULTS) | {'space', 'name'}))})"
+        )
     raw = copy.deepcopy(DEFAULTS)
     for key, val in doc.items():
         if key in SECTIONS and key != "space":
@@ -241,7 +261,9 @@ def _int(v, what, lo=1, none_ok=False):
 def _num(v, what, lo=0.0, hi=None, strict=True):
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (v > lo if strict else v >= lo)
     if not ok or (hi is not None and v > hi):
-        raise UserError(f"{what}: expected a number {'>' if strict else '>='} {lo}{f' and <= {hi}' if hi else ''}, got {v!r}")
+        raise UserError(
+            f"{what}: expected a number {'>' if strict else '>='} {lo}{f' and <= {hi}' if hi else ''}, got {v!r}"
+        )
 
 
 def _build(raw: dict, source: str, where: str) -> StudyConfig:
@@ -262,7 +284,7 @@ def _build(raw: dict, source: str, where: str) -> StudyConfig:
         if k not in OBJECTIVES:
             raise UserError(f"{where}: objective {k!r} unknown (known: {', '.join(OBJECTIVES)})")
         if d not in ("maximize", "minimize"):
-            raise UserError(f"{where}: objective {k} = {d!r}; expected \"maximize\" or \"minimize\"")
+            raise UserError(f'{where}: objective {k} = {d!r}; expected "maximize" or "minimize"')
     if "top1" not in obj:
         raise UserError(f"{where}: the objectives must include top1")
     t = raw["target"]
@@ -271,7 +293,9 @@ def _build(raw: dict, source: str, where: str) -> StudyConfig:
     from searchspace.cost import CONVENTIONS
 
     if t["convention"] not in CONVENTIONS:
-        raise UserError(f"{where}: target.convention {t['convention']!r} unknown (known: {', '.join(CONVENTIONS)})")
+        raise UserError(
+            f"{where}: target.convention {t['convention']!r} unknown (known: {', '.join(CONVENTIONS)})"
+        )
     try:  # trainers.Fidelity holds the rules of every [fidelity] key
         fidelity = Fidelity.from_dict(raw["fidelity"])
     except UserError as e:
@@ -295,8 +319,12 @@ def _build(raw: dict, source: str, where: str) -> StudyConfig:
     if s["name"] == "gp":
         import importlib.util
 
-        if importlib.util.find_spec("scipy") is None:  # Optuna's GPSampler optimises its acquisition with scipy
-            raise UserError(f"{where}: sampler.name \"gp\" needs scipy, which is not installed (pip install scipy)")
+        if (
+            importlib.util.find_spec("scipy") is None
+        ):  # Optuna's GPSampler optimises its acquisition with scipy
+            raise UserError(
+                f'{where}: sampler.name "gp" needs scipy, which is not installed (pip install scipy)'
+            )
     _int(s["population"], f"{where}: sampler.population", lo=2)
     e = raw["early_stopping"]
     if not isinstance(e["asha"], bool):
@@ -319,23 +347,36 @@ def _build(raw: dict, source: str, where: str) -> StudyConfig:
     for key in ("designs", "seeds"):
         _int(cal[key], f"{where}: calibration.{key}", lo=0 if key == "designs" else 1)
     if not isinstance(cal["versus"], dict):
-        raise UserError(f"{where}: calibration.versus: expected a table of overrides, e.g. "
-                        '{ "fidelity.epochs" = 16 }')
-    if "padding_free" in (raw["space"].get("downsampling") or []) and not _padding_free_fits(raw["space"], fidelity.resolution):
+        raise UserError(
+            f'{where}: calibration.versus: expected a table of overrides, e.g. {{ "fidelity.epochs" = 16 }}'
+        )
+    if "padding_free" in (raw["space"].get("downsampling") or []) and not _padding_free_fits(
+        raw["space"], fidelity.resolution
+    ):
         # its unpadded stride-2 convs shrink the map faster: the last stage must keep at least 1 pixel
-        raise UserError(f"{where}: downsampling 'padding_free' shrinks the map to nothing at fidelity.resolution "
-                        f"{fidelity.resolution} for backbone {raw['space'].get('backbone', 'resnet50')!r}; raise it")
+        raise UserError(
+            f"{where}: downsampling 'padding_free' shrinks the map to nothing at fidelity.resolution "
+            f"{fidelity.resolution} for backbone {raw['space'].get('backbone', 'resnet50')!r}; raise it"
+        )
     # the space last: its own messages already name the field
     try:
         space = SpaceSpec.from_dict(raw["space"])
     except UserError as e:
         raise UserError(f"{where}: [space] {e}") from None
     return StudyConfig(
-        name=raw["name"], source=source, space=space, fidelity=fidelity, data=DataSpec(**d),
-        target=Target(**t), directions=tuple(obj.items()),
+        name=raw["name"],
+        source=source,
+        space=space,
+        fidelity=fidelity,
+        data=DataSpec(**d),
+        target=Target(**t),
+        directions=tuple(obj.items()),
         **{k: cls(**raw[k]) for k, cls in _TYPED.items() if k != "target"},
-        description=raw["description"], seed=raw["seed"],
-        space_table=raw["space"], fidelity_keys=tuple(raw["fidelity"]))
+        description=raw["description"],
+        seed=raw["seed"],
+        space_table=raw["space"],
+        fidelity_keys=tuple(raw["fidelity"]),
+    )
 
 
 def parse_limit(v, where: str = "limit") -> tuple[float, str | None]:
@@ -353,8 +394,10 @@ def parse_limit(v, where: str = "limit") -> tuple[float, str | None]:
 
             catalog.get(design)  # UserError naming the unknown design
             return f, design
-    raise UserError(f"{where}: expected a positive number or \"<factor> x <catalog design>\" "
-                    f"(e.g. \"1.10 x resnet50\"), got {v!r}")
+    raise UserError(
+        f'{where}: expected a positive number or "<factor> x <catalog design>" '
+        f'(e.g. "1.10 x resnet50"), got {v!r}'
+    )
 
 
 def _limit(v, where: str) -> None:
@@ -379,8 +422,15 @@ def to_storable(cfg: StudyConfig) -> dict:
     """The config as JSON-able data, as the study's "config" user attr has always held it (the
     sections' keys, [fidelity] as set by the defaults and the file, [space] as written)."""
     sections = {k: asdict(getattr(cfg, k)) for k in _TYPED}
-    out = {"description": cfg.description, "seed": cfg.seed, "objectives": dict(cfg.directions),
-           "target": sections["target"], "fidelity": {k: getattr(cfg.fidelity, k) for k in cfg.fidelity_keys},
-           "data": cfg.protocol["data"], **{k: sections[k] for k in DEFAULTS if k in sections and k != "target"},
-           "space": cfg.space_table, "name": cfg.name}
+    out = {
+        "description": cfg.description,
+        "seed": cfg.seed,
+        "objectives": dict(cfg.directions),
+        "target": sections["target"],
+        "fidelity": {k: getattr(cfg.fidelity, k) for k in cfg.fidelity_keys},
+        "data": cfg.protocol["data"],
+        **{k: sections[k] for k in DEFAULTS if k in sections and k != "target"},
+        "space": cfg.space_table,
+        "name": cfg.name,
+    }
     return json.loads(json.dumps(out))  # a deep copy, tuples as lists

@@ -40,10 +40,22 @@ def init_ray(address: str | None) -> bool:
     path = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     # Workers import studies/searchspace/trainers from the same checkout (cluster nodes: same path).
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 runtime_env={"env_vars": {"PYTHONPATH": path}} if address else None)
-    except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:  # e.g. auto with no cluster running
-        raise UserError(f"--address {address!r}: cannot join the Ray cluster ({str(e).strip().splitlines()[0]})") from None
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+            runtime_env={"env_vars": {"PYTHONPATH": path}} if address else None,
+        )
+    except (
+        ConnectionError,
+        RuntimeError,
+        TimeoutError,
+        ValueError,
+    ) as e:  # e.g. auto with no cluster running
+        raise UserError(
+            f"--address {address!r}: cannot join the Ray cluster ({str(e).strip().splitlines()[0]})"
+        ) from None
     return True
 
 
@@ -59,23 +71,38 @@ def resources(cfg) -> dict:
     conc = cfg.budget.concurrency
     if not conc:  # as many as the resources hold
         conc = int(total.get("GPU", 0) // gpus) if gpus else int(total.get("CPU", 1) // cpus)
-    return {"cpu": cpus, "gpu": float(gpus), "concurrency": max(1, conc), "device": "cuda" if gpus else "cpu",
-            "cluster": {k: total.get(k, 0) for k in ("CPU", "GPU")}, "nodes": sum(1 for n in ray.nodes() if n.get("Alive"))}
+    return {
+        "cpu": cpus,
+        "gpu": float(gpus),
+        "concurrency": max(1, conc),
+        "device": "cuda" if gpus else "cpu",
+        "cluster": {k: total.get(k, 0) for k in ("CPU", "GPU")},
+        "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+    }
 
 
 def _ctx(cfg, res) -> dict:
-    return {"data": cfg.data, "fidelity": cfg.fidelity, "target": cfg.protocol["target"], "seed": cfg.seed,
-            "device": res["device"], "cpus_per_trial": res["cpu"],
-            "evaluate_every_epoch": cfg.early_stopping.asha,  # only ASHA reads per-epoch top-1
-            "imports": _imports(cfg.space.imports),  # [space] imports: each worker registers them too
-            "metrics": trial_metrics()}
+    return {
+        "data": cfg.data,
+        "fidelity": cfg.fidelity,
+        "target": cfg.protocol["target"],
+        "seed": cfg.seed,
+        "device": res["device"],
+        "cpus_per_trial": res["cpu"],
+        "evaluate_every_epoch": cfg.early_stopping.asha,  # only ASHA reads per-epoch top-1
+        "imports": _imports(cfg.space.imports),  # [space] imports: each worker registers them too
+        "metrics": trial_metrics(),
+    }
 
 
 def trial_metrics() -> dict:
     """What a trial reports, from analysis.metrics: a placeholder for every objective until it is
     known, the trainer's per-epoch values, and every value the trainer returns (TrainResult fields)."""
-    return {"placeholders": {n: metrics.placeholder(n) for n in metrics.OBJECTIVES},
-            "epoch": metrics.names("epoch"), "trained": metrics.names("epoch", "train")}
+    return {
+        "placeholders": {n: metrics.placeholder(n) for n in metrics.OBJECTIVES},
+        "epoch": metrics.names("epoch"),
+        "trained": metrics.names("epoch", "train"),
+    }
 
 
 def _imports(modules) -> dict:
@@ -114,12 +141,23 @@ def _study_attrs(study, cfg):
     study.set_user_attr("config", config_mod.to_storable(cfg))
     study.set_user_attr("target", cfg.protocol["target"])
     study.set_user_attr("fidelity", cfg.protocol["fidelity"])
-    study.set_user_attr("data", cfg.protocol["data"])  # compared on resume with the seed (studies.run._open_study)
+    study.set_user_attr(
+        "data", cfg.protocol["data"]
+    )  # compared on resume with the seed (studies.run._open_study)
     study.set_user_attr("seed", cfg.seed)
 
 
-def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log,
-          ctx_overrides: dict | None = None, early_stop: bool = True) -> None:
+def _tune(
+    cfg,
+    res,
+    search: StudySearch,
+    n: int,
+    run_dir: Path,
+    tag: str,
+    log,
+    ctx_overrides: dict | None = None,
+    early_stop: bool = True,
+) -> None:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -131,19 +169,33 @@ def _tune(cfg, res, search: StudySearch, n: int, run_dir: Path, tag: str, log,
         from ray.tune.schedulers import ASHAScheduler
 
         # time_attr = epochs (not Ray's iteration count: the trainable sends one extra final result)
-        scheduler = ASHAScheduler(time_attr="epochs_completed", metric="top1", mode="max",
-                                  max_t=cfg.fidelity.epochs, grace_period=es.grace_period,
-                                  reduction_factor=es.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="epochs_completed",
+            metric="top1",
+            mode="max",
+            max_t=cfg.fidelity.epochs,
+            grace_period=es.grace_period,
+            reduction_factor=es.reduction_factor,
+        )
     ctx = {**_ctx(cfg, res), **(ctx_overrides or {})}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                                    {"cpu": res["cpu"], "gpu": res["gpu"]})
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, ctx=ctx), {"cpu": res["cpu"], "gpu": res["gpu"]}
+    )
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(search, max_concurrent=res["concurrency"]),
-                                    scheduler=scheduler, num_samples=n, reuse_actors=True,
-                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune.RunConfig(name=f"{tag}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(run_dir / "ray"),
-                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(search, max_concurrent=res["concurrency"]),
+            scheduler=scheduler,
+            num_samples=n,
+            reuse_actors=True,
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=f"{tag}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(run_dir / "ray"),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
     )
     tuner.fit()
 
@@ -155,16 +207,32 @@ def _pareto_scheduler(cfg):
 
     es = cfg.early_stopping
     ranked = {o["name"]: o["direction"] for o in cfg.objectives if metrics.get(o["name"]).every_epoch}
-    return ParetoASHA(time_attr="epochs_completed", metrics=ranked, max_t=cfg.fidelity.epochs,
-                      grace_period=es.grace_period, reduction_factor=es.reduction_factor)
+    return ParetoASHA(
+        time_attr="epochs_completed",
+        metrics=ranked,
+        max_t=cfg.fidelity.epochs,
+        grace_period=es.grace_period,
+        reduction_factor=es.reduction_factor,
+    )
 
 
-def _new_search(cfg, url, name, n_existing, spec, attrs, log, sampler=None, driver=None, limits=None) -> StudySearch:
+def _new_search(
+    cfg, url, name, n_existing, spec, attrs, log, sampler=None, driver=None, limits=None
+) -> StudySearch:
     s = cfg.sampler
     # seed + trials so far: a resumed sampler does not replay the first run's draws
     sampler = sampler or SamplerSpec(s.name, cfg.seed + n_existing, s.population)
-    return StudySearch(GenomeSpace(spec, driver, cfg.protocol["target"]), cfg.objectives, name, url, sampler, cfg.fidelity.epochs,
-                       attrs, log, limits=limits)
+    return StudySearch(
+        GenomeSpace(spec, driver, cfg.protocol["target"]),
+        cfg.objectives,
+        name,
+        url,
+        sampler,
+        cfg.fidelity.epochs,
+        attrs,
+        log,
+        limits=limits,
+    )
 
 
 def cost_limits(cfg) -> CostLimits | None:
@@ -198,8 +266,14 @@ def _enqueue_neighbours(study, designs, spec, n: int, seed: int, limits, log) ->
 
     from searchspace import space
 
-    if n <= 0 or not designs or any(t.state != TrialState.WAITING or "neighbour_of" in t.user_attrs
-                                    for t in study.get_trials(deepcopy=False)):
+    if (
+        n <= 0
+        or not designs
+        or any(
+            t.state != TrialState.WAITING or "neighbour_of" in t.user_attrs
+            for t in study.get_trials(deepcopy=False)
+        )
+    ):
         return 0
     rng = random.Random(seed)
     own = {d.genome.key for d in designs}
@@ -238,8 +312,11 @@ def _enqueue_known(study, designs, spec, attr: str, log) -> int:
     """Enqueue each design not yet present (finished, running or waiting) under user attr `attr`."""
     from searchspace import space
 
-    have = {t.user_attrs.get(attr) for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("status") != st.INTERRUPTED}
+    have = {
+        t.user_attrs.get(attr)
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("status") != st.INTERRUPTED
+    }
     todo = [d for d in designs if d.name not in have]
     for d in todo:
         study.enqueue_trial(space.to_params(d.genome, spec), user_attrs={attr: d.name}, skip_if_exists=False)
@@ -261,16 +338,20 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
     # Put the storage in order first (no Ray needed): requeue a dead driver's trials, enqueue designs.
     ref, ref_waiting = None, 0
     if evaluates_references(cfg, args):  # in their own study, so they never steer the sampler
-        ref = optuna.create_study(study_name=cfg.name + ".references", storage=storage, directions=directions,
-                                  load_if_exists=True)
+        ref = optuna.create_study(
+            study_name=cfg.name + ".references", storage=storage, directions=directions, load_if_exists=True
+        )
         _study_attrs(ref, cfg)
         summary["requeued"] += st.recover(storage, ref)
         _enqueue_known(ref, _designs_in_space(spec), spec, "reference", log)
         ref_waiting = len(ref.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    study = existing or optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
-                                            load_if_exists=True)
+    study = existing or optuna.create_study(
+        study_name=cfg.name, storage=storage, directions=directions, load_if_exists=True
+    )
     _study_attrs(study, cfg)
-    requeued = st.recover(storage, study)  # a live driver's (another run folder on this storage) are left alone
+    requeued = st.recover(
+        storage, study
+    )  # a live driver's (another run folder on this storage) are left alone
     if requeued:
         log(f"resuming: trial(s) {requeued} of a stopped driver marked FAIL (interrupted) and requeued")
     summary["requeued"] += requeued
@@ -278,9 +359,14 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
         _enqueue_known(study, _designs_in_space(spec), spec, "seeded_from", log)
     limits = cost_limits(cfg)
     if limits:
-        log("constraints: " + ", ".join(f"{n} <= {metrics.fmt(n, v)}" for n, v in limits.limits)
-            + " (a genome over a limit is recorded infeasible, never trained)")
-    _enqueue_neighbours(study, _designs_in_space(spec), spec, cfg.references.neighbours, cfg.seed, limits, log)
+        log(
+            "constraints: "
+            + ", ".join(f"{n} <= {metrics.fmt(n, v)}" for n, v in limits.limits)
+            + " (a genome over a limit is recorded infeasible, never trained)"
+        )
+    _enqueue_neighbours(
+        study, _designs_in_space(spec), spec, cfg.references.neighbours, cfg.seed, limits, log
+    )
     done, want = st.counted(study), cfg.budget.trials
     summary["before"] = done
     if done >= want and not ref_waiting:
@@ -296,25 +382,39 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
         res = resources(cfg) if table is None else table.resources(cfg)
         summary["resources"] = res
         if table is None:
-            log(f"ray: {res['nodes']} node(s), {res['cluster']['CPU']:g} CPU, {res['cluster']['GPU']:g} GPU; per trial "
-                f"{res['cpu']:g} CPU, {res['gpu']:g} GPU on {res['device']}; up to {res['concurrency']} at a time")
+            log(
+                f"ray: {res['nodes']} node(s), {res['cluster']['CPU']:g} CPU, {res['cluster']['GPU']:g} GPU; per trial "
+                f"{res['cpu']:g} CPU, {res['gpu']:g} GPU on {res['device']}; up to {res['concurrency']} at a time"
+            )
         else:
             table.resume_clock(study)
-            log(f"table backend: {len(table.table.rows)} genomes of table {table.table.name!r} "
-                f"({table.table.path}); up to {res['concurrency']} simulated trials at a time")
+            log(
+                f"table backend: {len(table.table.rows)} genomes of table {table.table.name!r} "
+                f"({table.table.path}); up to {res['concurrency']} simulated trials at a time"
+            )
         if ref_waiting:
             log(f"evaluating {ref_waiting} reference design(s) in study {ref.study_name!r}")
             ref_attrs = {k: v for k, v in attrs.items() if k != "reference"}  # keep the name set at enqueue
-            search = _new_search(cfg, url, ref.study_name, 0, spec, ref_attrs, log,
-                                 sampler=SamplerSpec("random", cfg.seed), driver=heartbeat.id)
+            search = _new_search(
+                cfg,
+                url,
+                ref.study_name,
+                0,
+                spec,
+                ref_attrs,
+                log,
+                sampler=SamplerSpec("random", cfg.seed),
+                driver=heartbeat.id,
+            )
             with Progress(console, ref_waiting, 0, res["concurrency"], "references") as search.progress:
                 # a reference is measured in full: an early-stopped design would have no proxy result
                 tune_fn(cfg, res, search, ref_waiting, run_dir, "references", log, early_stop=False)
             summary["references"] = len(search.finished)
         if done < want:
             log(f"running {want - done} trial(s) ({done} of {want} already done)")
-            search = _new_search(cfg, url, cfg.name, len(study.trials), spec, attrs, log, driver=heartbeat.id,
-                                 limits=limits)
+            search = _new_search(
+                cfg, url, cfg.name, len(study.trials), spec, attrs, log, driver=heartbeat.id, limits=limits
+            )
             with Progress(console, want, done, res["concurrency"]) as search.progress:
                 tune_fn(cfg, res, search, want - done, run_dir, "search", log)
             summary["ran"] = len(search.finished)
@@ -356,25 +456,41 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
     for t in trials:
         key = t.user_attrs.get("status") or t.state.name.lower()
         states[key] = states.get(key, 0) + 1
-    print(f"\nstudy {cfg.name}: {st.counted(study)} of {cfg.budget.trials} trials "
-          f"({', '.join(f'{n} {k}' for k, n in sorted(states.items()))}); this run {summary.get('ran', 0)} trial(s) "
-          f"in {summary['wall_s']:.0f}s")
+    print(
+        f"\nstudy {cfg.name}: {st.counted(study)} of {cfg.budget.trials} trials "
+        f"({', '.join(f'{n} {k}' for k, n in sorted(states.items()))}); this run {summary.get('ran', 0)} trial(s) "
+        f"in {summary['wall_s']:.0f}s"
+    )
     if st.skipped(study):
-        print(f"skipped before training: {st.skipped(study)} genome(s) over [constraints] (stored infeasible with "
-              f"their costs, not counted in the {cfg.budget.trials}); this run {summary.get('skipped', 0)}")
+        print(
+            f"skipped before training: {st.skipped(study)} genome(s) over [constraints] (stored infeasible with "
+            f"their costs, not counted in the {cfg.budget.trials}); this run {summary.get('skipped', 0)}"
+        )
     names = [o["name"] for o in cfg.objectives]
-    front = sorted(study.best_trials if any(t.state == TrialState.COMPLETE for t in trials) else [],
-                   key=lambda t: t.values[names.index("top1")], reverse=True)
+    front = sorted(
+        study.best_trials if any(t.state == TrialState.COMPLETE for t in trials) else [],
+        key=lambda t: t.values[names.index("top1")],
+        reverse=True,
+    )
     front = [t for t in front if t.user_attrs.get("status") != st.INFEASIBLE]  # a sampler without constraints
-    rows = [(str(t.number), *[metrics.fmt(n, v) for n, v in zip(names, t.values)], t.user_attrs.get("status", ""),
-             genome_summary(t.user_attrs["genome"]) if "genome" in t.user_attrs else "") for t in front]
+    rows = [
+        (
+            str(t.number),
+            *[metrics.fmt(n, v) for n, v in zip(names, t.values)],
+            t.user_attrs.get("status", ""),
+            genome_summary(t.user_attrs["genome"]) if "genome" in t.user_attrs else "",
+        )
+        for t in front
+    ]
     ref = st.find_study(storage, cfg.name + ".references")
     print(f"Pareto front ({len(front)} trial(s)):")
     _table(["trial", *names, "status", "genome"], rows)
     if ref:
         print_designs(storage, cfg)
     print(f"\nrun folder : {run_dir}")
-    print(f"storage    : {st.describe(url)}  (study {cfg.name!r}{', references in ' + repr(cfg.name + '.references') if ref else ''})")
+    print(
+        f"storage    : {st.describe(url)}  (study {cfg.name!r}{', references in ' + repr(cfg.name + '.references') if ref else ''})"
+    )
     print(f"dashboard  : optuna-dashboard {st.describe(url)}")
     if summary.get("report"):
         print(f"report     : {summary['report']}")
@@ -395,11 +511,26 @@ def print_designs(storage, cfg) -> None:
     names = [o["name"] for o in cfg.objectives]
     rows = []
     for r in red.to_dict("records"):
-        near = "" if pd.isna(r.get("nearest_trial")) else f"{int(r['nearest_trial'])} at {r['nearest_distance']:.2f}"
-        rows.append((r["design"], *[metrics.fmt(n, None if pd.isna(r[f"{n}_proxy"]) else float(r[f"{n}_proxy"])) for n in names],
-                     r["verdict"], near))
+        near = (
+            ""
+            if pd.isna(r.get("nearest_trial"))
+            else f"{int(r['nearest_trial'])} at {r['nearest_distance']:.2f}"
+        )
+        rows.append(
+            (
+                r["design"],
+                *[
+                    metrics.fmt(n, None if pd.isna(r[f"{n}_proxy"]) else float(r[f"{n}_proxy"]))
+                    for n in names
+                ],
+                r["verdict"],
+                near,
+            )
+        )
     print(f"\nPublished designs in the space ({len(rows)}; proxy results under the study's protocol):")
-    _table(["design", *[f"{n} (proxy)" for n in names], "search vs design", "nearest trial at distance"], rows)
+    _table(
+        ["design", *[f"{n} (proxy)" for n in names], "search vs design", "nearest trial at distance"], rows
+    )
 
 
 def _table(header, rows) -> None:

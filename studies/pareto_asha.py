@@ -16,7 +16,7 @@ records as PRUNED (studies.search).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
@@ -104,12 +104,19 @@ class ParetoASHA(FIFOScheduler):
     time_attr counts the rung levels (epochs here). A result without every metric continues.
     """
 
-    def __init__(self, time_attr: str, metrics: dict[str, str], max_t: int, grace_period: int = 1,
-                 reduction_factor: int = 2):
+    def __init__(
+        self,
+        time_attr: str,
+        metrics: dict[str, str],
+        max_t: int,
+        grace_period: int = 1,
+        reduction_factor: int = 2,
+    ):
         super().__init__()
         self.time_attr, self.metrics = time_attr, dict(metrics)
-        self.rule = ParetoRungs(rung_levels(max_t, grace_period, reduction_factor), reduction_factor,
-                                list(self.metrics.values()))
+        self.rule = ParetoRungs(
+            rung_levels(max_t, grace_period, reduction_factor), reduction_factor, list(self.metrics.values())
+        )
         self.stopped: list[str] = []
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:

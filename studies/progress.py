@@ -73,7 +73,7 @@ class Console:
                 columns = os.get_terminal_size(self.err.fileno()).columns
             except (OSError, ValueError, AttributeError):
                 columns = 0  # unknown (a pseudo-terminal nobody sized)
-            self.err.write(self._status[:max(columns or 80, 40) - 1])
+            self.err.write(self._status[: max(columns or 80, 40) - 1])
             self.err.flush()
 
     def __getstate__(self):  # Ray may pickle the searcher that holds this: streams and locks stay here
@@ -92,8 +92,16 @@ class Progress:
     the running ones have already spent; before the first trial finishes it is unknown ("?").
     """
 
-    def __init__(self, console: Console, total: int, done: int = 0, concurrency: int = 1, label: str = "trials",
-                 clock=time.monotonic, tick_s: float = 1.0):
+    def __init__(
+        self,
+        console: Console,
+        total: int,
+        done: int = 0,
+        concurrency: int = 1,
+        label: str = "trials",
+        clock=time.monotonic,
+        tick_s: float = 1.0,
+    ):
         self.console, self.total, self.before, self.label = console, total, done, label
         self.concurrency = max(1, concurrency)
         self.clock = clock
@@ -137,8 +145,11 @@ class Progress:
         return left / self.concurrency
 
     def summary(self) -> str:
-        parts = [f"{self.done}/{self.total} {self.label} done", f"{len(self.running)} running",
-                 f"{self.counts['failed']} failed"]
+        parts = [
+            f"{self.done}/{self.total} {self.label} done",
+            f"{len(self.running)} running",
+            f"{self.counts['failed']} failed",
+        ]
         if self.counts["pruned"]:
             parts.append(f"{self.counts['pruned']} pruned")
         parts += [f"{duration(self.clock() - self.t0)} elapsed", f"ETA {duration(self.eta())}"]
@@ -152,7 +163,7 @@ class Progress:
         while not self._stop.wait(self.tick_s):
             self.refresh()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         if self.console.tty:
             self.refresh()
             self._thread = threading.Thread(target=self._tick, name="studies-progress", daemon=True)

@@ -40,8 +40,10 @@ def row(name: str) -> dict[str, str]:
         "searches": cfg.description or "",
         "genomes": f"{space.count(spec):,}",
         "catalog designs inside": ", ".join(designs) or "none",
-        "proxy": (f"{data}, {d.num_classes} classes x {images}, {_width(f.width)} width, "
-                  f"{f.resolution} px, {f.epochs} epoch{'s' if f.epochs != 1 else ''}, batch {f.batch_size}"),
+        "proxy": (
+            f"{data}, {d.num_classes} classes x {images}, {_width(f.width)} width, "
+            f"{f.resolution} px, {f.epochs} epoch{'s' if f.epochs != 1 else ''}, batch {f.batch_size}"
+        ),
         "objectives": ", ".join(o["name"] for o in cfg.objectives),
         "trials": f"{cfg.budget.trials} ({cfg.sampler.name})",
     }

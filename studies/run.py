@@ -13,8 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from searchspace.errors import UserError
 from searchspace.cli import argument_parser, cli_main
+from searchspace.errors import UserError
 
 from . import config as config_mod
 from . import storage as st
@@ -22,31 +22,59 @@ from . import storage as st
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argument_parser(prog="python -m studies.run", description=__doc__.splitlines()[0])
-    ap.add_argument("study", nargs="?", help=f"shipped config ({', '.join(config_mod.shipped())}) or a .toml path")
-    ap.add_argument("--list", action="store_true", help="list the shipped studies: size, published designs inside, "
-                    "description")
+    ap.add_argument(
+        "study", nargs="?", help=f"shipped config ({', '.join(config_mod.shipped())}) or a .toml path"
+    )
+    ap.add_argument(
+        "--list",
+        action="store_true",
+        help="list the shipped studies: size, published designs inside, description",
+    )
     ap.add_argument("--trials", type=int, help="total trials the study should reach")
     ap.add_argument("--epochs", type=int, help="proxy epochs per trial")
     ap.add_argument("--resolution", type=int, help="proxy training resolution")
     ap.add_argument("--width", type=float, help="proxy width multiplier")
-    ap.add_argument("--data-root", help="ImageFolder tree with train/ and val/ (default: bundled Imagenette-64)")
+    ap.add_argument(
+        "--data-root", help="ImageFolder tree with train/ and val/ (default: bundled Imagenette-64)"
+    )
     ap.add_argument("--out", help="run folder (default: runs/<study name>)")
     ap.add_argument("--name", help="study name (default: the config's)")
     ap.add_argument("--storage", help="Optuna storage: an RDB URL (postgresql://...) or a journal file path")
-    ap.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 if the cluster has GPUs)")
+    ap.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="GPUs per trial, fractions allowed (default: 1 if the cluster has GPUs)",
+    )
     ap.add_argument("--cpus-per-trial", type=float, help="CPUs per trial")
     ap.add_argument("--address", help="join a running Ray cluster (e.g. auto or 10.0.0.1:6379)")
-    ap.add_argument("--resume", action="store_true", help="continue an existing study (an error if there is none)")
+    ap.add_argument(
+        "--resume", action="store_true", help="continue an existing study (an error if there is none)"
+    )
     ap.add_argument("--seed", type=int, help="seed of the sampler, the data order and the initialisation")
-    ap.add_argument("--reference", action="store_true", help="also evaluate the catalog designs inside the space "
-                    "(stored in '<name>.references', never seen by the sampler)")
-    ap.add_argument("--no-reference", action="store_true", help="do not evaluate the reference designs, even where "
-                    "the config's [references] evaluate = true")
-    ap.add_argument("--seed-known", action="store_true", help="enqueue the catalog designs inside the space as trials")
-    ap.add_argument("--concurrency", type=int, help="trials at the same time (default: what the resources allow)")
+    ap.add_argument(
+        "--reference",
+        action="store_true",
+        help="also evaluate the catalog designs inside the space "
+        "(stored in '<name>.references', never seen by the sampler)",
+    )
+    ap.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="do not evaluate the reference designs, even where the config's [references] evaluate = true",
+    )
+    ap.add_argument(
+        "--seed-known", action="store_true", help="enqueue the catalog designs inside the space as trials"
+    )
+    ap.add_argument(
+        "--concurrency", type=int, help="trials at the same time (default: what the resources allow)"
+    )
     ap.add_argument("--asha", action="store_true", default=None, help="ASHA early stopping on top1")
-    ap.add_argument("--backend", default="ray", help="ray (train every trial; default) or table[:PATH]: answer "
-                    "trials from a benchmark table in seconds (default PATH: studies/tables/<name>.csv)")
+    ap.add_argument(
+        "--backend",
+        default="ray",
+        help="ray (train every trial; default) or table[:PATH]: answer "
+        "trials from a benchmark table in seconds (default PATH: studies/tables/<name>.csv)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no per-trial lines")
     return ap.parse_args(argv)
 
@@ -66,11 +94,21 @@ def prepare(args) -> dict:
         raise UserError(f"--gpus-per-trial: expected >= 0, got {args.gpus_per_trial}")
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed: expected >= 0, got {args.seed}")
-    cfg = config_mod.load(args.study, {
-        "budget.trials": args.trials, "fidelity.epochs": args.epochs, "fidelity.resolution": args.resolution,
-        "fidelity.width": args.width, "data.root": args.data_root, "budget.concurrency": args.concurrency,
-        "resources.cpus_per_trial": args.cpus_per_trial, "resources.gpus_per_trial": args.gpus_per_trial,
-        "early_stopping.asha": args.asha, "seed": args.seed})
+    cfg = config_mod.load(
+        args.study,
+        {
+            "budget.trials": args.trials,
+            "fidelity.epochs": args.epochs,
+            "fidelity.resolution": args.resolution,
+            "fidelity.width": args.width,
+            "data.root": args.data_root,
+            "budget.concurrency": args.concurrency,
+            "resources.cpus_per_trial": args.cpus_per_trial,
+            "resources.gpus_per_trial": args.gpus_per_trial,
+            "early_stopping.asha": args.asha,
+            "seed": args.seed,
+        },
+    )
     if args.name:
         cfg = config_mod.with_overrides(cfg, {"name": args.name}, "--name")
     root = cfg.data.root
@@ -89,7 +127,9 @@ def prepare(args) -> dict:
     if args.address:
         _check_address(args.address)
     if args.resume and "://" not in url and not Path(url).is_file():
-        raise UserError(f"--resume: no study storage at {st.describe(url)} (run without --resume to start one)")
+        raise UserError(
+            f"--resume: no study storage at {st.describe(url)} (run without --resume to start one)"
+        )
     args.table = _backend(args, cfg)
     return {"cfg": cfg, "run_dir": run_dir, "url": url}
 
@@ -119,7 +159,9 @@ def _check_address(address: str, timeout: float = 3.0) -> None:
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"--address {address!r}: expected host:port (the head's GCS, e.g. 10.0.0.1:6379), or auto")
+        raise UserError(
+            f"--address {address!r}: expected host:port (the head's GCS, e.g. 10.0.0.1:6379), or auto"
+        )
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
@@ -128,12 +170,15 @@ def _check_address(address: str, timeout: float = 3.0) -> None:
     except OSError as e:
         raise UserError(f"--address {address!r}: no Ray head answers there ({e.strerror or e})") from None
     if len(frame) < 4 or frame[3] != 4:  # frame type 4 = SETTINGS
-        raise UserError(f"--address {address!r}: something answers there, but not a Ray head (GCS) "
-                        "(give the port `ray start --head` printed, 6379 by default)")
+        raise UserError(
+            f"--address {address!r}: something answers there, but not a Ray head (GCS) "
+            "(give the port `ray start --head` printed, 6379 by default)"
+        )
 
 
 def _toml(d: dict) -> str:
     """A small TOML writer for the config (scalars, lists, inline tables, one level of tables)."""
+
     def val(v):
         if v is None:
             return '""'
@@ -145,11 +190,18 @@ def _toml(d: dict) -> str:
             return json.dumps(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(val(x) for x in v) + "]"
-        return "{ " + ", ".join(f"{json.dumps(k) if not k.isidentifier() else k} = {val(x)}" for k, x in v.items()) + " }"
+        return (
+            "{ "
+            + ", ".join(f"{json.dumps(k) if not k.isidentifier() else k} = {val(x)}" for k, x in v.items())
+            + " }"
+        )
 
     top = [f"{k} = {val(v)}" for k, v in d.items() if not isinstance(v, dict) and v is not None]
-    tables = [f"\n[{k}]\n" + "\n".join(f"{kk} = {val(vv)}" for kk, vv in v.items() if vv is not None)
-              for k, v in d.items() if isinstance(v, dict)]
+    tables = [
+        f"\n[{k}]\n" + "\n".join(f"{kk} = {val(vv)}" for kk, vv in v.items() if vv is not None)
+        for k, v in d.items()
+        if isinstance(v, dict)
+    ]
     return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
 
 
@@ -166,24 +218,35 @@ def _open_study(storage, name: str, cfg, resume: bool, ref: bool = False):
         if resume and not ref:
             raise UserError(f"--resume: no study {name!r} in the storage")
         return None
-    for key, want in (("objectives", cfg.objectives), ("fidelity", cfg.protocol["fidelity"]),
-                      ("target", cfg.protocol["target"])):
+    for key, want in (
+        ("objectives", cfg.objectives),
+        ("fidelity", cfg.protocol["fidelity"]),
+        ("target", cfg.protocol["target"]),
+    ):
         have = study.user_attrs.get(key)
         if have is not None and have != want:
-            raise UserError(f"study {name!r} was run with {key} {json.dumps(have)}; this run asks for "
-                            f"{json.dumps(want)} (use --name for a new study)")
+            raise UserError(
+                f"study {name!r} was run with {key} {json.dumps(have)}; this run asks for "
+                f"{json.dumps(want)} (use --name for a new study)"
+            )
     # The space (a changed choice list breaks Optuna's distributions inside Ray), the data subset and
     # the seed. Not the sampler: switching it, or its population, on resume is legitimate and safe.
     stored_space = (study.user_attrs.get("config") or {}).get("space")
-    for key, have, want in (("[space]", stored_space, cfg.space_table),
-                            ("[data]", study.user_attrs.get("data"), cfg.protocol["data"]),
-                            ("seed", study.user_attrs.get("seed"), cfg.seed)):
+    for key, have, want in (
+        ("[space]", stored_space, cfg.space_table),
+        ("[data]", study.user_attrs.get("data"), cfg.protocol["data"]),
+        ("seed", study.user_attrs.get("seed"), cfg.seed),
+    ):
         want = json.loads(json.dumps(want))  # as stored (tuples -> lists)
         if have is not None and have != want:
-            diff = (", ".join(sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k)))
-                    if isinstance(have, dict) and isinstance(want, dict) else f"stored {have}, asked {want}")
-            raise UserError(f"study {name!r}: {key} differs from the stored study ({diff}); "
-                            "use --name for a new study")
+            diff = (
+                ", ".join(sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k)))
+                if isinstance(have, dict) and isinstance(want, dict)
+                else f"stored {have}, asked {want}"
+            )
+            raise UserError(
+                f"study {name!r}: {key} differs from the stored study ({diff}); use --name for a new study"
+            )
     return study
 
 
@@ -205,7 +268,9 @@ def main(argv=None) -> int:
         list_studies()
         return 0
     if not args.study:
-        raise UserError("give a study (a shipped config name or a .toml path), or --list to see the shipped ones")
+        raise UserError(
+            "give a study (a shipped config name or a .toml path), or --list to see the shipped ones"
+        )
     plan = prepare(args)  # nothing has been opened or written up to here
     cfg, run_dir, url = plan["cfg"], plan["run_dir"], plan["url"]
     t_start = time.perf_counter()
@@ -232,8 +297,10 @@ def _run(args, cfg, run_dir: Path, url: str) -> dict:
         storage = st.open_or_create(url)
         existing = _open_study(storage, cfg.name, cfg, args.resume)
         _open_study(storage, cfg.name + ".references", cfg, args.resume, ref=True)
-        _write_atomic(run_dir / "config.toml", f"# {cfg.name}: effective config (from {cfg.source})\n"
-                      + _toml(config_mod.to_storable(cfg)))
+        _write_atomic(
+            run_dir / "config.toml",
+            f"# {cfg.name}: effective config (from {cfg.source})\n" + _toml(config_mod.to_storable(cfg)),
+        )
         from . import driver
 
         return driver.run(cfg, storage, url, run_dir, args, existing)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -34,10 +34,28 @@ from .storage import INFEASIBLE
 
 # Copied from the final result to the trial's user attrs (plus genome, fidelity, reference, ...), after
 # every metric of analysis.metrics (result_attrs()).
-RESULT_ATTRS = ("genome_key", "epochs_completed", "status", "wall_s", "train_s", "device", "seed", "node",
-                "error", "traceback", "warmup_s", "compiled_graphs", "deterministic_requested", "deterministic",
-                "nondeterministic_ops", "data_on_device", "gpus_per_trial", "memory_fraction",
-                "top1_per_epoch", "top5_per_epoch")
+RESULT_ATTRS = (
+    "genome_key",
+    "epochs_completed",
+    "status",
+    "wall_s",
+    "train_s",
+    "device",
+    "seed",
+    "node",
+    "error",
+    "traceback",
+    "warmup_s",
+    "compiled_graphs",
+    "deterministic_requested",
+    "deterministic",
+    "nondeterministic_ops",
+    "data_on_device",
+    "gpus_per_trial",
+    "memory_fraction",
+    "top1_per_epoch",
+    "top5_per_epoch",
+)
 
 
 class GenomeSpace:
@@ -71,7 +89,9 @@ class GenomeSpace:
                 config["cost"] = target_cost(genome, self.target)
             except Exception:  # the trial counts it again and reports the error as its own
                 pass
-        if trial.user_attrs.get("trial_seed") is not None:  # set at enqueue (studies.calibrate: repeated seeds)
+        if (
+            trial.user_attrs.get("trial_seed") is not None
+        ):  # set at enqueue (studies.calibrate: repeated seeds)
             config["seed"] = trial.user_attrs["trial_seed"]
         return genome, config
 
@@ -90,7 +110,9 @@ class SamplerSpec:
         if self.name == "nsga2":
             return optuna.samplers.NSGAIISampler(population_size=self.population, seed=self.seed)
         if self.name == "tpe":  # constant_liar: concurrent trials do not all go to the same spot
-            return optuna.samplers.TPESampler(seed=self.seed, constant_liar=True, multivariate=True, group=True)
+            return optuna.samplers.TPESampler(
+                seed=self.seed, constant_liar=True, multivariate=True, group=True
+            )
         if self.name == "gp":  # multi-objective (log EHVI) and constrained where trials carry constraints
             return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.population)
         if self.name == "random":
@@ -130,11 +152,23 @@ class StudySearch(Searcher):
 
     progress = None  # a studies.progress.Progress, set by the driver: counts asked and finished trials
 
-    def __init__(self, space: GenomeSpace, objectives: list[dict], study_name: str, storage, sampler: SamplerSpec,
-                 epochs: int, attrs: dict, log: Callable[[str], None] = print, limits: CostLimits | None = None,
-                 max_skips: int = 50):
-        super().__init__(metric=[o["name"] for o in objectives],
-                         mode=["max" if o["direction"] == "maximize" else "min" for o in objectives])
+    def __init__(
+        self,
+        space: GenomeSpace,
+        objectives: list[dict],
+        study_name: str,
+        storage,
+        sampler: SamplerSpec,
+        epochs: int,
+        attrs: dict,
+        log: Callable[[str], None] = print,
+        limits: CostLimits | None = None,
+        max_skips: int = 50,
+    ):
+        super().__init__(
+            metric=[o["name"] for o in objectives],
+            mode=["max" if o["direction"] == "maximize" else "min" for o in objectives],
+        )
         self.space = space
         self.objectives = objectives
         self.study_name = study_name
@@ -145,7 +179,9 @@ class StudySearch(Searcher):
         self._log = log
         self._study: optuna.Study | None = None
         self._storage: optuna.storages.BaseStorage | None = None
-        self._asked: dict[str, tuple[int, str | None]] = {}  # Ray trial id -> (trial number, reference), until told
+        self._asked: dict[
+            str, tuple[int, str | None]
+        ] = {}  # Ray trial id -> (trial number, reference), until told
         self._last: dict[str, dict] = {}
         self.finished: list[int] = []
         self.limits = limits
@@ -161,8 +197,9 @@ class StudySearch(Searcher):
             from .storage import open_or_create
 
             self._storage = open_or_create(self.storage) if isinstance(self.storage, str) else self.storage
-            self._study = optuna.load_study(study_name=self.study_name, storage=self._storage,
-                                            sampler=self.sampler.build())
+            self._study = optuna.load_study(
+                study_name=self.study_name, storage=self._storage, sampler=self.sampler.build()
+            )
         return self._study
 
     @property
@@ -171,7 +208,7 @@ class StudySearch(Searcher):
         _ = self.study  # opening the study opens its storage
         return self._storage
 
-    def with_storage(self, storage: optuna.storages.BaseStorage) -> "StudySearch":
+    def with_storage(self, storage: optuna.storages.BaseStorage) -> StudySearch:
         """This searcher (space, objectives, sampler, limits, progress) asking and telling the study
         of the same name in `storage` instead, with nothing asked or finished yet: e.g. an in-memory
         mirror of the study (studies.table_backend)."""
@@ -184,7 +221,9 @@ class StudySearch(Searcher):
         """Set user attrs of trial `number` (also of a finished trial: the searcher's record of it)."""
         # BaseStorage's public interface: a trial is addressed by (study id, trial number).
         storage = self.opened_storage
-        tid = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(self.study_name), number)
+        tid = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(self.study_name), number
+        )
         for k, v in attrs.items():
             storage.set_trial_user_attr(tid, k, v)
 
@@ -195,12 +234,17 @@ class StudySearch(Searcher):
             trial = self.study.ask()
             genome, config = self.space.ask(trial)
             if self.limits is None or self._feasible(trial, genome):
-                self._asked[trial_id] = (trial.number, trial.user_attrs.get("reference") or trial.user_attrs.get("design"))
+                self._asked[trial_id] = (
+                    trial.number,
+                    trial.user_attrs.get("reference") or trial.user_attrs.get("design"),
+                )
                 if self.progress is not None:
                     self.progress.started(trial_id)
                 return config
-        self._log(f"  {self.max_skips + 1} genomes in a row outside [constraints]: the search stops here "
-                  "(loosen the limits or narrow [space])")
+        self._log(
+            f"  {self.max_skips + 1} genomes in a row outside [constraints]: the search stops here "
+            "(loosen the limits or narrow [space])"
+        )
         return Searcher.FINISHED
 
     def _feasible(self, trial: optuna.Trial, genome) -> bool:
@@ -216,22 +260,33 @@ class StudySearch(Searcher):
             trial.set_constraint(name, v)
         if all(v <= 0 for v in over.values()):
             return True
-        r = {"genome_key": genome.key, **{n: cost[n] for n in metrics.names("cost")},
-             "top1": 0.0, "epochs_completed": 0, "status": INFEASIBLE,
-             "error": "over " + ", ".join(f"{n}_max by {v:+.1%}" for n, v in over.items() if v > 0)}
+        r = {
+            "genome_key": genome.key,
+            **{n: cost[n] for n in metrics.names("cost")},
+            "top1": 0.0,
+            "epochs_completed": 0,
+            "status": INFEASIBLE,
+            "error": "over " + ", ".join(f"{n}_max by {v:+.1%}" for n, v in over.items() if v > 0),
+        }
         # Never trained: top1 0 (the worst), the exact costs, and latency unknown (the worst too).
-        values = [r.get(o["name"], 0.0 if o["direction"] == "maximize" else math.inf) for o in self.objectives]
+        values = [
+            r.get(o["name"], 0.0 if o["direction"] == "maximize" else math.inf) for o in self.objectives
+        ]
         self.set_trial_attrs(trial.number, {**self._attrs, **r})
         self.study.tell(trial.number, values, state=TrialState.COMPLETE)
         self.skipped.append(trial.number)
-        self._log(_line(trial.number, None, r, TrialState.COMPLETE, values, self.objectives) + " " + r["error"])
+        self._log(
+            _line(trial.number, None, r, TrialState.COMPLETE, values, self.objectives) + " " + r["error"]
+        )
         return False
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last[trial_id] = result  # an errored trial's complete call carries no result
         if trial_id in self._asked and not result.get("final"):  # progress for the dashboard
-            self.set_trial_attrs(self._asked[trial_id][0], {k: result[k] for k in ("epochs_completed", "top1", "node")
-                                     if result.get(k) is not None})
+            self.set_trial_attrs(
+                self._asked[trial_id][0],
+                {k: result[k] for k in ("epochs_completed", "top1", "node") if result.get(k) is not None},
+            )
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self._asked:
@@ -247,7 +302,9 @@ class StudySearch(Searcher):
                 self.study.tell(number, None, state=TrialState.FAIL)
                 self._log(f"  trial {number}: could not tell Optuna ({e}); marked FAIL")
             except Exception as e2:  # the storage itself is failing: log it, keep the run going
-                self._log(f"  trial {number}: could not tell Optuna ({e}) nor mark it FAIL ({e2}); left as is")
+                self._log(
+                    f"  trial {number}: could not tell Optuna ({e}) nor mark it FAIL ({e2}); left as is"
+                )
         self.finished.append(number)
         line = _line(number, reference, r, state, values, self.objectives)
         if self.progress is not None:  # the line, with the study's count and ETA
@@ -259,12 +316,18 @@ class StudySearch(Searcher):
         """The Optuna state and values of a finished Ray trial (see the module docstring); sets r["status"]."""
         status = r.get("status")
         if error and status != "error":
-            status, r["error"] = "error", r.get("error") or "the Ray trial failed without reporting (worker died?)"
+            status, r["error"] = (
+                "error",
+                r.get("error") or "the Ray trial failed without reporting (worker died?)",
+            )
         values = None
         if status in ("error", "oom"):
             state = TrialState.FAIL
-        elif (not r.get("final") or status == "stopped"  # "diverged" stops early by design: not pruned
-              or (status != "diverged" and r.get("epochs_completed", 0) < self._epochs)):
+        elif (
+            not r.get("final")
+            or status == "stopped"  # "diverged" stops early by design: not pruned
+            or (status != "diverged" and r.get("epochs_completed", 0) < self._epochs)
+        ):
             state, status = TrialState.PRUNED, "pruned"
         else:
             values = [r.get(o["name"]) for o in self.objectives]
@@ -285,13 +348,12 @@ def _line(number, reference, r, state, values, objectives) -> str:
     what = ", ".join(f"{o['name']}={metrics.fmt(o['name'], v)}" for o, v in zip(objectives, values or []))
     ref = f" [{reference}]" if reference else ""
     err = f" {r.get('error')}" if state == TrialState.FAIL else ""
-    return (f"  trial {number:>3}{ref} {state.name.lower():8} {r.get('status', ''):8} {what}"
-            f" epochs={r.get('epochs_completed', 0)} {r.get('wall_s', 0) or 0:.1f}s{err}")
+    return (
+        f"  trial {number:>3}{ref} {state.name.lower():8} {r.get('status', ''):8} {what}"
+        f" epochs={r.get('epochs_completed', 0)} {r.get('wall_s', 0) or 0:.1f}s{err}"
+    )
 
 
 def result_attrs() -> tuple[str, ...]:
     """The result keys stored as user attrs: every metric in the table, then RESULT_ATTRS."""
     return (*metrics.names(), *RESULT_ATTRS)
-
-
-

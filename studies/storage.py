@@ -23,7 +23,9 @@ INTERRUPTED = "interrupted"  # status of a trial whose driver died; it is requeu
 # What a requeued trial keeps of its enqueue-time user attrs (studies.calibrate adds design, seed, protocol)
 KEEP_ON_REQUEUE = ("seeded_from", "reference", "design", "trial_seed", "protocol", "table_seed", "table_key")
 HEARTBEAT_S = 30.0  # a running driver refreshes its study-level heartbeat this often
-STALE_S = 300.0  # a heartbeat older than this: that driver is taken for dead (clocks of hosts may differ a bit)
+STALE_S = (
+    300.0  # a heartbeat older than this: that driver is taken for dead (clocks of hosts may differ a bit)
+)
 
 
 def check_url(url: str) -> str:
@@ -41,8 +43,11 @@ def check_url(url: str) -> str:
         u = make_url(url)
         dialect = u.get_dialect()  # raises for an unknown database kind
     except Exception as e:  # sqlalchemy raises several types for a bad URL
-        raise UserError(redact(f"--storage {url!r}: not a usable database URL ({type(e).__name__}: {e})"
-                               .replace("\n", " "))) from None
+        raise UserError(
+            redact(
+                f"--storage {url!r}: not a usable database URL ({type(e).__name__}: {e})".replace("\n", " ")
+            )
+        ) from None
     try:
         dialect.import_dbapi()
     except ImportError as e:
@@ -54,7 +59,9 @@ def check_url(url: str) -> str:
             except ImportError:
                 pass
         hint = " (pip install psycopg2-binary)" if u.get_backend_name() == "postgresql" else ""
-        raise UserError(f"--storage {describe(url)!r}: its database driver is not installed: {e}{hint}") from None
+        raise UserError(
+            f"--storage {describe(url)!r}: its database driver is not installed: {e}{hint}"
+        ) from None
     if u.get_backend_name() == "sqlite" and u.database and not Path(u.database).parent.is_dir():
         raise UserError(f"--storage {describe(url)!r}: folder of {u.database!r} does not exist")
     return url
@@ -70,8 +77,9 @@ def open_or_create(url: str) -> optuna.storages.BaseStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as e:
-        raise UserError(redact(f"--storage {describe(url)!r}: cannot open "
-                               f"({type(e).__name__}: {str(e).splitlines()[0]})")) from None
+        raise UserError(
+            redact(f"--storage {describe(url)!r}: cannot open ({type(e).__name__}: {str(e).splitlines()[0]})")
+        ) from None
 
 
 def describe(url: str) -> str:
@@ -129,8 +137,11 @@ class Heartbeat:
     def beat(self, stopped: bool = False) -> None:
         for name in self.study_names:
             try:
-                self.storage.set_study_system_attr(self.storage.get_study_id_from_name(name), "driver:" + self.id,
-                                                   {"beat": time.time(), "stopped": stopped})
+                self.storage.set_study_system_attr(
+                    self.storage.get_study_id_from_name(name),
+                    "driver:" + self.id,
+                    {"beat": time.time(), "stopped": stopped},
+                )
             except Exception:  # a storage hiccup: the next beat tries again
                 pass
 
@@ -138,7 +149,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             self.beat()
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         self.beat()
         self._thread = threading.Thread(target=self._loop, name="studies-heartbeat", daemon=True)
         self._thread.start()
@@ -174,7 +185,11 @@ def driver_alive(storage, study_name: str, driver: str | None, now: float | None
     if not driver or driver.count(":") < 2:
         return False
     beat = storage.get_study_system_attrs(storage.get_study_id_from_name(study_name)).get("driver:" + driver)
-    if not isinstance(beat, dict) or beat.get("stopped") or (now or time.time()) - beat.get("beat", 0) > STALE_S:
+    if (
+        not isinstance(beat, dict)
+        or beat.get("stopped")
+        or (now or time.time()) - beat.get("beat", 0) > STALE_S
+    ):
         return False
     host, pid, _ = driver.rsplit(":", 2)
     return _pid_alive(int(pid)) if host == socket.gethostname() else True
@@ -201,22 +216,32 @@ def recover(storage, study) -> list[int]:
         storage.set_trial_user_attr(tid, "error", "the driver stopped before this trial finished; requeued")
         storage.set_trial_state_values(tid, TrialState.FAIL)
         if t.params:
-            study.enqueue_trial(t.params, user_attrs={**keep, "requeued_from": t.number}, skip_if_exists=False)
+            study.enqueue_trial(
+                t.params, user_attrs={**keep, "requeued_from": t.number}, skip_if_exists=False
+            )
         requeued.append(t.number)
     return requeued
 
 
-INFEASIBLE = "infeasible"  # over a [constraints] limit: recorded with its costs, never trained (studies.search)
+INFEASIBLE = (
+    "infeasible"  # over a [constraints] limit: recorded with its costs, never trained (studies.search)
+)
 
 
 def counted(study) -> int:
     """Finished trials that count towards the budget: trained (or tried) ones. Interrupted ones were
     requeued instead; infeasible ones were never trained (see skipped)."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
-               if t.user_attrs.get("status") not in (INTERRUPTED, INFEASIBLE))
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+        if t.user_attrs.get("status") not in (INTERRUPTED, INFEASIBLE)
+    )
 
 
 def skipped(study) -> int:
     """Genomes recorded infeasible (outside [constraints]) and never trained."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
-               if t.user_attrs.get("status") == INFEASIBLE)
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+        if t.user_attrs.get("status") == INFEASIBLE
+    )

@@ -24,8 +24,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from searchspace.errors import UserError
 from searchspace.cli import argument_parser, cli_main
+from searchspace.errors import UserError
 
 from . import config as config_mod
 
@@ -33,8 +33,20 @@ REPO = Path(__file__).resolve().parent.parent
 TABLE_DIR = REPO / "studies" / "tables"
 CONVENTIONS = ("paper", "full")  # costs stored for each (the target's resolution and classes)
 META = ("table", "genome_key", "seed", "design", "menu")
-TAIL = ("top1", "top5", "status", "wall_s", "train_s", "device", "protocol", "torch", "optuna", "ray",
-        "trial_number", "genome")
+TAIL = (
+    "top1",
+    "top5",
+    "status",
+    "wall_s",
+    "train_s",
+    "device",
+    "protocol",
+    "torch",
+    "optuna",
+    "ray",
+    "trial_number",
+    "genome",
+)
 
 
 def default_csv(name: str) -> Path:
@@ -130,9 +142,11 @@ def _check_protocol(rows: list[dict], cfg, path: Path) -> None:
     want = protocol_text(cfg)
     for r in rows:
         if r.get("protocol") != want:
-            raise UserError(f"table {str(path)!r}: row {r.get('genome_key')}/seed {r.get('seed')} was made with protocol "
-                            f"{r.get('protocol')}; config {cfg.name!r} asks for {want} (a table holds one protocol: "
-                            "write a new table with --csv)")
+            raise UserError(
+                f"table {str(path)!r}: row {r.get('genome_key')}/seed {r.get('seed')} was made with protocol "
+                f"{r.get('protocol')}; config {cfg.name!r} asks for {want} (a table holds one protocol: "
+                "write a new table with --csv)"
+            )
 
 
 # -- costs ------------------------------------------------------------------------------------------
@@ -164,8 +178,13 @@ def stagewise_cost(genome, conv: str, cfg) -> dict:
     for i, st in enumerate(genome.stages):
         if st == type(st)():
             continue
-        one = _cost(base_genome.with_stage(i, **{f: getattr(st, f) for f in ("plugins", "fusion", "stage_module", "kw")}),
-                    conv, cfg)
+        one = _cost(
+            base_genome.with_stage(
+                i, **{f: getattr(st, f) for f in ("plugins", "fusion", "stage_module", "kw")}
+            ),
+            conv,
+            cfg,
+        )
         for m in total:
             total[m] += one[m] - base[m]
     return total
@@ -178,7 +197,9 @@ def costs(genome, cfg, direct: dict, log=print) -> dict:
     trusted only if stagewise_cost reproduces `direct` exactly; otherwise counted directly."""
     conv = cfg.target.convention
     out = {f"{m}_{conv}": int(direct[m]) for m in ("params", "flops", "activations")}
-    exact = stagewise_cost(genome, conv, cfg) == {m: int(direct[m]) for m in ("params", "flops", "activations")}
+    exact = stagewise_cost(genome, conv, cfg) == {
+        m: int(direct[m]) for m in ("params", "flops", "activations")
+    }
     if not exact:
         log(f"  {genome.key}: stagewise counts differ from the trial's; counting directly")
     for c in CONVENTIONS:
@@ -196,7 +217,6 @@ def study_name(cfg) -> str:
 def _have(study) -> set[tuple[str, int]]:
     """(genome key, seed) pairs done, running or waiting in the storage (failed ones are retried)."""
     from optuna.trial import TrialState
-
 
     have = set()
     for t in study.get_trials(deepcopy=False):
@@ -239,13 +259,17 @@ def build(args) -> int:
     url = str(run_dir / "study.journal")
     order = generation_order(cfg)
     if args.limit:
-        order = order[:args.limit]
+        order = order[: args.limit]
     shipped = {(r["genome_key"], int(r["seed"])) for r in rows}
     log = lambda m: print(m, flush=True)  # noqa: E731
     with st.DriverLock(run_dir):
         storage = st.open_or_create(url)
-        study = optuna.create_study(study_name=study_name(cfg), storage=storage,
-                                    directions=[o["direction"] for o in cfg.objectives], load_if_exists=True)
+        study = optuna.create_study(
+            study_name=study_name(cfg),
+            storage=storage,
+            directions=[o["direction"] for o in cfg.objectives],
+            load_if_exists=True,
+        )
         driver._study_attrs(study, cfg)
         study.set_user_attr("table", {"name": cfg.name, "protocol": protocol(cfg)})
         requeued = st.recover(storage, study)
@@ -254,26 +278,46 @@ def build(args) -> int:
         have = _have(study) | shipped
         todo = [(g, s) for g in order for s in range(args.seeds) if (g.key, s) not in have]
         for g, s in todo:
-            study.enqueue_trial(space.to_params(g, spec), user_attrs={"table_seed": s, "table_key": g.key},
-                                skip_if_exists=False)
+            study.enqueue_trial(
+                space.to_params(g, spec),
+                user_attrs={"table_seed": s, "table_key": g.key},
+                skip_if_exists=False,
+            )
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        log(f"table {cfg.name}: {space.count(spec)} genomes in the space, {len(order)} targeted x {args.seeds} seed(s); "
-            f"{len(shipped)} row(s) in {_rel(csv_path)}, {len(todo)} enqueued now, {waiting} waiting; storage {_rel(url)}")
+        log(
+            f"table {cfg.name}: {space.count(spec)} genomes in the space, {len(order)} targeted x {args.seeds} seed(s); "
+            f"{len(shipped)} row(s) in {_rel(csv_path)}, {len(todo)} enqueued now, {waiting} waiting; storage {_rel(url)}"
+        )
         if not waiting:
             return 0
         # after the study's attrs: these flags change how it runs, not what is stored
-        cfg = config_mod.with_overrides(cfg, {"budget.concurrency": args.concurrency,
-                                              "resources.gpus_per_trial": args.gpus_per_trial})
+        cfg = config_mod.with_overrides(
+            cfg, {"budget.concurrency": args.concurrency, "resources.gpus_per_trial": args.gpus_per_trial}
+        )
         started = driver.init_ray(args.address)
         heartbeat = st.Heartbeat(storage, [study.study_name]).start()
         try:
             res = driver.resources(cfg)
-            attrs = {"fidelity": cfg.protocol["fidelity"], "seed": cfg.seed, "reference": None, "versions": versions()}
-            search = StudySearch(TableSpace(spec, heartbeat.id), cfg.objectives, study.study_name, url,
-                                 SamplerSpec("random", cfg.seed), cfg.fidelity.epochs, attrs, log)
+            attrs = {
+                "fidelity": cfg.protocol["fidelity"],
+                "seed": cfg.seed,
+                "reference": None,
+                "versions": versions(),
+            }
+            search = StudySearch(
+                TableSpace(spec, heartbeat.id),
+                cfg.objectives,
+                study.study_name,
+                url,
+                SamplerSpec("random", cfg.seed),
+                cfg.fidelity.epochs,
+                attrs,
+                log,
+            )
             log(f"training {waiting} trial(s), up to {res['concurrency']} at a time on {res['device']}")
-            driver._tune(cfg, res, search, waiting, run_dir, "table", log,
-                         ctx_overrides={"evaluate_every_epoch": True})  # every epoch's top-1/top-5 is a column
+            driver._tune(
+                cfg, res, search, waiting, run_dir, "table", log, ctx_overrides={"evaluate_every_epoch": True}
+            )  # every epoch's top-1/top-5 is a column
         finally:
             heartbeat.stop()
             if started:
@@ -320,14 +364,22 @@ def export_rows(cfg, url: str, csv_path: Path, log=print) -> list[dict]:
         _COST_CACHE.update(json.loads(cache.read_text()))
     spec = cfg.space
     have = {(r["genome_key"], int(r["seed"])) for r in rows}
-    known_costs = {r["genome_key"]: {k: r[k] for k in r if k.split("_")[0] in ("params", "flops", "activations")
-                                     and k.endswith(CONVENTIONS)} for r in rows}
+    known_costs = {
+        r["genome_key"]: {
+            k: r[k]
+            for k in r
+            if k.split("_")[0] in ("params", "flops", "activations") and k.endswith(CONVENTIONS)
+        }
+        for r in rows
+    }
     names = {d.genome.key: d.name for d in published_in_space(spec)}
     epochs = cfg.fidelity.epochs
     proto = protocol_text(cfg)
-    study = st.find_study(st.open_or_create(url), study_name(cfg)) if Path(url).exists() or "://" in url else None
+    study = (
+        st.find_study(st.open_or_create(url), study_name(cfg)) if Path(url).exists() or "://" in url else None
+    )
     new = []
-    for t in (study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if study else []):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if study else []:
         a = t.user_attrs
         if a.get("table_seed") is None or a.get("status") not in ("ok", "diverged"):
             continue
@@ -343,12 +395,27 @@ def export_rows(cfg, url: str, csv_path: Path, log=print) -> list[dict]:
         if len(top1s) != epochs:
             log(f"  trial {t.number}: {len(top1s)} per-epoch values for {epochs} epochs; left out")
             continue
-        row = {"table": cfg.name, "genome_key": g.key, "seed": pair[1], "design": names.get(g.key, ""),
-               "menu": menu_label(spec, g), **c, "epochs": epochs,
-               **{f"top1_e{e + 1}": v for e, v in enumerate(top1s)}, **{f"top5_e{e + 1}": v for e, v in enumerate(top5s)},
-               "top1": a["top1"], "top5": a.get("top5"), "status": a["status"], "wall_s": round(a.get("wall_s") or 0, 2),
-               "train_s": round(a.get("train_s") or 0, 2), "device": a.get("device"), "protocol": proto,
-               **(a.get("versions") or {}), "trial_number": t.number, "genome": g.to_json()}
+        row = {
+            "table": cfg.name,
+            "genome_key": g.key,
+            "seed": pair[1],
+            "design": names.get(g.key, ""),
+            "menu": menu_label(spec, g),
+            **c,
+            "epochs": epochs,
+            **{f"top1_e{e + 1}": v for e, v in enumerate(top1s)},
+            **{f"top5_e{e + 1}": v for e, v in enumerate(top5s)},
+            "top1": a["top1"],
+            "top5": a.get("top5"),
+            "status": a["status"],
+            "wall_s": round(a.get("wall_s") or 0, 2),
+            "train_s": round(a.get("train_s") or 0, 2),
+            "device": a.get("device"),
+            "protocol": proto,
+            **(a.get("versions") or {}),
+            "trial_number": t.number,
+            "genome": g.to_json(),
+        }
         new.append(row)
     order = {g.key: i for i, g in enumerate(generation_order(cfg))}
     rows = sorted(rows + new, key=lambda r: (order.get(r["genome_key"], len(order)), int(r["seed"])))
@@ -387,10 +454,12 @@ class Table:
     protocol: dict
 
     @classmethod
-    def load(cls, path: str | Path, cfg=None) -> "Table":
+    def load(cls, path: str | Path, cfg=None) -> Table:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"table {str(path)!r}: no such file (build it: python -m studies.table build NAME)")
+            raise UserError(
+                f"table {str(path)!r}: no such file (build it: python -m studies.table build NAME)"
+            )
         raw = read_rows(path)
         if not raw:
             raise UserError(f"table {str(path)!r}: no rows")
@@ -403,7 +472,9 @@ class Table:
                 row = dict(r)
                 row["seed"] = int(r["seed"])
                 row["top1_curve"] = [float(r[f"top1_e{e}"]) for e in range(1, epochs + 1)]
-                row["top5_curve"] = [float(r[f"top5_e{e}"]) if r.get(f"top5_e{e}") else None for e in range(1, epochs + 1)]
+                row["top5_curve"] = [
+                    float(r[f"top5_e{e}"]) if r.get(f"top5_e{e}") else None for e in range(1, epochs + 1)
+                ]
                 for k in ("top1", "wall_s", "train_s"):
                     row[k] = float(r[k])
                 for c in CONVENTIONS:
@@ -439,10 +510,16 @@ def main(argv=None) -> int:
         if name == "build":
             p.add_argument("--seeds", type=int, default=2, help="seeds per genome (0 .. N-1)")
             p.add_argument("--limit", type=int, help="only the first N genomes of the generation order")
-            p.add_argument("--concurrency", type=int, help="trials at the same time (default: the config's; "
-                           "0 = what the resources hold)")
-            p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions pack trials (default: "
-                           "1 when Ray sees GPUs)")
+            p.add_argument(
+                "--concurrency",
+                type=int,
+                help="trials at the same time (default: the config's; 0 = what the resources hold)",
+            )
+            p.add_argument(
+                "--gpus-per-trial",
+                type=float,
+                help="GPUs per trial, fractions pack trials (default: 1 when Ray sees GPUs)",
+            )
             p.add_argument("--address", help="join a running Ray cluster (e.g. auto)")
             p.add_argument("--no-export", action="store_true", help="leave the CSV alone when done")
     args = ap.parse_args(argv)

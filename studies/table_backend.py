@@ -45,11 +45,17 @@ class ASHA:
     rungs at grace_period * rf^k epochs; a trial reaching a rung is stopped when its value is below
     the (1 - 1/rf) quantile of the values recorded at that rung so far."""
 
-    def __init__(self, max_t: int, grace_period: int = 1, reduction_factor: int = 2, metric: str = "top1",
-                 mode: str = "max"):
+    def __init__(
+        self,
+        max_t: int,
+        grace_period: int = 1,
+        reduction_factor: int = 2,
+        metric: str = "top1",
+        mode: str = "max",
+    ):
         self.rf, self.metric, self.sign = reduction_factor, metric, 1.0 if mode == "max" else -1.0
         n = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
-        self.rungs = [(grace_period * reduction_factor ** k, {}) for k in reversed(range(n))]
+        self.rungs = [(grace_period * reduction_factor**k, {}) for k in reversed(range(n))]
 
     def on_result(self, trial_id: str, epoch: int, metrics: dict) -> str:
         value = metrics.get(self.metric)
@@ -87,7 +93,9 @@ def stopping_rule(cfg) -> StoppingRule:
     if es.rule == "pareto":  # the rule studies.pareto_asha.ParetoASHA runs inside Ray
         from .pareto_asha import ParetoRungs, rung_levels
 
-        metrics = {o["name"]: o["direction"] for o in cfg.objectives if metric_table.get(o["name"]).every_epoch}
+        metrics = {
+            o["name"]: o["direction"] for o in cfg.objectives if metric_table.get(o["name"]).every_epoch
+        }
         levels = rung_levels(cfg.fidelity.epochs, es.grace_period, es.reduction_factor)
         return FromDecide(ParetoRungs(levels, es.reduction_factor, list(metrics.values())), list(metrics))
     return ASHA(cfg.fidelity.epochs, es.grace_period, es.reduction_factor)
@@ -96,8 +104,15 @@ def stopping_rule(cfg) -> StoppingRule:
 class TableBackend:
     """Answers trials of a study from a studies.table.Table (see the module docstring)."""
 
-    def __init__(self, table, cfg, rule: StoppingRule | None = None, seed: int | None = None,
-                 on_missing: str = "error", max_skips: int | None = None):
+    def __init__(
+        self,
+        table,
+        cfg,
+        rule: StoppingRule | None = None,
+        seed: int | None = None,
+        on_missing: str = "error",
+        max_skips: int | None = None,
+    ):
         self.table, self.cfg = table, cfg
         self.rule = rule if rule is not None else stopping_rule(cfg)
         self.seed = cfg.seed if seed is None else seed
@@ -107,26 +122,44 @@ class TableBackend:
             raise UserError(f"table {str(table.path)!r} has no costs under convention {self.convention!r}")
         self.clock = 0.0  # simulated seconds since the study's first table trial
         self.skipped = 0
-        self.max_skips = max_skips  # on_missing="skip": give up after this many (default 20 per trial asked for)
+        self.max_skips = (
+            max_skips  # on_missing="skip": give up after this many (default 20 per trial asked for)
+        )
 
     @classmethod
-    def open(cls, path: str | Path, cfg, **kw) -> "TableBackend":
+    def open(cls, path: str | Path, cfg, **kw) -> TableBackend:
         from .table import Table
 
         return cls(Table.load(path, cfg), cfg, **kw)
 
     def resources(self, cfg) -> dict:
         conc = cfg.budget.concurrency or 1
-        return {"cpu": 0.0, "gpu": 0.0, "concurrency": conc, "device": "table", "cluster": {"CPU": 0, "GPU": 0},
-                "nodes": 0}
+        return {
+            "cpu": 0.0,
+            "gpu": 0.0,
+            "concurrency": conc,
+            "device": "table",
+            "cluster": {"CPU": 0, "GPU": 0},
+            "nodes": 0,
+        }
 
     def resume_clock(self, study) -> None:
         ends = [t.user_attrs.get("sim_end_s") for t in study.get_trials(deepcopy=False)]
         self.clock = max([e for e in ends if e is not None], default=0.0)
 
     # the signature of studies.driver._tune, so the driver calls either
-    def tune(self, cfg, res, search, n: int, run_dir=None, tag: str = "", log=None, ctx_overrides=None,
-             early_stop: bool = True) -> None:
+    def tune(
+        self,
+        cfg,
+        res,
+        search,
+        n: int,
+        run_dir=None,
+        tag: str = "",
+        log=None,
+        ctx_overrides=None,
+        early_stop: bool = True,
+    ) -> None:
         """Run on an in-memory mirror of the study, then write each new trial to the study's storage in
         one operation: a journal file syncs every write (about 30 per trial through the searcher),
         which alone would cost over 50 ms per simulated trial. Trials finished before an error are
@@ -144,9 +177,16 @@ class TableBackend:
             mem.create_new_trial(mem_id, template_trial=t)
         local = search.with_storage(mem)
         try:
-            self.run(local, n, res["concurrency"], rule=None if early_stop else NoStopping())  # references in full
+            self.run(
+                local, n, res["concurrency"], rule=None if early_stop else NoStopping()
+            )  # references in full
         finally:
-            _flush(storage, storage.get_study_id_from_name(real.study_name), before, mirror.get_trials(deepcopy=False))
+            _flush(
+                storage,
+                storage.get_study_id_from_name(real.study_name),
+                before,
+                mirror.get_trials(deepcopy=False),
+            )
             search.finished.extend(local.finished)
             search.skipped.extend(local.skipped)
 
@@ -168,8 +208,10 @@ class TableBackend:
             while True:
                 asks += 1
                 if self.skipped > (self.max_skips if self.max_skips is not None else 20 * n + 100):
-                    raise UserError(f"table {str(self.table.path)!r}: the sampler keeps asking for genomes the table "
-                                    f"does not hold ({self.skipped} skipped); the table has {len(self.table.rows)} genomes")
+                    raise UserError(
+                        f"table {str(self.table.path)!r}: the sampler keeps asking for genomes the table "
+                        f"does not hold ({self.skipped} skipped); the table has {len(self.table.rows)} genomes"
+                    )
                 counter += 1
                 tid = f"table_{self.clock:.3f}_{counter}"
                 config = search.suggest(tid)
@@ -179,12 +221,18 @@ class TableBackend:
                 rows = self.table.rows.get(genome.key)
                 if rows is not None:
                     break
-                why = (f"genome {genome.key} is not in table {str(self.table.path)!r} (table {self.table.name!r}: "
-                       f"{len(self.table.rows)} genomes of the space of studies/configs/{self.table.name}.toml)")
-                search.on_trial_complete(tid, {"status": "error", "error": why, "final": True}, error=True)  # FAIL
+                why = (
+                    f"genome {genome.key} is not in table {str(self.table.path)!r} (table {self.table.name!r}: "
+                    f"{len(self.table.rows)} genomes of the space of studies/configs/{self.table.name}.toml)"
+                )
+                search.on_trial_complete(
+                    tid, {"status": "error", "error": why, "final": True}, error=True
+                )  # FAIL
                 if self.on_missing != "skip":
-                    raise UserError(why + "; run the study on the table's own space, or extend the table "
-                                    "(python -m studies.table build)")
+                    raise UserError(
+                        why + "; run the study on the table's own space, or extend the table "
+                        "(python -m studies.table build)"
+                    )
                 self.skipped += 1
             number = config["trial_number"]
             row = random.Random(f"{self.seed}:{number}").choice(rows)  # the seed drawn for this trial
@@ -207,11 +255,14 @@ class TableBackend:
                 heapq.heappush(events, (t + row["wall_s"] / epochs, order, tid, epoch + 1))
                 continue
             # a finished trial's attrs cannot change: the simulated times go in before it is told
-            search.set_trial_attrs(number, {"sim_start_s": t0, "sim_end_s": t, "table": self.table.name,
-                                       "table_seed": row["seed"]})
+            search.set_trial_attrs(
+                number,
+                {"sim_start_s": t0, "sim_end_s": t, "table": self.table.name, "table_seed": row["seed"]},
+            )
             if final:
-                search.on_trial_complete(tid, {**metrics, "final": True, "status": row.get("status") or "ok",
-                                               "top1": row["top1"]})
+                search.on_trial_complete(
+                    tid, {**metrics, "final": True, "status": row.get("status") or "ok", "top1": row["top1"]}
+                )
             else:
                 search.on_trial_result(tid, metrics)
                 search.on_trial_complete(tid, metrics)  # no final record: PRUNED (studies.search)
@@ -226,12 +277,19 @@ class TableBackend:
     def _metrics(self, row: dict, epoch: int, epochs: int) -> dict:
         c = self.convention
         # a table holds costs and top-1/top-5 curves; nothing measured after training (latency) is in it
-        return {"epochs_completed": epoch, "top1": row["top1_curve"][epoch - 1], "top5": row["top5_curve"][epoch - 1],
-                **{m: row.get(f"{m}_{c}") for m in metric_table.names("cost")},
-                **{m: None for m in metric_table.names("train") if m in metric_table.OBJECTIVES},
-                "wall_s": row["wall_s"] * epoch / epochs, "train_s": row["train_s"] * epoch / epochs,
-                "genome_key": row["genome_key"], "seed": row["seed"], "device": f"table:{row.get('device', '')}",
-                "node": "table"}
+        return {
+            "epochs_completed": epoch,
+            "top1": row["top1_curve"][epoch - 1],
+            "top5": row["top5_curve"][epoch - 1],
+            **{m: row.get(f"{m}_{c}") for m in metric_table.names("cost")},
+            **{m: None for m in metric_table.names("train") if m in metric_table.OBJECTIVES},
+            "wall_s": row["wall_s"] * epoch / epochs,
+            "train_s": row["train_s"] * epoch / epochs,
+            "genome_key": row["genome_key"],
+            "seed": row["seed"],
+            "device": f"table:{row.get('device', '')}",
+            "node": "table",
+        }
 
 
 def _flush(storage, study_id: int, before: list, after: list) -> None:

@@ -55,10 +55,22 @@ def run_trial(config: dict, ctx: dict) -> None:
     seed = config.get("seed", ctx["seed"])  # a trial's own seed (calibration, table), else the study's
     epochs = ctx["fidelity"].epochs
     gpus = _gpu_share(ctx) if ctx["device"] == "cuda" else 0.0
-    base = {"trial_number": number, "node": _node(), "pid": os.getpid(), "epochs_target": epochs,
-            "gpus_per_trial": gpus}  # < 1: the GPU was shared, its throughput and latency with it
-    plan = ctx["metrics"]  # from analysis.metrics, via the driver (a worker may not know a metric registered there)
-    rec = {**base, "status": "running", "epochs_completed": 0, **plan["placeholders"]}  # every objective key, always
+    base = {
+        "trial_number": number,
+        "node": _node(),
+        "pid": os.getpid(),
+        "epochs_target": epochs,
+        "gpus_per_trial": gpus,
+    }  # < 1: the GPU was shared, its throughput and latency with it
+    plan = ctx[
+        "metrics"
+    ]  # from analysis.metrics, via the driver (a worker may not know a metric registered there)
+    rec = {
+        **base,
+        "status": "running",
+        "epochs_completed": 0,
+        **plan["placeholders"],
+    }  # every objective key, always
     curves = {"top1_per_epoch": [], "top5_per_epoch": []}  # what a benchmark table replays
     try:
         _import_user_modules(ctx.get("imports") or {})
@@ -69,8 +81,12 @@ def run_trial(config: dict, ctx: dict) -> None:
         fid = ctx["fidelity"]  # a trainers.Fidelity, checked when the config was loaded
 
         def report(epoch: int, m: dict):
-            rec.update(epochs_completed=epoch, **{k: _f(m.get(k)) for k in plan["epoch"]},
-                       train_s=m.get("train_s"), wall_s=time.perf_counter() - t0)  # a pruned trial keeps these
+            rec.update(
+                epochs_completed=epoch,
+                **{k: _f(m.get(k)) for k in plan["epoch"]},
+                train_s=m.get("train_s"),
+                wall_s=time.perf_counter() - t0,
+            )  # a pruned trial keeps these
             for k in ("top1", "top5"):
                 curves[f"{k}_per_epoch"].append(rec[k])
             rec.update({k: list(v) for k, v in curves.items()})
@@ -79,15 +95,34 @@ def run_trial(config: dict, ctx: dict) -> None:
 
         # train() builds the model itself (seeded) and frees it before returning: nothing here keeps
         # it on the device, also after an OOM; the latency is measured inside, on the trained model.
-        res = train(genome, fid, data, device=ctx["device"], seed=seed, report=report,
-                    evaluate_every_epoch=ctx.get("evaluate_every_epoch", True),
-                    memory_fraction=gpus if 0 < gpus < 1 else None, measure_latency=True)
+        res = train(
+            genome,
+            fid,
+            data,
+            device=ctx["device"],
+            seed=seed,
+            report=report,
+            evaluate_every_epoch=ctx.get("evaluate_every_epoch", True),
+            memory_fraction=gpus if 0 < gpus < 1 else None,
+            measure_latency=True,
+        )
         rec.update({k: _f(getattr(res, k, None)) for k in plan["trained"]})  # top1, latency_ms, ...
-        rec.update(status=res.status, epochs_completed=res.epochs, wall_s=time.perf_counter() - t0,
-                   train_s=res.train_s, device=res.device, seed=res.seed, num_classes=res.num_classes, warmup_s=res.warmup_s,
-                   compiled_graphs=res.compiled_graphs, deterministic_requested=res.deterministic_requested,
-                   deterministic=res.deterministic, nondeterministic_ops=res.nondeterministic_ops,
-                   data_on_device=res.data_on_device, memory_fraction=res.memory_fraction)
+        rec.update(
+            status=res.status,
+            epochs_completed=res.epochs,
+            wall_s=time.perf_counter() - t0,
+            train_s=res.train_s,
+            device=res.device,
+            seed=res.seed,
+            num_classes=res.num_classes,
+            warmup_s=res.warmup_s,
+            compiled_graphs=res.compiled_graphs,
+            deterministic_requested=res.deterministic_requested,
+            deterministic=res.deterministic,
+            nondeterministic_ops=res.nondeterministic_ops,
+            data_on_device=res.data_on_device,
+            memory_fraction=res.memory_fraction,
+        )
         if res.status == "diverged":
             rec["top1"] = 1.0 / res.num_classes  # chance level: see studies/search.py
         if res.status == "oom":
@@ -96,8 +131,13 @@ def run_trial(config: dict, ctx: dict) -> None:
         tune.report(dict(rec))
     except Exception as e:
         # One result with the error, then raise so Ray records the trial as errored too.
-        rec.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:],
-                   wall_s=time.perf_counter() - t0, final=True)
+        rec.update(
+            status="error",
+            error=f"{type(e).__name__}: {e}",
+            traceback=traceback.format_exc()[-4000:],
+            wall_s=time.perf_counter() - t0,
+            final=True,
+        )
         traceback.clear_frames(e.__traceback__)  # the frames' locals (tensors) must not outlive the trial
         release_memory(ctx["device"])
         tune.report(dict(rec))

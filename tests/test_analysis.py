@@ -18,16 +18,27 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 import analysis
-from analysis import (dominates, genome_distance, hypervolume, hypervolume_history, load_study,
-                      non_dominated_sort, pareto_front, rediscovery)
+from analysis import (
+    dominates,
+    genome_distance,
+    hypervolume,
+    hypervolume_history,
+    load_study,
+    non_dominated_sort,
+    pareto_front,
+    rediscovery,
+)
 from searchspace.catalog import Design, Result
 from searchspace.errors import UserError
 from searchspace.genome import Genome, make_plugin, uniform
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX, MIN = "maximize", "minimize"
-OBJ3 = [{"name": "top1", "direction": MAX}, {"name": "flops", "direction": MIN},
-        {"name": "params", "direction": MIN}]
+OBJ3 = [
+    {"name": "top1", "direction": MAX},
+    {"name": "flops", "direction": MIN},
+    {"name": "params", "direction": MIN},
+]
 
 
 # -- Pareto -------------------------------------------------------------------------------------
@@ -106,15 +117,25 @@ def design(name, genome, top1=None, flops=None, params=None):
     return Design(name, genome, "synthetic", results=rows)
 
 
-DESIGNS = [design("se_all", SE_ALL, 77.0, 4.11e9, 28.1e6), design("se_s4", SE_S4, 76.8, 4.11e9, 26.5e6),
-           design("msca_all", MSCA_ALL, 77.5, 4.112e9, 28.07e6), design("r18_se", R18_SE, 71.2, 1.8e9, 11.8e6),
-           design("msca_s4", MSCA_S4)]
+DESIGNS = [
+    design("se_all", SE_ALL, 77.0, 4.11e9, 28.1e6),
+    design("se_s4", SE_S4, 76.8, 4.11e9, 26.5e6),
+    design("msca_all", MSCA_ALL, 77.5, 4.112e9, 28.07e6),
+    design("r18_se", R18_SE, 71.2, 1.8e9, 11.8e6),
+    design("msca_s4", MSCA_S4),
+]
 
 
 def _trial(genome, values, state=TrialState.COMPLETE, reference=None, wall=60.0, **extra):
-    ua = {"genome": genome.to_json(), "genome_key": genome.key, "fidelity": {"epochs": 5, "resolution": 64},
-          "status": {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned", TrialState.FAIL: "error"}[state],
-          "wall_s": wall, "reference": reference, "seed": 0}
+    ua = {
+        "genome": genome.to_json(),
+        "genome_key": genome.key,
+        "fidelity": {"epochs": 5, "resolution": 64},
+        "status": {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned", TrialState.FAIL: "error"}[state],
+        "wall_s": wall,
+        "reference": reference,
+        "seed": 0,
+    }
     ua.update(extra)
     if values is not None:
         ua.update(zip(("top1", "flops", "params"), values))
@@ -123,13 +144,16 @@ def _trial(genome, values, state=TrialState.COMPLETE, reference=None, wall=60.0,
 
 SEARCHED = [  # (genome, (top1, flops, params))
     (PLAIN, (0.70, 4.10e9, 25.5e6)),
-    (SE_ALL, (0.78, 4.11e9, 28.1e6)),      # the se_all design itself: equals its reference result
-    (MSCA_S4, (0.76, 4.105e9, 26.0e6)),    # dominates se_s4's reference result
+    (SE_ALL, (0.78, 4.11e9, 28.1e6)),  # the se_all design itself: equals its reference result
+    (MSCA_S4, (0.76, 4.105e9, 26.0e6)),  # dominates se_s4's reference result
     (se_at([0, 1]), (0.72, 4.12e9, 26.0e6)),
     (se_at([2], "after_conv2"), (0.73, 4.2e9, 27.0e6)),
 ]
-REFERENCES = [(SE_ALL, (0.78, 4.11e9, 28.1e6), "se_all"), (SE_S4, (0.72, 4.106e9, 26.5e6), "se_s4"),
-              (MSCA_ALL, (0.80, 4.112e9, 28.07e6), "msca_all")]
+REFERENCES = [
+    (SE_ALL, (0.78, 4.11e9, 28.1e6), "se_all"),
+    (SE_S4, (0.72, 4.106e9, 26.5e6), "se_s4"),
+    (MSCA_ALL, (0.80, 4.112e9, 28.07e6), "msca_all"),
+]
 
 
 def make_run(tmp: Path, name="synth", objectives=OBJ3, searched=SEARCHED, references=REFERENCES) -> Path:
@@ -138,8 +162,12 @@ def make_run(tmp: Path, name="synth", objectives=OBJ3, searched=SEARCHED, refere
     (run / "config.toml").write_text(f'name = "{name}"\n')
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(run / "study.journal")))
     dirs = [o["direction"] for o in objectives]
-    attrs = {"objectives": objectives, "config": {"name": name}, "fidelity": {"epochs": 5},
-             "target": {"backbone": "resnet50", "resolution": 224, "num_classes": 1000, "convention": "paper"}}
+    attrs = {
+        "objectives": objectives,
+        "config": {"name": name},
+        "fidelity": {"epochs": 5},
+        "target": {"backbone": "resnet50", "resolution": 224, "num_classes": 1000, "convention": "paper"},
+    }
     study = optuna.create_study(study_name=name, storage=storage, directions=dirs)
     refs = optuna.create_study(study_name=name + ".references", storage=storage, directions=dirs)
     for s in (study, refs):
@@ -165,11 +193,20 @@ def run_dir(tmp_path):
 # -- load ---------------------------------------------------------------------------------------
 def test_load_study_table(run_dir):
     df = load_study(run_dir)
-    assert df.attrs["study_name"] == "synth" and [o["name"] for o in df.attrs["objectives"]] == ["top1", "flops", "params"]
+    assert df.attrs["study_name"] == "synth" and [o["name"] for o in df.attrs["objectives"]] == [
+        "top1",
+        "flops",
+        "params",
+    ]
     assert (df["study"] == "search").sum() == 8 and (df["study"] == "reference").sum() == 3
     assert df.groupby("state").size().to_dict() == {"COMPLETE": 9, "FAIL": 1, "PRUNED": 1}
     row = df[(df["study"] == "search") & (df["number"] == 2)].iloc[0]
-    assert (row["s4.plugin"], row["s4.position"], row["s4.r"], row["s1.plugin"]) == ("msca", "after_conv3", 16, "none")
+    assert (row["s4.plugin"], row["s4.position"], row["s4.r"], row["s1.plugin"]) == (
+        "msca",
+        "after_conv3",
+        16,
+        "none",
+    )
     assert row["s4.fusion"] == "none" and row["s4.kw"] is None and row["fidelity.epochs"] == 5
     assert row["top1"] == 0.76 and "s4 msca@after_conv3 r16" in row["genome_summary"]
     assert df[df["state"] == "FAIL"].iloc[0]["error"] == "CUDA out of memory"
@@ -193,8 +230,9 @@ def test_load_rdb_url_and_newest_run(run_dir, tmp_path):
     for name in ("synth", "synth.references"):
         optuna.copy_study(from_study_name=name, from_storage=src, to_storage=url)
     a, b = load_study(run_dir), load_study(url)  # the only searched study: found without a name
-    assert b.attrs["study_name"] == "synth" and a.drop(columns=["datetime_start", "datetime_complete"]).equals(
-        b.drop(columns=["datetime_start", "datetime_complete"]))
+    assert b.attrs["study_name"] == "synth" and a.drop(
+        columns=["datetime_start", "datetime_complete"]
+    ).equals(b.drop(columns=["datetime_start", "datetime_complete"]))
     runs = tmp_path / "runs"
     old, new = runs / "old", runs / "new"
     for d, t in ((old, 1_000), (new, 2_000)):
@@ -220,7 +258,8 @@ def test_front_and_history(run_dir):
     ref = analysis.reference_point(df)
     assert ref.tolist() == [0.70, 4.2e9, 28.1e6]  # worst observed per objective
     assert hist["hypervolume"].iloc[-1] == pytest.approx(
-        hypervolume(done[["top1", "flops", "params"]].to_numpy(), [MAX, MIN, MIN], ref))
+        hypervolume(done[["top1", "flops", "params"]].to_numpy(), [MAX, MIN, MIN], ref)
+    )
     assert hist["hypervolume"].iloc[0] == 0.0  # the first point is worst in top-1: no volume
     box = (0.78 - 0.70) * (4.2e9 - 4.10e9) * (28.1e6 - 25.5e6)  # best observed .. reference point
     assert hist["hypervolume_normalized"].iloc[-1] == pytest.approx(hist["hypervolume"].iloc[-1] / box)
@@ -231,7 +270,8 @@ def test_front_and_history(run_dir):
     assert few.attrs["subsampled"] and list(few["number"]) == [0, 7] and not full.attrs["subsampled"]
     assert few["hypervolume"].tolist() == full["hypervolume"].iloc[[0, 7]].tolist()
     assert full["hypervolume"].iloc[-1] == pytest.approx(
-        hypervolume(done[["top1", "flops", "params"]].to_numpy(), [MAX, MIN, MIN], box_ref))
+        hypervolume(done[["top1", "flops", "params"]].to_numpy(), [MAX, MIN, MIN], box_ref)
+    )
 
 
 # -- rediscovery --------------------------------------------------------------------------------
@@ -247,6 +287,7 @@ def test_genome_distance():
 def _json_distance(a: str, b: str) -> float:
     """The distance of analysis.rediscovery's docstring computed from stored JSON, as analysis did before
     Genome.distance_fields: the reference the view is held to."""
+
     def canon(x):
         return json.dumps(x, sort_keys=True)
 
@@ -255,14 +296,22 @@ def _json_distance(a: str, b: str) -> float:
 
     def stage(st):
         ps = st.get("plugins") or []
-        return (tuple(p["type"] for p in ps), tuple(p["position"] for p in ps), tuple(p["r"] for p in ps),
-                tuple(canon(p.get("options") or {}) for p in ps), module(st.get("fusion")),
-                module(st.get("stage_module")), st.get("kw"))
+        return (
+            tuple(p["type"] for p in ps),
+            tuple(p["position"] for p in ps),
+            tuple(p["r"] for p in ps),
+            tuple(canon(p.get("options") or {}) for p in ps),
+            module(st.get("fusion")),
+            module(st.get("stage_module")),
+            st.get("kw"),
+        )
 
     da, db = json.loads(a), json.loads(b)
     if da["backbone"] != db["backbone"] or len(da["stages"]) != len(db["stages"]):
         return 1.0
-    diff = sum(da[k] != db[k] for k in ("stem", "downsampling")) + (canon(da["kw_options"]) != canon(db["kw_options"]))
+    diff = sum(da[k] != db[k] for k in ("stem", "downsampling")) + (
+        canon(da["kw_options"]) != canon(db["kw_options"])
+    )
     diff += sum(u != v for x, y in zip(da["stages"], db["stages"]) for u, v in zip(stage(x), stage(y)))
     return diff / (3 + 7 * len(da["stages"]))
 
@@ -293,20 +342,33 @@ def test_genome_views_of_catalog_designs():
     assert catalog.get("resnet50_d").genome.summary() == "resnet50 deep avgdown | s1 - | s2 - | s3 - | s4 -"
     assert msaf.summary() == "resnet18 | s1 msaf r4 | s2 msaf r4 | s3 msaf r4 | s4 msaf r4"
     assert sda.summary().endswith("| s4 sda r16") and kw.summary().endswith("| s4 kw b=0.5")
-    assert list(dsnet.flat())[:4] == ["backbone", "stem", "downsampling", "s1.plugin"] and len(dsnet.flat()) == 3 + 6 * 4
+    assert (
+        list(dsnet.flat())[:4] == ["backbone", "stem", "downsampling", "s1.plugin"]
+        and len(dsnet.flat()) == 3 + 6 * 4
+    )
     assert flat_stage(dsnet, 1) == ["none", None, None, "none", "none", None]
     assert flat_stage(dsnet, 4) == ["dsm", "after_conv2", 2, "none", "none", None]
-    assert flat_stage(msaf, 2)[3] == "msaf(r=4)" and flat_stage(sda, 3)[4] == "sda(r=16)" and flat_stage(kw, 1)[5] == 0.5
+    assert (
+        flat_stage(msaf, 2)[3] == "msaf(r=4)"
+        and flat_stage(sda, 3)[4] == "sda(r=16)"
+        and flat_stage(kw, 1)[5] == 0.5
+    )
     assert [st.placements() for st in sda.stages][0] == ["sda@stage_module"]
     assert msaf.stages[0].placements() == ["msaf@fusion"] and dsnet.stages[0].placements() == ["none"]
-    assert len(dsnet.distance_fields()) == 3 + 7 * 4 and len(catalog.get("mobilenetv3_large_cifar").genome.distance_fields()) == 3 + 7 * 5
+    assert (
+        len(dsnet.distance_fields()) == 3 + 7 * 4
+        and len(catalog.get("mobilenetv3_large_cifar").genome.distance_fields()) == 3 + 7 * 5
+    )
 
 
 def test_a_stored_genome_with_a_plugin_this_process_lacks_is_still_shown():
     text = SE_S4.to_json().replace('"se"', '"gate_from_elsewhere"')
     with pytest.raises(UserError, match="unknown plugin 'gate_from_elsewhere'"):
         Genome.from_json(text)
-    assert analysis.genome_summary(text) == "resnet50 | s1 - | s2 - | s3 - | s4 gate_from_elsewhere@after_conv3 r16"
+    assert (
+        analysis.genome_summary(text)
+        == "resnet50 | s1 - | s2 - | s3 - | s4 gate_from_elsewhere@after_conv3 r16"
+    )
     assert analysis.flatten_genome(text)["s4.plugin"] == "gate_from_elsewhere"
     assert analysis.genome_summary(None) == "(no genome)" and analysis.flatten_genome("{not json") == {}
 
@@ -321,7 +383,9 @@ def test_rediscovery_known_answer(run_dir):
     assert red.loc["msca_all", "verdict"] == "missed" and red.loc["msca_all", "top1_proxy"] == 0.80
     assert red.loc["msca_s4", "verdict"] == "not evaluated" and red.loc["msca_s4", "sampled"] == [2]
     assert red.loc["se_s4", "published_top1"] == 76.8
-    assert (red["noise"] == "none").all() and (red["top1_tolerance"] == 0).all()  # no calibration, one seed each
+    assert (red["noise"] == "none").all() and (
+        red["top1_tolerance"] == 0
+    ).all()  # no calibration, one seed each
 
 
 def _store_calibration(run: Path, pooled: float) -> None:
@@ -332,19 +396,24 @@ def _store_calibration(run: Path, pooled: float) -> None:
     runs = {d: [m - pooled, m, m + pooled] for d, m in (("a", 0.70), ("b", 0.74), ("c", 0.78))}
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(run / "study.journal")))
     cal = optuna.create_study(study_name="synth.calibration", storage=storage, directions=[MAX, MIN, MIN])
-    cal.set_user_attr("summary", {"protocols": {"study": {"fidelity": {"epochs": 5}, "noise": noise(runs).to_dict()}}})
+    cal.set_user_attr(
+        "summary", {"protocols": {"study": {"fidelity": {"epochs": 5}, "noise": noise(runs).to_dict()}}}
+    )
 
 
 @pytest.mark.parametrize("pooled, verdict", [(0.005, "beaten"), (0.03, "matched within noise")])
 def test_verdict_flips_from_beaten_to_matched_as_the_noise_grows(tmp_path, pooled, verdict):
     # a searched trial at the design's exact costs, 0.03 higher on top-1
-    run = make_run(tmp_path, searched=[(MSCA_S4, (0.75, 4.106e9, 26.5e6))],
-                   references=[(SE_S4, (0.72, 4.106e9, 26.5e6), "se_s4")])
+    run = make_run(
+        tmp_path,
+        searched=[(MSCA_S4, (0.75, 4.106e9, 26.5e6))],
+        references=[(SE_S4, (0.72, 4.106e9, 26.5e6), "se_s4")],
+    )
     _store_calibration(run, pooled)
     df = load_study(run)
     red = rediscovery(df, DESIGNS[:2]).set_index("design")
     # resolvable difference of two single runs: t(0.975, 6 df) * pooled * sqrt(2)
-    assert red.loc["se_s4", "top1_tolerance"] == pytest.approx(2.446912 * pooled * 2 ** 0.5, rel=1e-5)
+    assert red.loc["se_s4", "top1_tolerance"] == pytest.approx(2.446912 * pooled * 2**0.5, rel=1e-5)
     assert red.loc["se_s4", "noise"].startswith("calibration (9 runs")
     assert red.loc["se_s4", "verdict"] == verdict
     assert red.loc["se_all", "verdict"] == "not evaluated"
@@ -353,7 +422,10 @@ def test_verdict_flips_from_beaten_to_matched_as_the_noise_grows(tmp_path, poole
 
 def test_in_space_from_space_spec():
     cfg = {"space": {"backbone": "resnet50", "plugins": ["none", "se"], "positions": ["after_conv3"]}}
-    assert analysis.in_space(DESIGNS[0], cfg) == (True, "sampler can produce it")  # searchspace.space.contains
+    assert analysis.in_space(DESIGNS[0], cfg) == (
+        True,
+        "sampler can produce it",
+    )  # searchspace.space.contains
     assert analysis.in_space(DESIGNS[2], cfg) == (False, "outside the [space] spec")
     assert not analysis.in_space(design("se_c2", se_at([3], "after_conv2"), 0, 0, 0), cfg)[0]
     assert not analysis.in_space(DESIGNS[3], {}, {"backbone": "resnet50"})[0]
@@ -373,7 +445,12 @@ def test_figures_two_objectives(tmp_path):
     # the study's backbone only (r18_se is a ResNet-18); msca_s4 has no published numbers
     assert list(pub[0].text) == ["se_all", "se_s4", "msca_all"] and pub[0].yaxis == "y2"
     labels = [a for a in fig.layout.annotations if (a.name or "").startswith("label:")]
-    assert sorted(a.text for a in labels) == ["msca_all", "se_all", "se_all", "se_s4"]  # 1 proxy + 3 published
+    assert sorted(a.text for a in labels) == [
+        "msca_all",
+        "se_all",
+        "se_all",
+        "se_s4",
+    ]  # 1 proxy + 3 published
     assert analysis.front3d_figure(df) is None
     heat = analysis.stage_map_figure(df).data[0]
     assert "none" in heat.y
@@ -414,16 +491,30 @@ def test_empty_study_report(tmp_path):
 def test_report_cli(run_dir, tmp_path):
     out = tmp_path / "r.html"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-m", "analysis.report", str(run_dir), "--out", str(out)],
-                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-m", "analysis.report", str(run_dir), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     text = out.read_text()
     assert text.count("plotly.js v") == 1 and "<script src=" not in text  # JS inlined once, no CDN
     for div in ("front", "hv", "front3d", "stagemap", "parcoords"):
         assert f'id="{div}"' in text
-    bad = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path / "nope"), "--out", str(tmp_path / "x.html")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: no study storage")
+    bad = subprocess.run(
+        [sys.executable, "-m", "analysis.report", str(tmp_path / "nope"), "--out", str(tmp_path / "x.html")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert (
+        bad.returncode == 2
+        and bad.stderr.count("\n") == 1
+        and bad.stderr.startswith("error: no study storage")
+    )
     assert not (tmp_path / "x.html").exists() and not list(tmp_path.glob(".x.html.*"))
 
 
@@ -435,7 +526,9 @@ def test_push_to_dashboard(run_dir):
 
     def stored():  # what optuna-dashboard reads back (a fresh storage sees the journal as written)
         storage = analysis.open_storage(run_dir)
-        return get_plotly_graph_objects(storage.get_study_system_attrs(storage.get_study_id_from_name("synth")))
+        return get_plotly_graph_objects(
+            storage.get_study_system_attrs(storage.get_study_id_from_name("synth"))
+        )
 
     figs = stored()
     assert set(figs) == set(ids) and json.loads(figs["pareto-front"])["data"]
@@ -452,15 +545,19 @@ def test_notebook_runs(run_dir, monkeypatch):
 
     if "python3" not in KernelSpecManager().find_kernel_specs():
         # CI installs it once: python -m ipykernel install --sys-prefix
-        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix"], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "ipykernel", "install", "--sys-prefix"], check=True, capture_output=True
+        )
     monkeypatch.setenv("PARETO_RUN_DIR", str(run_dir))
     nb = nbformat.read(ROOT / "notebooks" / "pareto.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
-                            resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    ).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") for o in outputs) + "".join(str(o.get("data", {}).get("text/plain", ""))
-                                                                  for o in outputs)
+    text = "".join(o.get("text", "") for o in outputs) + "".join(
+        str(o.get("data", {}).get("text/plain", "")) for o in outputs
+    )
     assert "synth" in text and any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)
 
 
@@ -469,21 +566,39 @@ def _chromium():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (CI installs the Debian package 'chromium')")
+@pytest.mark.skipif(
+    _chromium() is None, reason="chromium is not installed (CI installs the Debian package 'chromium')"
+)
 def test_report_renders_in_chromium(run_dir, tmp_path):
     from PIL import Image
 
     out = analysis.write_report(run_dir, out_path=tmp_path / "report.html", designs=DESIGNS)
-    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-             "--virtual-time-budget=15000", "--window-size=1280,2000"]
+    flags = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=15000",
+        "--window-size=1280,2000",
+    ]
 
     def dump(page: Path):
         p = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
         assert p.returncode == 0, p.stderr[-2000:]
         # Page console lines are logged as ":CONSOLE:"; script errors read "Uncaught TypeError: ...".
-        return p.stdout, [l for l in p.stderr.splitlines() if ":CONSOLE" in l and ("Uncaught" in l or "Error" in l)]
+        return p.stdout, [
+            line
+            for line in p.stderr.splitlines()
+            if ":CONSOLE" in line and ("Uncaught" in line or "Error" in line)
+        ]
 
     bad = tmp_path / "bad.html"  # the check itself must see a script error
     bad.write_text("<html><body><script>undefinedFunction();</script></body></html>")
@@ -493,10 +608,12 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     # Every figure div was drawn by plotly (a drawn plot has the 'js-plotly-plot' class and an <svg>).
     for div in ("front", "hv", "front3d", "stagemap", "parcoords"):
         start = dom.index(f'id="{div}"')
-        assert "js-plotly-plot" in dom[start - 200:start + 400], div
+        assert "js-plotly-plot" in dom[start - 200 : start + 400], div
     assert dom.count("main-svg") >= 5
     shot = tmp_path / "report.png"
-    p = subprocess.run(flags + [f"--screenshot={shot}", out.as_uri()], capture_output=True, text=True, timeout=180)
+    p = subprocess.run(
+        flags + [f"--screenshot={shot}", out.as_uri()], capture_output=True, text=True, timeout=180
+    )
     assert p.returncode == 0 and shot.exists(), p.stderr[-2000:]
     img = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert img.shape == (2000, 1280) and img.std() > 10  # not a blank page
@@ -528,22 +645,42 @@ def _label_boxes(page: Path, tmp_path: Path) -> dict:
 
     measured = page.with_name(page.stem + "-measured.html")
     measured.write_text(page.read_text().replace("</body>", MEASURE_LABELS + "</body>"))
-    p = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                        "--no-first-run", f"--user-data-dir={tmp_path / 'profile-labels'}",
-                        "--virtual-time-budget=15000", "--window-size=1300,2000", "--dump-dom", measured.as_uri()],
-                       capture_output=True, text=True, timeout=180)
+    p = subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile-labels'}",
+            "--virtual-time-budget=15000",
+            "--window-size=1300,2000",
+            "--dump-dom",
+            measured.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     m = re.search(r'<pre id="label-boxes">(.*?)</pre>', p.stdout, re.S)
     assert m, p.stderr[-2000:]
     return json.loads(html_mod.unescape(m.group(1)))
 
 
 def _overlapping(labels: list[dict]) -> list[tuple[str, str]]:
-    return [(a["text"], b["text"]) for i, a in enumerate(labels) for b in labels[i + 1:]
-            if a["l"] < b["r"] and b["l"] < a["r"] and a["t"] < b["b"] and b["t"] < a["b"]]
+    return [
+        (a["text"], b["text"])
+        for i, a in enumerate(labels)
+        for b in labels[i + 1 :]
+        if a["l"] < b["r"] and b["l"] < a["r"] and a["t"] < b["b"] and b["t"] < a["b"]
+    ]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (CI installs the Debian package 'chromium')")
+@pytest.mark.skipif(
+    _chromium() is None, reason="chromium is not installed (CI installs the Debian package 'chromium')"
+)
 def test_report_labels_do_not_overlap_in_chromium(run_dir, tmp_path):
     """The front figure's labels as Chromium draws them at 1300 px: the catalog's published
     ResNet-50 rows (three at 4.11 G) and the proxy references, no two boxes overlapping, all
@@ -564,8 +701,10 @@ def test_report_labels_do_not_overlap_in_chromium(run_dir, tmp_path):
     assert len(boxes["labels"]) == len(published) + 3  # and the three proxy references
     assert not _overlapping(boxes["labels"]), _overlapping(boxes["labels"])
     svg = boxes["svg"]
-    assert all(svg["l"] <= b["l"] and b["r"] <= svg["r"] and svg["t"] <= b["t"] and b["b"] <= svg["b"]
-               for b in boxes["labels"])
+    assert all(
+        svg["l"] <= b["l"] and b["r"] <= svg["r"] and svg["t"] <= b["t"] and b["b"] <= svg["b"]
+        for b in boxes["labels"]
+    )
 
 
 def test_front_error_bars_and_report_noise_section(tmp_path):
@@ -589,6 +728,8 @@ def test_optuna_private_hypervolume_adapter_is_there():
     faster path for large 3+-objective fronts; if an upgrade moves it, say so here, loudly."""
     from analysis import pareto
 
-    assert pareto._wfg is not None, "optuna._hypervolume.compute_hypervolume is gone: update analysis/pareto.py"
+    assert pareto._wfg is not None, (
+        "optuna._hypervolume.compute_hypervolume is gone: update analysis/pareto.py"
+    )
     pts = np.random.default_rng(0).random((40, 3))
     assert pareto._wfg(pts, np.ones(3)) == pytest.approx(pareto._hso(pts, np.ones(3)))

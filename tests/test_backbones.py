@@ -73,21 +73,26 @@ def test_blur_adds_fixed_filters_only():
     assert block.conv2.stride == (1, 1) and isinstance(block.down2, BlurPool)  # conv-BN-ReLU, then blur
     assert isinstance(block.shortcut[0], BlurPool)
     k = blurs[0].kernel[0, 0]
-    assert torch.allclose(k, torch.outer(torch.tensor([1., 3, 3, 1]), torch.tensor([1., 3, 3, 1])) / 64)
+    assert torch.allclose(k, torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64)
     assert cost(g).params == BASE.params  # filters are buffers
     assert stage_sizes(g) == [56, 28, 14, 7]
     # the strided 3x3 now runs at the pre-stride resolution, and the blurs are convolutions too
-    assert cost(g).flops > BASE.flops + sum(9 * p * p * (hw * hw - hw * hw // 4)
-                                            for p, hw in ((128, 56), (256, 28), (512, 14)))
+    assert cost(g).flops > BASE.flops + sum(
+        9 * p * p * (hw * hw - hw * hw // 4) for p, hw in ((128, 56), (256, 28), (512, 14))
+    )
 
 
 def test_stems():
     deep = cost(Genome("resnet50", stem="deep"))
     # three 3x3 conv-BN-ReLU (32, 32, 64) replace the 7x7 conv-BN
-    assert deep.params - BASE.params == (3 * 32 * 9 + 32 * 32 * 9 + 32 * 64 * 9 + 2 * 128) - (3 * 64 * 49 + 128)
+    assert deep.params - BASE.params == (3 * 32 * 9 + 32 * 32 * 9 + 32 * 64 * 9 + 2 * 128) - (
+        3 * 64 * 49 + 128
+    )
     hybrid = cost(Genome("resnet50", stem="hybrid"))
     # 3x3 conv + BN, depthwise 3x3 + BN, 1x1 128->64 + BN
-    assert hybrid.params - BASE.params == (3 * 64 * 9 + 128 + 64 * 9 + 128 + 128 * 64 + 128) - (3 * 64 * 49 + 128)
+    assert hybrid.params - BASE.params == (3 * 64 * 9 + 128 + 64 * 9 + 128 + 128 * 64 + 128) - (
+        3 * 64 * 49 + 128
+    )
     for stem in RESNET_STEMS:
         assert stage_sizes(Genome("resnet50", stem=stem)) == [56, 28, 14, 7]
 
@@ -109,6 +114,7 @@ def test_cifar_resnet20_keeps_32px_until_stage_2():
 
 def test_sda_stage_with_after_add_plugin_uses_every_parameter():
     from searchspace import Stage, make_plugin
+
     st = Stage(plugins=(make_plugin("se", "after_add", 4),), stage_module=make_plugin("sda", "stage", 16))
     g = Genome("resnet18", (st, Stage(), Stage(), Stage())).validate()
     m = build(g, num_classes=10, width_mult=0.25)
@@ -118,6 +124,7 @@ def test_sda_stage_with_after_add_plugin_uses_every_parameter():
 
 def test_grouped_backbone_builds_at_any_proxy_width():
     """Proxy widths are rounded so that every grouped 3x3 conv keeps its 8 groups."""
+
     def groups(m):
         return [c.groups for c in m.modules() if isinstance(c, nn.Conv2d) and c.groups > 1]
 
@@ -133,6 +140,7 @@ def test_msca_folds_the_pooling_into_its_filters():
     """At a proxy resolution FcaNet pools the map to the filter size; folding that pool into the
     filters must give the same gate (pooling is linear)."""
     from torch.nn import functional as F
+
     from searchspace.plugins.msca import MultiSpectralAttention
 
     m = MultiSpectralAttention(64, 16, 56).double()
@@ -147,11 +155,24 @@ def test_a_backbone_added_with_one_spec_is_searched_built_and_costed(monkeypatch
     """The README's "Adding a backbone": one add_backbone_spec call; its builder may live anywhere."""
     from searchspace.backbones import specs
 
-    monkeypatch.setitem(specs.BACKBONE_SPECS, "resnet26_test", specs.BackboneSpec(
-        "resnet26_test", "resnet", "bottleneck", (2, 2, 2, 2), (64, 128, 256, 512),
-        builder="searchspace.backbones.resnet:ResNet"))
-    g = Genome.from_dict({"backbone": "resnet26_test",
-                          "stages": [{"plugins": [{"type": "se", "position": "after_conv3"}]}] * 4})
+    monkeypatch.setitem(
+        specs.BACKBONE_SPECS,
+        "resnet26_test",
+        specs.BackboneSpec(
+            "resnet26_test",
+            "resnet",
+            "bottleneck",
+            (2, 2, 2, 2),
+            (64, 128, 256, 512),
+            builder="searchspace.backbones.resnet:ResNet",
+        ),
+    )
+    g = Genome.from_dict(
+        {
+            "backbone": "resnet26_test",
+            "stages": [{"plugins": [{"type": "se", "position": "after_conv3"}]}] * 4,
+        }
+    )
     model = build(g, num_classes=10, width_mult=0.125)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     blocks = [m for m in model.modules() if type(m).__name__ == "Block"]

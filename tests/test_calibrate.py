@@ -21,8 +21,19 @@ from searchspace.cli import cli_main
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
-ARGS = ["smoke", "--designs", "0", "--seeds", "2", "--versus", "fidelity.epochs=2", "--concurrency", "1",
-        "--bootstrap", "200"]
+ARGS = [
+    "smoke",
+    "--designs",
+    "0",
+    "--seeds",
+    "2",
+    "--versus",
+    "fidelity.epochs=2",
+    "--concurrency",
+    "1",
+    "--bootstrap",
+    "200",
+]
 
 
 def _env():
@@ -30,8 +41,9 @@ def _env():
 
 
 def _study(out: Path) -> optuna.Study:
-    return optuna.load_study(study_name="smoke.calibration",
-                             storage=JournalStorage(JournalFileBackend(str(out / "study.journal"))))
+    return optuna.load_study(
+        study_name="smoke.calibration", storage=JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    )
 
 
 def _cli(argv, capsys):
@@ -46,8 +58,14 @@ def _cli(argv, capsys):
 def test_calibrate_smoke_stored_printed_resumed_after_sigkill(tmp_path):
     out = tmp_path / "run"
     argv = [PY, "-m", "studies.calibrate", *ARGS, "--out", str(out)]
-    proc = subprocess.Popen(argv + ["--quiet"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        argv + ["--quiet"],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline:  # one run stored and the next one running: kill the driver hard
@@ -74,20 +92,32 @@ def test_calibrate_smoke_stored_printed_resumed_after_sigkill(tmp_path):
     r = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr
     study = _study(out)
-    counted = [t for t in study.trials if t.state.is_finished() and t.user_attrs.get("status") != "interrupted"]
-    keys = sorted((t.user_attrs["protocol"], t.user_attrs["design"], t.user_attrs["trial_seed"]) for t in counted)
-    assert keys == sorted((p, d, s) for p in ("study", "versus") for d in ("resnet18", "se_resnet18") for s in (0, 1))
+    counted = [
+        t for t in study.trials if t.state.is_finished() and t.user_attrs.get("status") != "interrupted"
+    ]
+    keys = sorted(
+        (t.user_attrs["protocol"], t.user_attrs["design"], t.user_attrs["trial_seed"]) for t in counted
+    )
+    assert keys == sorted(
+        (p, d, s) for p in ("study", "versus") for d in ("resnet18", "se_resnet18") for s in (0, 1)
+    )
     for n, t in before.items():  # nothing lost or rewritten
         assert study.trials[n].state == TrialState.COMPLETE and study.trials[n].values == t.values
-    assert all(t.user_attrs["seed"] == t.user_attrs["trial_seed"] for t in counted if t.state == TrialState.COMPLETE)
-    assert {t.user_attrs["fidelity"]["epochs"] for t in counted if t.user_attrs["protocol"] == "versus"} == {2}
+    assert all(
+        t.user_attrs["seed"] == t.user_attrs["trial_seed"] for t in counted if t.state == TrialState.COMPLETE
+    )
+    assert {t.user_attrs["fidelity"]["epochs"] for t in counted if t.user_attrs["protocol"] == "versus"} == {
+        2
+    }
     assert "resuming" in r.stdout and "pooled seed std" in r.stdout and "resolvable at 95 %" in r.stdout
     assert "rank agreement" in r.stdout
 
     summary = study.user_attrs["summary"]
     from analysis.calibration import load_calibration, noise, protocol_noise
 
-    assert load_calibration(JournalStorage(JournalFileBackend(str(out / "study.journal"))), "smoke") == summary
+    assert (
+        load_calibration(JournalStorage(JournalFileBackend(str(out / "study.journal"))), "smoke") == summary
+    )
     for p in ("study", "versus"):
         runs = {}
         for t in counted:
@@ -95,9 +125,13 @@ def test_calibrate_smoke_stored_printed_resumed_after_sigkill(tmp_path):
                 runs.setdefault(t.user_attrs["design"], []).append(t.user_attrs["top1"])
         want, have = noise(runs).to_dict(), summary["protocols"][p]["noise"]
         for d, v in want.pop("designs").items():
-            assert have["designs"][d]["n"] == v["n"] and have["designs"][d]["mean"] == pytest.approx(v["mean"])
+            assert have["designs"][d]["n"] == v["n"] and have["designs"][d]["mean"] == pytest.approx(
+                v["mean"]
+            )
         want.pop("extra")
-        assert {k: v for k, v in have.items() if k not in ("designs", "extra")} == pytest.approx(want, nan_ok=True)
+        assert {k: v for k, v in have.items() if k not in ("designs", "extra")} == pytest.approx(
+            want, nan_ok=True
+        )
         assert summary["protocols"][p]["compute_s_per_run"] > 0
     assert protocol_noise(summary).df == summary["protocols"]["study"]["noise"]["df"]
 
@@ -111,9 +145,9 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys):
     run.mkdir()
     journal = run / "study.journal"
     storage = JournalStorage(JournalFileBackend(str(journal)))
-    optuna.create_study(study_name="smoke.calibration", storage=storage,
-                        directions=["maximize", "minimize"]).set_user_attr(
-        "protocols", {"study": {"fidelity": {"epochs": 9}, "data": {}, "target": {}}})
+    optuna.create_study(
+        study_name="smoke.calibration", storage=storage, directions=["maximize", "minimize"]
+    ).set_user_attr("protocols", {"study": {"fidelity": {"epochs": 9}, "data": {}, "target": {}}})
     before = journal.read_bytes()
     cases = {
         "unknown study": (["nope"], "unknown study"),

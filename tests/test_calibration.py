@@ -7,8 +7,16 @@ import math
 
 import pytest
 
-from analysis.calibration import (average_ranks, kendall_tau_b, noise, pooled_std, rank_agreement,
-                                  resolvable_difference, spearman_rho, t_quantile)
+from analysis.calibration import (
+    average_ranks,
+    kendall_tau_b,
+    noise,
+    pooled_std,
+    rank_agreement,
+    resolvable_difference,
+    spearman_rho,
+    t_quantile,
+)
 
 
 def test_pooled_std_by_hand():
@@ -45,23 +53,30 @@ def test_resolvable_difference_by_hand():
     # two single runs, pooled std 0.02 on 10 df: 2.2281 * 0.02 * sqrt(2)
     assert resolvable_difference(0.02, 10) == pytest.approx(2.228139 * 0.02 * math.sqrt(2), rel=1e-5)
     # a single run against a mean of 3: sqrt(1 + 1/3)
-    assert resolvable_difference(0.02, math.inf, 1, 3) == pytest.approx(1.959964 * 0.02 * math.sqrt(4 / 3), rel=1e-6)
+    assert resolvable_difference(0.02, math.inf, 1, 3) == pytest.approx(
+        1.959964 * 0.02 * math.sqrt(4 / 3), rel=1e-6
+    )
 
 
 def test_noise_of_the_issue_table():
     # The seven published ResNet-50 designs x 3 seeds measured on the shipped protocol (issue 13):
     # the issue reports seed std 0.021, std of means 0.032, SNR 1.5.
-    runs = {"resnet50": [0.216, 0.130, 0.188], "se_resnet50": [0.272, 0.256, 0.236],
-            "fcanet50": [0.256, 0.216, 0.238], "dsnet50_a": [0.176, 0.174, 0.160],
-            "dsnet50_b": [0.216, 0.212, 0.200], "dsnet50_c": [0.204, 0.202, 0.212],
-            "resnet50_d": [0.198, 0.180, 0.166]}
+    runs = {
+        "resnet50": [0.216, 0.130, 0.188],
+        "se_resnet50": [0.272, 0.256, 0.236],
+        "fcanet50": [0.256, 0.216, 0.238],
+        "dsnet50_a": [0.176, 0.174, 0.160],
+        "dsnet50_b": [0.216, 0.212, 0.200],
+        "dsnet50_c": [0.204, 0.202, 0.212],
+        "resnet50_d": [0.198, 0.180, 0.166],
+    }
     n = noise(runs)
     assert n.df == 14 and n.seeds == 3
     assert n.pooled_std == pytest.approx(0.021, abs=5e-4)
     assert n.std_of_means == pytest.approx(0.032, abs=5e-4)
     assert n.snr == pytest.approx(n.std_of_means / n.pooled_std)
     # the noise of a mean of 3 comes off the signal: signal^2 = som^2 - pooled^2 / 3
-    assert n.signal_std ** 2 == pytest.approx(n.std_of_means ** 2 - n.pooled_std ** 2 / 3)
+    assert n.signal_std**2 == pytest.approx(n.std_of_means**2 - n.pooled_std**2 / 3)
     assert n.snr_of_mean(4) == pytest.approx(2 * n.snr_of_mean(1))
     assert n.designs["se_resnet50"]["mean"] == pytest.approx(0.764 / 3)
 

@@ -16,17 +16,38 @@ from searchspace.plugins.msa import IAFF, Branch
 # Catalog genome keys as first stored: a network that did not change keeps its key, so stored
 # studies and results keyed by genome stay valid.
 STORED_KEYS = {
-    "resnet18": "de206f870442", "resnet34": "810daae29a9c", "resnet50": "f3f61609fb88",
-    "se_resnet18": "0cb43d0eebff", "se_resnet50": "9f14c0119353", "fcanet50": "1d18356a4892",
-    "dsnet50_a": "0eeecbcb3697", "dsnet50_b": "9af7a316782f", "dsnet50_b_after_conv2": "b85bea5ae850",
-    "dsnet50_c": "e1d303021563", "msa_resnet18_r16": "491042545824", "msaf_resnet18_r16": "52662c883d30",
-    "msa_resnet18_r4": "fb3982acbb97", "msaf_resnet18_r4": "0520deb307f6", "aff_resnet18_r4": "192eb279fdc8",
-    "iaff_resnet18_r4": "699c4940311f", "sda_resnet86": "7d28a19a8811", "kw_resnet18_1d4x": "752be5efa94b",
-    "kw_resnet18_1d2x": "f31e683896d0", "kw_resnet18_1x": "8b91a192b9fa", "kw_resnet18_2x": "ff1f5dc495b1",
-    "kw_resnet18_4x": "7d762c6f0868", "kw_resnet50_1d2x": "becbbf485de6", "kw_resnet50_1x": "a06ed5bfa5b0",
-    "kw_resnet50_4x": "79c5a22376ce", "kw_mobilenetv2_1x": "2f83ae6ce93a", "kw_mobilenetv2_4x": "8e5eb0e284b6",
-    "mobilenetv3_large_cifar": "56d05099a57b", "pfd_mobilenetv3_large_cifar": "170a8c78a5fe",
-    "resnet50_v1c": "9b688e874309", "resnet50_d": "1364c0f3ac85", "resnet20_cifar": "d4e7379f4335",
+    "resnet18": "de206f870442",
+    "resnet34": "810daae29a9c",
+    "resnet50": "f3f61609fb88",
+    "se_resnet18": "0cb43d0eebff",
+    "se_resnet50": "9f14c0119353",
+    "fcanet50": "1d18356a4892",
+    "dsnet50_a": "0eeecbcb3697",
+    "dsnet50_b": "9af7a316782f",
+    "dsnet50_b_after_conv2": "b85bea5ae850",
+    "dsnet50_c": "e1d303021563",
+    "msa_resnet18_r16": "491042545824",
+    "msaf_resnet18_r16": "52662c883d30",
+    "msa_resnet18_r4": "fb3982acbb97",
+    "msaf_resnet18_r4": "0520deb307f6",
+    "aff_resnet18_r4": "192eb279fdc8",
+    "iaff_resnet18_r4": "699c4940311f",
+    "sda_resnet86": "7d28a19a8811",
+    "kw_resnet18_1d4x": "752be5efa94b",
+    "kw_resnet18_1d2x": "f31e683896d0",
+    "kw_resnet18_1x": "8b91a192b9fa",
+    "kw_resnet18_2x": "ff1f5dc495b1",
+    "kw_resnet18_4x": "7d762c6f0868",
+    "kw_resnet50_1d2x": "becbbf485de6",
+    "kw_resnet50_1x": "a06ed5bfa5b0",
+    "kw_resnet50_4x": "79c5a22376ce",
+    "kw_mobilenetv2_1x": "2f83ae6ce93a",
+    "kw_mobilenetv2_4x": "8e5eb0e284b6",
+    "mobilenetv3_large_cifar": "56d05099a57b",
+    "pfd_mobilenetv3_large_cifar": "170a8c78a5fe",
+    "resnet50_v1c": "9b688e874309",
+    "resnet50_d": "1364c0f3ac85",
+    "resnet20_cifar": "d4e7379f4335",
     "pfd_resnet20_cifar": "a026247fb489",
 }
 
@@ -85,13 +106,20 @@ def test_stage_module_receives_pre_relu_maps(test_plugins):
 
 
 def _all_positions(backbone):
-    positions = ["after_conv1", "after_conv2", "after_add"] + (["after_conv3"] if backbone == "resnet50" else [])
+    positions = ["after_conv1", "after_conv2", "after_add"] + (
+        ["after_conv3"] if backbone == "resnet50" else []
+    )
     plugins = tuple(make_plugin("se", p, 4) for p in positions)
-    stages = [Stage(plugins=plugins, fusion=make_plugin("select_fusion")),
-              Stage(plugins=plugins, fusion=make_plugin("msaf", r=4)),
-              Stage(plugins=(make_plugin("dsm", "after_conv2", 4),), stage_module=make_plugin("sda", r=4)),
-              Stage(plugins=(make_plugin("msa", "after_add", 4),), fusion=make_plugin("iaff", r=4),
-                    stage_module=make_plugin("record_stage"))]
+    stages = [
+        Stage(plugins=plugins, fusion=make_plugin("select_fusion")),
+        Stage(plugins=plugins, fusion=make_plugin("msaf", r=4)),
+        Stage(plugins=(make_plugin("dsm", "after_conv2", 4),), stage_module=make_plugin("sda", r=4)),
+        Stage(
+            plugins=(make_plugin("msa", "after_add", 4),),
+            fusion=make_plugin("iaff", r=4),
+            stage_module=make_plugin("record_stage"),
+        ),
+    ]
     return Genome(backbone, tuple(stages))
 
 
@@ -105,11 +133,16 @@ def test_no_inplace_op_changes_a_handed_map(test_plugins, backbone, train):
 
     def keep(module, args):
         for a in args:
-            for t in (a if isinstance(a, (list, tuple)) else [a]):
+            for t in a if isinstance(a, (list, tuple)) else [a]:
                 handed.append((type(module).__name__, t, t.detach().clone()))
 
-    hooked = [m for blk in model.modules() if isinstance(blk, Block)
-              for m in [*blk.plugins.values(), blk.fusion] if m is not None]
+    hooked = [
+        m
+        for blk in model.modules()
+        if isinstance(blk, Block)
+        for m in [*blk.plugins.values(), blk.fusion]
+        if m is not None
+    ]
     hooked += [st.stage_module for st in model.stages if st.stage_module is not None]
     for m in hooked:
         m.register_forward_pre_hook(keep)
@@ -138,9 +171,12 @@ def _last_bns(model):
 def test_recipe_changes_neither_parameters_nor_evaluation():
     g = uniform("resnet18", make_plugin("dsm", "after_conv2", 4, bias=True))
     plain = build(g, 10, 0.25)
-    dressed = build(g, 10, 0.25, Recipe(zero_init_residual=True, zero_conv_bias=True, dropout=0.3, drop_path=0.2))
-    assert [(k, v.shape) for k, v in plain.state_dict().items()] == \
-           [(k, v.shape) for k, v in dressed.state_dict().items()]
+    dressed = build(
+        g, 10, 0.25, Recipe(zero_init_residual=True, zero_conv_bias=True, dropout=0.3, drop_path=0.2)
+    )
+    assert [(k, v.shape) for k, v in plain.state_dict().items()] == [
+        (k, v.shape) for k, v in dressed.state_dict().items()
+    ]
     dressed.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -156,7 +192,10 @@ def test_zero_init_residual_and_zero_conv_bias():
     dsnet = build(g, 10, 0.25, Recipe(zero_init_residual=True, zero_conv_bias=True))
     assert all(bool((bn.weight == 1).all()) for bn in _last_bns(default))
     assert all(bool((bn.weight == 0).all()) for bn in _last_bns(dsnet))
-    biases = lambda m: [c.bias for c in m.modules() if isinstance(c, nn.Conv2d) and c.bias is not None]
+
+    def biases(m):
+        return [c.bias for c in m.modules() if isinstance(c, nn.Conv2d) and c.bias is not None]
+
     assert biases(dsnet) and all(bool((b == 0).all()) for b in biases(dsnet))
     assert any(bool((b != 0).any()) for b in biases(default))  # PyTorch's uniform start
     # Kaiming normal fan_out on the DSM convs under either recipe
@@ -179,7 +218,9 @@ def test_kw_start_temperature():
     g = catalog.get("kw_resnet18_1x").genome
     assert {float(m.tau) for m in build(g, 10, 0.25).modules() if hasattr(m, "set_temperature")} == {1.0}
     recipe = catalog.get("kw_resnet18_1x").recipe
-    assert {float(m.tau) for m in build(g, 10, 0.25, recipe).modules() if hasattr(m, "set_temperature")} == {0.0}
+    assert {float(m.tau) for m in build(g, 10, 0.25, recipe).modules() if hasattr(m, "set_temperature")} == {
+        0.0
+    }
 
 
 def test_catalog_recipes():
@@ -190,9 +231,16 @@ def test_catalog_recipes():
         assert catalog.get(n).recipe == Recipe(zero_init_residual=True, zero_conv_bias=True)
     for n in kw_resnet:
         r = catalog.get(n).recipe
-        assert (r.drop_path, r.dropout, r.kw_start_temperature, r.zero_init_residual) == (0.1, 0.0, 0.0, False)
+        assert (r.drop_path, r.dropout, r.kw_start_temperature, r.zero_init_residual) == (
+            0.1,
+            0.0,
+            0.0,
+            False,
+        )
     for n in ("resnet50", "se_resnet50", "fcanet50", "sda_resnet86", "iaff_resnet18_r4", "msa_resnet18_r16"):
-        assert catalog.get(n).recipe == Recipe()  # FcaNet, SENet, SDA-xNet, open-aff, takaniwa: torchvision's start
+        assert (
+            catalog.get(n).recipe == Recipe()
+        )  # FcaNet, SENet, SDA-xNet, open-aff, takaniwa: torchvision's start
 
 
 def test_trainer_builds_a_catalog_design_with_its_recipe():
@@ -204,17 +252,22 @@ def test_trainer_builds_a_catalog_design_with_its_recipe():
     assert all(bool((bn.weight == 1).all()) for bn in _last_bns(model))
 
 
-@pytest.mark.parametrize("fields,message", [
-    ({"dropout": 1.0}, "recipe.dropout: expected a number in [0, 1) or null, got 1.0"),
-    ({"drop_path": -0.1}, "recipe.drop_path: expected a number in [0, 1), got -0.1"),
-    ({"drop_path": "0.1"}, "recipe.drop_path: expected a number in [0, 1), got '0.1'"),
-    ({"zero_init_residual": 1}, "recipe.zero_init_residual: expected true or false, got 1"),
-    ({"kw_start_temperature": 2}, "recipe.kw_start_temperature: expected a number in [0, 1], got 2"),
-    ({"warmup": 5}, "recipe: unknown field 'warmup'"),
-])
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"dropout": 1.0}, "recipe.dropout: expected a number in [0, 1) or null, got 1.0"),
+        ({"drop_path": -0.1}, "recipe.drop_path: expected a number in [0, 1), got -0.1"),
+        ({"drop_path": "0.1"}, "recipe.drop_path: expected a number in [0, 1), got '0.1'"),
+        ({"zero_init_residual": 1}, "recipe.zero_init_residual: expected true or false, got 1"),
+        ({"kw_start_temperature": 2}, "recipe.kw_start_temperature: expected a number in [0, 1], got 2"),
+        ({"warmup": 5}, "recipe: unknown field 'warmup'"),
+    ],
+)
 def test_bad_recipe(fields, message):
-    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
-                       .replace(")", r"\)")):
+    with pytest.raises(
+        UserError,
+        match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)"),
+    ):
         Recipe.from_dict(fields)
 
 
@@ -227,7 +280,10 @@ def test_recipe_refused_where_the_backbone_has_no_residual_branches_to_act_on():
 def test_iaff_variants():
     C, r = 32, 4
     port, mxnet = IAFF(C, r), IAFF(C, r, "mxnet")
-    n = lambda m: sum(p.numel() for p in m.parameters())
+
+    def n(m):
+        return sum(p.numel() for p in m.parameters())
+
     assert n(mxnet) == n(port) + n(Branch(C, r, pool=1))
     mxnet.load_state_dict(port.state_dict(), strict=False)
     x, y = torch.randn(2, C, 8, 8), torch.randn(2, C, 8, 8)

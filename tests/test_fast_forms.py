@@ -14,9 +14,21 @@ from searchspace.plugins import Site, get
 from searchspace.plugins.forms import counted_forms, counting
 from searchspace.plugins.sda import SDA
 
-CASES = [("se", {}, 1), ("msa", {}, 1), ("msa", dict(branches=5), 1), ("msaf", {}, 2), ("msaf", dict(branches=5), 2),
-         ("aff", {}, 2), ("iaff", {}, 2), ("iaff", dict(variant="mxnet"), 2), ("dsm", dict(bias=True), 1),
-         ("dsm", dict(bias=False), 1), ("dam", dict(bias=True), 1), ("dam", {}, 1), ("sda", {}, 3)]
+CASES = [
+    ("se", {}, 1),
+    ("msa", {}, 1),
+    ("msa", dict(branches=5), 1),
+    ("msaf", {}, 2),
+    ("msaf", dict(branches=5), 2),
+    ("aff", {}, 2),
+    ("iaff", {}, 2),
+    ("iaff", dict(variant="mxnet"), 2),
+    ("dsm", dict(bias=True), 1),
+    ("dsm", dict(bias=False), 1),
+    ("dam", dict(bias=True), 1),
+    ("dam", {}, 1),
+    ("sda", {}, 3),
+]
 
 
 def _outputs_and_grads(module, inputs):

@@ -48,8 +48,12 @@ def test_no_tensor_is_made_from_host_values_per_step(real_tree):
     counts = {}
     for bs in (64, 8):  # 2 and 16 steps
         with CountCalls() as c:
-            train(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)),
-                  Fidelity(**{**TINY.to_dict(), "batch_size": bs}), data, device="cpu")
+            train(
+                nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)),
+                Fidelity(**{**TINY.to_dict(), "batch_size": bs}),
+                data,
+                device="cpu",
+            )
         counts[bs] = c.calls.get("tensor", 0)
     assert counts[64] == counts[8] and counts[8] <= 4
 
@@ -79,7 +83,10 @@ def test_crop_reads_the_reflect_padding_by_index():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8, generator=g)
     pad = 3
-    dy, dx = torch.randint(0, 2 * pad + 1, (16,), generator=g), torch.randint(0, 2 * pad + 1, (16,), generator=g)
+    dy, dx = (
+        torch.randint(0, 2 * pad + 1, (16,), generator=g),
+        torch.randint(0, 2 * pad + 1, (16,), generator=g),
+    )
     flip = torch.rand(16, generator=g) < 0.5
     assert torch.equal(crop_flip(x, dy, dx, flip, 12, pad), crop_flip(pad_reflect(x, pad), dy, dx, flip, 12))
 
@@ -103,20 +110,29 @@ def test_data_placement_threshold():
 # --- out of memory, reused workers ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("message", [
-    "CUDA out of memory. Tried to allocate 2.00 GiB",
-    "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
-    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
-    "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`",
-    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
-    "[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA out of memory. Tried to allocate 2.00 GiB",
+        "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes",
+    ],
+)
 def test_allocation_failures_are_out_of_memory(message):
     assert is_out_of_memory(RuntimeError(message))
 
 
-@pytest.mark.parametrize("error", [RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ValueError("out of memory"),
-                                   RuntimeError("CUDA error: device-side assert triggered")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+        ValueError("out of memory"),
+        RuntimeError("CUDA error: device-side assert triggered"),
+    ],
+)
 def test_other_errors_are_not_out_of_memory(error):
     assert not is_out_of_memory(error)
 
@@ -214,8 +230,14 @@ def test_compile_adapter_counts_graphs_and_resets():
 @pytest.mark.slow
 def test_compiled_run_records_its_graphs(real_tree):
     data = load_data(DataSpec(root=str(real_tree), max_per_class=16, max_val_per_class=8), 32)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(4, 3))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
     res = train(net, Fidelity(**{**TINY.to_dict(), "compile": True, "batch_size": 8}), data, device="cpu")
     assert res.status == "ok" and res.compiled_graphs >= 1 and res.warmup_s > 0
 
@@ -237,7 +259,9 @@ def test_run_measures_latency_on_the_trained_model(real_tree):
 
 def test_kw_conv_keeps_the_input_layout_and_values():
     torch.manual_seed(0)
-    model = build(Genome("resnet18", tuple(Stage(kw=1.0) for _ in range(4))), num_classes=3, width_mult=0.25).eval()
+    model = build(
+        Genome("resnet18", tuple(Stage(kw=1.0) for _ in range(4))), num_classes=3, width_mult=0.25
+    ).eval()
     x = torch.randn(2, 3, 32, 32)
     conv = model.stages[1].blocks[1].conv1
     h = torch.randn(2, conv.in_channels, 8, 8)
@@ -284,7 +308,9 @@ def test_target_cost_is_counted_once_and_cached_on_disk(tmp_path, monkeypatch):
 def test_kw_networks_train_in_nchw_on_cuda():
     from trainers.measure import memory_format_for
 
-    kw = build(Genome("resnet18", (Stage(kw=1.0), Stage(), Stage(), Stage())), num_classes=3, width_mult=0.125)
+    kw = build(
+        Genome("resnet18", (Stage(kw=1.0), Stage(), Stage(), Stage())), num_classes=3, width_mult=0.125
+    )
     plain = build(Genome("resnet18"), num_classes=3, width_mult=0.125)
     assert memory_format_for(plain, "cuda") == torch.channels_last
     assert memory_format_for(kw, "cuda") == torch.contiguous_format

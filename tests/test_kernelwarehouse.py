@@ -8,12 +8,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from searchspace import catalog
+from searchspace.backbones.kernelwarehouse import KernelWarehouseConvs, KWConv2d, kw_assembly_macs, kw_convs
 from searchspace.build import build, set_kw_epoch
 from searchspace.counters import hook_flops
 from searchspace.errors import UserError
 from searchspace.genome import Genome, Stage, make_plugin
 from searchspace.plugins.forms import counted_forms
-from searchspace.plugins.kernelwarehouse import KernelWarehouseConvs, KWConv2d, kw_assembly_macs, kw_convs
 
 
 def nparams(m):
@@ -51,14 +51,15 @@ def one_hot_kernel(conv: KWConv2d) -> torch.Tensor:
             for j in range(cin_g // ci):
                 col = int(beta[i].argmax())
                 if col < n:
-                    w[o * co:(o + 1) * co, j * ci:(j + 1) * ci, s // kw, s % kw] = e[col]
+                    w[o * co : (o + 1) * co, j * ci : (j + 1) * ci, s // kw, s % kw] = e[col]
                 i += 1
     return w
 
 
 # -- sizes ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("b, cell, n", [(1.0, (128, 64), 28), (0.5, (64, 32), 56), (4.0, (128, 64), 112),
-                                        (0.25, (64, 32), 28)])
+@pytest.mark.parametrize(
+    "b, cell, n", [(1.0, (128, 64), 28), (0.5, (64, 32), 56), (4.0, (128, 64), 112), (0.25, (64, 32), 28)]
+)
 def test_cell_and_warehouse_sizes(b, cell, n):
     # members 64->128 3x3, 128->128 3x3, 64->128 1x1: gcd (128, 64); halved cells when b < 1.
     # b >= 1: m = 9 + 18 + 1 = 28 cells; b < 1: m = 36 + 72 + 4 = 112.
@@ -103,7 +104,7 @@ def test_fractional_budget_start(b):
         n = conv.attention.n
         fresh = cols[cols < n]
         assert len(fresh) == conv.attention.m // k
-        assert all(((cols[i * k:(i + 1) * k] < n).sum() == 1) for i in range(conv.attention.m // k))
+        assert all(((cols[i * k : (i + 1) * k] < n).sum() == 1) for i in range(conv.attention.m // k))
         used += fresh.tolist()
     assert sorted(used) == list(range(net.kw_warehouses.weights[0].shape[0]))  # each cell used once
 
@@ -120,8 +121,9 @@ def test_tau_one_equals_static_one_hot_conv(b):
         torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-5)
     x = torch.randn(2, 128, 5, 5)
     torch.testing.assert_close(net.b(x), F.conv2d(x, one_hot_kernel(net.b), None, 1, 1), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(net.dw(x), F.conv2d(x, one_hot_kernel(net.dw), None, 1, 1, groups=128),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        net.dw(x), F.conv2d(x, one_hot_kernel(net.dw), None, 1, 1, groups=128), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_batched_grouped_conv_equals_per_sample_loop():
@@ -129,11 +131,11 @@ def test_batched_grouped_conv_equals_per_sample_loop():
     net = Toy({0: 1.0, 1: 1.0}, nonlocal_basis=True).eval()
     set_kw_epoch(net, 7.0)  # tau = 0.65: the input-dependent part matters
     x = torch.randn(3, 3, 12, 12)
-    loop = torch.cat([net(x[i:i + 1]) for i in range(3)])
+    loop = torch.cat([net(x[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(net(x), loop, rtol=1e-4, atol=1e-5)
     # and each sample really gets its own kernel
     att = net.b.attention(torch.randn(2, 128, 4, 4))
-    assert not torch.allclose(att[:att.shape[0] // 2], att[att.shape[0] // 2:])
+    assert not torch.allclose(att[: att.shape[0] // 2], att[att.shape[0] // 2 :])
 
 
 # -- equal forms: the matmul form computes what the authors' grouped conv (the counted form) computes ----
@@ -163,7 +165,9 @@ def test_forms_equal_counted_form(form, train, b, nonlocal_basis):
     set_kw_epoch(net, 7.0)  # tau = 0.65: attention and start both matter
     for conv in kw_convs(net):
         conv.form = form
-    x = torch.randn(3, 3, 9, 9, dtype=torch.float64, requires_grad=True)  # odd side: the strided 1x1 rounds up
+    x = torch.randn(
+        3, 3, 9, 9, dtype=torch.float64, requires_grad=True
+    )  # odd side: the strided 1x1 rounds up
     fast = _outputs_and_grads(net, x)
     with counted_forms():
         counted = _outputs_and_grads(net, x)
@@ -284,8 +288,12 @@ def test_kw_published_params(name):
 def test_kw_resnet18_warehouse_shapes():
     # The authors' kw1x_resnet18 warehouses: (cells, c_out, c_in) per stage.
     model = build(catalog.get("kw_resnet18_1x").genome)
-    assert [tuple(w.shape) for w in model.kw_warehouses.weights] == [(56, 64, 64), (47, 128, 128), (47, 256, 256),
-                                                                     (27, 512, 512)]
+    assert [tuple(w.shape) for w in model.kw_warehouses.weights] == [
+        (56, 64, 64),
+        (47, 128, 128),
+        (47, 256, 256),
+        (27, 512, 512),
+    ]
 
 
 def test_kw_resnet18_quarter_gap_recorded():
@@ -293,7 +301,9 @@ def test_kw_resnet18_quarter_gap_recorded():
     d = catalog.get("kw_resnet18_1d4x")
     built = nparams(build(d.genome))
     assert d.counts["params"].exact and d.counts["params"].matches(built)
-    assert round(built / 1e4) != round(d.results[0].params / 1e4)  # the gap to the printed 4.08 M stays visible
+    assert round(built / 1e4) != round(
+        d.results[0].params / 1e4
+    )  # the gap to the printed 4.08 M stays visible
 
 
 @pytest.mark.parametrize("name", ["mobilenetv3_large_cifar", "pfd_mobilenetv3_large_cifar"])
@@ -303,15 +313,24 @@ def test_bsconv_counts_mobilenetv3(name):
     x = torch.zeros(1, 3, d.target.resolution, d.target.resolution)
     assert d.target.convention == "bsconv"
     assert d.counts["params"].matches(nparams(model))
-    assert d.counts["flops"].matches(hook_flops(model, x, 'bsconv'))
+    assert d.counts["flops"].matches(hook_flops(model, x, "bsconv"))
 
 
 def test_bsconv_counter_rules():
-    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=True), nn.BatchNorm2d(4), nn.ReLU(), nn.ReLU6(),
-                      nn.Hardswish(), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+    m = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=True),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.ReLU6(),
+        nn.Hardswish(),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
+    )
     hw = 8 * 8
     expect = hw * 4 * 27 + 4 * hw + 2 * 4 * hw + 4 * hw + 4 * hw + 4 * 16 + 4 * 5 + 5
-    assert hook_flops(m, torch.zeros(1, 3, 8, 8), 'bsconv') == expect
+    assert hook_flops(m, torch.zeros(1, 3, 8, 8), "bsconv") == expect
 
 
 # -- MobileNets ------------------------------------------------------------------------------------------
@@ -342,7 +361,9 @@ def test_mobilenetv2_padding_free_forward_backward():
 @pytest.mark.parametrize("stem, ds", [("standard", "standard"), ("hybrid", "padding_free")])
 def test_mobilenetv3_forward_backward(stem, ds):
     torch.manual_seed(0)
-    model = build(Genome("mobilenetv3_large_cifar", stem=stem, downsampling=ds), num_classes=10, width_mult=0.5)
+    model = build(
+        Genome("mobilenetv3_large_cifar", stem=stem, downsampling=ds), num_classes=10, width_mult=0.5
+    )
     _train_step(model, 32)
     with torch.no_grad():
         maps = model.features[:-1](torch.zeros(1, 3, 32, 32)).shape[-1]
@@ -404,7 +425,7 @@ def _slices(model):
         cells = m * int(b) if b >= 1 else int(conv.attention.beta[:, :n].sum())
         s = start.get(conv.index, 0)
         start[conv.index] = s + cells
-        yield conv, e[s:s + cells], tuple(e.shape[1:])
+        yield conv, e[s : s + cells], tuple(e.shape[1:])
 
 
 @pytest.mark.parametrize("backbone,width", [("resnet18", 1.0), ("resnet50", 0.5)])

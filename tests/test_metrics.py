@@ -41,12 +41,25 @@ def test_table_keeps_the_stored_names_and_formats():
     assert dict(metrics.OBJECTIVES)["top1"] == "maximize" and metrics.OBJECTIVES["flops"] == "minimize"
     assert "top5" not in metrics.OBJECTIVES and metrics.get("top5").direction == "maximize"
     assert metrics.names("cost") == ["flops", "params", "activations"]
-    assert [m for m in metrics.names() if metrics.get(m).every_epoch] == ["top1", "flops", "params", "activations",
-                                                                            "top5", "loss"]
-    assert (metrics.fmt("flops", 4.1e9), metrics.fmt("params", 25_557_032), metrics.fmt("top1", 0.77125)) == \
-        ("4.10G", "25.56M", "0.7712")
+    assert [m for m in metrics.names() if metrics.get(m).every_epoch] == [
+        "top1",
+        "flops",
+        "params",
+        "activations",
+        "top5",
+        "loss",
+    ]
+    assert (metrics.fmt("flops", 4.1e9), metrics.fmt("params", 25_557_032), metrics.fmt("top1", 0.77125)) == (
+        "4.10G",
+        "25.56M",
+        "0.7712",
+    )
     assert metrics.fmt("activations", 2_490_000) == "2.49M"  # was "0.00G" in the run's lines
-    assert (metrics.fmt("latency_ms", 3.0), metrics.fmt("epochs", 2), metrics.fmt("top1", None)) == ("3", "2", "-")
+    assert (metrics.fmt("latency_ms", 3.0), metrics.fmt("epochs", 2), metrics.fmt("top1", None)) == (
+        "3",
+        "2",
+        "-",
+    )
     assert metrics.label("flops") == "FLOPs of the target (G)" and metrics.scale("flops") == 1e9
     assert metrics.label("not_a_metric") == "not_a_metric" and metrics.direction("top3") == "maximize"
     with pytest.raises(ValueError, match="already registered"):
@@ -66,12 +79,22 @@ def test_registered_objective_is_validated_stored_loaded_formatted_and_plotted(t
     from studies.search import GenomeSpace, SamplerSpec, StudySearch
 
     cfg = config.from_dict(_doc(top1="maximize", val_loss="minimize"), "vl")
-    assert cfg.objectives == [{"name": "top1", "direction": "maximize"}, {"name": "val_loss", "direction": "minimize"}]
+    assert cfg.objectives == [
+        {"name": "top1", "direction": "maximize"},
+        {"name": "val_loss", "direction": "minimize"},
+    ]
     plan = driver.trial_metrics()  # what the Ray worker is told to report
     assert plan["placeholders"]["val_loss"] == 0.0 and "val_loss" in plan["trained"]
     assert "val_loss" not in plan["epoch"]  # known after training only: not a rung metric for ASHA
-    asha = driver._pareto_scheduler(config.from_dict({**_doc(top1="maximize", val_loss="minimize", flops="minimize"),
-                                                      "early_stopping": {"asha": True}}, "vl"))
+    asha = driver._pareto_scheduler(
+        config.from_dict(
+            {
+                **_doc(top1="maximize", val_loss="minimize", flops="minimize"),
+                "early_stopping": {"asha": True},
+            },
+            "vl",
+        )
+    )
     assert asha.metrics == {"top1": "maximize", "flops": "minimize"}  # ranks at a rung by what is known there
 
     url = str(tmp_path / "study.journal")
@@ -79,12 +102,30 @@ def test_registered_objective_is_validated_stored_loaded_formatted_and_plotted(t
     study = optuna.create_study(study_name="vl", storage=storage, directions=["maximize", "minimize"])
     driver._study_attrs(study, cfg)
     lines = []
-    s = StudySearch(GenomeSpace(cfg.space), cfg.objectives, "vl", url, SamplerSpec("random", 0), epochs=1,
-                    attrs={"fidelity": cfg.protocol["fidelity"], "seed": 0, "reference": None}, log=lines.append)
+    s = StudySearch(
+        GenomeSpace(cfg.space),
+        cfg.objectives,
+        "vl",
+        url,
+        SamplerSpec("random", 0),
+        epochs=1,
+        attrs={"fidelity": cfg.protocol["fidelity"], "seed": 0, "reference": None},
+        log=lines.append,
+    )
     for i, (top1, vl) in enumerate([(0.75, 0.61), (0.5, 0.42), (0.625, 0.9)]):
         s.suggest(str(i))
-        s.on_trial_complete(str(i), {"final": True, "status": "ok", "epochs_completed": 1, "top1": top1,
-                                     "flops": 1.8e9, "val_loss": vl, "genome_key": f"g{i}"})
+        s.on_trial_complete(
+            str(i),
+            {
+                "final": True,
+                "status": "ok",
+                "epochs_completed": 1,
+                "top1": top1,
+                "flops": 1.8e9,
+                "val_loss": vl,
+                "genome_key": f"g{i}",
+            },
+        )
     trials = optuna.load_study(study_name="vl", storage=storage).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert [t.values for t in trials] == [[0.75, 0.61], [0.5, 0.42], [0.625, 0.9]]
@@ -103,8 +144,11 @@ def test_registered_objective_is_validated_stored_loaded_formatted_and_plotted(t
 def test_unregistered_objective_is_a_user_error():
     from studies import config
 
-    with pytest.raises(UserError, match=r"objective 'val_loss' unknown \(known: top1, flops, params, "
-                                        r"activations, latency_ms\)"):
+    with pytest.raises(
+        UserError,
+        match=r"objective 'val_loss' unknown \(known: top1, flops, params, "
+        r"activations, latency_ms\)",
+    ):
         config.from_dict(_doc(top1="maximize", val_loss="minimize"), "vl")
 
 
@@ -118,7 +162,9 @@ def test_registered_objective_in_a_real_smoke_study(tmp_path, val_loss, capsys):
 
     cfg = tmp_path / "vl.toml"
     text = (REPO / "studies/configs/smoke.toml").read_text()
-    cfg.write_text(text.replace('flops = "minimize"', 'val_loss = "minimize"').replace("trials = 4", "trials = 2"))
+    cfg.write_text(
+        text.replace('flops = "minimize"', 'val_loss = "minimize"').replace("trials = 4", "trials = 2")
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     os.environ.pop("STUDIES_INJECT_FAILURE_TRIAL", None)
     try:
@@ -126,7 +172,9 @@ def test_registered_objective_in_a_real_smoke_study(tmp_path, val_loss, capsys):
     finally:
         ray.shutdown()
     out = capsys.readouterr().out
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "run/study.journal")))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "run/study.journal"))
+    )
     study = optuna.load_study(study_name="vl", storage=storage)
     assert study.metric_names == ["top1", "val_loss"]
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]

@@ -13,9 +13,22 @@ from searchspace.plugins.msa import IAFF, MSA, MSAF, Branch
 from searchspace.plugins.sda import SDA
 
 # Published totals come from the catalog (docs/published.md); the baselines from the plain designs.
-PUB = {n: catalog.get(n).counts for n in ("resnet50", "resnet18", "dsnet50_a", "dsnet50_b", "dsnet50_b_after_conv2",
-                                           "msa_resnet18_r16", "msa_resnet18_r4", "msaf_resnet18_r16",
-                                           "msaf_resnet18_r4", "aff_resnet18_r4", "iaff_resnet18_r4")}
+PUB = {
+    n: catalog.get(n).counts
+    for n in (
+        "resnet50",
+        "resnet18",
+        "dsnet50_a",
+        "dsnet50_b",
+        "dsnet50_b_after_conv2",
+        "msa_resnet18_r16",
+        "msa_resnet18_r4",
+        "msaf_resnet18_r16",
+        "msaf_resnet18_r4",
+        "aff_resnet18_r4",
+        "iaff_resnet18_r4",
+    )
+}
 R50 = {k: c.value for k, c in PUB["resnet50"].items()}
 
 # ResNet-50 at 224: (planes, blocks, post-stride map side); ResNet-18 block output channels.
@@ -101,7 +114,9 @@ def test_msa_fvcore(C, r, H, branches):
     parts = [_branch_flops(C, c, N, p) for p in pools]
     expected = (sum(f for f, _ in parts), sum(a for _, a in parts))
     assert fvcore_counts(MSA(C, r, branches), rand(C, H)) == expected
-    assert fvcore_counts(get("msaf").factory(C, r, None, branches=branches), rand(C, H), rand(C, H)) == expected
+    assert (
+        fvcore_counts(get("msaf").factory(C, r, None, branches=branches), rand(C, H), rand(C, H)) == expected
+    )
 
 
 @pytest.mark.parametrize("C,r,H", [(32, 4, 8), (64, 16, 7)])
@@ -169,17 +184,30 @@ def test_aff_iaff_resnet18_published():
     # only printed to 0.1 M; iAFF's 12.8 M counts the one global branch that runs
     base = PUB["resnet18"]["params"].value
     aff = get("aff").factory
-    assert PUB["aff_resnet18_r4"]["params"].matches(base + sum(nparams(aff(C, 4, None)) for C in R18_CHANNELS))
+    assert PUB["aff_resnet18_r4"]["params"].matches(
+        base + sum(nparams(aff(C, 4, None)) for C in R18_CHANNELS)
+    )
     assert PUB["iaff_resnet18_r4"]["params"].matches(base + sum(nparams(IAFF(C, 4)) for C in R18_CHANNELS))
 
 
 # -- training behaviour on tiny inputs ---------------------------------------------------------
 def _tiny_modules():
     site = Site(stage=0, block=0, position="after_add", target_hw=8, num_blocks=3)
-    cases = [("dsm", dict(bias=True), 1), ("dam", {}, 1), ("msa", {}, 1), ("msa", dict(branches=5), 1),
-             ("msaf", {}, 2), ("msaf", dict(branches=5), 2), ("aff", {}, 2), ("iaff", {}, 2), ("sda", {}, None)]
-    return [pytest.param(get(n).factory(32, 4, site, **o), arity, id="-".join([n, *map(str, o.values())]))
-            for n, o, arity in cases]
+    cases = [
+        ("dsm", dict(bias=True), 1),
+        ("dam", {}, 1),
+        ("msa", {}, 1),
+        ("msa", dict(branches=5), 1),
+        ("msaf", {}, 2),
+        ("msaf", dict(branches=5), 2),
+        ("aff", {}, 2),
+        ("iaff", {}, 2),
+        ("sda", {}, None),
+    ]
+    return [
+        pytest.param(get(n).factory(32, 4, site, **o), arity, id="-".join([n, *map(str, o.values())]))
+        for n, o, arity in cases
+    ]
 
 
 @pytest.mark.parametrize("module,arity", _tiny_modules())

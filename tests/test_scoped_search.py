@@ -3,14 +3,13 @@ and the references the main job evaluates by default."""
 
 from __future__ import annotations
 
-
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from searchspace import catalog, space
-from searchspace.errors import UserError
 from searchspace.cli import cli_main
+from searchspace.errors import UserError
 from studies import config
 
 SCOPED = {  # config -> the published designs it must contain
@@ -19,8 +18,16 @@ SCOPED = {  # config -> the published designs it must contain
     "kernelwarehouse": {"resnet50", "kw_resnet50_1x", "kw_resnet50_4x"},
     "sda": {"sda_resnet86"},
     "downsampling": {"resnet50", "resnet50_v1c", "resnet50_d"},
-    "resnet18_fusion": {"resnet18", "se_resnet18", "msa_resnet18_r16", "msa_resnet18_r4", "msaf_resnet18_r16",
-                        "msaf_resnet18_r4", "aff_resnet18_r4", "iaff_resnet18_r4"},
+    "resnet18_fusion": {
+        "resnet18",
+        "se_resnet18",
+        "msa_resnet18_r16",
+        "msa_resnet18_r4",
+        "msaf_resnet18_r16",
+        "msaf_resnet18_r4",
+        "aff_resnet18_r4",
+        "iaff_resnet18_r4",
+    },
 }
 
 
@@ -61,15 +68,18 @@ def test_study_is_required_without_list(capsys):
     assert len(err) == 1 and err[0].startswith("error: give a study") and "--list" in err[0]
 
 
-@pytest.mark.parametrize("bad, msg", [
-    ({"constraints": {"flops_max": "1.1 x nosuch"}}, "unknown catalog design 'nosuch'"),
-    ({"constraints": {"flops_max": "fast"}}, "constraints.flops_max: expected a positive number"),
-    ({"constraints": {"flops_max": -3}}, "constraints.flops_max: expected a positive number"),
-    ({"constraints": {"latency_max": 3}}, "[constraints] unknown key 'latency_max'"),
-    ({"references": {"evaluate": "yes"}}, "references.evaluate: expected true or false"),
-    ({"early_stopping": {"rule": "hv"}}, "early_stopping.rule 'hv' unknown"),
-    ({"sampler": {"name": "cmaes"}}, "sampler.name 'cmaes' unknown (known: nsga2, tpe, gp, random)"),
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        ({"constraints": {"flops_max": "1.1 x nosuch"}}, "unknown catalog design 'nosuch'"),
+        ({"constraints": {"flops_max": "fast"}}, "constraints.flops_max: expected a positive number"),
+        ({"constraints": {"flops_max": -3}}, "constraints.flops_max: expected a positive number"),
+        ({"constraints": {"latency_max": 3}}, "[constraints] unknown key 'latency_max'"),
+        ({"references": {"evaluate": "yes"}}, "references.evaluate: expected true or false"),
+        ({"early_stopping": {"rule": "hv"}}, "early_stopping.rule 'hv' unknown"),
+        ({"sampler": {"name": "cmaes"}}, "sampler.name 'cmaes' unknown (known: nsga2, tpe, gp, random)"),
+    ],
+)
 def test_bad_new_config_fields_are_one_line_errors(bad, msg):
     doc = {"space": {"backbone": "resnet18"}, **bad}
     with pytest.raises(UserError) as e:
@@ -88,18 +98,39 @@ def _constrained_searcher(tmp_path, limit: str):
     from studies import driver
     from studies.search import GenomeSpace, SamplerSpec, StudySearch
 
-    cfg = config.from_dict({
-        "space": {"backbone": "resnet18", "downsampling": ["v1.5", "padding_free"], "plugins": ["none", "se"],
-                  "r": [16]},
-        "target": {"resolution": 64}, "fidelity": {"resolution": 64, "epochs": 1},
-        "constraints": {"params_max": limit}}, "c")
+    cfg = config.from_dict(
+        {
+            "space": {
+                "backbone": "resnet18",
+                "downsampling": ["v1.5", "padding_free"],
+                "plugins": ["none", "se"],
+                "r": [16],
+            },
+            "target": {"resolution": 64},
+            "fidelity": {"resolution": 64, "epochs": 1},
+            "constraints": {"params_max": limit},
+        },
+        "c",
+    )
     url = str(tmp_path / "study.journal")
-    study = optuna.create_study(study_name="c", directions=["maximize", "minimize"],
-                                storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url)))
+    study = optuna.create_study(
+        study_name="c",
+        directions=["maximize", "minimize"],
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url)),
+    )
     limits = driver.cost_limits(cfg)
-    s = StudySearch(GenomeSpace(cfg.space), cfg.objectives, "c", url, SamplerSpec("tpe", 0),
-                    epochs=1, attrs={"fidelity": cfg.protocol["fidelity"], "seed": 0, "reference": None}, log=lambda m: None,
-                    limits=limits, max_skips=2)
+    s = StudySearch(
+        GenomeSpace(cfg.space),
+        cfg.objectives,
+        "c",
+        url,
+        SamplerSpec("tpe", 0),
+        epochs=1,
+        attrs={"fidelity": cfg.protocol["fidelity"], "seed": 0, "reference": None},
+        log=lambda m: None,
+        limits=limits,
+        max_skips=2,
+    )
     return cfg, study, s, limits
 
 
@@ -125,12 +156,24 @@ def test_constraint_excludes_a_genome_before_training(tmp_path):
 
     handed = s.suggest("ray-0")
     assert handed["trial_number"] == 1 and Genome.from_json(handed["genome"]).key == plain.key
-    s.on_trial_complete("ray-0", {"final": True, "status": "ok", "epochs_completed": 1, "top1": 0.4,
-                                  "flops": cost(plain, **t).flops, "params": cost(plain, **t).params})
+    s.on_trial_complete(
+        "ray-0",
+        {
+            "final": True,
+            "status": "ok",
+            "epochs_completed": 1,
+            "top1": 0.4,
+            "flops": cost(plain, **t).flops,
+            "params": cost(plain, **t).params,
+        },
+    )
     trials = study.get_trials()
     bad, good = trials[0], trials[1]
     assert bad.state == TrialState.COMPLETE and bad.user_attrs["status"] == "infeasible"
-    assert bad.user_attrs["params"] == cost(cheap_but_big, **t).params and bad.user_attrs["flops"] == cost(cheap_but_big, **t).flops
+    assert (
+        bad.user_attrs["params"] == cost(cheap_but_big, **t).params
+        and bad.user_attrs["flops"] == cost(cheap_but_big, **t).flops
+    )
     assert bad.values == [0.0, cost(cheap_but_big, **t).flops] and bad.user_attrs["epochs_completed"] == 0
     assert "wall_s" not in bad.user_attrs and "node" not in bad.user_attrs  # never ran
     assert bad.constraints["params"] > 0 and good.constraints["params"] <= 0
@@ -166,7 +209,9 @@ def test_every_sampler_builds_seeded(sampler):
 
     study.optimize(objective, n_trials=7)  # past the 4 start-up trials: the model-based step runs too
     assert len(study.trials) == 7 and all(t.state == TrialState.COMPLETE for t in study.trials)
-    assert study.best_trials and all(t.values[0] <= 0.5 for t in study.best_trials)  # the front is feasible only
+    assert study.best_trials and all(
+        t.values[0] <= 0.5 for t in study.best_trials
+    )  # the front is feasible only
 
 
 # -- Pareto-aware early stopping ----------------------------------------------------------------
@@ -195,13 +240,18 @@ def test_pareto_asha_is_a_ray_scheduler_with_asha_rungs():
 
     from studies.pareto_asha import ParetoASHA
 
-    sched = ParetoASHA("epochs_completed", {"top1": "maximize", "flops": "minimize"}, max_t=8, grace_period=1,
-                       reduction_factor=2)
+    sched = ParetoASHA(
+        "epochs_completed",
+        {"top1": "maximize", "flops": "minimize"},
+        max_t=8,
+        grace_period=1,
+        reduction_factor=2,
+    )
     assert isinstance(sched, TrialScheduler) and sched.rule.milestones == [1, 2, 4]
 
 
 # -- end to end ----------------------------------------------------------------------------------
-E2E = '''
+E2E = """
 description = "smoke + references by default, a params limit, one-edit seeding, Pareto ASHA"
 [space]
 backbone = "resnet18"
@@ -233,7 +283,7 @@ params_max = "1.004 x resnet18"   # SE in stage 4 (any r) or stage 3 at r=4 is o
 [early_stopping]
 asha = true
 rule = "pareto"
-'''
+"""
 
 
 @pytest.mark.slow
@@ -257,7 +307,7 @@ def test_default_run_names_every_design_and_never_trains_an_infeasible_genome(tm
     ref = optuna.load_study(study_name="e2e.references", storage=storage)
     proxy = {t.user_attrs["reference"]: t.values[0] for t in ref.trials if t.state == TrialState.COMPLETE}
     assert set(proxy) == {"resnet18", "se_resnet18"}  # evaluated without --reference
-    lines = out[out.index("Published designs in the space"):].splitlines()
+    lines = out[out.index("Published designs in the space") :].splitlines()
     for name, top1 in proxy.items():  # each design on its own line with its proxy top-1
         assert any(ln.split()[:2] == [name, f"{top1:.4g}"] for ln in lines), (name, top1, lines)
 
@@ -286,7 +336,9 @@ def test_gp_sampler_config_says_what_it_needs():
 
     doc = {"space": {"backbone": "resnet18"}, "sampler": {"name": "gp"}}
     if importlib.util.find_spec("scipy") is None:
-        with pytest.raises(UserError, match=r'sampler.name "gp" needs scipy, which is not installed \(pip install scipy\)'):
+        with pytest.raises(
+            UserError, match=r'sampler.name "gp" needs scipy, which is not installed \(pip install scipy\)'
+        ):
             config.from_dict(doc, "x")
     else:
         assert config.from_dict(doc, "x").sampler.name == "gp"

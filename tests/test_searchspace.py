@@ -11,11 +11,22 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from searchspace import Genome, Plugin, Stage, UserError, build, catalog, cost, make_plugin, register, space, uniform
+from searchspace import (
+    Genome,
+    Plugin,
+    Stage,
+    UserError,
+    build,
+    catalog,
+    cost,
+    make_plugin,
+    register,
+    space,
+    uniform,
+)
 from searchspace.plugins import registry
 from searchspace.plugins.msca import MultiSpectralAttention, dct_filters
 from searchspace.plugins.se import SqueezeExcite
-
 
 # -- cost parity: every published count in the catalog, to the unit or to its printed precision ----
 COUNTED = [(d.name, k) for d in catalog.designs() for k in d.counts]
@@ -31,8 +42,13 @@ def test_catalog_counts_match_published(name, what):
 
 def test_exact_rows_are_exact():
     """The rows docs/published.md calls exact are held to the unit, not to a rounding step."""
-    for name, what in [("resnet50", "flops"), ("fcanet50", "flops"), ("dsnet50_a", "params"),
-                       ("dsnet50_b_after_conv2", "activations"), ("msaf_resnet18_r4", "params")]:
+    for name, what in [
+        ("resnet50", "flops"),
+        ("fcanet50", "flops"),
+        ("dsnet50_a", "params"),
+        ("dsnet50_b_after_conv2", "activations"),
+        ("msaf_resnet18_r4", "params"),
+    ]:
         assert catalog.get(name).counts[what].exact
 
 
@@ -96,7 +112,10 @@ def test_catalog_forward_backward(name):
 def test_full_size_build_matches_proxy_structure():
     g = catalog.get("dsnet50_c").genome
     full, proxy = build(g), build(g, num_classes=10, width_mult=0.5)
-    names = lambda m: [type(x).__name__ for x in m.modules()]
+
+    def names(m):
+        return [type(x).__name__ for x in m.modules()]
+
     assert names(full) == names(proxy)
     assert full.fc.out_features == 1000 and proxy.fc.out_features == 10
 
@@ -110,13 +129,21 @@ def test_after_conv1_vs_after_conv2_same_params_different_flops():
 
 
 def test_plugins_chain_in_order():
-    g = Genome("resnet18", tuple(Stage(plugins=(make_plugin("se", "after_add", 4), make_plugin("msa", "after_add", 4)))
-                                 for _ in range(4))).validate()
+    g = Genome(
+        "resnet18",
+        tuple(
+            Stage(plugins=(make_plugin("se", "after_add", 4), make_plugin("msa", "after_add", 4)))
+            for _ in range(4)
+        ),
+    ).validate()
     m = build(g, num_classes=10, width_mult=0.25)
     chain = m.stages[0].blocks[0].plugins["after_add"]
     assert [type(x).__name__ for x in chain] == ["SqueezeExcite", type(chain[1]).__name__] and len(chain) == 2
     solo = cost(uniform("resnet18", make_plugin("se", "after_add", 4))).params
-    assert cost(g).params == solo + cost(catalog.get("msa_resnet18_r4").genome).params - cost(Genome("resnet18")).params
+    assert (
+        cost(g).params
+        == solo + cost(catalog.get("msa_resnet18_r4").genome).params - cost(Genome("resnet18")).params
+    )
 
 
 def test_stage_module_sees_every_block():
@@ -129,7 +156,9 @@ def test_stage_module_sees_every_block():
 
     register("probe_stage", kind="stage", default_r=None)(lambda c, r, site: Probe())
     try:
-        g = Genome("resnet50", (Stage(), Stage(stage_module=Plugin("probe_stage", "stage")), Stage(), Stage())).validate()
+        g = Genome(
+            "resnet50", (Stage(), Stage(stage_module=Plugin("probe_stage", "stage")), Stage(), Stage())
+        ).validate()
         build(g, num_classes=10, width_mult=0.25)(torch.randn(2, 3, 32, 32))
         assert seen == [4]
     finally:
@@ -142,32 +171,54 @@ def test_genome_json_round_trip_and_key():
         again = Genome.from_json(d.genome.to_json())
         assert again == d.genome and again.key == d.genome.key
     # defaults are written out: a sparse JSON and the full one are the same genome
-    sparse = Genome.from_json('{"backbone": "resnet50", "stages": [{}, {}, {}, {"plugins": [{"type": "se", "position": "after_conv3"}]}]}')
+    sparse = Genome.from_json(
+        '{"backbone": "resnet50", "stages": [{}, {}, {}, {"plugins": [{"type": "se", "position": "after_conv3"}]}]}'
+    )
     assert sparse.stages[3].plugins[0].r == 16 and sparse.stem == "standard" and sparse.downsampling == "v1.5"
     assert sparse == Genome.from_json(sparse.to_json(indent=2))
     assert len({d.genome.key for d in catalog.designs()}) == len(catalog.names())
 
 
-@pytest.mark.parametrize("text,message", [
-    ('{"backbone": "vgg16"}', "backbone: unknown 'vgg16'"),
-    ('{"backbone": "resnet50", "stages": [{}, {}]}', "resnet50 has 4 stages, the genome gives 2"),
-    ('{"stages": [{"plugins": [{"type": "cbam", "position": "after_add"}]}, {}, {}, {}]}', "unknown plugin 'cbam'"),
-    ('{"stages": [{"plugins": [{"type": "msa", "position": "after_conv1"}]}, {}, {}, {}]}',
-     "stages[0].plugins[0].position: 'after_conv1' is not supported by 'msa' (allowed: after_add)"),
-    ('{"stages": [{}, {"plugins": [{"type": "se", "position": "after_conv3", "r": 0}]}, {}, {}]}',
-     "stages[1].plugins[0].r: 0 must be an integer >= 1"),
-    ('{"backbone": "resnet18", "stages": [{"plugins": [{"type": "se", "position": "after_conv3"}]}, {}, {}, {}]}',
-     "'after_conv3' needs a Bottleneck backbone"),
-    ('{"stages": [{"kw": 3}, {}, {}, {}]}', "stages[0].kw: 3.0 is not a KernelWarehouse budget"),
-    ('{"stages": [{"fusion": {"type": "se", "position": "after_add"}}, {}, {}, {}]}', "is a block module, not a fusion"),
-    ('{"stem": "giant"}', "stem: 'giant' is not available"),
-    ('{"downsampling": "stride3"}', "downsampling: 'stride3' is not available"),
-    ('{"stages": [{"plugins": [{"type": "dsm", "position": "after_add", "options": {"bias": 2}}]}, {}, {}, {}]}',
-     "options.bias: 2 not allowed"),
-    ('{"stages": [{"plugins": [{"type": "se", "position": "after_add", "colour": 1}]}, {}, {}, {}]}', "unknown field 'colour'"),
-    ('{"backbone": "resnet50",', "genome JSON does not parse"),
-    ('[1, 2]', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('{"backbone": "vgg16"}', "backbone: unknown 'vgg16'"),
+        ('{"backbone": "resnet50", "stages": [{}, {}]}', "resnet50 has 4 stages, the genome gives 2"),
+        (
+            '{"stages": [{"plugins": [{"type": "cbam", "position": "after_add"}]}, {}, {}, {}]}',
+            "unknown plugin 'cbam'",
+        ),
+        (
+            '{"stages": [{"plugins": [{"type": "msa", "position": "after_conv1"}]}, {}, {}, {}]}',
+            "stages[0].plugins[0].position: 'after_conv1' is not supported by 'msa' (allowed: after_add)",
+        ),
+        (
+            '{"stages": [{}, {"plugins": [{"type": "se", "position": "after_conv3", "r": 0}]}, {}, {}]}',
+            "stages[1].plugins[0].r: 0 must be an integer >= 1",
+        ),
+        (
+            '{"backbone": "resnet18", "stages": [{"plugins": [{"type": "se", "position": "after_conv3"}]}, {}, {}, {}]}',
+            "'after_conv3' needs a Bottleneck backbone",
+        ),
+        ('{"stages": [{"kw": 3}, {}, {}, {}]}', "stages[0].kw: 3.0 is not a KernelWarehouse budget"),
+        (
+            '{"stages": [{"fusion": {"type": "se", "position": "after_add"}}, {}, {}, {}]}',
+            "is a block module, not a fusion",
+        ),
+        ('{"stem": "giant"}', "stem: 'giant' is not available"),
+        ('{"downsampling": "stride3"}', "downsampling: 'stride3' is not available"),
+        (
+            '{"stages": [{"plugins": [{"type": "dsm", "position": "after_add", "options": {"bias": 2}}]}, {}, {}, {}]}',
+            "options.bias: 2 not allowed",
+        ),
+        (
+            '{"stages": [{"plugins": [{"type": "se", "position": "after_add", "colour": 1}]}, {}, {}, {}]}',
+            "unknown field 'colour'",
+        ),
+        ('{"backbone": "resnet50",', "genome JSON does not parse"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_validation_names_the_field(text, message):
     with pytest.raises(UserError, match=None) as e:
         Genome.from_json(text)
@@ -175,15 +226,22 @@ def test_validation_names_the_field(text, message):
 
 
 # -- space ------------------------------------------------------------------------------------------
-WIDE = dict(backbone="resnet50", plugins=["none", "se", "msca", "dsm", "dam", "msa"], r=[2, 4, 8, 16],
-            plugin_options={"dsm": {"bias": [False, True]}, "dam": {"bias": [False, True]}},
-            stage_modules=["none", "sda"], fusions=["none", "msaf", "aff", "iaff"])
+WIDE = dict(
+    backbone="resnet50",
+    plugins=["none", "se", "msca", "dsm", "dam", "msa"],
+    r=[2, 4, 8, 16],
+    plugin_options={"dsm": {"bias": [False, True]}, "dam": {"bias": [False, True]}},
+    stage_modules=["none", "sda"],
+    fusions=["none", "msaf", "aff", "iaff"],
+)
 
 
 def test_catalog_genomes_round_trip_through_the_space():
-    specs = [space.SpaceSpec.from_dict(WIDE),
-             space.SpaceSpec.from_dict({**WIDE, "backbone": "resnet18", "r": [4, 16]}),
-             space.SpaceSpec.from_dict({**WIDE, "backbone": "resnet86g8", "r": [16]})]
+    specs = [
+        space.SpaceSpec.from_dict(WIDE),
+        space.SpaceSpec.from_dict({**WIDE, "backbone": "resnet18", "r": [4, 16]}),
+        space.SpaceSpec.from_dict({**WIDE, "backbone": "resnet86g8", "r": [16]}),
+    ]
     inside = 0
     for d in catalog.designs():
         for spec in specs:
@@ -195,12 +253,18 @@ def test_catalog_genomes_round_trip_through_the_space():
 
 
 def test_space_is_conditional_and_counted():
-    spec = space.SpaceSpec.from_dict({"backbone": "resnet18", "plugins": ["none", "se", "msa"], "r": [4, 16],
-                                      "positions": ["after_conv2", "after_add"]})
+    spec = space.SpaceSpec.from_dict(
+        {
+            "backbone": "resnet18",
+            "plugins": ["none", "se", "msa"],
+            "r": [4, 16],
+            "positions": ["after_conv2", "after_add"],
+        }
+    )
     # per stage: none + se (2 positions x 2 r) + msa (after_add x 2 r) = 7; 4 stages
-    assert space.count(spec) == 7 ** 4
+    assert space.count(spec) == 7**4
     genomes = space.enumerate_genomes(spec)
-    assert len(genomes) == 7 ** 4 and len({g.key for g in genomes}) == 7 ** 4
+    assert len(genomes) == 7**4 and len({g.key for g in genomes}) == 7**4
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         t = study.ask()
@@ -212,9 +276,13 @@ def test_space_is_conditional_and_counted():
 
 
 def test_space_rejects_bad_specs():
-    for bad, msg in [({"plugins": ["nope"]}, "space.plugins: 'nope'"), ({"r": [0]}, "space.r"),
-                     ({"backbone": "resnet18", "plugins": ["msca"], "positions": ["after_conv1"]}, "no position"),
-                     ({"kw": [3]}, "space.kw"), ({"colour": 1}, "space.colour: unknown key")]:
+    for bad, msg in [
+        ({"plugins": ["nope"]}, "space.plugins: 'nope'"),
+        ({"r": [0]}, "space.r"),
+        ({"backbone": "resnet18", "plugins": ["msca"], "positions": ["after_conv1"]}, "no position"),
+        ({"kw": [3]}, "space.kw"),
+        ({"colour": 1}, "space.colour: unknown key"),
+    ]:
         with pytest.raises(UserError, match=None) as e:
             space.SpaceSpec.from_dict(bad)
         assert msg in str(e.value)
@@ -235,8 +303,14 @@ def test_user_registered_module_is_searchable():
         return ToyGate(channels, r)
 
     try:
-        spec = space.SpaceSpec.from_dict({"backbone": "resnet18", "plugins": ["none", "toy_gate"], "r": [8],
-                                          "plugin_options": {"toy_gate": {"flavour": ["plain", "spicy"]}}})
+        spec = space.SpaceSpec.from_dict(
+            {
+                "backbone": "resnet18",
+                "plugins": ["none", "toy_gate"],
+                "r": [8],
+                "plugin_options": {"toy_gate": {"flavour": ["plain", "spicy"]}},
+            }
+        )
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
         genomes = [space.suggest(study.ask(), spec) for _ in range(12)]
         used = [g for g in genomes if any(s.plugins for s in g.stages)]
@@ -268,7 +342,9 @@ def test_a_genome_is_parsed_and_checked_once_per_process():
 
 # -- inspect ----------------------------------------------------------------------------------------
 def run_inspect(*args):
-    return subprocess.run([sys.executable, "-m", "searchspace.inspect", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "searchspace.inspect", *args], capture_output=True, text=True
+    )
 
 
 def test_inspect_list_and_json():
@@ -282,8 +358,17 @@ def test_inspect_list_and_json():
     assert r.returncode == 0 and json.loads(r.stdout)["published"] is None
 
 
-@pytest.mark.parametrize("args", [["nope"], ["--bogus"], ['{"backbone": "vgg"}'], ["resnet50", "--convention", "x"],
-                                  ["resnet50", "--resolution", "8"], []])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["nope"],
+        ["--bogus"],
+        ['{"backbone": "vgg"}'],
+        ["resnet50", "--convention", "x"],
+        ["resnet50", "--resolution", "8"],
+        [],
+    ],
+)
 def test_inspect_bad_input_one_line_exit_2(args):
     r = run_inspect(*args)
     assert r.returncode == 2
@@ -292,17 +377,21 @@ def test_inspect_bad_input_one_line_exit_2(args):
 
 def test_full_convention_adds_what_fvcore_skips():
     plain, se = Genome("resnet50"), catalog.get("se_resnet50").genome
-    extra = lambda g: cost(g, "full").flops - cost(g).flops
+
+    def extra(g):
+        return cost(g, "full").flops - cost(g).flops
+
     # ResNet-50: every ReLU, residual add and the stem max-pool are now counted
     assert extra(plain) > 11_000_000
     # SE adds its sigmoid and the gating multiply on every Bottleneck output
-    assert extra(se) - extra(plain) >= sum(4 * p * hw * hw * n for p, hw, n in
-                                           ((64, 56, 3), (128, 28, 4), (256, 14, 6), (512, 7, 3)))
+    assert extra(se) - extra(plain) >= sum(
+        4 * p * hw * hw * n for p, hw, n in ((64, 56, 3), (128, 28, 4), (256, 14, 6), (512, 7, 3))
+    )
 
 
 def test_kw_kernel_assembly_is_counted_by_full_only():
     """docs/modules.md: the paper count leaves out attention @ warehouse; `full` adds it."""
-    from searchspace.plugins.kernelwarehouse import kw_assembly_macs
+    from searchspace.backbones.kernelwarehouse import kw_assembly_macs
 
     kw = catalog.get("kw_resnet18_1x").genome
     assembly = kw_assembly_macs(build(kw))

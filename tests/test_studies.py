@@ -19,14 +19,33 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from searchspace.errors import UserError
 from searchspace.cli import cli_main
+from searchspace.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
-SCHEMA = ("genome", "genome_key", "params", "flops", "activations", "fidelity", "top1", "top5", "loss",
-          "epochs_completed", "status", "wall_s", "train_s", "images_per_s", "latency_ms", "device", "seed",
-          "reference", "node", "driver")
+SCHEMA = (
+    "genome",
+    "genome_key",
+    "params",
+    "flops",
+    "activations",
+    "fidelity",
+    "top1",
+    "top5",
+    "loss",
+    "epochs_completed",
+    "status",
+    "wall_s",
+    "train_s",
+    "images_per_s",
+    "latency_ms",
+    "device",
+    "seed",
+    "reference",
+    "node",
+    "driver",
+)
 
 
 def _env(**extra):
@@ -49,12 +68,18 @@ def _counted(study):
 
 
 def _run(args, timeout=400, **env):
-    return subprocess.run([PY, "-m", "studies.run", "smoke", "--quiet", *args], cwd=REPO, env=_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [PY, "-m", "studies.run", "smoke", "--quiet", *args],
+        cwd=REPO,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # A user's module with a bug: its block plugin raises in training (not in the eval-mode cost count).
-FAULTY_PLUGIN = '''
+FAULTY_PLUGIN = """
 from torch import nn
 
 from searchspace.plugins import register
@@ -70,15 +95,21 @@ class RaisesInTraining(nn.Module):
 @register("raises_in_training", positions=("after_conv2",))
 def raises_in_training(channels, r, site):
     return RaisesInTraining()
-'''
+"""
 
 
 def _faulty_smoke(folder: Path) -> Path:
     """The smoke study with the faulty plugin (module faulty_plugin in `folder`) also in its space."""
     (folder / "faulty_plugin.py").write_text(FAULTY_PLUGIN)
     cfg = folder / "smoke.toml"  # the same study name
-    cfg.write_text((REPO / "studies/configs/smoke.toml").read_text().replace(
-        'plugins = ["none", "se"]', 'imports = ["faulty_plugin"]\nplugins = ["none", "se", "raises_in_training"]'))
+    cfg.write_text(
+        (REPO / "studies/configs/smoke.toml")
+        .read_text()
+        .replace(
+            'plugins = ["none", "se"]',
+            'imports = ["faulty_plugin"]\nplugins = ["none", "se", "raises_in_training"]',
+        )
+    )
     return cfg
 
 
@@ -105,14 +136,25 @@ def smoke_run(tmp_path_factory):
         spec = config.load(str(cfg)).space
         faulty = json.loads(catalog.get("se_resnet18").genome.to_json())
         faulty["stages"][1]["plugins"][0]["type"] = "raises_in_training"
-        study = optuna.create_study(study_name="smoke", storage=_storage(out), directions=["maximize", "minimize"])
+        study = optuna.create_study(
+            study_name="smoke", storage=_storage(out), directions=["maximize", "minimize"]
+        )
         study.enqueue_trial(space.to_params(Genome.from_dict(faulty), spec))
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         t0 = time.perf_counter()
         try:
             from studies.run import main
 
-            argv = [str(cfg), "--out", str(out), "--concurrency", "2", "--quiet", "--reference", "--seed-known"]
+            argv = [
+                str(cfg),
+                "--out",
+                str(out),
+                "--concurrency",
+                "2",
+                "--quiet",
+                "--reference",
+                "--seed-known",
+            ]
             assert main(argv) == 0
         finally:
             ray.shutdown()
@@ -159,8 +201,9 @@ def test_injected_failure_is_fail_and_study_completes(smoke_run):
     study = _study(smoke_run[0])
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert failed and failed[0].number == 0
-    assert [t.number for t in failed] == [t.number for t in study.trials
-                                          if _has_plugin(t.user_attrs["genome"], "raises_in_training")]
+    assert [t.number for t in failed] == [
+        t.number for t in study.trials if _has_plugin(t.user_attrs["genome"], "raises_in_training")
+    ]
     for t in failed:
         assert t.user_attrs["status"] == "error" and "injected failure" in t.user_attrs["error"]
         assert t.user_attrs["flops"] > 0
@@ -175,8 +218,11 @@ def test_dashboard_serves_the_study(smoke_run):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = Path(PY).with_name("optuna-dashboard")
-    proc = subprocess.Popen([str(exe), str(journal), "--host", "127.0.0.1", "--port", str(port), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), str(journal), "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         studies = None
         for _ in range(100):
@@ -188,7 +234,9 @@ def test_dashboard_serves_the_study(smoke_run):
                 time.sleep(0.3)
         assert studies, "optuna-dashboard did not answer"
         (smoke,) = [s for s in studies if s["study_name"] == "smoke"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{smoke['study_id']}", timeout=10) as r:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/studies/{smoke['study_id']}", timeout=10
+        ) as r:
             detail = json.load(r)
         assert len(detail["trials"]) == 4
         assert detail["objective_names"] == ["top1", "flops"]  # its plots' labels
@@ -203,8 +251,14 @@ def test_dashboard_serves_the_study(smoke_run):
 def test_resume_after_sigkill(tmp_path):
     out = tmp_path / "run"
     args = ["--out", str(out), "--trials", "5", "--concurrency", "1"]
-    proc = subprocess.Popen([PY, "-m", "studies.run", "smoke", "--quiet", *args], cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [PY, "-m", "studies.run", "smoke", "--quiet", *args],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline:  # a trial stored and the next one running: kill the driver hard
@@ -259,8 +313,21 @@ def test_two_node_cluster_with_asha(tmp_path):
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         out = tmp_path / "run"
-        r = _run(["--out", str(out), "--address", cluster.address, "--concurrency", "2", "--asha", "--epochs", "3",
-                  "--trials", "8"])
+        r = _run(
+            [
+                "--out",
+                str(out),
+                "--address",
+                cluster.address,
+                "--concurrency",
+                "2",
+                "--asha",
+                "--epochs",
+                "3",
+                "--trials",
+                "8",
+            ]
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         trials = _study(out).trials
         nodes = {t.user_attrs.get("node") for t in trials}
@@ -302,17 +369,27 @@ def test_progress_on_a_terminal_piped_and_quiet_and_metric_names(tmp_path):
 
     # The smoke study; a random sampler keeps this test about the output, not the sampler.
     toml = tmp_path / "tiny.toml"
-    toml.write_text((REPO / "studies/configs/smoke.toml").read_text().replace('name = "nsga2"', 'name = "random"'))
+    toml.write_text(
+        (REPO / "studies/configs/smoke.toml").read_text().replace('name = "nsga2"', 'name = "random"')
+    )
     cmd = [PY, "-m", "studies.run", str(toml), "--concurrency", "2"]
 
     fresh = tmp_path / "fresh"
-    r = subprocess.run(cmd + ["--out", str(fresh), "--trials", "3"], cwd=REPO, env=_env(), capture_output=True,
-                       text=True, timeout=400)
+    r = subprocess.run(
+        cmd + ["--out", str(fresh), "--trials", "3"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    lines = [l for l in r.stdout.splitlines() if re.match(r"  trial +\d+ ", l)]
+    lines = [line for line in r.stdout.splitlines() if re.match(r"  trial +\d+ ", line)]
     assert len(lines) == 3, r.stdout
     for k, line in enumerate(lines, 1):
-        assert f"| {k}/3 trials done, " in line and " running, 0 failed, " in line and " elapsed, ETA " in line
+        assert (
+            f"| {k}/3 trials done, " in line and " running, 0 failed, " in line and " elapsed, ETA " in line
+        )
     assert "ETA ?" not in lines[-1]  # finished trials give it a value
     assert "\r" not in r.stdout + r.stderr and "\x1b" not in r.stdout + r.stderr
     assert _study(fresh, "tiny").metric_names == ["top1", "flops"]
@@ -320,11 +397,23 @@ def test_progress_on_a_terminal_piped_and_quiet_and_metric_names(tmp_path):
     old = tmp_path / "old"  # a study stored by a version that did not name its objectives
     old.mkdir()
     storage = JournalStorage(JournalFileBackend(str(old / "study.journal")))
-    assert optuna.create_study(study_name="tiny", storage=storage, directions=["maximize", "minimize"]).metric_names is None
+    assert (
+        optuna.create_study(
+            study_name="tiny", storage=storage, directions=["maximize", "minimize"]
+        ).metric_names
+        is None
+    )
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    proc = subprocess.Popen(cmd + ["--out", str(old), "--resume", "--trials", "3"], cwd=REPO, env=_env(),
-                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd + ["--out", str(old), "--resume", "--trials", "3"],
+        cwd=REPO,
+        env=_env(),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
     os.close(slave)
     try:
         text = _read_pty(master, proc, 400)
@@ -336,12 +425,20 @@ def test_progress_on_a_terminal_piped_and_quiet_and_metric_names(tmp_path):
     status = [s.strip() for s in text.replace("\x1b[K", "").split("\r") if s.strip().startswith("[")]
     assert any(s.startswith("[0/3 trials done, ") and s.endswith("ETA ?]") for s in status), status
     counted = [s for s in status if s.startswith("[2/3 trials done, ")]
-    assert counted and all(re.search(r"ETA [0-9hms]+\]$", s) for s in counted), status  # a number, from trial walls
-    assert len([l for l in text.splitlines() if re.search(r"  trial +\d+ complete ", l)]) == 3
+    assert counted and all(re.search(r"ETA [0-9hms]+\]$", s) for s in counted), (
+        status
+    )  # a number, from trial walls
+    assert len([line for line in text.splitlines() if re.search(r"  trial +\d+ complete ", line)]) == 3
     assert _study(old, "tiny").metric_names == ["top1", "flops"]
 
-    r = subprocess.run(cmd + ["--out", str(old), "--trials", "4", "--quiet"], cwd=REPO, env=_env(),
-                       capture_output=True, text=True, timeout=400)
+    r = subprocess.run(
+        cmd + ["--out", str(old), "--trials", "4", "--quiet"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert r.returncode == 0 and len(_counted(_study(old, "tiny"))) == 4, r.stderr[-3000:]
     assert not re.search(r"  trial +\d+ ", r.stdout) and "ETA" not in r.stdout + r.stderr  # the summary only
 
@@ -352,12 +449,16 @@ def test_readme_says_what_the_configs_say():
     from studies import config, readme
 
     text = (REPO / "README.md").read_text()
-    assert readme.block(text) == readme.table(), \
+    assert readme.block(text) == readme.table(), (
         "README.md's shipped-configs table is out of date: run python -m studies.readme --write"
+    )
     row = readme.row("imagenet_subset")  # spot-check the generator against the raw TOML
     raw = config.to_storable(config.load("imagenet_subset"))
     assert f"{raw['data']['max_per_class']} train images" in row["proxy"]
-    assert f"{raw['fidelity']['epochs']} epochs" in row["proxy"] and f"{raw['fidelity']['resolution']} px" in row["proxy"]
+    assert (
+        f"{raw['fidelity']['epochs']} epochs" in row["proxy"]
+        and f"{raw['fidelity']['resolution']} px" in row["proxy"]
+    )
     quoted = re.search(r"studies\.run imagenet_subset +# (\d+) published designs, then (\d+) trials", text)
     assert quoted, "the README's imagenet_subset line changed shape"
     assert int(quoted[2]) == raw["budget"]["trials"] and raw["references"]["evaluate"]
@@ -383,8 +484,10 @@ def test_progress_counts_and_eta():
     # at 60 s: mean 60, 6 waiting, b due now -> 360 s over 2 slots; at 90 s: mean 75, 5 waiting -> 375 s,
     # c has run 30 s -> 45 s left: 420 s over 2 slots
     assert p.eta() == pytest.approx(210.0)
-    assert out.getvalue().splitlines() == ["  trial 2  | 3/10 trials done, 1 running, 0 failed, 1m00s elapsed, ETA 3m00s",
-                                           "  trial 3  | 4/10 trials done, 1 running, 1 failed, 1m30s elapsed, ETA 3m30s"]
+    assert out.getvalue().splitlines() == [
+        "  trial 2  | 3/10 trials done, 1 running, 0 failed, 1m00s elapsed, ETA 3m00s",
+        "  trial 3  | 4/10 trials done, 1 running, 1 failed, 1m30s elapsed, ETA 3m30s",
+    ]
     assert err.getvalue() == ""  # not a terminal: no status line
     assert [duration(s) for s in (None, 5, 65, 3725)] == ["?", "5s", "1m05s", "1h02m"]
     # a trial's reported wall time, when there is one, rather than ask to tell (a worker's start)
@@ -397,7 +500,9 @@ def bad_toml(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text("[space\nbackbone = 'resnet50'\n")
     q = tmp_path / "invalid.toml"
-    q.write_text((REPO / "studies/configs/smoke.toml").read_text().replace('name = "nsga2"', 'name = "cmaes"'))
+    q.write_text(
+        (REPO / "studies/configs/smoke.toml").read_text().replace('name = "nsga2"', 'name = "cmaes"')
+    )
     return p, q
 
 
@@ -432,8 +537,10 @@ def fake_heads():
         for c in held:
             c.close()
 
-    threads = [threading.Thread(target=serve, args=(srv, reply), daemon=True)
-               for srv, reply in zip(servers, (b"HTTP/1.0 400 Bad Request\r\n\r\n", None))]
+    threads = [
+        threading.Thread(target=serve, args=(srv, reply), daemon=True)
+        for srv, reply in zip(servers, (b"HTTP/1.0 400 Bad Request\r\n\r\n", None))
+    ]
     for t in threads:
         t.start()
     yield [srv.getsockname()[1] for srv in servers]
@@ -449,23 +556,34 @@ def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys,
     run.mkdir()
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
+
     from studies import config
 
     journal = JournalStorage(JournalFileBackend(str(run / "study.journal")))
     existing = optuna.create_study(study_name="smoke", directions=["maximize", "minimize"], storage=journal)
     smoke = config.load("smoke")
-    for k, v in (("fidelity", smoke.protocol["fidelity"]), ("data", smoke.protocol["data"]), ("seed", 0),
-                 ("config", config.to_storable(smoke))):
+    for k, v in (
+        ("fidelity", smoke.protocol["fidelity"]),
+        ("data", smoke.protocol["data"]),
+        ("seed", 0),
+        ("config", config.to_storable(smoke)),
+    ):
         existing.set_user_attr(k, v)
-    other = optuna.create_study(study_name="space_changed", directions=["maximize", "minimize"],
-                                storage=journal)  # the same storage, [space] of another choice list
-    other.set_user_attr("config", {**config.to_storable(smoke), "space": {**smoke.space_table, "plugins": ["none"]}})
+    other = optuna.create_study(
+        study_name="space_changed", directions=["maximize", "minimize"], storage=journal
+    )  # the same storage, [space] of another choice list
+    other.set_user_attr(
+        "config", {**config.to_storable(smoke), "space": {**smoke.space_table, "plugins": ["none"]}}
+    )
     other_root = tmp_path / "imgs"
     for split in ("train", "val"):
         (other_root / split).mkdir(parents=True)
     fewer = tmp_path / "smoke.toml"  # same study name, fewer val images per class
-    fewer.write_text((REPO / "studies/configs/smoke.toml").read_text().replace("max_val_per_class = 8",
-                                                                                "max_val_per_class = 4"))
+    fewer.write_text(
+        (REPO / "studies/configs/smoke.toml")
+        .read_text()
+        .replace("max_val_per_class = 8", "max_val_per_class = 4")
+    )
     before = (run / "study.journal").read_bytes()
     os.chmod(bad_toml[1], 0o644)
     unreadable = tmp_path / "secret.toml"
@@ -482,17 +600,27 @@ def test_bad_input_one_line_exit_2_storage_untouched(tmp_path, bad_toml, capsys,
         "unreadable": ([str(unreadable)], "cannot read"),
         "resume without study": (["smoke", "--resume", "--out", str(tmp_path / "empty")], "--resume"),
         "other fidelity": (["smoke", "--epochs", "5"], "use --name"),
-        "other space": (["smoke", "--name", "space_changed"], "[space] differs from the stored study (plugins)"),
-        "other data root": (["smoke", "--data-root", str(other_root)], "[data] differs from the stored study (root)"),
+        "other space": (
+            ["smoke", "--name", "space_changed"],
+            "[space] differs from the stored study (plugins)",
+        ),
+        "other data root": (
+            ["smoke", "--data-root", str(other_root)],
+            "[data] differs from the stored study (root)",
+        ),
         "other max_val_per_class": ([str(fewer)], "[data] differs from the stored study (max_val_per_class)"),
         "other seed": (["smoke", "--seed", "3"], "seed differs from the stored study"),
         "bad address": (["smoke", "--address", "127.0.0.1:1"], "--address"),
         "address answering HTTP/1": (["smoke", "--address", f"127.0.0.1:{http_port}"], "not a Ray head"),
         "address that never answers": (["smoke", "--address", f"127.0.0.1:{silent_port}"], "--address"),
-        "unreachable RDB with a password": (["smoke", "--storage", "postgresql://alice:s3cret@127.0.0.1:9/optuna"],
-                                            "alice:***@127.0.0.1:9"),
-        "bad RDB URL with a password": (["smoke", "--storage", "postgresql://alice:s3cret@db:port/optuna"],
-                                        "--storage"),
+        "unreachable RDB with a password": (
+            ["smoke", "--storage", "postgresql://alice:s3cret@127.0.0.1:9/optuna"],
+            "alice:***@127.0.0.1:9",
+        ),
+        "bad RDB URL with a password": (
+            ["smoke", "--storage", "postgresql://alice:s3cret@db:port/optuna"],
+            "--storage",
+        ),
     }
     for what, (argv, needle) in cases.items():
         t0 = time.monotonic()
@@ -530,8 +658,12 @@ def user_gate(channels, r, site):
 
 def _user_study(folder: Path, imports: str, plugins: str) -> Path:
     cfg = folder / "mine.toml"
-    cfg.write_text((REPO / "studies/configs/smoke.toml").read_text().replace(
-        'plugins = ["none", "se"]', f"imports = {imports}\nplugins = {plugins}").replace("trials = 4", "trials = 2"))
+    cfg.write_text(
+        (REPO / "studies/configs/smoke.toml")
+        .read_text()
+        .replace('plugins = ["none", "se"]', f"imports = {imports}\nplugins = {plugins}")
+        .replace("trials = 4", "trials = 2")
+    )
     return cfg
 
 
@@ -552,18 +684,40 @@ def test_user_plugin_from_outside_the_repo_in_two_workers(tmp_path):
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        r = subprocess.run([PY, "-m", "studies.run", str(cfg), "--out", str(out), "--concurrency", "2", "--quiet",
-                            "--address", cluster.address], cwd=mine, env=_env(), capture_output=True, text=True,
-                           timeout=400)
+        r = subprocess.run(
+            [
+                PY,
+                "-m",
+                "studies.run",
+                str(cfg),
+                "--out",
+                str(out),
+                "--concurrency",
+                "2",
+                "--quiet",
+                "--address",
+                cluster.address,
+            ],
+            cwd=mine,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
     finally:
         cluster.shutdown()
     assert r.returncode == 0, r.stderr[-3000:]
     trials = _study(out, "mine").trials
-    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials), \
-        [(t.number, t.state, t.user_attrs.get("error")) for t in trials]
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials), [
+        (t.number, t.state, t.user_attrs.get("error")) for t in trials
+    ]
     assert len({t.user_attrs["node"] for t in trials}) == 2  # one worker on each node
     for t in trials:
-        assert all(p["type"] == "user_gate" for s in json.loads(t.user_attrs["genome"])["stages"] for p in s["plugins"])
+        assert all(
+            p["type"] == "user_gate"
+            for s in json.loads(t.user_attrs["genome"])["stages"]
+            for p in s["plugins"]
+        )
         assert _has_plugin(t.user_attrs["genome"], "user_gate")
 
 
@@ -599,7 +753,9 @@ def test_readme_user_plugin_example_loads(tmp_path, monkeypatch):
     (tmp_path / "my_plugins" / "__init__.py").write_text("")
     (tmp_path / "my_plugins" / "gate.py").write_text(module)
     cfg = tmp_path / "my_study.toml"
-    cfg.write_text((REPO / "studies/configs/smoke.toml").read_text().replace('plugins = ["none", "se"]\n', lines))
+    cfg.write_text(
+        (REPO / "studies/configs/smoke.toml").read_text().replace('plugins = ["none", "se"]\n', lines)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         spec = config.load(str(cfg)).space
@@ -613,9 +769,11 @@ def test_readme_user_plugin_example_loads(tmp_path, monkeypatch):
 def test_user_plugin_import_errors_one_line_nothing_written(tmp_path, capsys, monkeypatch):
     (tmp_path / "broken_plugin.py").write_text("raise ValueError('half-written module')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    cases = {"no such module": ('["no_such_plugin_module"]', "'no_such_plugin_module' (ModuleNotFoundError"),
-             "raises on import": ('["broken_plugin"]', "'broken_plugin' (ValueError: half-written module)"),
-             "not a list": ('"broken_plugin"', "space.imports: expected a list of module names")}
+    cases = {
+        "no such module": ('["no_such_plugin_module"]', "'no_such_plugin_module' (ModuleNotFoundError"),
+        "raises on import": ('["broken_plugin"]', "'broken_plugin' (ValueError: half-written module)"),
+        "not a list": ('"broken_plugin"', "space.imports: expected a list of module names"),
+    }
     for what, (imports, needle) in cases.items():
         cfg = _user_study(tmp_path, imports, '["none"]')
         code, err = _cli([str(cfg), "--out", str(tmp_path / "run")], capsys)
@@ -657,7 +815,9 @@ def test_config_is_typed_frozen_and_changed_only_by_a_new_validated_config():
     with pytest.raises(UserError, match=r"^--name: name 'a b' may only use"):
         config.with_overrides(c, {"name": "a b"}, "--name")
     # one set of fidelity rules: the study's [fidelity] and trainers.Fidelity say the same thing
-    with pytest.raises(UserError, match=r"^smoke.toml: fidelity.batch_size: expected an integer >= 2, got 1$"):
+    with pytest.raises(
+        UserError, match=r"^smoke.toml: fidelity.batch_size: expected an integer >= 2, got 1$"
+    ):
         config.load("smoke", {"fidelity.batch_size": 1})
     with pytest.raises(UserError, match=r"^fidelity.batch_size: expected an integer >= 2, got 1$"):
         Fidelity(batch_size=1)
@@ -672,11 +832,17 @@ def test_published_resnet50_designs_lie_in_imagenet_subset():
 
     spec = config.load("imagenet_subset").space
     # kw_resnet50_1d2x also switches KW's nonlocal basis on, which the space has no axis for
-    r50 = [d for d in catalog.designs() if d.genome.backbone == "resnet50"
-           and not dict(d.genome.kw_options).get("nonlocal_basis")]
-    assert {"se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b", "dsnet50_c", "kw_resnet50_1x"} <= {d.name for d in r50}
-    assert r50 and all(space.contains(spec, d.genome) for d in r50), \
-        [d.name for d in r50 if not space.contains(spec, d.genome)]
+    r50 = [
+        d
+        for d in catalog.designs()
+        if d.genome.backbone == "resnet50" and not dict(d.genome.kw_options).get("nonlocal_basis")
+    ]
+    assert {"se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b", "dsnet50_c", "kw_resnet50_1x"} <= {
+        d.name for d in r50
+    }
+    assert r50 and all(space.contains(spec, d.genome) for d in r50), [
+        d.name for d in r50 if not space.contains(spec, d.genome)
+    ]
 
 
 def _searcher(tmp_path, cfg, sampler=None, **kw):
@@ -684,11 +850,20 @@ def _searcher(tmp_path, cfg, sampler=None, **kw):
     from studies.search import GenomeSpace, SamplerSpec, StudySearch
 
     url = str(tmp_path / "study.journal")
-    optuna.create_study(study_name="u", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(url)), directions=[o["direction"] for o in cfg.objectives])
-    kw = {"epochs": cfg.fidelity.epochs, "attrs": {"fidelity": cfg.protocol["fidelity"], "seed": 0, "reference": None},
-          "log": lambda m: None, **kw}
-    return StudySearch(GenomeSpace(cfg.space), cfg.objectives, "u", url, sampler or SamplerSpec("random", 0), **kw)
+    optuna.create_study(
+        study_name="u",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url)),
+        directions=[o["direction"] for o in cfg.objectives],
+    )
+    kw = {
+        "epochs": cfg.fidelity.epochs,
+        "attrs": {"fidelity": cfg.protocol["fidelity"], "seed": 0, "reference": None},
+        "log": lambda m: None,
+        **kw,
+    }
+    return StudySearch(
+        GenomeSpace(cfg.space), cfg.objectives, "u", url, sampler or SamplerSpec("random", 0), **kw
+    )
 
 
 def test_searcher_with_storage_asks_and_tells_there_only(tmp_path):
@@ -702,7 +877,9 @@ def test_searcher_with_storage_asks_and_tells_there_only(tmp_path):
     twin = s.with_storage(mem)
     assert twin.opened_storage is mem and s.opened_storage is not mem
     twin.suggest("a")
-    twin.on_trial_complete("a", {"final": True, "status": "ok", "epochs_completed": 1, "top1": 0.5, "flops": 1e8})
+    twin.on_trial_complete(
+        "a", {"final": True, "status": "ok", "epochs_completed": 1, "top1": 0.5, "flops": 1e8}
+    )
     assert twin.finished == [0] and s.finished == [] and not s.study.trials
     (done,) = optuna.load_study(study_name="u", storage=mem).trials
     assert done.state == TrialState.COMPLETE and done.values == [0.5, 1e8] and done.user_attrs["seed"] == 0
@@ -717,8 +894,14 @@ def test_searcher_states_without_ray(tmp_path):
     cases = {
         "full": (dict(full), False),
         "asha": ({**full, "final": False, "epochs_completed": 1}, False),
-        "diverged": ({**full, "status": "diverged", "top1": 0.5, "epochs_completed": 1}, False),  # stops early
-        "raised": ({"final": True, "status": "error", "error": "RuntimeError: x", "epochs_completed": 0}, True),
+        "diverged": (
+            {**full, "status": "diverged", "top1": 0.5, "epochs_completed": 1},
+            False,
+        ),  # stops early
+        "raised": (
+            {"final": True, "status": "error", "error": "RuntimeError: x", "epochs_completed": 0},
+            True,
+        ),
         "died": (None, True),
         "oom": ({**full, "status": "oom", "error": "out of memory"}, False),
     }
@@ -731,9 +914,14 @@ def test_searcher_states_without_ray(tmp_path):
             result = None  # Ray hands the last result back on stop; also cover "none given"
         s.on_trial_complete(tid, result, error=err)
     got = {t.number: (t.state, t.user_attrs.get("status")) for t in s.study.trials}
-    assert list(got.values()) == [(TrialState.COMPLETE, "ok"), (TrialState.PRUNED, "pruned"),
-                                  (TrialState.COMPLETE, "diverged"), (TrialState.FAIL, "error"),
-                                  (TrialState.FAIL, "error"), (TrialState.FAIL, "oom")]
+    assert list(got.values()) == [
+        (TrialState.COMPLETE, "ok"),
+        (TrialState.PRUNED, "pruned"),
+        (TrialState.COMPLETE, "diverged"),
+        (TrialState.FAIL, "error"),
+        (TrialState.FAIL, "error"),
+        (TrialState.FAIL, "oom"),
+    ]
     t = s.study.trials
     assert t[0].values == [0.7, 5e8] and t[1].user_attrs["epochs_completed"] == 1
     assert "RuntimeError" in t[3].user_attrs["error"] and "worker died" in t[4].user_attrs["error"]
@@ -753,7 +941,9 @@ def test_searcher_survives_a_failing_storage(tmp_path, monkeypatch):
         raise RuntimeError("storage gone")
 
     monkeypatch.setattr(s.study, "tell", broken)
-    s.on_trial_complete("a", {"final": True, "status": "ok", "epochs_completed": 1, "top1": 0.5, "flops": 1.0})
+    s.on_trial_complete(
+        "a", {"final": True, "status": "ok", "epochs_completed": 1, "top1": 0.5, "flops": 1.0}
+    )
     assert len(lines) == 2 and "nor mark it FAIL" in lines[0] and "storage gone" in lines[0]
 
 
@@ -771,9 +961,11 @@ def test_searcher_pickles_and_builds_a_tuner(tmp_path, sampler):
     spec = SamplerSpec(sampler, seed=7, population=4)
     s = _searcher(tmp_path, config.load("smoke"), sampler=spec)
     s.suggest("before")  # a live study and sampler inside: the pickle must not carry them
-    tuner = tune.Tuner(lambda cfg: None, tune_config=tune.TuneConfig(
-        search_alg=ConcurrencyLimiter(s, max_concurrent=1), num_samples=1),
-        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="t"))
+    tuner = tune.Tuner(
+        lambda cfg: None,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(s, max_concurrent=1), num_samples=1),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="t"),
+    )
     assert tuner is not None
     clone = cloudpickle.loads(cloudpickle.dumps(s))  # as Ray pickles it
     assert clone.sampler == spec and clone.study_name == "u" and clone.storage == s.storage
@@ -782,10 +974,13 @@ def test_searcher_pickles_and_builds_a_tuner(tmp_path, sampler):
     if sampler == "nsga2":
         assert sampler_obj.population_size == 4
     cfg_ = clone.suggest("after")
-    clone.on_trial_complete("after", {"final": True, "status": "ok", "epochs_completed": 1, "top1": 0.6,
-                                      "flops": 2.0})
-    stored = optuna.load_study(study_name="u", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(s.storage)))
+    clone.on_trial_complete(
+        "after", {"final": True, "status": "ok", "epochs_completed": 1, "top1": 0.6, "flops": 2.0}
+    )
+    stored = optuna.load_study(
+        study_name="u",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(s.storage)),
+    )
     assert [t.number for t in stored.trials] == [0, 1] and cfg_["trial_number"] == 1
     assert stored.trials[1].state == TrialState.COMPLETE and stored.trials[1].values == [0.6, 2.0]
     assert stored.trials[1].user_attrs["genome"] == cfg_["genome"]
@@ -795,7 +990,9 @@ def test_padding_free_resolution_per_backbone():
     from studies import config
 
     cifar = {"backbone": "resnet20_cifar", "stems": ["cifar"], "downsampling": ["v1.5", "padding_free"]}
-    cfg = config.from_dict({"space": cifar, "fidelity": {"resolution": 32}}, "x")  # stride-1 stem: 32 -> 15 -> 7
+    cfg = config.from_dict(
+        {"space": cifar, "fidelity": {"resolution": 32}}, "x"
+    )  # stride-1 stem: 32 -> 15 -> 7
     assert cfg.space.downsampling == ("v1.5", "padding_free")
     r50 = {"backbone": "resnet50", "downsampling": ["v1.5", "padding_free"]}
     cfg = config.from_dict({"space": r50, "fidelity": {"resolution": 64}}, "x")  # 16 -> 7 -> 3 -> 1
@@ -813,7 +1010,10 @@ def test_report_gets_the_storage_not_the_run_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(analysis, "push_to_dashboard", lambda st, name: got.setdefault("dash", st))
     journal = tmp_path / "elsewhere" / "x.journal"
     journal.parent.mkdir()
-    assert driver._report(config.load("smoke"), str(journal), tmp_path / "run", print) == tmp_path / "run" / "report.html"
+    assert (
+        driver._report(config.load("smoke"), str(journal), tmp_path / "run", print)
+        == tmp_path / "run" / "report.html"
+    )
     assert got["report"] == str(journal) and "dash" in got
 
 
@@ -839,9 +1039,16 @@ def test_recover_leaves_live_drivers_trials_alone():
     dead = subprocess.run([PY, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname()
     beat = lambda who, age, stopped=False: storage.set_study_system_attr(  # noqa: E731
-        study_id, "driver:" + who, {"beat": time.time() - age, "stopped": stopped})
-    owners = {"live": None, "dead_pid": f"{host}:{dead.stdout.strip()}:1", "other_host_fresh": "elsewhere:1:1",
-              "other_host_stale": "elsewhere:2:1", "stopped": "elsewhere:3:1", "legacy": None}
+        study_id, "driver:" + who, {"beat": time.time() - age, "stopped": stopped}
+    )
+    owners = {
+        "live": None,
+        "dead_pid": f"{host}:{dead.stdout.strip()}:1",
+        "other_host_fresh": "elsewhere:1:1",
+        "other_host_stale": "elsewhere:2:1",
+        "stopped": "elsewhere:3:1",
+        "legacy": None,
+    }
     with st.Heartbeat(storage, [study.study_name], interval=0.05) as hb:
         owners["live"] = hb.id
         beat(owners["dead_pid"], 0)
@@ -857,11 +1064,15 @@ def test_recover_leaves_live_drivers_trials_alone():
         time.sleep(0.2)  # a few beats
         assert time.time() - storage.get_study_system_attrs(study_id)["driver:" + hb.id]["beat"] < 0.2
         requeued = st.recover(storage, study)
-    assert sorted(requeued) == sorted(trials[k] for k in ("dead_pid", "other_host_stale", "stopped", "legacy"))
+    assert sorted(requeued) == sorted(
+        trials[k] for k in ("dead_pid", "other_host_stale", "stopped", "legacy")
+    )
     running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
     assert running == [trials["live"], trials["other_host_fresh"]]
     assert storage.get_study_system_attrs(study_id)["driver:" + hb.id]["stopped"]
-    assert not st.driver_alive(storage, study.study_name, hb.id)  # stopped on exit: the next driver need not wait
+    assert not st.driver_alive(
+        storage, study.study_name, hb.id
+    )  # stopped on exit: the next driver need not wait
 
 
 @pytest.fixture
@@ -883,11 +1094,27 @@ def postgres(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = subprocess.run([*as_pg, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], capture_output=True, text=True)
+    r = subprocess.run(
+        [*as_pg, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], capture_output=True, text=True
+    )
     if r.returncode:
         pytest.skip(f"initdb failed: {r.stderr[-300:]}")
-    subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-w", "-l", str(data / "log"), "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *as_pg,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(data / "log"),
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
@@ -900,6 +1127,8 @@ def test_postgresql_storage(tmp_path, postgres):
     out = tmp_path / "run"
     r = _run(["--out", str(out), "--storage", postgres, "--trials", "2"])
     assert r.returncode == 0, r.stderr[-3000:]
-    study = optuna.load_study(study_name="smoke", storage=postgres.replace("postgresql:", "postgresql+psycopg2:"))
+    study = optuna.load_study(
+        study_name="smoke", storage=postgres.replace("postgresql:", "postgresql+psycopg2:")
+    )
     assert len(_counted(study)) == 2 and study.user_attrs["objectives"][0]["name"] == "top1"
     assert not (out / "study.journal").exists()

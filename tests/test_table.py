@@ -24,7 +24,9 @@ PUBLISHED_R50 = ("resnet50", "se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b"
 
 
 def _menu_spec(**extra):
-    return space.SpaceSpec.from_dict({"backbone": "resnet50", **config_mod.load("placement_table").space_table, **extra})
+    return space.SpaceSpec.from_dict(
+        {"backbone": "resnet50", **config_mod.load("placement_table").space_table, **extra}
+    )
 
 
 # -- stage menus in the space spec ------------------------------------------------------------------
@@ -53,7 +55,9 @@ def test_menu_item_syntax_fills_defaults_and_reads_options():
 
 def test_sampled_menu_genomes_stay_in_the_space():
     spec = _menu_spec()
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1)
+    )
     for _ in range(20):
         t = study.ask()
         g = space.suggest(t, spec)
@@ -61,19 +65,25 @@ def test_sampled_menu_genomes_stay_in_the_space():
         study.tell(t, [0.0, 1.0])
 
 
-@pytest.mark.parametrize("menus, message", [
-    ([["none"]], "space.stage_menus: resnet50 has 4 stages, got 1 menus"),
-    ([["none"], ["none"], ["none"], []], "space.stage_menus[3]: must not be empty"),
-    ([["none"]] * 3 + [["se"]], "space.stage_menus[3]: menu item 'se' needs a position"),
-    ([["nope@after_conv3"]] * 4, "space.stage_menus[0]: menu item 'nope@after_conv3': unknown block plugin 'nope'"),
-    ([["msca@after_conv1"]] * 4, "space.stage_menus[0]: menu item 'msca@after_conv1': "),
-    ([["dsm@after_conv2:bias=maybe"]] * 4, "bias=maybe is not allowed (allowed: False, True)"),
-    ([["se@after_conv3:x2"]] * 4, "'x2' is neither r<int> nor an option of 'se'"),
-    ([["se@after_conv3", "se@after_conv3:r16"]] * 4, "is the same choice as"),
-    ([["aff@fusion"]] * 4, "unknown block plugin 'aff'"),
-    ("none", "space.stage_menus: expected a list of per-stage lists"),
-    ([[1]] * 4, "space.stage_menus[0]: expected a list of menu items"),
-])
+@pytest.mark.parametrize(
+    "menus, message",
+    [
+        ([["none"]], "space.stage_menus: resnet50 has 4 stages, got 1 menus"),
+        ([["none"], ["none"], ["none"], []], "space.stage_menus[3]: must not be empty"),
+        ([["none"]] * 3 + [["se"]], "space.stage_menus[3]: menu item 'se' needs a position"),
+        (
+            [["nope@after_conv3"]] * 4,
+            "space.stage_menus[0]: menu item 'nope@after_conv3': unknown block plugin 'nope'",
+        ),
+        ([["msca@after_conv1"]] * 4, "space.stage_menus[0]: menu item 'msca@after_conv1': "),
+        ([["dsm@after_conv2:bias=maybe"]] * 4, "bias=maybe is not allowed (allowed: False, True)"),
+        ([["se@after_conv3:x2"]] * 4, "'x2' is neither r<int> nor an option of 'se'"),
+        ([["se@after_conv3", "se@after_conv3:r16"]] * 4, "is the same choice as"),
+        ([["aff@fusion"]] * 4, "unknown block plugin 'aff'"),
+        ("none", "space.stage_menus: expected a list of per-stage lists"),
+        ([[1]] * 4, "space.stage_menus[0]: expected a list of menu items"),
+    ],
+)
 def test_bad_menus_are_one_line_user_errors(menus, message):
     with pytest.raises(UserError) as e:
         space.SpaceSpec.from_dict({"backbone": "resnet50", "stage_menus": menus})
@@ -86,11 +96,30 @@ def test_menus_refuse_the_keys_they_replace():
 
 
 def test_bad_menu_in_a_config_is_exit_2(tmp_path):
-    text = (REPO / "studies/configs/placement_table.toml").read_text().replace('"se@after_conv3:r16"', '"se@nowhere"', 1)
+    text = (
+        (REPO / "studies/configs/placement_table.toml")
+        .read_text()
+        .replace('"se@after_conv3:r16"', '"se@nowhere"', 1)
+    )
     (tmp_path / "bad.toml").write_text(text)
-    p = subprocess.run([sys.executable, "-m", "studies.run", str(tmp_path / "bad.toml"), "--backend", "table",
-                        "--out", str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True)
-    assert p.returncode == 2 and p.stderr.startswith("error: bad.toml: [space] space.stage_menus[0]: menu item 'se@nowhere'")
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studies.run",
+            str(tmp_path / "bad.toml"),
+            "--backend",
+            "table",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2 and p.stderr.startswith(
+        "error: bad.toml: [space] space.stage_menus[0]: menu item 'se@nowhere'"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -113,7 +142,7 @@ def test_shipped_table_loads_validates_and_holds_the_published_designs(name):
         assert len(table.rows.get(d.genome.key, ())) >= 2, d.name
     # the published designs open the generation order
     order = [g.key for g in generation_order(cfg)]
-    assert set(order[:len({d.genome.key for d in designs})]) == {d.genome.key for d in designs}
+    assert set(order[: len({d.genome.key for d in designs})]) == {d.genome.key for d in designs}
 
 
 def test_placement_table_costs_are_the_published_counts():
@@ -123,7 +152,10 @@ def test_placement_table_costs_are_the_published_counts():
     for name in ("resnet50", "dsnet50_a"):
         d = catalog.get(name)
         row = table.rows[d.genome.key][0]
-        assert (row["params_paper"], row["flops_paper"]) == (d.counts["params"].value, d.counts["flops"].value)
+        assert (row["params_paper"], row["flops_paper"]) == (
+            d.counts["params"].value,
+            d.counts["flops"].value,
+        )
 
 
 def test_table_refuses_another_protocol(tmp_path):
@@ -141,8 +173,16 @@ def test_table_refuses_another_protocol(tmp_path):
 # -- the table backend ------------------------------------------------------------------------------
 def _search(cfg, storage, name, sampler="nsga2", seed=0):
     optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"])
-    return StudySearch(GenomeSpace(cfg.space), cfg.objectives, name, storage,
-                       SamplerSpec(sampler, seed, 4), cfg.fidelity.epochs, {"seed": seed}, log=lambda *_: None)
+    return StudySearch(
+        GenomeSpace(cfg.space),
+        cfg.objectives,
+        name,
+        storage,
+        SamplerSpec(sampler, seed, 4),
+        cfg.fidelity.epochs,
+        {"seed": seed},
+        log=lambda *_: None,
+    )
 
 
 def test_asha_rule_matches_successive_halving_by_hand():
@@ -181,11 +221,15 @@ def test_simulated_clock_and_per_epoch_values_drive_early_stopping(tmp_path):
     assert len(groups) == 12
     clock = 0.0
     for t, (_, calls) in zip(sorted(trials, key=lambda t: t.number), groups):
-        row = next(r for r in table.rows[t.user_attrs["genome_key"]] if r["seed"] == t.user_attrs["table_seed"])
+        row = next(
+            r for r in table.rows[t.user_attrs["genome_key"]] if r["seed"] == t.user_attrs["table_seed"]
+        )
         epochs = 2 if t.state == TrialState.COMPLETE else 1
         assert [c[1] for c in calls] == list(range(1, epochs + 1))
         assert [c[2] for c in calls] == row["top1_curve"][:epochs]  # the recorded per-epoch top-1
-        assert [c[0] for c in calls] == pytest.approx([clock + row["wall_s"] * e / 2 for e in range(1, epochs + 1)])
+        assert [c[0] for c in calls] == pytest.approx(
+            [clock + row["wall_s"] * e / 2 for e in range(1, epochs + 1)]
+        )
         assert t.user_attrs["sim_start_s"] == pytest.approx(clock)
         assert t.user_attrs["sim_end_s"] == pytest.approx(clock + row["wall_s"] * epochs / 2)
         assert t.user_attrs["wall_s"] == pytest.approx(row["wall_s"] * epochs / 2)
@@ -216,7 +260,10 @@ def test_seed_drawn_per_trial_is_reproducible():
     def seeds():
         storage = optuna.storages.InMemoryStorage()
         TableBackend(table, cfg, rule=NoStopping(), seed=3).run(_search(cfg, storage, "r", "random", 3), 10)
-        return [t.user_attrs["table_seed"] for t in optuna.load_study(study_name="r", storage=storage).get_trials()]
+        return [
+            t.user_attrs["table_seed"]
+            for t in optuna.load_study(study_name="r", storage=storage).get_trials()
+        ]
 
     a = seeds()
     assert a == seeds() and len(set(a)) == 2
@@ -228,7 +275,9 @@ def test_genome_outside_the_table_is_a_clear_error():
     only = dict(list(table.rows.items())[:1])
     small = Table(table.name, table.path, only, table.epochs, table.protocol)
     storage = optuna.storages.InMemoryStorage()
-    with pytest.raises(UserError, match=r"is not in table .*smoke_table.csv.*studies/configs/smoke_table.toml") as e:
+    with pytest.raises(
+        UserError, match=r"is not in table .*smoke_table.csv.*studies/configs/smoke_table.toml"
+    ) as e:
         TableBackend(small, cfg).run(_search(cfg, storage, "m", "random", 1), 8)
     assert "\n" not in str(e.value)
     states = {t.state for t in optuna.load_study(study_name="m", storage=storage).get_trials()}
@@ -237,37 +286,107 @@ def test_genome_outside_the_table_is_a_clear_error():
 
 def test_table_backed_smoke_study_runs_and_reports(tmp_path):
     out = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "studies.run", "smoke_table", "--backend", "table", "--asha",
-                        "--trials", "12", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studies.run",
+            "smoke_table",
+            "--backend",
+            "table",
+            "--asha",
+            "--trials",
+            "12",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     assert "table backend: 16 genomes" in p.stdout and (out / "report.html").stat().st_size > 10_000
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))
+    )
     trials = optuna.load_study(study_name="smoke_table", storage=storage).get_trials()
     assert len(trials) == 12 and all(t.user_attrs.get("sim_end_s") is not None for t in trials)
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     # a rerun resumes: nothing more to do; --trials 16 adds 4 more on the continued clock
-    p = subprocess.run([sys.executable, "-m", "studies.run", "smoke_table", "--backend", "table", "--asha",
-                        "--trials", "16", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studies.run",
+            "smoke_table",
+            "--backend",
+            "table",
+            "--asha",
+            "--trials",
+            "16",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     trials = optuna.load_study(study_name="smoke_table", storage=storage).get_trials()
     first_end = max(t.user_attrs["sim_end_s"] for t in trials if t.number < 12)
-    assert len(trials) == 16 and min(t.user_attrs["sim_start_s"] for t in trials if t.number >= 12) >= first_end - 1e-9
+    assert (
+        len(trials) == 16
+        and min(t.user_attrs["sim_start_s"] for t in trials if t.number >= 12) >= first_end - 1e-9
+    )
 
 
-@pytest.mark.parametrize("backend, message", [
-    ("tabel", "--backend 'tabel': expected ray, table or table:PATH"),
-    ("table:/nonexistent/t.csv", "table '/nonexistent/t.csv': no such file"),
-])
+@pytest.mark.parametrize(
+    "backend, message",
+    [
+        ("tabel", "--backend 'tabel': expected ray, table or table:PATH"),
+        ("table:/nonexistent/t.csv", "table '/nonexistent/t.csv': no such file"),
+    ],
+)
 def test_bad_backend_is_exit_2(tmp_path, backend, message):
-    p = subprocess.run([sys.executable, "-m", "studies.run", "smoke_table", "--backend", backend,
-                        "--out", str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studies.run",
+            "smoke_table",
+            "--backend",
+            backend,
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and message in p.stderr and p.stderr.count("\n") == 1
     assert not (tmp_path / "run").exists()
 
 
 def test_table_of_another_protocol_is_refused_by_the_backend(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "studies.run", "smoke_table", "--backend", "table", "--epochs", "3",
-                        "--out", str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studies.run",
+            "smoke_table",
+            "--backend",
+            "table",
+            "--epochs",
+            "3",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and "a table holds one protocol" in p.stderr
 
 
@@ -275,18 +394,34 @@ def test_table_of_another_protocol_is_refused_by_the_backend(tmp_path):
 def test_build_trains_missing_rows_and_resumes_from_the_csv(tmp_path):
     """A real build (Ray Tune, journal storage) of 2 genomes x 2 seeds, then a rebuild from the CSV alone."""
     csv_path = tmp_path / "t.csv"
-    args = [sys.executable, "-m", "studies.table", "build", "smoke_table", "--limit", "2", "--seeds", "2",
-            "--csv", str(csv_path)]
-    p = subprocess.run([*args, "--out", str(tmp_path / "a")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    args = [
+        sys.executable,
+        "-m",
+        "studies.table",
+        "build",
+        "smoke_table",
+        "--limit",
+        "2",
+        "--seeds",
+        "2",
+        "--csv",
+        str(csv_path),
+    ]
+    p = subprocess.run(
+        [*args, "--out", str(tmp_path / "a")], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0, p.stderr
     rows = read_rows(csv_path)
     assert sorted((r["genome_key"], r["seed"]) for r in rows) == sorted(
-        (g.key, str(s)) for g in generation_order(config_mod.load("smoke_table"))[:2] for s in (0, 1))
+        (g.key, str(s)) for g in generation_order(config_mod.load("smoke_table"))[:2] for s in (0, 1)
+    )
     assert rows[0]["top1_e1"] and rows[0]["torch"] and rows[0]["design"] == "resnet18"
     by_key = {}
     for r in rows:
         by_key.setdefault(r["genome_key"], []).append(r)
-    p = subprocess.run([*args, "--out", str(tmp_path / "b")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [*args, "--out", str(tmp_path / "b")], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0 and "0 enqueued now, 0 waiting" in p.stdout
 
 
@@ -301,8 +436,11 @@ def test_stagewise_full_costs_equal_direct_counts():
     g = Genome.from_json(rows[0]["genome"])
     for conv in ("paper", "full"):
         c = searchspace.cost(g, convention=conv, resolution=224, num_classes=1000)
-        assert (rows[0][f"params_{conv}"], rows[0][f"flops_{conv}"], rows[0][f"activations_{conv}"]) == \
-            (c.params, c.flops, c.activations)
+        assert (rows[0][f"params_{conv}"], rows[0][f"flops_{conv}"], rows[0][f"activations_{conv}"]) == (
+            c.params,
+            c.flops,
+            c.activations,
+        )
 
 
 def test_a_killed_build_requeues_its_trials_with_their_seed(tmp_path):

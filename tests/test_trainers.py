@@ -36,8 +36,14 @@ def real_tree(tmp_path_factory) -> Path:
     """A small ImageFolder tree of real JPEGs cut from the bundled tarball: 3 classes, 120 train and
     50 val images of each of TWO, 10 + 10 of a third class."""
     root = tmp_path_factory.mktemp("tree")
-    want = {("train", TWO[0]): 120, ("train", TWO[1]): 120, ("val", TWO[0]): 50, ("val", TWO[1]): 50,
-            ("train", "n01440764"): 10, ("val", "n01440764"): 10}
+    want = {
+        ("train", TWO[0]): 120,
+        ("train", TWO[1]): 120,
+        ("val", TWO[0]): 50,
+        ("val", TWO[1]): 50,
+        ("train", "n01440764"): 10,
+        ("val", "n01440764"): 10,
+    }
     with tarfile.open(BUNDLED) as tar:
         for m in tar:
             parts = m.name.split("/")
@@ -66,7 +72,9 @@ def test_imagefolder_tree_classes_cap_and_resize(real_tree, tmp_path):
     assert d.val_x.shape == (110, 3, 32, 32) and d.val_y.tolist().count(0) == 10
     assert load_data(DataSpec(root=str(real_tree)), 32) is d  # decoded once per process
     (tmp_path / "classes.txt").write_text(f"# two classes\n{TWO[1]}\n{TWO[0]}  golf ball\n")
-    s = load_data(DataSpec(root=str(real_tree), classes_file=str(tmp_path / "classes.txt"), max_per_class=7), 16)
+    s = load_data(
+        DataSpec(root=str(real_tree), classes_file=str(tmp_path / "classes.txt"), max_per_class=7), 16
+    )
     assert s.classes == [TWO[1], TWO[0]] and s.train_x.shape == (14, 3, 16, 16) and len(s.val_y) == 100
     assert load_data(DataSpec(root=str(real_tree), num_classes=1), 64).classes == ["n01440764"]
 
@@ -75,7 +83,9 @@ def test_disk_cache_round_trip(real_tree, monkeypatch):
     monkeypatch.setattr(tdata, "DISK_CACHE_MIN_BYTES", 0)
     a = load_data(DataSpec(root=str(real_tree), num_classes=1), 32)
     monkeypatch.setattr(tdata, "_MEMO", {})
-    monkeypatch.setattr(tdata, "_decode", lambda *a: pytest.fail("decoded again instead of reading the cache"))
+    monkeypatch.setattr(
+        tdata, "_decode", lambda *a: pytest.fail("decoded again instead of reading the cache")
+    )
     b = load_data(DataSpec(root=str(real_tree), num_classes=1), 32)
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.val_y, b.val_y) and a.classes == b.classes
 
@@ -83,8 +93,14 @@ def test_disk_cache_round_trip(real_tree, monkeypatch):
 def test_bundled_tarball_checksum_and_class_list():
     import hashlib
 
-    assert hashlib.sha256(BUNDLED.read_bytes()).hexdigest() == (ROOT / "trainers/data/imagenette-64.tar.gz.sha256").read_text().split()[0]
-    listed = [line.split()[0] for line in (ROOT / "trainers/data/imagenette-64.classes.txt").read_text().splitlines()]
+    assert (
+        hashlib.sha256(BUNDLED.read_bytes()).hexdigest()
+        == (ROOT / "trainers/data/imagenette-64.tar.gz.sha256").read_text().split()[0]
+    )
+    listed = [
+        line.split()[0]
+        for line in (ROOT / "trainers/data/imagenette-64.classes.txt").read_text().splitlines()
+    ]
     assert len(listed) == 10 and {TWO[0], TWO[1], "n01440764"} <= set(listed)
 
 
@@ -95,7 +111,9 @@ def test_bundled_default_extracts_once_and_checks_sha(real_tree, tmp_path, monke
     tgz = tmp_path / "imagenette-64.tar.gz"
     with tarfile.open(tgz, "w:gz") as tar:
         tar.add(real_tree, arcname="imagenette-64")
-    (tmp_path / "imagenette-64.tar.gz.sha256").write_text(hashlib.sha256(tgz.read_bytes()).hexdigest() + "  x\n")
+    (tmp_path / "imagenette-64.tar.gz.sha256").write_text(
+        hashlib.sha256(tgz.read_bytes()).hexdigest() + "  x\n"
+    )
     monkeypatch.setattr(tdata, "BUNDLED", tgz)
     d = load_data(None, 32)
     assert len(d.classes) == 3 and len(d.train_y) == 250
@@ -152,7 +170,9 @@ def test_crop_flip_is_a_crop_and_a_flip():
     xp, off = pad_reflect(x, 2), torch.full((4,), 2)
     assert torch.equal(crop_flip(xp, off, off, torch.zeros(4, dtype=torch.bool), 8), x)
     assert torch.equal(crop_flip(xp, off, off, torch.ones(4, dtype=torch.bool), 8), x.flip(3))
-    assert torch.equal(crop_flip(xp, off * 0, off, torch.zeros(4, dtype=torch.bool), 8)[:, :, 2:], x[:, :, :6])
+    assert torch.equal(
+        crop_flip(xp, off * 0, off, torch.zeros(4, dtype=torch.bool), 8)[:, :, 2:], x[:, :, :6]
+    )
 
 
 def _epochs(loader, n=2):
@@ -165,8 +185,16 @@ def test_training_loader_is_seeded_drops_the_ragged_batch_and_reshuffles(augment
     y = torch.arange(22)
 
     def loader(seed):
-        return Loader(x, y, 8, "cpu", augment=augment, crop_pad=1, shuffle=True,
-                      generator=torch.Generator().manual_seed(seed))
+        return Loader(
+            x,
+            y,
+            8,
+            "cpu",
+            augment=augment,
+            crop_pad=1,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     a, b = _epochs(loader(0)), _epochs(loader(0))
     assert len(loader(0)) == 2 and [len(e) for e in a] == [2, 2]
@@ -201,8 +229,13 @@ def test_short_run_learns_above_chance(real_tree, tmp_path):
     (tmp_path / "two.txt").write_text("\n".join(TWO))
     two = load_data(DataSpec(root=str(real_tree), classes_file=str(tmp_path / "two.txt")), 32)
     seen = []
-    res = train(Genome(backbone="resnet18"), Fidelity(**{**TINY.to_dict(), "epochs": 4, "lr": 0.05, "batch_size": 16}), two,
-                device="cpu", report=lambda e, m: seen.append(e))
+    res = train(
+        Genome(backbone="resnet18"),
+        Fidelity(**{**TINY.to_dict(), "epochs": 4, "lr": 0.05, "batch_size": 16}),
+        two,
+        device="cpu",
+        report=lambda e, m: seen.append(e),
+    )
     assert res.status == "ok" and res.epochs == 4 and seen == [1, 2, 3, 4]
     assert res.top1 > 0.65, res.history  # chance: 0.5 +- 0.05 on 100 val images; seeds 0-3 give 0.77-0.85
     assert res.top5 == 1.0 and res.images_per_s > 0 and res.device == "cpu" and res.num_classes == 2
@@ -223,15 +256,26 @@ def test_same_seed_same_result_and_stop(real_tree):
 def test_evaluate_only_after_the_last_epoch(real_tree):
     data = load_data(DataSpec(root=str(real_tree), max_per_class=40), 32)
     seen = []
-    res = train("resnet18", Fidelity(**{**TINY.to_dict(), "epochs": 2}), data, device="cpu",
-                report=lambda e, m: seen.append(m), evaluate_every_epoch=False)
+    res = train(
+        "resnet18",
+        Fidelity(**{**TINY.to_dict(), "epochs": 2}),
+        data,
+        device="cpu",
+        report=lambda e, m: seen.append(m),
+        evaluate_every_epoch=False,
+    )
     assert res.status == "ok" and res.top1 is not None
     assert "top1" not in seen[0] and "top1" in seen[1]  # the val split is read once, at the end
 
 
 def test_absurd_learning_rate_diverges(real_tree):
     data = load_data(DataSpec(root=str(real_tree), max_per_class=40), 32)
-    res = train("resnet18", Fidelity(**{**TINY.to_dict(), "epochs": 2, "lr": 1e12, "warmup_epochs": 0}), data, device="cpu")
+    res = train(
+        "resnet18",
+        Fidelity(**{**TINY.to_dict(), "epochs": 2, "lr": 1e12, "warmup_epochs": 0}),
+        data,
+        device="cpu",
+    )
     assert res.status == "diverged" and res.top1 is None and res.loss is None and res.epochs == 1
     json.dumps(res.to_dict(), allow_nan=False)
 
@@ -282,8 +326,16 @@ def _cli(*args, capsys):
     return e.value.code, out.out, out.err
 
 
-@pytest.mark.parametrize("args", [["{not json"], ["resnet18", "--data-root", "/nonexistent"], ["resnet18", "--epochs", "0"],
-                                  ["resnet18", "--device", "tpu"], ["resnet18", "--width", "-1"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["{not json"],
+        ["resnet18", "--data-root", "/nonexistent"],
+        ["resnet18", "--epochs", "0"],
+        ["resnet18", "--device", "tpu"],
+        ["resnet18", "--width", "-1"],
+    ],
+)
 def test_cli_bad_input_exits_2_with_one_line(args, capsys):
     code, out, err = _cli(*args, capsys=capsys)
     assert code == 2 and out == "", err
@@ -291,16 +343,41 @@ def test_cli_bad_input_exits_2_with_one_line(args, capsys):
 
 
 def test_cli_as_a_module_exits_2_on_an_unknown_design(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PLUGIN_EXPLORER_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "trainers.train", "no_such_design"], cwd=ROOT, env=env,
-                       capture_output=True, text=True)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+        "PLUGIN_EXPLORER_CACHE": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "trainers.train", "no_such_design"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_cli_json(real_tree, tmp_path, capsys):
     (tmp_path / "g.json").write_text(Genome(backbone="resnet18").to_json())
-    code, out, err = _cli(str(tmp_path / "g.json"), "--epochs", "1", "--resolution", "32", "--width", "0.125",
-                          "--data-root", str(real_tree), "--num-classes", "2", "--device", "cpu", "--json", capsys=capsys)
+    code, out, err = _cli(
+        str(tmp_path / "g.json"),
+        "--epochs",
+        "1",
+        "--resolution",
+        "32",
+        "--width",
+        "0.125",
+        "--data-root",
+        str(real_tree),
+        "--num-classes",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+        capsys=capsys,
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["status"] == "ok" and res["epochs"] == 1 and 0 <= res["top1"] <= 1 and res["images_per_s"] > 0

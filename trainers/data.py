@@ -61,10 +61,12 @@ class DataSpec:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DataSpec":
+    def from_dict(cls, d: dict) -> DataSpec:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise UserError(f"data: unknown keys {sorted(unknown)} (allowed: {sorted(cls.__dataclass_fields__)})")
+            raise UserError(
+                f"data: unknown keys {sorted(unknown)} (allowed: {sorted(cls.__dataclass_fields__)})"
+            )
         return cls(**d)
 
 
@@ -88,11 +90,13 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def at(self, resolution: int) -> "ImageData":
+    def at(self, resolution: int) -> ImageData:
         """The same images at another resolution (resized from the cached ones, no re-decode)."""
         if resolution == self.resolution:
             return self
-        return replace(self, train_x=_resize_u8(self.train_x, resolution), val_x=_resize_u8(self.val_x, resolution))
+        return replace(
+            self, train_x=_resize_u8(self.train_x, resolution), val_x=_resize_u8(self.val_x, resolution)
+        )
 
 
 _MEMO: dict[str, ImageData] = {}  # in-process cache: several trials in one process decode once
@@ -116,18 +120,30 @@ def load_data(spec: DataSpec | None = None, resolution: int = 64) -> ImageData:
         if not p.is_dir():
             raise UserError(f"data root {str(root)!r}: no {s}/ folder (expected {s}/<class>/<image>)")
     classes = _pick_classes(spec, splits["train"])
-    files = {s: _list(p, classes, cap) for (s, p), cap in zip(splits.items(), (spec.max_per_class, spec.max_val_per_class))}
+    files = {
+        s: _list(p, classes, cap)
+        for (s, p), cap in zip(splits.items(), (spec.max_per_class, spec.max_val_per_class))
+    }
 
-    key_src = {"v": CACHE_VERSION, "root": str(root.resolve()), "classes": classes, "resolution": resolution,
-               "files": hashlib.sha1(repr(files).encode()).hexdigest()}  # paths + sizes + mtimes
+    key_src = {
+        "v": CACHE_VERSION,
+        "root": str(root.resolve()),
+        "classes": classes,
+        "resolution": resolution,
+        "files": hashlib.sha1(repr(files).encode()).hexdigest(),
+    }  # paths + sizes + mtimes
     key = hashlib.sha1(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
     if key in _MEMO:
         return _MEMO[key]
     data = _read_disk_cache(key) or _decode(root, classes, files, resolution)
     if data.skipped:  # reported, not fatal: one bad file should not cost a whole study
         reasons = Counter(why.split(":")[0] for _, why in data.skipped)
-        log.warning("data %s: skipped %d files (%s); see ImageData.skipped", root, len(data.skipped),
-                    ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
+        log.warning(
+            "data %s: skipped %d files (%s); see ImageData.skipped",
+            root,
+            len(data.skipped),
+            ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())),
+        )
     if data.train_x.numel() + data.val_x.numel() >= DISK_CACHE_MIN_BYTES:
         _write_disk_cache(key, data, key_src)
     if len(_MEMO) >= _MEMO_MAX:
@@ -147,7 +163,9 @@ def bundled_root() -> Path:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     if h.hexdigest() != expected:
-        raise UserError(f"{BUNDLED}: sha256 {h.hexdigest()} does not match {expected}; the bundled data is damaged")
+        raise UserError(
+            f"{BUNDLED}: sha256 {h.hexdigest()} does not match {expected}; the bundled data is damaged"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
     try:
@@ -176,12 +194,16 @@ def _pick_classes(spec: DataSpec, train: Path) -> list[str]:
         classes = [s.split()[0] for s in (line.split("#")[0].strip() for line in lines) if s]
         missing = [c for c in classes if c not in present]
         if missing:
-            raise UserError(f"classes file {spec.classes_file!r}: {len(missing)} ids not in {train}, e.g. {missing[:3]}")
+            raise UserError(
+                f"classes file {spec.classes_file!r}: {len(missing)} ids not in {train}, e.g. {missing[:3]}"
+            )
         if len(set(classes)) != len(classes) or not classes:
             raise UserError(f"classes file {spec.classes_file!r}: empty or lists a class twice")
     if spec.num_classes is not None:
         if spec.num_classes > len(classes):
-            raise UserError(f"num_classes={spec.num_classes}: only {len(classes)} classes available in {train}")
+            raise UserError(
+                f"num_classes={spec.num_classes}: only {len(classes)} classes available in {train}"
+            )
         classes = classes[: spec.num_classes]
     return classes
 
@@ -192,8 +214,12 @@ def _list(split: Path, classes: list[str], cap: int | None) -> list[tuple[str, i
     for c in classes:
         if not (split / c).is_dir():
             raise UserError(f"{split}: class folder {c!r} is missing (it exists in train/)")
-    samples = tv_folder.make_dataset(split, {c: i for i, c in enumerate(classes)},
-                                     is_valid_file=lambda p: not os.path.basename(p).startswith("."), allow_empty=True)
+    samples = tv_folder.make_dataset(
+        split,
+        {c: i for i, c in enumerate(classes)},
+        is_valid_file=lambda p: not os.path.basename(p).startswith("."),
+        allow_empty=True,
+    )
     out, per_class = [], [0] * len(classes)
     for path, label in sorted(samples, key=lambda s: (s[1], s[0])):
         if cap is None or per_class[label] < cap:
@@ -202,7 +228,9 @@ def _list(split: Path, classes: list[str], cap: int | None) -> list[tuple[str, i
             per_class[label] += 1
     empty = [c for c, n in zip(classes, per_class) if n == 0]
     if empty:
-        raise UserError(f"{split}: empty class folder(s) {empty[:5]} (every class needs images in train/ and val/)")
+        raise UserError(
+            f"{split}: empty class folder(s) {empty[:5]} (every class needs images in train/ and val/)"
+        )
     return out
 
 
@@ -216,7 +244,9 @@ def _load_one(path: str, resolution: int) -> np.ndarray | str:
         with Image.open(path) as im:
             im = im.convert("RGB")
             if im.size != (resolution, resolution):
-                im = TF.center_crop(TF.resize(im, resolution, interpolation=TF.InterpolationMode.BICUBIC), resolution)
+                im = TF.center_crop(
+                    TF.resize(im, resolution, interpolation=TF.InterpolationMode.BICUBIC), resolution
+                )
             return np.asarray(im)
     except Exception as e:  # corrupt, truncated, or not an image despite its name
         return f"unreadable: {type(e).__name__}: {e}"
@@ -228,7 +258,9 @@ def _decode(root: Path, classes: list[str], files: dict, resolution: int) -> Ima
         for split, lst in files.items():
             x = np.empty((len(lst), 3, resolution, resolution), np.uint8)
             y, n = np.empty(len(lst), np.int64), 0
-            for (path, label, *_), img in zip(lst, pool.map(lambda f: _load_one(f[0], resolution), lst, chunksize=64)):
+            for (path, label, *_), img in zip(
+                lst, pool.map(lambda f: _load_one(f[0], resolution), lst, chunksize=64)
+            ):
                 if isinstance(img, str):
                     skipped.append((path, img))
                     continue
@@ -247,10 +279,15 @@ def _read_disk_cache(key: str) -> ImageData | None:
     try:
         meta = json.loads((d / "meta.json").read_text())
         # copy-on-write memory map: pages load lazily, and torch gets a writable array
-        t = {n: torch.from_numpy(np.load(d / f"{n}.npy", mmap_mode="c")) for n in ("train_x", "train_y", "val_x", "val_y")}
+        t = {
+            n: torch.from_numpy(np.load(d / f"{n}.npy", mmap_mode="c"))
+            for n in ("train_x", "train_y", "val_x", "val_y")
+        }
     except (OSError, ValueError):
         return None
-    return ImageData(**t, classes=meta["classes"], skipped=[tuple(s) for s in meta["skipped"]], root=meta["root"])
+    return ImageData(
+        **t, classes=meta["classes"], skipped=[tuple(s) for s in meta["skipped"]], root=meta["root"]
+    )
 
 
 def _write_disk_cache(key: str, data: ImageData, key_src: dict) -> None:
@@ -266,7 +303,9 @@ def _write_disk_cache(key: str, data: ImageData, key_src: dict) -> None:
         meta = {**key_src, "classes": data.classes, "skipped": data.skipped, "root": data.root}
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.rename(tmp, d)
-    except OSError as e:  # another process wrote it first, or a read-only / full cache folder: only speed is lost
+    except (
+        OSError
+    ) as e:  # another process wrote it first, or a read-only / full cache folder: only speed is lost
         if not d.is_dir():
             log.warning("could not write the tensor cache %s: %s", d, e)
     finally:
@@ -277,7 +316,9 @@ def _write_disk_cache(key: str, data: ImageData, key_src: dict) -> None:
 def _resize_u8(x: torch.Tensor, r: int, chunk: int = 1024) -> torch.Tensor:
     out = torch.empty((x.shape[0], 3, r, r), dtype=torch.uint8, device=x.device)
     for i in range(0, x.shape[0], chunk):
-        y = F.interpolate(x[i : i + chunk].float(), size=(r, r), mode="bilinear", antialias=True, align_corners=False)
+        y = F.interpolate(
+            x[i : i + chunk].float(), size=(r, r), mode="bilinear", antialias=True, align_corners=False
+        )
         out[i : i + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
@@ -287,13 +328,17 @@ def _resize_u8(x: torch.Tensor, r: int, chunk: int = 1024) -> torch.Tensor:
 
 def pad_reflect(x: torch.Tensor, pad: int, chunk: int = 4096) -> torch.Tensor:
     """Reflect-pad a uint8 set once (per training run), so that batches only need a crop."""
-    out = torch.empty((*x.shape[:2], x.shape[2] + 2 * pad, x.shape[3] + 2 * pad), dtype=x.dtype, device=x.device)
+    out = torch.empty(
+        (*x.shape[:2], x.shape[2] + 2 * pad, x.shape[3] + 2 * pad), dtype=x.dtype, device=x.device
+    )
     for i in range(0, x.shape[0], chunk):  # reflect padding wants floats; chunks bound the memory
         out[i : i + chunk] = F.pad(x[i : i + chunk].float(), (pad,) * 4, mode="reflect").to(x.dtype)
     return out
 
 
-def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, r: int, pad: int = 0) -> torch.Tensor:
+def crop_flip(
+    x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, r: int, pad: int = 0
+) -> torch.Tensor:
     """Crop r x r at offsets (dy, dx) from a batch [B, C, H, W], flipping where `flip`.
 
     With `pad` > 0 the offsets count in a frame reflect-padded by `pad` on every side, and the
@@ -347,7 +392,9 @@ def norm_constants(device, dtype: torch.dtype = torch.float32) -> tuple[torch.Te
     return mean.to(device), std.to(device)
 
 
-def normalize(x: torch.Tensor, dtype: torch.dtype, constants: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def normalize(
+    x: torch.Tensor, dtype: torch.dtype, constants: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """uint8 [B, 3, R, R] -> normalised `dtype` (on x's device); `constants` from `norm_constants`."""
     mean, std = constants if constants is not None else norm_constants(x.device, dtype)
     return x.to(dtype).sub_(mean).div_(std)  # in place: one new tensor per batch

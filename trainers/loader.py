@@ -28,15 +28,27 @@ class Loader:
     `norm` shares one run's normalisation constants between its loaders (see data.norm_constants).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device, *,
-                 augment: str = "none", crop_pad: int = 0, shuffle: bool = False,
-                 generator: torch.Generator | None = None, on_device: bool = True,
-                 memory_format: torch.memory_format = torch.contiguous_format,
-                 norm: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        device,
+        *,
+        augment: str = "none",
+        crop_pad: int = 0,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        on_device: bool = True,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        norm: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         if augment not in AUGMENTS:
             raise ValueError(f"augment: {augment!r} is not one of {AUGMENTS}")
         if shuffle and generator is None:
-            raise ValueError("a shuffling loader needs a generator (its seed fixes the order and augmentation)")
+            raise ValueError(
+                "a shuffling loader needs a generator (its seed fixes the order and augmentation)"
+            )
         self.device = torch.device(device)
         self.on_device = on_device
         self.images = images.to(self.device if on_device else torch.device("cpu"))
@@ -71,7 +83,11 @@ class Loader:
         if self.augment == "crop":
             span = 2 * self.crop_pad + 1
             dy, dx = torch.randint(0, span, (n,), generator=g), torch.randint(0, span, (n,), generator=g)
-            return [dy.to(self.device), dx.to(self.device), (torch.rand(n, generator=g) < 0.5).to(self.device)]
+            return [
+                dy.to(self.device),
+                dx.to(self.device),
+                (torch.rand(n, generator=g) < 0.5).to(self.device),
+            ]
         if self.augment == "rrc":
             return [rrc_params(n, g).to(self.device)]
         return []

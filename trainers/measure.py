@@ -44,7 +44,7 @@ class Timer:
         self.device = torch.device(device)
         self.wall_s = self.cpu_s = 0.0
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         synchronize(self.device)
         self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self
@@ -86,8 +86,15 @@ def _timed(fn, dev, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bare_train_step(model: nn.Module, batch_size: int, resolution: int, device=None, num_classes: int | None = None,
-                    lr: float = 0.01, label_smoothing: float = 0.1):
+def bare_train_step(
+    model: nn.Module,
+    batch_size: int,
+    resolution: int,
+    device=None,
+    num_classes: int | None = None,
+    lr: float = 0.01,
+    label_smoothing: float = 0.1,
+):
     """A closure doing forward, backward and an SGD step on pre-made tensors: the floor a trainer is
     compared with. Returns (step, device)."""
     model, dev, mf, amp = _setup(model, device)
@@ -109,8 +116,15 @@ def bare_train_step(model: nn.Module, batch_size: int, resolution: int, device=N
     return step, dev
 
 
-def train_throughput(model: nn.Module, batch_size: int = 128, resolution: int = 32, device=None,
-                     steps: int = 5, warmup: int = 2, repeats: int = 3) -> float:
+def train_throughput(
+    model: nn.Module,
+    batch_size: int = 128,
+    resolution: int = 32,
+    device=None,
+    steps: int = 5,
+    warmup: int = 2,
+    repeats: int = 3,
+) -> float:
     """Training images/s of forward + backward + SGD step (blocks of `steps`; median block).
 
     Note: trains `model` in place on random data; pass a copy if its weights matter."""
@@ -120,7 +134,9 @@ def train_throughput(model: nn.Module, batch_size: int = 128, resolution: int = 
         for _ in range(steps):
             step()
 
-    return batch_size * steps / _timed(block, dev, max(1, -(-warmup // steps)), repeats)  # warm-up in whole blocks
+    return (
+        batch_size * steps / _timed(block, dev, max(1, -(-warmup // steps)), repeats)
+    )  # warm-up in whole blocks
 
 
 def inference_dtype(device) -> torch.dtype:
@@ -128,8 +144,15 @@ def inference_dtype(device) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def inference_latency(model: nn.Module, resolution: int = 224, batch_sizes=(1, 32), device=None,
-                      warmup: int = 3, repeats: int = 10, dtype: torch.dtype | None = None) -> dict[int, float]:
+def inference_latency(
+    model: nn.Module,
+    resolution: int = 224,
+    batch_sizes=(1, 32),
+    device=None,
+    warmup: int = 3,
+    repeats: int = 10,
+    dtype: torch.dtype | None = None,
+) -> dict[int, float]:
     """Median milliseconds of one forward pass in eval mode, for each batch size.
 
     Times an eval copy cast once to `dtype` (default `inference_dtype`), so no autocast re-casts the
@@ -145,7 +168,9 @@ def inference_latency(model: nn.Module, resolution: int = 224, batch_sizes=(1, 3
     out = {}
     with torch.inference_mode():
         for b in batch_sizes:
-            x = torch.randn(b, 3, resolution, resolution, device=dev, dtype=dtype).contiguous(memory_format=mf)
+            x = torch.randn(b, 3, resolution, resolution, device=dev, dtype=dtype).contiguous(
+                memory_format=mf
+            )
             out[b] = _timed(lambda: net(x), dev, warmup, repeats) * 1000
     return out
 
@@ -154,7 +179,7 @@ def memory_format_for(model: nn.Module, device) -> torch.memory_format:
     """channels_last on CUDA (tensor-core convs), except for networks with KernelWarehouse convs: those
     run the batch as one grouped conv in NCHW, and every KW conv of a channels_last network would
     convert its input and output (bench/kw_conv.py --channels-last measures the difference)."""
-    from searchspace.plugins.kernelwarehouse import KWConv2d
+    from searchspace.backbones.kernelwarehouse import KWConv2d
 
     if torch.device(device).type != "cuda" or any(isinstance(m, KWConv2d) for m in model.modules()):
         return torch.contiguous_format

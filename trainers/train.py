@@ -19,16 +19,16 @@ import resource
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from searchspace import catalog, set_kw_epoch
-from searchspace.errors import UserError
 from searchspace.cli import argument_parser, cli_main
+from searchspace.errors import UserError
 
 from . import compiler
 from .data import DataSpec, ImageData, load_data
@@ -43,9 +43,14 @@ STATUSES = ("ok", "diverged", "oom", "stopped")
 DATA_ON_DEVICE_SHARE = 0.25
 # Allocation failures that reach Python as a plain RuntimeError (cuBLAS/cuDNN handles and
 # workspaces, CUDA runtime calls, the CPU allocator) rather than torch.OutOfMemoryError.
-OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
-                "CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`",  # handle creation OOM
-                "can't allocate memory", "not enough memory")
+OOM_MESSAGES = (
+    "out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`",  # handle creation OOM
+    "can't allocate memory",
+    "not enough memory",
+)
 
 
 def _integer(v, what: str, lo: int) -> None:
@@ -60,7 +65,9 @@ def _is_number(v) -> bool:
 def _number(v, what: str, lo: float = 0.0, hi: float | None = None, strict: bool = True) -> None:
     ok = _is_number(v) and (v > lo if strict else v >= lo)
     if not ok or (hi is not None and v > hi):
-        raise UserError(f"{what}: expected a number {'>' if strict else '>='} {lo}{f' and <= {hi}' if hi else ''}, got {v!r}")
+        raise UserError(
+            f"{what}: expected a number {'>' if strict else '>='} {lo}{f' and <= {hi}' if hi else ''}, got {v!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -101,10 +108,14 @@ class Fidelity:
             "optimizer": self.optimizer in ("sgd", "adamw"),
             "label_smoothing": _is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
             "augment": self.augment in ("crop", "rrc", "none"),
-            "crop_pad": self.crop_pad is None or (isinstance(self.crop_pad, int) and not isinstance(self.crop_pad, bool)
-                                                  and 0 <= self.crop_pad < self.resolution),
-            "kw_temperature_epochs": self.kw_temperature_epochs is None or (_is_number(self.kw_temperature_epochs)
-                                                                            and self.kw_temperature_epochs >= 0),
+            "crop_pad": self.crop_pad is None
+            or (
+                isinstance(self.crop_pad, int)
+                and not isinstance(self.crop_pad, bool)
+                and 0 <= self.crop_pad < self.resolution
+            ),
+            "kw_temperature_epochs": self.kw_temperature_epochs is None
+            or (_is_number(self.kw_temperature_epochs) and self.kw_temperature_epochs >= 0),
             "compile": isinstance(self.compile, bool),
             "deterministic": isinstance(self.deterministic, bool),
         }
@@ -116,7 +127,7 @@ class Fidelity:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Fidelity":
+    def from_dict(cls, d: dict) -> Fidelity:
         if "width_mult" in d and "width" not in d:  # its name in records written before it was renamed
             d = {("width" if k == "width_mult" else k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
@@ -144,7 +155,9 @@ class TrainResult:
     skipped_images: int
     fidelity: dict = field(default_factory=dict)
     history: list = field(default_factory=list)  # per epoch: the dict passed to `report`
-    warmup_s: float = 0.0  # the first training step (compilation, kernel choice): not in train_s / images_per_s
+    warmup_s: float = (
+        0.0  # the first training step (compilation, kernel choice): not in train_s / images_per_s
+    )
     compiled_graphs: int = 0  # graphs torch.compile built for this run (0: ran eager)
     deterministic_requested: bool = False  # always on the CPU; on CUDA when fidelity.deterministic
     deterministic: bool | None = None  # requested and achieved: no op reported a nondeterministic kernel
@@ -174,11 +187,18 @@ def build_model(genome, num_classes: int, width_mult: float) -> nn.Module:
     return build(genome, num_classes=num_classes, width_mult=width_mult, recipe=recipe)
 
 
-def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec | None = None,
-          device: str | torch.device | None = None, seed: int = 0,
-          report: Callable[[int, dict], bool | None] | None = None,
-          evaluate_every_epoch: bool = True, memory_fraction: float | None = None,
-          data_on_device: bool | None = None, measure_latency: bool = False) -> TrainResult:
+def train(
+    genome,
+    fidelity: Fidelity | None = None,
+    data: ImageData | DataSpec | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    report: Callable[[int, dict], bool | None] | None = None,
+    evaluate_every_epoch: bool = True,
+    memory_fraction: float | None = None,
+    data_on_device: bool | None = None,
+    measure_latency: bool = False,
+) -> TrainResult:
     """Proxy-train `genome` (Genome, catalog name or nn.Module) and evaluate it on the val split.
 
     `report(epoch, metrics)` is called after every epoch (metrics: loss, top1, top5, val_loss, lr,
@@ -199,7 +219,9 @@ def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec |
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device cuda: no CUDA device available here")
     deterministic = dev.type == "cpu" or fid.deterministic
-    cublas_ok = _cublas_deterministic_config() if dev.type == "cuda" and deterministic else True  # before CUDA starts
+    cublas_ok = (
+        _cublas_deterministic_config() if dev.type == "cuda" and deterministic else True
+    )  # before CUDA starts
     if dev.type == "cuda":
         if memory_fraction is not None and 0 < memory_fraction < 1:
             torch.cuda.set_per_process_memory_fraction(memory_fraction, dev)
@@ -210,11 +232,18 @@ def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec |
     data = data.at(fid.resolution)
     torch.manual_seed(seed)  # the initialisation
     model = build_model(genome, data.num_classes, fid.width)
-    base = dict(device=str(dev), params=sum(p.numel() for p in model.parameters()), seed=seed,
-                num_classes=data.num_classes, skipped_images=len(data.skipped), fidelity=fid.to_dict())
+    base = dict(
+        device=str(dev),
+        params=sum(p.numel() for p in model.parameters()),
+        seed=seed,
+        num_classes=data.num_classes,
+        skipped_images=len(data.skipped),
+        fidelity=fid.to_dict(),
+    )
     if data_on_device is None:
         data_on_device = dev.type != "cuda" or data_fits_on_device(
-            _nbytes(data), torch.cuda.get_device_properties(dev).total_memory, memory_fraction)
+            _nbytes(data), torch.cuda.get_device_properties(dev).total_memory, memory_fraction
+        )
     run = _Run(model, fid, data, dev, seed, report, evaluate_every_epoch, data_on_device)
     del model  # `run` owns it, so that releasing the run frees everything
     oom, latency = False, None
@@ -237,16 +266,31 @@ def train(genome, fidelity: Fidelity | None = None, data: ImageData | DataSpec |
         run.status = "oom"
     last = run.history[-1] if run.history else {}
     trusted = run.status in ("ok", "stopped")
-    nondet = sorted(det["ops"]) + ([] if cublas_ok else ["cuBLAS (CUBLAS_WORKSPACE_CONFIG set after CUDA started)"])
+    nondet = sorted(det["ops"]) + (
+        [] if cublas_ok else ["cuBLAS (CUBLAS_WORKSPACE_CONFIG set after CUDA started)"]
+    )
     return TrainResult(
-        status=run.status, top1=last.get("top1") if trusted else None, top5=last.get("top5") if trusted else None,
-        loss=last.get("loss"), val_loss=last.get("val_loss") if trusted else None, epochs=run.epochs_done,
+        status=run.status,
+        top1=last.get("top1") if trusted else None,
+        top5=last.get("top5") if trusted else None,
+        loss=last.get("loss"),
+        val_loss=last.get("val_loss") if trusted else None,
+        epochs=run.epochs_done,
         images_per_s=run.images / run.train_s if run.train_s and run.images else 0.0,
-        wall_s=time.perf_counter() - t_start, train_s=run.train_s, peak_mem_mb=peak, history=run.history,
-        warmup_s=run.warmup_s, compiled_graphs=compiler.graphs_compiled() - graphs0 if fid.compile else 0,
-        deterministic_requested=deterministic, deterministic=deterministic and not nondet,
-        nondeterministic_ops=nondet, data_on_device=data_on_device,
-        memory_fraction=memory_fraction if dev.type == "cuda" else None, latency_ms=latency, **base)
+        wall_s=time.perf_counter() - t_start,
+        train_s=run.train_s,
+        peak_mem_mb=peak,
+        history=run.history,
+        warmup_s=run.warmup_s,
+        compiled_graphs=compiler.graphs_compiled() - graphs0 if fid.compile else 0,
+        deterministic_requested=deterministic,
+        deterministic=deterministic and not nondet,
+        nondeterministic_ops=nondet,
+        data_on_device=data_on_device,
+        memory_fraction=memory_fraction if dev.type == "cuda" else None,
+        latency_ms=latency,
+        **base,
+    )
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -321,8 +365,17 @@ def _lr_schedule(fid: Fidelity, steps: int) -> Callable[[int], float]:
 class _Run:
     """The state of one training run; `fit` is the hot loop."""
 
-    def __init__(self, model, fid: Fidelity, data: ImageData, dev, seed, report, evaluate_every_epoch=True,
-                 data_on_device: bool = True):
+    def __init__(
+        self,
+        model,
+        fid: Fidelity,
+        data: ImageData,
+        dev,
+        seed,
+        report,
+        evaluate_every_epoch=True,
+        data_on_device: bool = True,
+    ):
         self.model, self.fid, self.data, self.dev, self.report = model, fid, data, dev, report
         self.evaluate_every_epoch = evaluate_every_epoch
         self.on_device = data_on_device
@@ -341,11 +394,27 @@ class _Run:
         self.amp = autocast_for(dev)
         self.model = self.model.to(dev, memory_format=self.mf)
         pad = (fid.resolution // 8 if fid.crop_pad is None else fid.crop_pad) if fid.augment == "crop" else 0
-        self.train_set = Loader(self.data.train_x, self.data.train_y, fid.batch_size, dev, augment=fid.augment,
-                                crop_pad=pad, shuffle=True, generator=self.gen, on_device=self.on_device,
-                                memory_format=self.mf)
-        self.val_set = Loader(self.data.val_x, self.data.val_y, fid.eval_batch_size, dev, on_device=self.on_device,
-                              memory_format=self.mf, norm=self.train_set.norm)
+        self.train_set = Loader(
+            self.data.train_x,
+            self.data.train_y,
+            fid.batch_size,
+            dev,
+            augment=fid.augment,
+            crop_pad=pad,
+            shuffle=True,
+            generator=self.gen,
+            on_device=self.on_device,
+            memory_format=self.mf,
+        )
+        self.val_set = Loader(
+            self.data.val_x,
+            self.data.val_y,
+            fid.eval_batch_size,
+            dev,
+            on_device=self.on_device,
+            memory_format=self.mf,
+            norm=self.train_set.norm,
+        )
         self.opt = _optimizer(self.model, fid)
         if fid.compile:
             compiler.reset()  # see trainers/compiler.py: a reused worker would reach the recompile limit
@@ -386,9 +455,14 @@ class _Run:
             dt, cpu = time.perf_counter() - t0, time.process_time() - c0
             self.train_s += dt
             self.images += timed_steps * bs
-            metrics = {"epoch": epoch + 1, "loss": mean_loss, "lr": lr_at((epoch + 1) * steps - 1),
-                       "images_per_s": timed_steps * bs / dt if dt > 0 else 0.0, "train_s": dt,
-                       "cpu_s": cpu}  # cpu_s: this process, all threads
+            metrics = {
+                "epoch": epoch + 1,
+                "loss": mean_loss,
+                "lr": lr_at((epoch + 1) * steps - 1),
+                "images_per_s": timed_steps * bs / dt if dt > 0 else 0.0,
+                "train_s": dt,
+                "cpu_s": cpu,
+            }  # cpu_s: this process, all threads
             if not self._end_epoch(metrics, bar):
                 return
 
@@ -400,7 +474,9 @@ class _Run:
             self.history.append(metrics)
             self.epochs_done = epoch
             return False
-        if (self.report is not None and self.evaluate_every_epoch) or last:  # ~15% of an epoch: only when read
+        if (
+            self.report is not None and self.evaluate_every_epoch
+        ) or last:  # ~15% of an epoch: only when read
             metrics.update(self.evaluate())
         self.history.append(metrics)
         self.epochs_done = epoch
@@ -447,7 +523,10 @@ def _determinism(on: bool, dev):
     """torch.use_deterministic_algorithms for this run only, warn-only (never fails a run): the ops
     without a deterministic kernel (on CUDA: adaptive pooling backward, reflect padding, NLL loss and
     others) are collected into the yielded {"ops": set}, so a result can say it was not achieved."""
-    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prev, prev_warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     prev_bench, prev_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     found = {"ops": set()}
     with contextlib.ExitStack() as stack:
@@ -479,10 +558,11 @@ def _determinism(on: bool, dev):
 # --- command line ------------------------------------------------------------------------------
 
 
-
 def main(argv=None) -> int:
     p = argument_parser(prog="python -m trainers.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("genome", metavar="NAME_OR_GENOME_JSON", help="catalog name, genome .json file, or inline JSON")
+    p.add_argument(
+        "genome", metavar="NAME_OR_GENOME_JSON", help="catalog name, genome .json file, or inline JSON"
+    )
     d = Fidelity()
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--resolution", type=int, default=d.resolution)
@@ -492,7 +572,9 @@ def main(argv=None) -> int:
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d.optimizer)
     p.add_argument("--augment", choices=("crop", "rrc", "none"), default=d.augment)
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--data-root", help="ImageFolder tree with train/ and val/ (default: the bundled Imagenette-64)")
+    p.add_argument(
+        "--data-root", help="ImageFolder tree with train/ and val/ (default: the bundled Imagenette-64)"
+    )
     p.add_argument("--num-classes", type=int, help="keep the first K classes (sorted)")
     p.add_argument("--classes-file", help="class ids to keep, one per line")
     p.add_argument("--max-per-class", type=int, help="cap on training images per class")
@@ -503,24 +585,42 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    fid = Fidelity(epochs=a.epochs, resolution=a.resolution, width=a.width, batch_size=a.batch_size, lr=a.lr,
-                   optimizer=a.optimizer, augment=a.augment, compile=a.compile)
-    spec = DataSpec(root=a.data_root, num_classes=a.num_classes, classes_file=a.classes_file, max_per_class=a.max_per_class)
+    fid = Fidelity(
+        epochs=a.epochs,
+        resolution=a.resolution,
+        width=a.width,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        optimizer=a.optimizer,
+        augment=a.augment,
+        compile=a.compile,
+    )
+    spec = DataSpec(
+        root=a.data_root,
+        num_classes=a.num_classes,
+        classes_file=a.classes_file,
+        max_per_class=a.max_per_class,
+    )
     genome = catalog.resolve(a.genome)[1]
     data = load_data(spec, fid.resolution)
 
     def show(epoch, m):
         if not a.json and not sys.stderr.isatty():  # the bar shows progress on a terminal
-            print(f"epoch {epoch}: loss {m['loss']:.4f} top1 {m['top1']:.4f} ({m['images_per_s']:.0f} img/s)", flush=True)
+            print(
+                f"epoch {epoch}: loss {m['loss']:.4f} top1 {m['top1']:.4f} ({m['images_per_s']:.0f} img/s)",
+                flush=True,
+            )
 
     res = train(genome, fid, data, device=a.device, seed=a.seed, report=show)
     if a.json:
         print(json.dumps({k: v for k, v in res.to_dict().items() if k != "history"}))
     else:
         top = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        print(f"status {res.status}  top1 {top(res.top1)}  top5 {top(res.top5)}  loss {top(res.loss)}  "
-              f"epochs {res.epochs}  {res.images_per_s:.0f} img/s  train {res.train_s:.1f}s  wall {res.wall_s:.1f}s  "
-              f"params {res.params}  peak {res.peak_mem_mb:.0f} MB  device {res.device}")
+        print(
+            f"status {res.status}  top1 {top(res.top1)}  top5 {top(res.top5)}  loss {top(res.loss)}  "
+            f"epochs {res.epochs}  {res.images_per_s:.0f} img/s  train {res.train_s:.1f}s  wall {res.wall_s:.1f}s  "
+            f"params {res.params}  peak {res.peak_mem_mb:.0f} MB  device {res.device}"
+        )
     return 0 if res.status in ("ok", "stopped") else 1
 
 

@@ -14,8 +14,17 @@ from torch import nn
 class StaticConvs:
     """Plain nn.Conv2d everywhere."""
 
-    def conv(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, groups: int = 1,
-             bias: bool = False, warehouse: int | None = None) -> nn.Module:
+    def conv(
+        self,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bias: bool = False,
+        warehouse: int | None = None,
+    ) -> nn.Module:
         return nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=bias)
 
     def finalize(self, model: nn.Module) -> None:

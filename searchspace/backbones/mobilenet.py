@@ -36,8 +36,15 @@ from torch import nn
 from ..errors import UserError
 
 # MobileNetV2 rows: expansion t, channels c, blocks n, first stride s, KW stage.
-V2_ROWS = ((1, 16, 1, 1, 0), (6, 24, 2, 2, 1), (6, 32, 3, 2, 2), (6, 64, 4, 2, 3), (6, 96, 3, 1, 4),
-           (6, 160, 3, 2, 5), (6, 320, 1, 1, 5))
+V2_ROWS = (
+    (1, 16, 1, 1, 0),
+    (6, 24, 2, 2, 1),
+    (6, 32, 3, 2, 2),
+    (6, 64, 4, 2, 3),
+    (6, 96, 3, 1, 4),
+    (6, 160, 3, 2, 5),
+    (6, 320, 1, 1, 5),
+)
 
 # MobileNetV3-large (BSConv CIFAR): per stage (kernel, activation, stride, [(mid, out, se), ...]).
 V3_STAGES = (
@@ -48,7 +55,6 @@ V3_STAGES = (
     (5, "hswish", 2, ((672, 160, 1), (960, 160, 1), (960, 160, 1))),
 )
 V3_STEM, V3_LAST = 16, 960
-
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -64,7 +70,10 @@ def _act(kind: str) -> nn.Module:
 class ConvBNAct(nn.Sequential):
     def __init__(self, convs, cin, cout, k=1, stride=1, groups=1, act="relu6", padding=None, warehouse=None):
         padding = (k - 1) // 2 if padding is None else padding
-        layers = [convs.conv(cin, cout, k, stride, padding, groups=groups, warehouse=warehouse), nn.BatchNorm2d(cout)]
+        layers = [
+            convs.conv(cin, cout, k, stride, padding, groups=groups, warehouse=warehouse),
+            nn.BatchNorm2d(cout),
+        ]
         super().__init__(*layers, *([_act(act)] if act else []))
 
 
@@ -104,8 +113,20 @@ class InvertedResidual(nn.Module):
     `warehouses` = (expand, depthwise, project) warehouse keys for the conv maker.
     """
 
-    def __init__(self, convs, cin, mid, cout, k, stride, act, se=False, expand=True, padding_free=False,
-                 warehouses=(None, None, None)):
+    def __init__(
+        self,
+        convs,
+        cin,
+        mid,
+        cout,
+        k,
+        stride,
+        act,
+        se=False,
+        expand=True,
+        padding_free=False,
+        warehouses=(None, None, None),
+    ):
         super().__init__()
         self.use_res = stride == 1 and cin == cout
         w_exp, w_dw, w_proj = warehouses
@@ -166,8 +187,15 @@ class MobileNet(nn.Module):
 
 
 class MobileNetV2(MobileNet):
-    def __init__(self, width: float, budgets: dict[int, float | None], downsampling: str, num_classes: int, convs,
-                 dropout: float = 0.2):
+    def __init__(
+        self,
+        width: float,
+        budgets: dict[int, float | None],
+        downsampling: str,
+        num_classes: int,
+        convs,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         pf = downsampling == "padding_free"
 
@@ -185,8 +213,20 @@ class MobileNetV2(MobileNet):
             for i in range(n):
                 # KW hand-over: a row that opens a new stage lends its first block to the previous one.
                 wh = prev_stage if (i == 0 and stage != prev_stage) else stage
-                layers.append(InvertedResidual(convs, cin, int(round(cin * t)), cout, 3, s if i == 0 else 1, "relu6",
-                                               expand=t != 1, padding_free=pf, warehouses=keys(wh)))
+                layers.append(
+                    InvertedResidual(
+                        convs,
+                        cin,
+                        int(round(cin * t)),
+                        cout,
+                        3,
+                        s if i == 0 else 1,
+                        "relu6",
+                        expand=t != 1,
+                        padding_free=pf,
+                        warehouses=keys(wh),
+                    )
+                )
                 cin = cout
             prev_stage = stage
         layers.append(ConvBNAct(convs, cin, last, 1, warehouse=keys(prev_stage)[2]))
@@ -201,11 +241,24 @@ class MobileNetV3LargeCifar(MobileNet):
         w = (lambda c: c) if width == 1.0 else (lambda c: max(8, int(c * width)))
         cin = w(V3_STEM)
         layers = [nn.BatchNorm2d(3)]  # BSConv's "data_bn" on the input image
-        layers.append(HybridStem(convs, cin) if stem == "hybrid" else ConvBNAct(convs, 3, cin, 3, 1, act="hswish"))
+        layers.append(
+            HybridStem(convs, cin) if stem == "hybrid" else ConvBNAct(convs, 3, cin, 3, 1, act="hswish")
+        )
         for k, act, stride, blocks in V3_STAGES:
             for i, (mid, cout, se) in enumerate(blocks):
-                layers.append(InvertedResidual(convs, cin, w(mid), w(cout), k, stride if i == 0 else 1, act, bool(se),
-                                               padding_free=pf))
+                layers.append(
+                    InvertedResidual(
+                        convs,
+                        cin,
+                        w(mid),
+                        w(cout),
+                        k,
+                        stride if i == 0 else 1,
+                        act,
+                        bool(se),
+                        padding_free=pf,
+                    )
+                )
                 cin = w(cout)
         last = V3_LAST if width <= 1.0 else int(V3_LAST * width)
         layers.append(ConvBNAct(convs, cin, last, 1, act="hswish"))
@@ -217,8 +270,10 @@ def _check_recipe(genome, recipe) -> None:
     # `build` has already refused plugins (and KW on V3) through the spec; the recipe is checked here
     for name in ("zero_init_residual", "drop_path"):
         if getattr(recipe, name):
-            raise UserError(f"recipe.{name}: {getattr(recipe, name)!r} not supported on {genome.backbone} "
-                            "(ResNet backbones only; allowed here: false / 0)")
+            raise UserError(
+                f"recipe.{name}: {getattr(recipe, name)!r} not supported on {genome.backbone} "
+                "(ResNet backbones only; allowed here: false / 0)"
+            )
 
 
 def _with_dropout(model: nn.Module, recipe) -> nn.Module:
@@ -231,15 +286,25 @@ def build_mobilenet_v2(genome, spec, num_classes: int, width_mult: float, convs,
     """MobileNetV2 at the spec's width (1x, 0.5x); `width_mult` narrows it further for proxy training."""
     _check_recipe(genome, recipe)
     budgets = {i: st.kw for i, st in enumerate(genome.stages)}
-    return _with_dropout(MobileNetV2(spec.channel_mult * width_mult, budgets, genome.downsampling, num_classes, convs),
-                         recipe)
+    return _with_dropout(
+        MobileNetV2(spec.channel_mult * width_mult, budgets, genome.downsampling, num_classes, convs), recipe
+    )
 
 
-def build_mobilenet_v3_large_cifar(genome, spec, num_classes: int, width_mult: float, convs, recipe) -> nn.Module:
+def build_mobilenet_v3_large_cifar(
+    genome, spec, num_classes: int, width_mult: float, convs, recipe
+) -> nn.Module:
     """MobileNetV3-Large for CIFAR; `width_mult` narrows it for proxy training."""
     _check_recipe(genome, recipe)
-    return _with_dropout(MobileNetV3LargeCifar(width_mult, genome.stem, genome.downsampling, num_classes, convs), recipe)
+    return _with_dropout(
+        MobileNetV3LargeCifar(width_mult, genome.stem, genome.downsampling, num_classes, convs), recipe
+    )
 
 
-__all__ = ["MobileNetV2", "MobileNetV3LargeCifar", "build_mobilenet_v2", "build_mobilenet_v3_large_cifar",
-           "make_divisible"]
+__all__ = [
+    "MobileNetV2",
+    "MobileNetV3LargeCifar",
+    "build_mobilenet_v2",
+    "build_mobilenet_v3_large_cifar",
+    "make_divisible",
+]

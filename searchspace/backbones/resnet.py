@@ -25,8 +25,6 @@ from ..recipe import Recipe
 from .specs import BackboneSpec, stride2_size
 
 
-
-
 class BlurPool(nn.Module):
     """Fixed binomial [1,3,3,1] low-pass filter, stride 2, reflect padding (anti-aliased CNNs)."""
 
@@ -93,8 +91,18 @@ class BlockPlan:
 class Block(nn.Module):
     """BasicBlock or Bottleneck with plugin positions, an optional fusion, strided per `style`."""
 
-    def __init__(self, kind: str, cin: int, planes: int, plan: BlockPlan, plugins: tuple[Plugin, ...],
-                 fusion: Plugin | None, convs, num_blocks: int, drop_path: float = 0.0):
+    def __init__(
+        self,
+        kind: str,
+        cin: int,
+        planes: int,
+        plan: BlockPlan,
+        plugins: tuple[Plugin, ...],
+        fusion: Plugin | None,
+        convs,
+        num_blocks: int,
+        drop_path: float = 0.0,
+    ):
         super().__init__()
         self.kind = kind
         exp = 4 if kind == "bottleneck" else 1
@@ -115,10 +123,15 @@ class Block(nn.Module):
 
         if kind == "bottleneck":
             width = planes
-            self.conv1 = strided(cin, width, 1, 1, wf) if strided_first else convs.conv(cin, width, 1, warehouse=wf)
+            self.conv1 = (
+                strided(cin, width, 1, 1, wf) if strided_first else convs.conv(cin, width, 1, warehouse=wf)
+            )
             self.bn1 = nn.BatchNorm2d(width)
-            self.conv2 = (convs.conv(width, width, 3, 1, 1, groups=plan.groups, warehouse=wo) if strided_first
-                          else strided(width, width, 3, plan.groups, wo))
+            self.conv2 = (
+                convs.conv(width, width, 3, 1, 1, groups=plan.groups, warehouse=wo)
+                if strided_first
+                else strided(width, width, 3, plan.groups, wo)
+            )
             self.bn2 = nn.BatchNorm2d(width)
             self.conv3 = convs.conv(width, cout, 1, warehouse=wo)
             self.bn3 = nn.BatchNorm2d(cout)
@@ -138,9 +151,20 @@ class Block(nn.Module):
         self.down1 = BlurPool(width) if blur and strided_first else nn.Identity()
         self.down2 = BlurPool(width) if blur and not strided_first else nn.Identity()
 
-        hw = {"after_conv1": hw_c1, "after_conv2": plan.hw_out, "after_conv3": plan.hw_out,
-              "after_add": plan.hw_out, "fusion": plan.hw_out}
-        ch = {"after_conv1": width, "after_conv2": width, "after_conv3": cout, "after_add": cout, "fusion": cout}
+        hw = {
+            "after_conv1": hw_c1,
+            "after_conv2": plan.hw_out,
+            "after_conv3": plan.hw_out,
+            "after_add": plan.hw_out,
+            "fusion": plan.hw_out,
+        }
+        ch = {
+            "after_conv1": width,
+            "after_conv2": width,
+            "after_conv3": cout,
+            "after_add": cout,
+            "fusion": cout,
+        }
 
         def make(p: Plugin):
             site = Site(plan.stage, plan.index, p.position, hw[p.position], num_blocks)
@@ -166,13 +190,22 @@ class Block(nn.Module):
         if s == 1:
             return nn.Sequential(convs.conv(cin, cout, 1, warehouse=warehouse), nn.BatchNorm2d(cout))
         if style == "avgdown":
-            return nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
-                                 convs.conv(cin, cout, 1, warehouse=warehouse), nn.BatchNorm2d(cout))
+            return nn.Sequential(
+                nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+                convs.conv(cin, cout, 1, warehouse=warehouse),
+                nn.BatchNorm2d(cout),
+            )
         if style == "blur":
-            return nn.Sequential(BlurPool(cin), convs.conv(cin, cout, 1, warehouse=warehouse), nn.BatchNorm2d(cout))
+            return nn.Sequential(
+                BlurPool(cin), convs.conv(cin, cout, 1, warehouse=warehouse), nn.BatchNorm2d(cout)
+            )
         if style == "padding_free":
-            return nn.Sequential(nn.Conv2d(cin, cin, 3, 2, 0, groups=cin, bias=False), nn.BatchNorm2d(cin),
-                                 convs.conv(cin, cout, 1, warehouse=warehouse), nn.BatchNorm2d(cout))
+            return nn.Sequential(
+                nn.Conv2d(cin, cin, 3, 2, 0, groups=cin, bias=False),
+                nn.BatchNorm2d(cin),
+                convs.conv(cin, cout, 1, warehouse=warehouse),
+                nn.BatchNorm2d(cout),
+            )
         return nn.Sequential(convs.conv(cin, cout, 1, s, 0, warehouse=warehouse), nn.BatchNorm2d(cout))
 
     def _plug(self, pos, x):
@@ -223,6 +256,7 @@ class ResNetStage(nn.Module):
 
 def _stem(kind: str, cout: int, convs, cifar: bool) -> tuple[nn.Module, int]:
     """Returns the stem and its total stride (CIFAR stems keep the full 32x32 map)."""
+
     def cbr(cin, c, k, s, groups=1):
         return [convs.conv(cin, c, k, s, k // 2, groups=groups), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
 
@@ -233,8 +267,9 @@ def _stem(kind: str, cout: int, convs, cifar: bool) -> tuple[nn.Module, int]:
         return nn.Sequential(*layers, nn.MaxPool2d(3, 2, 1)), 4
     if kind == "hybrid":
         return nn.Sequential(*cbr(3, cout, 3, 2), HybridStemMix(cout), nn.MaxPool2d(3, 2, 1)), 4
-    return nn.Sequential(convs.conv(3, cout, 7, 2, 3), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                         nn.MaxPool2d(3, 2, 1)), 4
+    return nn.Sequential(
+        convs.conv(3, cout, 7, 2, 3), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+    ), 4
 
 
 class HybridStemMix(nn.Module):
@@ -242,7 +277,9 @@ class HybridStemMix(nn.Module):
 
     def __init__(self, c: int):
         super().__init__()
-        self.dw = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.dw = nn.Sequential(
+            nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)
+        )
         self.pool = nn.MaxPool2d(3, 1, 1)
         self.mix = nn.Sequential(nn.Conv2d(2 * c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
 
@@ -256,9 +293,17 @@ def scaled(c: int, width_mult: float, multiple: int = 4) -> int:
 
 
 class ResNet(nn.Module):
-    def __init__(self, genome: Genome, spec: BackboneSpec, num_classes: int, width_mult: float, convs,
-                 recipe: Recipe = Recipe()):
+    def __init__(
+        self,
+        genome: Genome,
+        spec: BackboneSpec,
+        num_classes: int,
+        width_mult: float,
+        convs,
+        recipe: Recipe | None = None,
+    ):
         super().__init__()
+        recipe = recipe or Recipe()
         self.genome = genome
         kind = spec.block
         exp = spec.expansion
@@ -271,7 +316,9 @@ class ResNet(nn.Module):
         cin = stem_c
         stages = []
         for si, (depth, planes, st) in enumerate(zip(spec.depths, spec.widths, genome.stages)):
-            planes = scaled(planes, width_mult, math.lcm(4, spec.groups))  # grouped 3x3 needs divisible widths
+            planes = scaled(
+                planes, width_mult, math.lcm(4, spec.groups)
+            )  # grouped 3x3 needs divisible widths
             blocks = []
             for bi in range(depth):
                 stride = 2 if (si > 0 and bi == 0) else 1
@@ -286,7 +333,9 @@ class ResNet(nn.Module):
                 else:
                     w_first = si
                 plan = BlockPlan(si, bi, stride, hw, hw_out, genome.downsampling, spec.groups, w_first, si)
-                blocks.append(Block(kind, cin, planes, plan, st.plugins, st.fusion, convs, depth, recipe.drop_path))
+                blocks.append(
+                    Block(kind, cin, planes, plan, st.plugins, st.fusion, convs, depth, recipe.drop_path)
+                )
                 cin, hw = planes * exp, hw_out
             sm = None
             if st.stage_module is not None:
@@ -311,7 +360,9 @@ class ResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if recipe.zero_init_residual:  # every residual branch starts as nothing: each block an identity + ReLU
+        if (
+            recipe.zero_init_residual
+        ):  # every residual branch starts as nothing: each block an identity + ReLU
             for m in self.modules():
                 if isinstance(m, Block):
                     nn.init.zeros_(m.last_bn.weight)

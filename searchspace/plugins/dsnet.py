@@ -66,7 +66,11 @@ class DecoupledAttention(nn.Module):
         sp_att = torch.matmul(sp_weights, sp_value).sigmoid()  # [B, 1, N]
         sp_mean = sp_att.mean(-1, keepdim=True)  # [B, 1, 1]
         s = (ch_att * sp_mean + ch_att + sp_mean).unsqueeze(-1)  # mean of series + parallel, [B, C, 1, 1]
-        a = pointwise(self.sel_expand, F.relu(self.sel_norm(pointwise(self.sel_reduce, s)))).view(b, 2, ch, 1).softmax(1)
+        a = (
+            pointwise(self.sel_expand, F.relu(self.sel_norm(pointwise(self.sel_reduce, s))))
+            .view(b, 2, ch, 1)
+            .softmax(1)
+        )
         a0, a1 = a[:, 0], a[:, 1]
         return torch.addcmul(a1 * ch_att, a0 * ch_att + a1, sp_att).view(b, ch, h, w)
 

@@ -43,7 +43,13 @@ def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     layer's (one thread, C = 256: 300 us against 80 us), and squeeze paths call it in every block.
     The counted form keeps the conv, so the counters see what the papers count.
     """
-    if counting() or x.shape[-2:] != (1, 1) or conv.kernel_size != (1, 1) or conv.padding != (0, 0) or conv.groups != 1:
+    if (
+        counting()
+        or x.shape[-2:] != (1, 1)
+        or conv.kernel_size != (1, 1)
+        or conv.padding != (0, 0)
+        or conv.groups != 1
+    ):
         return conv(x)
     return F.linear(x.flatten(1), conv.weight.flatten(1), conv.bias).view(x.shape[0], -1, 1, 1)
 

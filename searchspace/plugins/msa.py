@@ -33,8 +33,13 @@ class Branch(nn.Sequential):
     def __init__(self, channels: int, r: int, pool: int | None = None):
         c = max(channels // r, 1)  # narrow proxy widths: keep at least one hidden channel
         layers = [nn.AdaptiveAvgPool2d(pool)] if pool is not None else []
-        layers += [nn.Conv2d(channels, c, 1), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                   nn.Conv2d(c, channels, 1), nn.BatchNorm2d(channels)]
+        layers += [
+            nn.Conv2d(channels, c, 1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c, channels, 1),
+            nn.BatchNorm2d(channels),
+        ]
         super().__init__(*layers)
         self.pool = pool
 
@@ -123,7 +128,11 @@ class MultiScaleLogits(nn.Module):
             else:
                 k = P // branch.pool
                 y = branch.on_pooled(F.avg_pool2d(fine, k))
-                y = y.view(b, ch, branch.pool, 1, branch.pool, 1).expand(-1, -1, -1, k, -1, k).reshape(b, ch, P, P)
+                y = (
+                    y.view(b, ch, branch.pool, 1, branch.pool, 1)
+                    .expand(-1, -1, -1, k, -1, k)
+                    .reshape(b, ch, P, P)
+                )
             ctx = y if ctx is None else ctx + y
         out = local.view(b, ch, P, h // P, P, w // P) + ctx.view(b, ch, P, 1, P, 1)
         return out.view(b, ch, h, w)
@@ -218,7 +227,9 @@ def aff(channels, r, site):
     return MSAF(channels, r, (None, 1))
 
 
-@register("iaff", kind="fusion", default_r=4, options={"variant": ("port", "mxnet")}, implicit_defaults=("variant",))
+@register(
+    "iaff", kind="fusion", default_r=4, options={"variant": ("port", "mxnet")}, implicit_defaults=("variant",)
+)
 def iaff(channels, r, site, variant="port"):
     """iAFF, iterative attentional feature fusion (Dai et al.); variant "mxnet" = the original's second global branch."""
     return IAFF(channels, r, variant)

@@ -9,8 +9,24 @@ from torch.nn import functional as F
 from .registry import register
 
 # FcaNet's "top16" frequency pairs (u, v) on a 7x7 grid, in the paper's order.
-TOP16 = ((0, 0), (0, 1), (6, 0), (0, 5), (0, 2), (1, 0), (1, 2), (4, 0),
-         (5, 0), (1, 6), (3, 0), (0, 4), (0, 6), (0, 3), (3, 5), (2, 2))
+TOP16 = (
+    (0, 0),
+    (0, 1),
+    (6, 0),
+    (0, 5),
+    (0, 2),
+    (1, 0),
+    (1, 2),
+    (4, 0),
+    (5, 0),
+    (1, 6),
+    (3, 0),
+    (0, 4),
+    (0, 6),
+    (0, 3),
+    (3, 5),
+    (2, 2),
+)
 
 
 def _dct_basis(freq: int, size: int) -> torch.Tensor:
@@ -42,8 +58,11 @@ class MultiSpectralAttention(nn.Module):
         self.register_buffer("dct", dct_filters(channels, hw, hw), persistent=False)
         self._pooled_dct: dict = {}  # input size -> filters that fold in the adaptive pooling
         hidden = max(channels // r, 1)
-        self.fc = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True),
-                                nn.Linear(hidden, channels, bias=False))
+        self.fc = nn.Sequential(
+            nn.Linear(channels, hidden, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels, bias=False),
+        )
 
     def filters_for(self, h: int, w: int) -> torch.Tensor:
         """DCT filters for an [h, w] input: sum(pool(x) * f) == sum(x * pool^T(f)) since pooling is linear.

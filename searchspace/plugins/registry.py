@@ -15,8 +15,9 @@ Kinds:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import UserError
 
@@ -58,8 +59,15 @@ class PluginInfo:
 _REGISTRY: dict[str, PluginInfo] = {}
 
 
-def register(name: str, *, kind: str = "block", positions: tuple[str, ...] = (), default_r: int | None = 16,
-             options: dict[str, tuple] | None = None, implicit_defaults: tuple[str, ...] = ()):
+def register(
+    name: str,
+    *,
+    kind: str = "block",
+    positions: tuple[str, ...] = (),
+    default_r: int | None = 16,
+    options: dict[str, tuple] | None = None,
+    implicit_defaults: tuple[str, ...] = (),
+):
     """Decorator registering `factory(channels, r, site, **options) -> nn.Module` under `name`.
 
     implicit_defaults: options added to an already-published plugin; their default is not written
@@ -80,8 +88,9 @@ def register(name: str, *, kind: str = "block", positions: tuple[str, ...] = (),
         unknown = [o for o in implicit_defaults if o not in (options or {})]
         if unknown:
             raise ValueError(f"plugin {name!r}: implicit_defaults {unknown} are not among its options")
-        _REGISTRY[name] = PluginInfo(name, kind, tuple(positions), factory, default_r, dict(options or {}),
-                                     tuple(implicit_defaults))
+        _REGISTRY[name] = PluginInfo(
+            name, kind, tuple(positions), factory, default_r, dict(options or {}), tuple(implicit_defaults)
+        )
         _changed()
         return factory
 
@@ -107,7 +116,9 @@ def generation() -> int:
 
 def get(name: str) -> PluginInfo:
     if not isinstance(name, str):
-        raise UserError(f"plugin: expected a plugin name (a string), got {name!r} (known: {', '.join(sorted(_REGISTRY))})")
+        raise UserError(
+            f"plugin: expected a plugin name (a string), got {name!r} (known: {', '.join(sorted(_REGISTRY))})"
+        )
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -132,5 +143,7 @@ def import_modules(modules, where: str = "imports") -> None:
             importlib.import_module(name.strip())
         except Exception as e:  # the user's code: any error while importing it is the user's to fix
             reason = f"{type(e).__name__}: {e}".strip().splitlines()[0]
-            raise UserError(f"{where}: cannot import {name!r} ({reason}); it must be importable on "
-                            "sys.path (PYTHONPATH) in the driver and every Ray worker") from None
+            raise UserError(
+                f"{where}: cannot import {name!r} ({reason}); it must be importable on "
+                "sys.path (PYTHONPATH) in the driver and every Ray worker"
+            ) from None

@@ -22,7 +22,9 @@ class SDA(nn.Module):
         super().__init__()
         d = max(channels // r, min_dim)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.reduce = nn.Sequential(nn.Conv2d(channels, d, 1, bias=False), nn.BatchNorm2d(d), nn.ReLU(inplace=True))
+        self.reduce = nn.Sequential(
+            nn.Conv2d(channels, d, 1, bias=False), nn.BatchNorm2d(d), nn.ReLU(inplace=True)
+        )
         self.heads = nn.ModuleList(nn.Conv2d(d, channels, 1) for _ in range(num_blocks))
 
     def forward(self, zs: list[torch.Tensor]) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .forms import counting
+from ..plugins.forms import counting
 
 REDUCTION = 1 / 16  # attention hidden width = max(C_in * REDUCTION, 16)
 NONLOCAL_BASIS_RATIO = 1 / 16  # other layers' cells are seen through this many basis logits
@@ -55,8 +55,16 @@ class KWAttention(nn.Module):
     map from few basis logits, which shrinks the head when n is large.
     """
 
-    def __init__(self, cin: int, n: int, m: int, beta: torch.Tensor, local: tuple[int, int] | None = None,
-                 reduction: float = REDUCTION, basis_ratio: float = NONLOCAL_BASIS_RATIO):
+    def __init__(
+        self,
+        cin: int,
+        n: int,
+        m: int,
+        beta: torch.Tensor,
+        local: tuple[int, int] | None = None,
+        reduction: float = REDUCTION,
+        basis_ratio: float = NONLOCAL_BASIS_RATIO,
+    ):
         super().__init__()
         hidden = max(int(cin * reduction), 16)
         self.n, self.m = n, m
@@ -122,8 +130,17 @@ class KWConv2d(nn.Module):
 
     form = "auto"
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, groups: int = 1,
-                 bias: bool = False, warehouse=0):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bias: bool = False,
+        warehouse=0,
+    ):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = cin, cout, groups
         self.kernel_size, self.stride, self.padding = (k, k), (stride, stride), (padding, padding)
@@ -140,7 +157,7 @@ class KWConv2d(nn.Module):
         co, ci, kh, kw = self.weight_shape
         return (co // cell[0]) * (ci // cell[1]) * kh * kw
 
-    def bind(self, bank: "KWWarehouses", index: int, attention: KWAttention) -> None:
+    def bind(self, bank: KWWarehouses, index: int, attention: KWAttention) -> None:
         self._bank, self.index, self.attention = (bank,), index, attention
 
     @property
@@ -166,8 +183,12 @@ class KWConv2d(nn.Module):
         # One grouped conv for the whole batch: sample i only sees its own kernel. It needs the batch
         # and channels adjacent (NCHW); a channels_last input is converted once here, explicitly, and
         # the output given back in channels_last so that the layers after it keep their layout.
-        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        y = F.conv2d(x.contiguous().view(1, -1, *x.shape[2:]), w, None, self.stride, self.padding, 1, self.groups * b)
+        channels_last = (
+            x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        )
+        y = F.conv2d(
+            x.contiguous().view(1, -1, *x.shape[2:]), w, None, self.stride, self.padding, 1, self.groups * b
+        )
         y = y.reshape(b, self.out_channels, *y.shape[2:])
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
@@ -184,12 +205,14 @@ class KWConv2d(nn.Module):
         """y_b = W_b @ patches(x_b) for every sample b at once; W_b is [C_out, C_in * k * k]."""
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if self.kernel_size == (1, 1) and self.padding == (0, 0):
-            x = x[:, :, ::self.stride[0], ::self.stride[1]]
+            x = x[:, :, :: self.stride[0], :: self.stride[1]]
             h, wd = x.shape[2:]
             cols = x.reshape(b, self.in_channels, h * wd)
         else:  # unfold orders a patch (channel, row, column), as a kernel's [C_in, k, k] flattens
-            h, wd = ((s + 2 * p - k) // st + 1 for s, p, k, st in
-                     zip(x.shape[2:], self.padding, self.kernel_size, self.stride))
+            h, wd = (
+                (s + 2 * p - k) // st + 1
+                for s, p, k, st in zip(x.shape[2:], self.padding, self.kernel_size, self.stride)
+            )
             cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
         y = torch.bmm(w.reshape(b, self.out_channels, -1), cols).view(b, self.out_channels, h, wd)
         if self.bias is not None:
@@ -197,8 +220,10 @@ class KWConv2d(nn.Module):
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, warehouse={self.warehouse!r}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, groups={self.groups}, warehouse={self.warehouse!r}"
+        )
 
 
 class KWWarehouses(nn.Module):
@@ -214,7 +239,9 @@ class KWWarehouses(nn.Module):
         raise RuntimeError("kw_warehouses holds parameters only; it is not a layer")
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k!r}: b={b:g} {tuple(w.shape)}" for k, b, w in zip(self.keys, self.budgets, self.weights))
+        return ", ".join(
+            f"{k!r}: b={b:g} {tuple(w.shape)}" for k, b, w in zip(self.keys, self.budgets, self.weights)
+        )
 
 
 class KernelWarehouseConvs:
@@ -226,8 +253,13 @@ class KernelWarehouseConvs:
     nonlocal_basis: the nonlocal-basis attention for every KW conv (used by ResNet-50 1/2x).
     """
 
-    def __init__(self, budgets: dict[int, float | None], nonlocal_basis: bool = False,
-                 reduction: float = REDUCTION, basis_ratio: float = NONLOCAL_BASIS_RATIO):
+    def __init__(
+        self,
+        budgets: dict[int, float | None],
+        nonlocal_basis: bool = False,
+        reduction: float = REDUCTION,
+        basis_ratio: float = NONLOCAL_BASIS_RATIO,
+    ):
         self.budgets = dict(budgets)
         self.nonlocal_basis = nonlocal_basis
         self.reduction, self.basis_ratio = reduction, basis_ratio
@@ -235,16 +267,27 @@ class KernelWarehouseConvs:
     def budget(self, warehouse) -> float | None:
         return None if warehouse is None else self.budgets.get(_budget_stage(warehouse))
 
-    def conv(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, groups: int = 1,
-             bias: bool = False, warehouse=None) -> nn.Module:
+    def conv(
+        self,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bias: bool = False,
+        warehouse=None,
+    ) -> nn.Module:
         if self.budget(warehouse) is None:
             return nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=bias)
         return KWConv2d(cin, cout, k, stride, padding, groups, bias, warehouse)
 
     def finalize(self, model: nn.Module) -> None:
         if isinstance(model, nn.Sequential):
-            raise TypeError("KernelWarehouseConvs.finalize needs a model class; an nn.Sequential would run "
-                            "the attached warehouses as a layer")
+            raise TypeError(
+                "KernelWarehouseConvs.finalize needs a model class; an nn.Sequential would run "
+                "the attached warehouses as a layer"
+            )
         members: dict = defaultdict(list)
         for mod in model.modules():  # module order decides which warehouse slice a conv starts on
             if isinstance(mod, KWConv2d) and mod.attention is None:
@@ -325,4 +368,12 @@ def kw_assembly_macs(model: nn.Module) -> int:
     return sum(math.prod(c.weight_shape) * c.warehouse_weight.shape[0] for c in kw_convs(model) if c._bank)
 
 
-__all__ = ["FORMS", "KernelWarehouseConvs", "KWConv2d", "KWAttention", "KWWarehouses", "kw_assembly_macs", "kw_convs"]
+__all__ = [
+    "FORMS",
+    "KernelWarehouseConvs",
+    "KWConv2d",
+    "KWAttention",
+    "KWWarehouses",
+    "kw_assembly_macs",
+    "kw_convs",
+]
