@@ -323,7 +323,7 @@ def test_genome_distance_equals_the_json_distance_on_catalog_and_sampled_genomes
     genomes = [d.genome for d in catalog.designs()]
     for name in ("imagenet_subset", "resnet18_fusion", "sda", "kernelwarehouse", "downsampling"):
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-        genomes += [space.suggest(study.ask(), config_mod.spec(config_mod.load(name))) for _ in range(6)]
+        genomes += [space.suggest(study.ask(), config_mod.load(name).space) for _ in range(6)]
     texts = [g.to_json() for g in genomes]
     got = [[genome_distance(a, b) for b in texts] for a in genomes]
     assert got == [[_json_distance(a, b) for b in texts] for a in texts]
