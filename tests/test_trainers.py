@@ -1,5 +1,6 @@
 """Trainers: data loading on real JPEGs, bad data, a short real training run, determinism, CLI."""
 
+import gc
 import json
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from searchspace import Genome
+from searchspace import Genome, catalog
 from searchspace.errors import UserError
 from trainers import data as tdata
 from trainers.data import BUNDLED, DataSpec, crop_flip, load_data, normalize, pad_reflect
@@ -278,6 +279,26 @@ def test_absurd_learning_rate_diverges(real_tree):
     )
     assert res.status == "diverged" and res.top1 is None and res.loss is None and res.epochs == 1
     json.dumps(res.to_dict(), allow_nan=False)
+
+
+def test_a_cpu_run_leaves_no_cycles_behind(real_tree):
+    """release_memory skips gc.collect() on CPU (most of a short trial's overhead): that is safe only
+    while a finished run's model, optimizer and tensors are freed by reference counts alone."""
+    data = load_data(DataSpec(root=str(real_tree), max_per_class=16, max_val_per_class=8), 32)
+    for design in ("se_resnet18", "msaf_resnet18_r4", "kw_resnet18_1x"):
+        genome = catalog.get(design).genome
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            train(genome, TINY, data, device="cpu", measure_latency=True)
+            gc.collect()
+            left = [o for o in gc.garbage if isinstance(o, (torch.nn.Module, torch.Tensor))]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert not left, f"{design}: {len(left)} modules/tensors freed only by the garbage collector"
 
 
 def test_out_of_memory_is_a_status(real_tree):
