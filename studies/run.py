@@ -68,7 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--concurrency", type=int, help="trials at the same time (default: what the resources allow)"
     )
-    ap.add_argument("--asha", action="store_true", default=None, help="ASHA early stopping on top1")
+    ap.add_argument(
+        "--asha",
+        action="store_true",
+        default=None,
+        help="early stopping by [early_stopping] rule (default pareto)",
+    )
     ap.add_argument(
         "--backend",
         default="ray",
