@@ -14,14 +14,19 @@ saw). Printed per strategy, over the search seeds (median [25th-75th percentile]
 A partial table (a build still running) is used as far as it goes: genomes with every seed only;
 a sampler's proposal outside them is told FAIL and asked again, not counted (said in the output).
 Also measured: milliseconds per simulated trial, in memory and on a journal file (studies.run's).
-Last line: best=<strategy> hv_at_budget_vs_random=<ratio of medians>.
+A strategy beats random search only when a bootstrap 95 % interval of the difference of its median
+hypervolume at the budget from random's (over the search seeds) lies above zero; otherwise it ties.
+Last line: best=<strategy> hv_at_budget_vs_random=<ratio of medians> (random when nothing beats it).
 
     python bench/search_strategies.py [--table studies/tables/placement_table.csv] [--seeds 20] [--budget 48]
+                                      [--samplers random,tpe,nsga2,gp] [--stoppings none,pareto,asha] [--jobs 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -129,6 +134,10 @@ def main() -> None:
         "--budget", type=int, default=48, help="trials per search (capped at half the usable genomes)"
     )
     ap.add_argument("--samplers", default="random,tpe,nsga2,gp")
+    ap.add_argument(
+        "--stoppings", default="none,pareto,asha", help="none, pareto (Pareto-aware rungs), asha (top-1 only)"
+    )
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes running search runs")
     a = ap.parse_args()
 
     cfg = config_mod.load(a.config)
@@ -191,9 +200,10 @@ def main() -> None:
         if why:
             print(f"gp: not available in this Optuna ({why}); left out")
             samplers.remove("gp")
-    stoppings = ["none", "asha"] + (["pareto"] if ParetoRungs is not None else [])
-    if ParetoRungs is None:
-        print("early stopping: plain ASHA on top-1 only (no studies.pareto_asha in this checkout)")
+    stoppings = [es for es in a.stoppings.split(",") if es]
+    if ParetoRungs is None and "pareto" in stoppings:
+        print("early stopping: no studies.pareto_asha in this checkout; pareto left out")
+        stoppings.remove("pareto")
     strategies = [(s, es) for s in samplers for es in stoppings]
 
     def label(s, es):
@@ -206,16 +216,24 @@ def main() -> None:
             else 0.0
         )
 
-    results = {}
-    t_all, n_all = time.perf_counter(), 0
-    for s, es in strategies:
-        runs = []
-        for seed in range(a.seeds):
-            trials, skipped = one_run(table, cfg, spec, s, es, seed, budget, conc)
-            n_all += len(trials) + abs(skipped)
-            runs.append((trials, skipped))
-        results[(s, es)] = runs
-    ms_mem = (time.perf_counter() - t_all) / max(1, n_all) * 1e3
+    # every (strategy, search seed) is an independent run: spread over processes (GP asks take ~1 s)
+    jobs = [(s, es, seed) for s, es in strategies for seed in range(a.seeds)]
+    _WORK.update(table=table, cfg=cfg, spec=spec, budget=budget, conc=conc)
+    t_all = time.perf_counter()
+    if a.jobs > 1:
+        ctx = multiprocessing.get_context("fork")  # workers inherit the loaded table
+        with ctx.Pool(a.jobs, initializer=_one_thread) as pool:
+            done = pool.map(_run_job, jobs, chunksize=1)
+    else:
+        done = [_run_job(j) for j in jobs]
+    wall_all = time.perf_counter() - t_all
+    results = {k: [] for k in strategies}
+    busy_s, n_all = 0.0, 0
+    for (s, es, _), (trials, skipped, secs) in zip(jobs, done):
+        results[(s, es)].append((trials, skipped))
+        busy_s, n_all = busy_s + secs, n_all + len(trials) + abs(skipped)
+    ms_mem = busy_s / max(1, n_all) * 1e3
+    print(f"{len(jobs)} search runs in {wall_all:.0f} s on {a.jobs} process(es)")
 
     # compute axis: shares of the median compute of plain random search at the full budget
     def compute(trials):
@@ -256,7 +274,7 @@ def main() -> None:
             share.append(len({g for g in done if g} & true_front) / len(true_front))
             skipped.append(sk if sk >= 0 else -sk - 1)
             gave_up.append(sk < 0)
-        summary[(s, es)] = float(np.median(by_trials[budget]))
+        summary[(s, es)] = by_trials[budget]
 
         def q(v):
             return f"{np.median(v):.3f} [{np.percentile(v, 25):.3f}-{np.percentile(v, 75):.3f}]"
@@ -308,14 +326,55 @@ def main() -> None:
         f"strategies), {ms_journal:.1f} ms on a journal file "
         f"(nsga2+asha); asha = plain ASHA on top-1 (studies.table_backend.ASHA), pareto = studies.pareto_asha.ParetoRungs"
     )
+    # a strategy beats random only beyond the search-seed noise: bootstrap the difference of medians
     base = summary.get(("random", "none"))
-    top = max(summary.values())
-    tied = [k for k, v in summary.items() if v >= top - 1e-12]
-    best = ("random", "none") if ("random", "none") in tied else tied[0]  # a tie is no win over random
-    if len(tied) > 1:
-        print(f"{len(tied)} strategies tie at the budget: {', '.join(label(*k) for k in tied)}")
-    ratio = summary[best] / base if base else float("nan")
+    medians = {k: float(np.median(v)) for k, v in summary.items()}
+    best, winners = ("random", "none") if base is not None else max(medians, key=medians.get), []
+    if base is not None:
+        print(
+            f"\nhypervolume at {budget} trials against random search: difference of medians, bootstrap 95 % "
+            f"interval over the {a.seeds} search seeds"
+        )
+        rng = np.random.default_rng(0)
+        for k, v in summary.items():
+            if k == ("random", "none"):
+                continue
+            lo, hi = median_diff_interval(np.asarray(v), np.asarray(base), rng)
+            print(
+                f"  {label(*k):<14} {medians[k] - medians[('random', 'none')]:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                + ("beats random" if lo > 0 else "worse than random" if hi < 0 else "tie")
+            )
+            if lo > 0:
+                winners.append(k)
+        if winners:
+            best = max(winners, key=medians.get)
+    ratio = medians[best] / medians[("random", "none")] if base is not None else float("nan")
     print(f"best={label(*best)} hv_at_budget_vs_random={ratio:.3f}")
+
+
+def median_diff_interval(x, y, rng, n=4000) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of median(x) - median(y), x and y resampled independently."""
+    bx = np.median(rng.choice(x, (n, len(x))), axis=1)
+    by = np.median(rng.choice(y, (n, len(y))), axis=1)
+    return tuple(np.percentile(bx - by, [2.5, 97.5]))
+
+
+_WORK: dict = {}  # what every search run shares; set before the worker processes fork
+
+
+def _one_thread() -> None:
+    import torch  # GPSampler fits with torch: one thread per worker process
+
+    torch.set_num_threads(1)
+
+
+def _run_job(job):
+    sampler, stopping, seed = job
+    w, t0 = _WORK, time.perf_counter()
+    trials, skipped = one_run(
+        w["table"], w["cfg"], w["spec"], sampler, stopping, seed, w["budget"], w["conc"]
+    )
+    return trials, skipped, time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -461,3 +461,32 @@ def test_a_killed_build_requeues_its_trials_with_their_seed(tmp_path):
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [(t.user_attrs["table_seed"], t.user_attrs["table_key"]) for t in waiting] == [(1, g.key)]
     assert _have(study) == {(g.key, 1)}
+
+
+@pytest.mark.slow
+def test_search_strategies_bench_runs_on_a_complete_table():
+    p = subprocess.run(
+        [
+            sys.executable,
+            "bench/search_strategies.py",
+            "--config",
+            "smoke_table",
+            "--seeds",
+            "3",
+            "--samplers",
+            "random,nsga2",
+            "--jobs",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "PARTIAL" not in p.stdout
+    assert "18 search runs" in p.stdout  # 2 samplers x 3 stoppings x 3 seeds
+    for strategy in ("random+pareto", "nsga2+asha"):
+        assert any(line.startswith(f"  {strategy} ") for line in p.stdout.splitlines()), strategy
+    last = p.stdout.strip().splitlines()[-1]
+    assert last.startswith("best=") and float(last.split("hv_at_budget_vs_random=")[1]) > 0
