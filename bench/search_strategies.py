@@ -44,12 +44,7 @@ from searchspace.errors import UserError  # noqa: E402
 from studies import config as config_mod  # noqa: E402
 from studies.search import GenomeSpace, SamplerSpec, StudySearch  # noqa: E402
 from studies.table import Table, default_csv, published_in_space  # noqa: E402
-from studies.table_backend import ASHA, FromDecide, NoStopping, TableBackend  # noqa: E402
-
-try:  # the Pareto-aware promotion rule (plain Python), where this checkout has it
-    from studies.pareto_asha import ParetoRungs  # noqa: E402
-except ImportError:
-    ParetoRungs = None
+from studies.table_backend import TableBackend, stopping_rule  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 DIRS = ["maximize", "minimize"]
@@ -77,19 +72,14 @@ def gp_available() -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
-def make_rule(stopping: str, cfg, epochs: int):
-    es = cfg.early_stopping
-    if stopping == "asha":
-        return ASHA(epochs, es.grace_period, es.reduction_factor)
-    if stopping == "pareto":  # rungs as ASHA's, below the last epoch
-        milestones, m = [], es.grace_period
-        while m < epochs:
-            milestones.append(m)
-            m *= es.reduction_factor
-        return FromDecide(
-            ParetoRungs(milestones, es.reduction_factor, ["maximize", "minimize"]), ["top1", "flops"]
-        )
-    return NoStopping()
+STOPPINGS = {"none": None, "pareto": "pareto", "asha": "top1"}  # bench name -> [early_stopping] rule
+
+
+def make_rule(stopping: str, cfg):
+    """No stopping, or the config's [early_stopping] rungs under the Pareto-aware rule or ASHA on top-1."""
+    rule = STOPPINGS[stopping]
+    overrides = {"early_stopping.asha": rule is not None} | ({"early_stopping.rule": rule} if rule else {})
+    return stopping_rule(config_mod.with_overrides(cfg, overrides))
 
 
 def one_run(
@@ -108,7 +98,7 @@ def one_run(
         {"seed": seed},
         log=lambda *_: None,
     )
-    rule = make_rule(stopping, cfg, table.epochs)
+    rule = make_rule(stopping, cfg)
     backend = TableBackend(table, cfg, rule=rule, seed=seed, on_missing="skip")
     try:
         if isinstance(storage, optuna.storages.InMemoryStorage):
@@ -139,6 +129,10 @@ def main() -> None:
     )
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes running search runs")
     a = ap.parse_args()
+    stoppings = [es for es in a.stoppings.split(",") if es]
+    unknown = [es for es in stoppings if es not in STOPPINGS]
+    if unknown:
+        sys.exit(f"--stoppings: unknown {', '.join(unknown)} (known: {', '.join(STOPPINGS)})")
 
     cfg = config_mod.load(a.config)
     spec = cfg.space
@@ -200,10 +194,6 @@ def main() -> None:
         if why:
             print(f"gp: not available in this Optuna ({why}); left out")
             samplers.remove("gp")
-    stoppings = [es for es in a.stoppings.split(",") if es]
-    if ParetoRungs is None and "pareto" in stoppings:
-        print("early stopping: no studies.pareto_asha in this checkout; pareto left out")
-        stoppings.remove("pareto")
     strategies = [(s, es) for s in samplers for es in stoppings]
 
     def label(s, es):
