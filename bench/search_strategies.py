@@ -138,7 +138,7 @@ def main() -> None:
     spec = cfg.space
     full = Table.load(a.table or default_csv(cfg.name), cfg)
     table = Table(full.name, full.path, full.complete(), full.epochs, full.protocol)
-    seeds_per_genome = len(next(iter(table.rows.values())))
+    seeds_per_genome = min(len(v) for v in table.rows.values())  # some genomes may have more
     from searchspace import space
 
     n_space = space.count(spec)
@@ -169,24 +169,48 @@ def main() -> None:
     true_front = {k for k, on in zip(keys, pareto_mask(pts, DIRS)) if on}
     ref = np.array([pts[:, 0].min() - 1e-3, pts[:, 1].max() * 1.001])
     hv_true = hypervolume(pts, DIRS, ref)
-    spread = [np.var([r["top1"] for r in table.rows[k]], ddof=1) for k in keys if len(table.rows[k]) > 1]
-    noise = float(np.sqrt(np.mean(spread))) if spread else 0.0
+    # seed noise: the pooled within-genome variance of one trial's top-1 (genomes may have extra seeds)
+    n_seeds = {k: len(table.rows[k]) for k in keys}
+    dof = sum(n - 1 for n in n_seeds.values())
+    ss = sum(np.var([r["top1"] for r in table.rows[k]]) * n_seeds[k] for k in keys)
+    noise = float(np.sqrt(ss / dof)) if dof else 0.0
     designs = [(d.name, d.genome.key) for d in published_in_space(spec) if d.genome.key in table.rows]
-    # two genomes' means differ beyond noise when apart by more than 2 standard errors of the difference
+
+    def margin_of(a_key, b_key) -> float:
+        """Two genomes' means differ beyond noise when apart by more than 2 standard errors of the difference."""
+        return 2 * noise * np.sqrt(1 / n_seeds[a_key] + 1 / n_seeds[b_key])
+
     margin = 2 * noise * np.sqrt(2 / seeds_per_genome)
     print(
-        f"true front: {len(true_front)} genomes; seed noise: pooled sd of one trial's top-1 {noise:.4f}, so two "
-        f"{seeds_per_genome}-seed means differ beyond noise when apart by > {margin:.4f}"
+        f"true front: {len(true_front)} genomes; seed noise: pooled sd of one trial's top-1 {noise:.4f} "
+        f"({dof} degrees of freedom), so two {seeds_per_genome}-seed means differ beyond noise when apart by "
+        f"> {margin:.4f}"
     )
+    for k in sorted(true_front, key=flops.get):
+        row = table.rows[k][0]
+        print(
+            f"  {row['menu']:<60} {mean_top1[k]:.4f} {flops[k] / 1e9:.3f} GFLOPs"
+            + (f"  ({row['design']})" if row["design"] else "")
+        )
     print(f"budget {budget} trials, {conc} at a time; {a.seeds} search seeds per strategy")
     for name, key in designs:
-        beaten_by = [k for k in keys if flops[k] <= flops[key] and mean_top1[k] > mean_top1[key] + margin]
-        sd = np.std([r["top1"] for r in table.rows[key]], ddof=1)
-        print(
-            f"  {name:>12}: mean top-1 {mean_top1[key]:.4f} (sd {sd:.4f}), {flops[key] / 1e9:.3f} GFLOPs, "
-            f"{'on' if key in true_front else 'off'} the true front of means; {len(beaten_by)} genome(s) beat it "
-            f"beyond noise at no more FLOPs" + (f": {', '.join(beaten_by[:3])}" if beaten_by else "")
+        cheaper = [k for k in keys if k != key and flops[k] <= flops[key]]
+        beaten_by = sorted(
+            (k for k in cheaper if mean_top1[k] > mean_top1[key] + margin_of(k, key)),
+            key=lambda k: -mean_top1[k],
         )
+        sd = np.std([r["top1"] for r in table.rows[key]], ddof=1)
+        # one-sided 2-standard-error test: ~2.3 % of equally good genomes pass it by chance
+        print(
+            f"  {name:>12}: mean top-1 {mean_top1[key]:.4f} (sd {sd:.4f}, {n_seeds[key]} seeds), "
+            f"{flops[key] / 1e9:.3f} GFLOPs, {'on' if key in true_front else 'off'} the true front of means; "
+            f"{len(beaten_by)} of {len(cheaper)} genomes at no more FLOPs beat it beyond noise "
+            f"(~{0.0228 * len(cheaper):.1f} would by chance if all were equal)"
+        )
+        for k in beaten_by[:5]:
+            print(
+                f"      {table.rows[k][0]['menu']:<60} {mean_top1[k] - mean_top1[key]:+.4f} ({n_seeds[k]} seeds)"
+            )
 
     samplers = [s for s in a.samplers.split(",") if s]
     if "gp" in samplers:
@@ -294,7 +318,7 @@ def main() -> None:
                     if (
                         t.state == optuna.trial.TrialState.COMPLETE
                         and flops[g] <= flops[dkey]
-                        and mean_top1[g] >= mean_top1[dkey] - margin
+                        and mean_top1[g] >= mean_top1[dkey] - margin_of(g, dkey)
                     ):
                         hit = i + 1
                         break

@@ -99,6 +99,21 @@ def generation_order(cfg) -> list:
     return first + rest
 
 
+def pick_genomes(order: list, names: str, cfg) -> list:
+    """The genomes of `order` named in a comma-separated list of genome keys or catalog design names."""
+    from searchspace import catalog
+
+    by_name = {d.name: d.genome.key for d in catalog.designs()}
+    wanted = [by_name.get(n.strip(), n.strip()) for n in names.split(",") if n.strip()]
+    known = {g.key for g in order}
+    missing = [w for w in wanted if w not in known]
+    if missing:
+        raise UserError(
+            f"--genomes: {', '.join(missing)} not in the space of table {cfg.name!r} ({cfg.source})"
+        )
+    return [g for g in order if g.key in set(wanted)]
+
+
 def menu_label(spec, genome) -> str:
     """The genome as its per-stage menu items ("none | none | dam@after_conv2:r16 | ...")."""
     from searchspace import space
@@ -254,12 +269,14 @@ def build(args) -> int:
     csv_path = Path(args.csv) if args.csv else default_csv(cfg.name)
     rows = read_rows(csv_path)
     _check_protocol(rows, cfg, csv_path)
-    run_dir = Path(args.out or REPO / "runs" / study_name(cfg)).expanduser().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    url = str(run_dir / "study.journal")
     order = generation_order(cfg)
     if args.limit:
         order = order[: args.limit]
+    if args.genomes:
+        order = pick_genomes(order, args.genomes, cfg)
+    run_dir = Path(args.out or REPO / "runs" / study_name(cfg)).expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    url = str(run_dir / "study.journal")
     shipped = {(r["genome_key"], int(r["seed"])) for r in rows}
     log = lambda m: print(m, flush=True)  # noqa: E731
     with st.DriverLock(run_dir):
@@ -510,6 +527,10 @@ def main(argv=None) -> int:
         if name == "build":
             p.add_argument("--seeds", type=int, default=2, help="seeds per genome (0 .. N-1)")
             p.add_argument("--limit", type=int, help="only the first N genomes of the generation order")
+            p.add_argument(
+                "--genomes",
+                help="only these genomes: comma-separated keys or catalog names (more seeds for some)",
+            )
             p.add_argument(
                 "--concurrency",
                 type=int,

@@ -145,6 +145,15 @@ def test_shipped_table_loads_validates_and_holds_the_published_designs(name):
     assert set(order[: len({d.genome.key for d in designs})]) == {d.genome.key for d in designs}
 
 
+def test_placement_table_is_complete():
+    """Every genome of its space with both seeds, each trained once (studies.run --backend table needs it)."""
+    cfg = config_mod.load("placement_table")
+    table = Table.load(default_csv("placement_table"), cfg)
+    assert set(table.rows) == {g.key for g in generation_order(cfg)} and len(table.rows) == 480
+    assert all([r["seed"] for r in rows][:2] == [0, 1] for rows in table.rows.values())  # some have more
+    assert all(r["status"] == "ok" for rows in table.rows.values() for r in rows)
+
+
 def test_placement_table_costs_are_the_published_counts():
     """The cost model reproduces these exactly (tests/test_searchspace.py); the table carries them."""
     cfg = config_mod.load("placement_table")
@@ -340,6 +349,38 @@ def test_table_backed_smoke_study_runs_and_reports(tmp_path):
         len(trials) == 16
         and min(t.user_attrs["sim_start_s"] for t in trials if t.number >= 12) >= first_end - 1e-9
     )
+
+
+def test_placement_table_backed_study_finds_a_front_in_seconds(tmp_path):
+    """The shipped 480-genome table answers a whole NSGA-II study under Pareto-aware early stopping."""
+    out = tmp_path / "run"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studies.run",
+            "placement_table",
+            "--backend",
+            "table",
+            "--asha",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "table backend: 480 genomes" in p.stdout and (out / "report.html").stat().st_size > 10_000
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))
+    )
+    study = optuna.load_study(study_name="placement_table", storage=storage)
+    trials = study.get_trials()
+    assert len(trials) == config_mod.load("placement_table").budget.trials
+    assert any(t.state == TrialState.PRUNED for t in trials)  # the rule stopped some on recorded epochs
+    assert study.best_trials and all(t.state == TrialState.COMPLETE for t in study.best_trials)
 
 
 @pytest.mark.parametrize(
