@@ -410,6 +410,37 @@ def test_bad_backend_is_exit_2(tmp_path, backend, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--genomes", "resnet50,not_a_genome"],
+            "--genomes: not_a_genome not in the space of table 'smoke_table'",
+        ),
+        (["--genomes", "dsnet50_a"], "--genomes: dsnet50_a not in the space"),  # a design of another space
+        (["--seeds", "0"], "--seeds: expected an integer >= 1"),
+    ],
+)
+def test_bad_build_flags_are_exit_2(tmp_path, flags, message):
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studies.table",
+            "build",
+            "smoke_table",
+            *flags,
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2 and message in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_table_of_another_protocol_is_refused_by_the_backend(tmp_path):
     p = subprocess.run(
         [
