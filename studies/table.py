@@ -104,14 +104,15 @@ def pick_genomes(order: list, names: str, cfg) -> list:
     from searchspace import catalog
 
     by_name = {d.name: d.genome.key for d in catalog.designs()}
-    wanted = [by_name.get(n.strip(), n.strip()) for n in names.split(",") if n.strip()]
+    given = [n.strip() for n in names.split(",") if n.strip()]
+    wanted = {by_name.get(n, n) for n in given}
     known = {g.key for g in order}
-    missing = [w for w in wanted if w not in known]
+    missing = [n for n in given if by_name.get(n, n) not in known]
     if missing:
         raise UserError(
             f"--genomes: {', '.join(missing)} not in the space of table {cfg.name!r} ({cfg.source})"
         )
-    return [g for g in order if g.key in set(wanted)]
+    return [g for g in order if g.key in wanted]
 
 
 def menu_label(spec, genome) -> str:

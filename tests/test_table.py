@@ -414,7 +414,7 @@ def test_bad_backend_is_exit_2(tmp_path, backend, message):
     "flags, message",
     [
         (
-            ["--genomes", "resnet50,not_a_genome"],
+            ["--genomes", "resnet18,not_a_genome"],
             "--genomes: not_a_genome not in the space of table 'smoke_table'",
         ),
         (["--genomes", "dsnet50_a"], "--genomes: dsnet50_a not in the space"),  # a design of another space
