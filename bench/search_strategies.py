@@ -48,6 +48,7 @@ from studies.table_backend import TableBackend, stopping_rule  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 DIRS = ["maximize", "minimize"]
+RANDOM = ("random", "none")  # the baseline strategy
 
 
 class BenchSampler(SamplerSpec):
@@ -253,11 +254,7 @@ def main() -> None:
     def compute(trials):
         return np.cumsum([t.user_attrs.get("wall_s") or 0.0 for t in trials])
 
-    c_ref = (
-        float(np.median([compute(tr)[-1] for tr, _ in results[("random", "none")]]))
-        if ("random", "none") in results
-        else 1.0
-    )
+    c_ref = float(np.median([compute(tr)[-1] for tr, _ in results[RANDOM]])) if RANDOM in results else 1.0
     checkpoints = sorted({max(1, budget // 4), max(1, budget // 2), budget})
     shares = (0.25, 0.5, 1.0)
     print(
@@ -341,29 +338,27 @@ def main() -> None:
         f"(nsga2+asha); asha = plain ASHA on top-1 (studies.table_backend.ASHA), pareto = studies.pareto_asha.ParetoRungs"
     )
     # a strategy beats random only beyond the search-seed noise: bootstrap the difference of medians
-    base = summary.get(("random", "none"))
     medians = {k: float(np.median(v)) for k, v in summary.items()}
-    best, winners = ("random", "none") if base is not None else max(medians, key=medians.get), []
-    if base is not None:
-        print(
-            f"\nhypervolume at {budget} trials against random search: difference of medians, bootstrap 95 % "
-            f"interval over the {a.seeds} search seeds"
-        )
-        rng = np.random.default_rng(0)
-        for k, v in summary.items():
-            if k == ("random", "none"):
-                continue
-            lo, hi = median_diff_interval(np.asarray(v), np.asarray(base), rng)
-            print(
-                f"  {label(*k):<14} {medians[k] - medians[('random', 'none')]:+.3f} [{lo:+.3f}, {hi:+.3f}] "
-                + ("beats random" if lo > 0 else "worse than random" if hi < 0 else "tie")
-            )
-            if lo > 0:
-                winners.append(k)
-        if winners:
-            best = max(winners, key=medians.get)
-    ratio = medians[best] / medians[("random", "none")] if base is not None else float("nan")
-    print(f"best={label(*best)} hv_at_budget_vs_random={ratio:.3f}")
+    base = summary.get(RANDOM)
+    if base is None:  # random search not run: nothing to compare against
+        best = max(medians, key=medians.get)
+        print(f"best={label(*best)} hv_at_budget_vs_random=nan")
+        return
+    print(
+        f"\nhypervolume at {budget} trials against random search: difference of medians, bootstrap 95 % "
+        f"interval over the {a.seeds} search seeds"
+    )
+    rng, winners = np.random.default_rng(0), []
+    for k, v in summary.items():
+        if k == RANDOM:
+            continue
+        lo, hi = median_diff_interval(np.asarray(v), np.asarray(base), rng)
+        verdict = "beats random" if lo > 0 else "worse than random" if hi < 0 else "tie"
+        print(f"  {label(*k):<14} {medians[k] - medians[RANDOM]:+.3f} [{lo:+.3f}, {hi:+.3f}] {verdict}")
+        if lo > 0:
+            winners.append(k)
+    best = max(winners, key=medians.get) if winners else RANDOM
+    print(f"best={label(*best)} hv_at_budget_vs_random={medians[best] / medians[RANDOM]:.3f}")
 
 
 def median_diff_interval(x, y, rng, n=4000) -> tuple[float, float]:

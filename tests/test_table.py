@@ -293,19 +293,19 @@ def test_genome_outside_the_table_is_a_clear_error():
     assert TrialState.RUNNING not in states  # told FAIL before the error: the storage stays in order
 
 
-def test_table_backed_smoke_study_runs_and_reports(tmp_path):
-    out = tmp_path / "run"
+def _table_study(name: str, genomes: int, out: Path, *flags: str) -> optuna.Study:
+    """`studies.run NAME --backend table --asha FLAGS --out OUT` must succeed on a table of `genomes`
+    genomes and write its report; returns its stored study."""
     p = subprocess.run(
         [
             sys.executable,
             "-m",
             "studies.run",
-            "smoke_table",
+            name,
             "--backend",
             "table",
             "--asha",
-            "--trials",
-            "12",
+            *flags,
             "--out",
             str(out),
         ],
@@ -315,35 +315,20 @@ def test_table_backed_smoke_study_runs_and_reports(tmp_path):
         timeout=300,
     )
     assert p.returncode == 0, p.stderr
-    assert "table backend: 16 genomes" in p.stdout and (out / "report.html").stat().st_size > 10_000
+    assert f"table backend: {genomes} genomes" in p.stdout and (out / "report.html").stat().st_size > 10_000
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))
     )
-    trials = optuna.load_study(study_name="smoke_table", storage=storage).get_trials()
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_table_backed_smoke_study_runs_and_reports(tmp_path):
+    out = tmp_path / "run"
+    trials = _table_study("smoke_table", 16, out, "--trials", "12").get_trials()
     assert len(trials) == 12 and all(t.user_attrs.get("sim_end_s") is not None for t in trials)
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     # a rerun resumes: nothing more to do; --trials 16 adds 4 more on the continued clock
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "studies.run",
-            "smoke_table",
-            "--backend",
-            "table",
-            "--asha",
-            "--trials",
-            "16",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr
-    trials = optuna.load_study(study_name="smoke_table", storage=storage).get_trials()
+    trials = _table_study("smoke_table", 16, out, "--trials", "16").get_trials()
     first_end = max(t.user_attrs["sim_end_s"] for t in trials if t.number < 12)
     assert (
         len(trials) == 16
@@ -353,30 +338,7 @@ def test_table_backed_smoke_study_runs_and_reports(tmp_path):
 
 def test_placement_table_backed_study_finds_a_front_in_seconds(tmp_path):
     """The shipped 480-genome table answers a whole NSGA-II study under Pareto-aware early stopping."""
-    out = tmp_path / "run"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "studies.run",
-            "placement_table",
-            "--backend",
-            "table",
-            "--asha",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr
-    assert "table backend: 480 genomes" in p.stdout and (out / "report.html").stat().st_size > 10_000
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))
-    )
-    study = optuna.load_study(study_name="placement_table", storage=storage)
+    study = _table_study("placement_table", 480, tmp_path / "run")
     trials = study.get_trials()
     assert len(trials) == config_mod.load("placement_table").budget.trials
     assert any(t.state == TrialState.PRUNED for t in trials)  # the rule stopped some on recorded epochs
