@@ -76,6 +76,20 @@ def test_no_host_sync_inside_the_training_steps(real_tree):
     assert counts[64] == counts[8]
 
 
+@CUDA
+def test_a_packed_trial_trains_on_plain_cuda(real_tree):
+    """A trial packed on a shared GPU is handed device "cuda" (no index) and a memory fraction: the
+    cap needs an indexed device (torch raises on a bare "cuda"), so train() resolves it first. The
+    first GPU run failed every trial here."""
+    data = load_data(DataSpec(root=str(real_tree), max_per_class=32, max_val_per_class=8), 32)
+    try:
+        res = train("resnet18", TINY, data, device="cuda", memory_fraction=0.25)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, torch.cuda.current_device())
+    assert res.status == "ok" and res.memory_fraction == 0.25
+    assert res.device == f"cuda:{torch.cuda.current_device()}"
+
+
 # --- data: one copy -----------------------------------------------------------------------------
 
 
