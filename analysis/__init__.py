@@ -23,6 +23,7 @@ from .pareto import (
     reference_point,
 )
 from .plots import (
+    effects_heatmap,
     front3d_figure,
     front_figure,
     hypervolume_figure,
@@ -63,6 +64,7 @@ __all__ = [
     "rediscovery",
     "genome_distance",
     "in_space",
+    "effects_heatmap",
     "front_figure",
     "hypervolume_figure",
     "parallel_figure",

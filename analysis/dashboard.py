@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import optuna
 
-from . import plots
+from searchspace.errors import UserError
+
+from . import effects, plots
 from .load import completed, load_study, open_storage, resolve_study_name
 from .pareto import hypervolume_history
 from .rediscovery import rediscovery
 
 
 def push_to_dashboard(storage, study_name: str | None = None, designs=None) -> list[str]:
-    """Save the front, rediscovery and hypervolume figures into the study with
+    """Save the front, rediscovery, hypervolume and effects figures into the study with
     optuna_dashboard.save_plotly_graph_object; fixed ids, so pushing again replaces them.
     `storage`: run folder, .journal file, storage URL or an Optuna storage. Returns the ids."""
     from optuna_dashboard import save_plotly_graph_object
@@ -27,6 +29,11 @@ def push_to_dashboard(storage, study_name: str | None = None, designs=None) -> l
     }
     if len(completed(df)):  # hypervolume needs a reference point, i.e. a completed trial
         figs["hypervolume"] = plots.hypervolume_figure(hypervolume_history(df))
+    try:
+        figs["effects"] = plots.effects_heatmap(effects.of_study(df, designs=designs).effects)
+    except UserError:
+        pass  # too few completed runs for the model: no card yet
+
     study = optuna.load_study(study_name=name, storage=st)
     for gid, fig in figs.items():
         fig.update_layout(

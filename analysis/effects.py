@@ -21,7 +21,8 @@ Fits (see docs/effects.md):
 Checks printed with every fit: residual sd against the pure-error sd of replicated genomes (a
 saturated genome + seed model), the lack-of-fit F test, a joint test of stage-pair interactions
 where the degrees of freedom allow it, and the cross-validated prediction error (folds by genome).
-When lack of fit is significant the intervals are widened by sqrt(F).
+When lack of fit is significant the intervals are widened by sqrt(F); a ridge fit whose held-out
+error exceeds its noise sd (few runs: the noise was taken for signal) is widened to that error.
 
 The model front: the Pareto set of (predicted top-1, FLOPs) over every combination of the levels
 the model has seen, when that is at most ENUMERATE_LIMIT genomes (then, for a space whose every
@@ -370,6 +371,11 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
     lof = f.checks.get("lack_of_fit") or {}
     if lof.get("p") is not None and lof["p"] < 1 - LEVEL and lof["F"] > 1:
         f.widen = math.sqrt(lof["F"])
+    cv = (f.checks.get("cv") or {}).get("rmse")
+    if kind == "eb-ridge" and cv is not None and cv > f.sigma * f.widen:
+        # With few runs the marginal likelihood can take the noise for signal (a near-zero noise sd):
+        # held-out genomes then show the real error, and the intervals take its scale.
+        f.widen = cv / f.sigma
     f.checks["widened_by"] = f.widen
     f.checks["shares"] = _shares(f, X, y)
     return f
@@ -484,17 +490,16 @@ class StageCosts:
     """Counts of genomes as the plain backbone's plus what each stage's choice adds alone (one trace
     per distinct stage choice), trusted only after it reproduces the evaluated genomes' counts."""
 
-    def __init__(self, target: Mapping):
-        self.convention = target.get("convention", "paper")
-        self.resolution, self.num_classes = target.get("resolution"), target.get("num_classes")
+    def __init__(self, target: Mapping, count=None):
+        """`count(genome, target) -> {"flops", "params"}`: how one genome is counted (default: a
+        searchspace.cost trace; a caller may pass one backed by its on-disk cache)."""
+        self.target = dict(target)
+        self._count_one = count or _trace_count
         self._cache: dict[str, dict] = {}
 
     def _count(self, g: Genome) -> dict:
-        from searchspace.cost import cost
-
         if g.key not in self._cache:
-            c = cost(g, self.convention, self.resolution, self.num_classes)
-            self._cache[g.key] = {"flops": float(c.flops), "params": float(c.params)}
+            self._cache[g.key] = self._count_one(g, self.target)
         return self._cache[g.key]
 
     def __call__(self, g: Genome) -> dict:
@@ -511,6 +516,13 @@ class StageCosts:
                 for m in total:
                     total[m] += one[m] - base[m]
         return total
+
+
+def _trace_count(g: Genome, target: Mapping) -> dict:
+    from searchspace.cost import cost
+
+    c = cost(g, target.get("convention", "paper"), target.get("resolution"), target.get("num_classes"))
+    return {"flops": float(c.flops), "params": float(c.params)}
 
 
 # -- candidates, the model front, verdicts ------------------------------------------------------------
@@ -846,6 +858,8 @@ def model_lines(e: Effects) -> list[str]:
         lines.append(
             f"  cross-validated error (held-out genomes): {cv['rmse']:.4f} against a residual sd of {f.sigma:.4f}"
         )
+    if f.widen > 1 and not (lof and lof.get("p", 1) < 1 - LEVEL):
+        lines.append(f"  the held-out error exceeds the fit's noise sd: intervals widened x{f.widen:.2f}")
     return lines
 
 

@@ -658,3 +658,41 @@ __all__ = [
     "front3d_figure",
     "rediscovery_figure",
 ]
+
+
+def effects_heatmap(
+    effects: pd.DataFrame, title: str = "Effect on proxy top-1 against the baseline"
+) -> go.Figure:
+    """Factor (stage, stem, downsampling) x choice heatmap of an effects table (analysis.effects): the
+    estimate as colour, its interval in the hover; empty cells are choices a factor does not have."""
+    eff = effects.copy()
+    grid = eff.pivot(index="choice", columns="factor", values="estimate")
+    lows = eff.pivot(index="choice", columns="factor", values="low").reindex_like(grid)
+    highs = eff.pivot(index="choice", columns="factor", values="high").reindex_like(grid)
+    text = [
+        [
+            "" if pd.isna(v) else f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            for v, lo, hi in zip(grid.loc[c], lows.loc[c], highs.loc[c])
+        ]
+        for c in grid.index
+    ]
+    bound = float(np.nanmax(np.abs(grid.to_numpy()))) if grid.notna().any().any() else 1.0
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.to_numpy(),
+            x=list(grid.columns),
+            y=list(grid.index),
+            text=text,
+            texttemplate="%{text}",
+            hovertemplate="%{x}: %{y}<br>%{text}<extra></extra>",
+            colorscale="RdBu",
+            zmid=0,
+            zmin=-bound,
+            zmax=bound,
+            colorbar=dict(title="top-1"),
+        )
+    )
+    fig.update_layout(
+        title=title, xaxis_title="factor", yaxis_title="choice", height=max(320, 40 * len(grid))
+    )
+    return fig

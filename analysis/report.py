@@ -21,7 +21,7 @@ from searchspace import catalog
 from searchspace.cli import argument_parser, cli_main
 from searchspace.errors import UserError
 
-from . import metrics, plots
+from . import effects, metrics, plots
 from .load import completed, load_study, objectives_of
 from .pareto import hypervolume_history, pareto_front
 from .rediscovery import rediscovery
@@ -151,6 +151,72 @@ def calibration_section(df: pd.DataFrame) -> list[str]:
     return parts
 
 
+def effects_section(df: pd.DataFrame, red: pd.DataFrame, designs=None) -> list[str]:
+    """Every run pooled through the effects model (analysis.effects): its checks, the effects with
+    intervals and a heatmap, the model front, model verdicts (face value beside them), every trial."""
+    try:
+        e = effects.of_study(df, designs=designs)
+    except UserError as err:
+        return ["<h2>Effects model</h2>", f'<p class="note">Not fitted: {html.escape(str(err))}</p>']
+    parts = [
+        "<h2>Effects model: what each choice does where</h2>",
+        "<pre>" + html.escape("\n".join(effects.model_lines(e))) + "</pre>",
+        '<p class="note">Every completed run (references included) pooled through one additive model: '
+        "top-1 = intercept + one effect per factor level (each stage's whole choice, stem, downsampling) "
+        "+ a seed block + noise. Effects are against the baseline (none / the default), with "
+        f"{effects.LEVEL:.0%} intervals of the fit named above (docs/effects.md).</p>",
+        _table(e.effects.round(4)),
+        _fig(plots.effects_heatmap(e.effects), "effects"),
+    ]
+    shares = e.fit.checks.get("shares") or {}
+    if shares:
+        parts.append(
+            "<p>Share of top-1 variance over the runs: "
+            + html.escape(", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])))
+            + "</p>"
+        )
+    front = e.front.assign(genome=[g.summary() for g in e.front["genome"]])
+    parts += [
+        f"<h3>Model front over {html.escape(e.coverage)}</h3>",
+        _table(
+            _cost_units(
+                front[["key", "predicted", "low", "high", "flops", "params", "evaluated", "genome"]].round(4)
+            )
+        ),
+    ]
+    if len(e.designs):
+        face = dict(zip(red["design"], red["verdict"])) if len(red) else {}
+        d = e.designs.assign(face_value=[face.get(n, "-") for n in e.designs["design"]])
+        cols = [
+            c
+            for c in (
+                "design",
+                "predicted",
+                "low",
+                "high",
+                "flops",
+                "recipe",
+                "verdict",
+                "evidence",
+                "face_value",
+            )
+            if c in d
+        ]
+        parts += [
+            "<h3>Published designs: model verdicts</h3>",
+            '<p class="note">verdict: from the model\'s predictions and the interval of the contrast with the '
+            "best genome predicted at no more FLOPs; face_value: the single-run verdict of the section below. "
+            "recipe: how the design was trained here (common = the study's recipe).</p>",
+            _table(_cost_units(d[cols]).round(4)),
+        ]
+    js = e.to_json()["trials"]
+    parts += [
+        "<h3>Every genome: predicted beside measured</h3>",
+        _table(pd.DataFrame(js).round(4)),
+    ]
+    return parts
+
+
 def _g(v) -> str:
     return "-" if v is None else f"{v:.4g}"
 
@@ -223,8 +289,9 @@ def build_report(df: pd.DataFrame, designs=None) -> str:
         ]
     parts += calibration_section(df)
     red = rediscovery(df, designs)
+    parts += effects_section(df, red, designs)
     parts += [
-        "<h2>Rediscovery of published designs</h2>",
+        "<h2>Rediscovery at face value (single runs)</h2>",
         '<p class="note">verdict: "beaten" when a searched trial is no worse in every objective and better '
         'in one, "matched within noise" when it ties every objective, else "missed"; two top-1 values closer '
         "than top1_tolerance (the resolvable difference of two single runs, from the measured noise; 0 when "

@@ -494,6 +494,33 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
     print(f"dashboard  : optuna-dashboard {st.describe(url)}")
     if summary.get("report"):
         print(f"report     : {summary['report']}")
+    print_effects(storage, cfg)
+
+
+def print_effects(storage, cfg) -> None:
+    """The summary's last word: the effects model's checks, its largest effects and its verdicts on
+    the published designs (every run pooled; analysis.effects)."""
+    try:
+        from analysis import effects, load_study
+
+        e = effects.of_study(
+            load_study(storage, cfg.name), costs=effects.StageCosts(cfg.protocol["target"], _cached_count)
+        )
+    except UserError as err:
+        print(f"\neffects model: not fitted ({err})")
+        return
+    print("\n" + "\n".join(effects.model_lines(e)))
+    print("Largest effects on proxy top-1 (against the baseline):")
+    print("\n".join(effects.effects_lines(e, top=5)))
+    print(f"Published designs, model verdicts (predicted top-1 [{effects.LEVEL:.0%} interval]):")
+    print("\n".join(effects.verdict_lines(e)))
+
+
+def _cached_count(genome, target) -> dict:
+    from .costs import target_cost
+
+    c = target_cost(genome, target)
+    return {"flops": float(c["flops"]), "params": float(c["params"])}
 
 
 def print_designs(storage, cfg) -> None:
@@ -529,7 +556,8 @@ def print_designs(storage, cfg) -> None:
         )
     print(f"\nPublished designs in the space ({len(rows)}; proxy results under the study's protocol):")
     _table(
-        ["design", *[f"{n} (proxy)" for n in names], "search vs design", "nearest trial at distance"], rows
+        ["design", *[f"{n} (proxy)" for n in names], "face value (single runs)", "nearest trial at distance"],
+        rows,
     )
 
 

@@ -1,0 +1,160 @@
+"""The effects model on small real inputs: the smoke table, a smoke study, the command line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import effects
+from searchspace import Genome, Stage, catalog
+from searchspace.genome import make_plugin
+from tests.test_studies import smoke_run  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_TABLE = REPO / "studies/tables/smoke_table.csv"
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "analysis.effects", *args], cwd=REPO, capture_output=True, text=True
+    )
+
+
+def test_stage_labels_follow_the_menu_grammar():
+    st = Stage((make_plugin("dsm", "after_conv2", 2, bias=True),), kw=1)
+    assert effects.stage_label(st) == "dsm@after_conv2:r2:bias=True + kw b=1"
+    assert effects.stage_label(Stage()) == "none"
+    f = effects.factors_of(catalog.get("se_resnet50").genome)
+    assert f["stem"] == "standard" and f["downsampling"] == "v1.5"
+    assert [f[f"s{i}"] for i in range(1, 5)] == ["se@after_conv3:r16"] * 4
+
+
+def test_seed_blocks_are_sum_coded_so_a_prediction_is_the_average_seed():
+    """An additive truth (SE in stage i adds 0.01 i) and two seeds 0.1 apart on every genome: the
+    effects come back exactly, the predictions sit half-way between the seeds, and the seed column
+    carries the shift."""
+    runs = effects.runs_from_table(SMOKE_TABLE)
+    fr = runs.frame.copy()
+
+    def truth(g):
+        return 0.5 + sum(0.01 * i for i, st in enumerate(g.stages, start=1) if st.plugins)
+
+    fr["y"] = [truth(g) + (0.05 if s == 0 else -0.05) for g, s in zip(fr["genome"], fr["seed"])]
+    f = effects.fit(effects.Runs(fr, "synthetic"), kind="ols")
+    assert f.coef[f.coding.columns.index("seed[0]")] == pytest.approx(0.05)
+    eff = f.effects().set_index("factor")["estimate"]
+    assert [eff[f"s{i}"] for i in range(1, 5)] == pytest.approx([0.01, 0.02, 0.03, 0.04])
+    for g in fr["genome"]:
+        assert f.predict(effects.factors_of(g))[0] == pytest.approx(truth(g))
+
+
+def test_smoke_table_fit_has_every_output_and_check():
+    e = effects.analyse(effects.runs_from_table(SMOKE_TABLE))
+    assert e.fit.n == 32 and e.fit.kind == "ols"  # 32 runs, 6 parameters
+    assert set(e.effects["factor"]) == {"s1", "s2", "s3", "s4"}
+    assert (e.effects["low"] < e.effects["estimate"]).all() and (
+        e.effects["estimate"] < e.effects["high"]
+    ).all()
+    c = e.fit.checks
+    assert c["replicated_genomes"] == 16 and c["pure_error_sd"] > 0 and "p" in c["lack_of_fit"]
+    assert c["cv"]["rmse"] > 0 and abs(sum(c["shares"].values()) - 1) < 0.5
+    assert "16 evaluated genomes" in e.coverage  # every genome of the table was trained
+    front = e.front
+    assert len(front) >= 1 and front["predicted"].is_monotonic_increasing  # by FLOPs, better as it costs more
+    assert set(e.designs["design"]) == {"resnet18", "se_resnet18"}
+    for r in e.designs.to_dict("records"):
+        assert r["low"] <= r["predicted"] <= r["high"] and r["verdict"] and r["recipe"] == "common"
+
+
+def test_ridge_takes_over_when_runs_are_few_and_says_why():
+    runs = effects.runs_from_table(SMOKE_TABLE, seeds=[0])
+    small = effects.Runs(runs.frame.head(8).reset_index(drop=True), "8 runs")
+    f = effects.fit(small)
+    assert f.kind == "eb-ridge" and "too few" in f.why and f.df_resid is None
+    full = effects.fit(runs)
+    wide = f.effects().eval("high - low").median()
+    assert np.isfinite(wide) and wide > full.effects().eval("high - low").median()
+
+
+def test_a_verdict_beaten_needs_its_contrast_interval_above_zero():
+    e = effects.analyse(effects.runs_from_table(SMOKE_TABLE))
+    for r in e.designs.to_dict("records"):
+        if r["verdict"].startswith("beaten"):
+            assert r["difference_low"] > 0
+        elif r["verdict"].startswith("not resolved"):
+            assert r["difference_low"] <= 0 <= r["difference_high"]
+
+
+def test_trials_needed_follows_the_width():
+    assert effects.trials_needed(48, 0.02, 0.04) == 144  # 4x the runs halve the width
+    assert effects.trials_needed(48, 0.0, 0.04) is None
+
+
+def test_stage_costs_compose_to_the_direct_count():
+    """Per-stage composition against a direct count of a genome with modules in two stages."""
+    g = Genome(
+        "resnet18",
+        (
+            Stage((make_plugin("se", "after_conv2", 16),)),
+            Stage(),
+            Stage(),
+            Stage((make_plugin("se", "after_conv1", 4),)),
+        ),
+    )
+    target = {"convention": "paper", "resolution": 64, "num_classes": 10}
+    composed = effects.StageCosts(target)(g)
+    direct = effects._trace_count(g, target)
+    assert composed == direct
+
+
+def test_cli_json_has_the_documented_keys():
+    p = _cli("--table", str(SMOKE_TABLE), "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert {"kind", "residual_sd", "pure_error_sd", "cross_validated_error", "interaction_test"} <= set(
+        d["model"]
+    )
+    assert {"stage", "choice", "estimate", "low", "high"} <= set(d["effects"][0])
+    assert {"design", "predicted", "low", "high", "flops", "verdict"} <= set(d["designs"][0])
+    assert {"genome_key", "predicted", "low", "high", "flops", "params"} <= set(d["front"][0])
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        ((), "give a run folder or --table"),
+        (("--table", "/no/such.csv"), "no such file"),
+        (("--table", str(REPO / "README.md")), "not a readable CSV"),
+        (("--table", str(REPO / "studies/tables/../../.ci/torch-build.txt")), "not a benchmark table"),
+        (("--table", str(SMOKE_TABLE), "--seeds", "zero"), "--seeds 'zero'"),
+        (("--table", str(SMOKE_TABLE), "--kind", "lasso"), "expected auto, ols or eb-ridge"),
+        (("--table", str(SMOKE_TABLE), "--seeds", "7"), "needs at least 3"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, says):
+    p = _cli(*args)
+    assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+@pytest.mark.slow
+def test_a_study_report_and_summary_carry_the_model(smoke_run, capsys):  # noqa: F811
+    """The study's report has the effects section; the run summary ends with the model's verdicts."""
+    from studies import config, driver
+    from studies import storage as st
+
+    out, _ = smoke_run
+    html = (out / "report.html").read_text()
+    assert (
+        "Effects model: what each choice does where" in html and "Published designs: model verdicts" in html
+    )
+    cfg = config.load(str(out / "config.toml"))
+    driver.print_effects(st.open_or_create(str(out / "study.journal")), cfg)
+    text = capsys.readouterr().out.strip().splitlines()
+    assert text[0].startswith("Effects model (study 'smoke')")
+    assert any(line.strip().startswith("resnet18") and "recipe" in line for line in text[-3:])
+    p = _cli(str(out), "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["model"]["runs"] >= 3
