@@ -58,6 +58,7 @@ from .rediscovery import in_space
 
 ENUMERATE_LIMIT = 20_000  # genomes the model front enumerates at most
 MIN_RESID_DF = 10  # OLS needs this many residual degrees of freedom, and at least one per parameter
+MIN_NOISE_DF = 3  # a ridge fit needs this many left after its effective parameters to measure the noise
 CV_FOLDS = 5
 
 
@@ -100,6 +101,8 @@ class Runs:
     source: str  # what was read, for the outputs
     config: dict = field(default_factory=dict)
     target: dict = field(default_factory=dict)
+    noise_sd: float | None = None  # a measured run sd (a calibration) for fits whose runs cannot give one
+    noise_source: str = ""
 
     @property
     def n(self) -> int:
@@ -134,11 +137,16 @@ def runs_from_study(df: pd.DataFrame) -> Runs:
                     "trial": int(r["number"]),
                 }
             )
+    from .calibration import study_noise
+
+    noise, noise_source = study_noise(df)
     return Runs(
         _runs_frame(rows),
         f"study {df.attrs.get('study_name')!r}",
         df.attrs.get("config") or {},
         df.attrs.get("target") or {},
+        noise.pooled_std if noise is not None else None,
+        noise_source,
     )
 
 
@@ -312,13 +320,20 @@ def _ols(X: np.ndarray, y: np.ndarray):
     return sm.OLS(y, X).fit()
 
 
-def _ridge(X: np.ndarray, y: np.ndarray):
+def _ridge(X: np.ndarray, y: np.ndarray, noise_sd: float | None = None):
     from sklearn.linear_model import BayesianRidge
 
-    return BayesianRidge(fit_intercept=True, compute_score=True).fit(X[:, 1:], y)
+    if noise_sd is None:
+        return BayesianRidge(fit_intercept=True, compute_score=True).fit(X[:, 1:], y)
+    # A known noise sd: a Gamma prior on the noise precision so tight that it stays at 1 / sd^2; the
+    # effects' prior precision is still chosen by the marginal likelihood.
+    tight = 1e8
+    return BayesianRidge(
+        fit_intercept=True, alpha_init=noise_sd**-2, alpha_1=tight, alpha_2=tight * noise_sd**2
+    ).fit(X[:, 1:], y)
 
 
-def _fit_kind(X: np.ndarray, y: np.ndarray, kind: str):
+def _fit_kind(X: np.ndarray, y: np.ndarray, kind: str, noise_sd: float | None = None):
     """(coef including the intercept, covariance, sigma, df_resid) of one fit."""
     if kind == "ols":
         res = _ols(X, y)
@@ -328,7 +343,7 @@ def _fit_kind(X: np.ndarray, y: np.ndarray, kind: str):
             math.sqrt(res.mse_resid),
             float(res.df_resid),
         )
-    m = _ridge(X, y)
+    m = _ridge(X, y, noise_sd)
     sigma2 = 1.0 / m.alpha_
     # The intercept is ybar - xbar . coef: its variance adds sigma^2 / n to every prediction.
     xbar = X[:, 1:].mean(axis=0)
@@ -367,6 +382,17 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
         raise UserError(f"effects model kind {kind!r}: expected auto, ols or eb-ridge")
     coef, cov, sigma, df_resid = _fit_kind(X, y, kind)
     f = Fit(kind, why, coding, coef, cov, sigma, df_resid, len(y))
+    if kind == "eb-ridge" and len(y) - _effective_params(f, X) < MIN_NOISE_DF:
+        # The runs leave (almost) nothing to measure the noise with: the marginal likelihood would
+        # take noise for signal. Use a measured run sd, or say that the runs are too few.
+        if runs.noise_sd is None:
+            raise UserError(
+                f"{runs.source}: {len(y)} runs for {X.shape[1]} parameters leave no degrees of freedom to "
+                "measure the noise; run more trials, or measure it (python -m studies.calibrate)"
+            )
+        coef, cov, sigma, _ = _fit_kind(X, y, kind, runs.noise_sd)
+        why += f"; noise sd {runs.noise_sd:.4f} from {runs.noise_source}"
+        f = Fit(kind, why, coding, coef, cov, sigma, None, len(y))
     f.checks = _checks(f, X, y, fr, factor_rows)
     lof = f.checks.get("lack_of_fit") or {}
     if lof.get("p") is not None and lof["p"] < 1 - LEVEL and lof["F"] > 1:

@@ -494,18 +494,16 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
     print(f"dashboard  : optuna-dashboard {st.describe(url)}")
     if summary.get("report"):
         print(f"report     : {summary['report']}")
-    print_effects(storage, cfg)
+    print_effects(storage, cfg.name, cfg.protocol["target"])
 
 
-def print_effects(storage, cfg) -> None:
+def print_effects(storage, study_name: str, target: dict) -> None:
     """The summary's last word: the effects model's checks, its largest effects and its verdicts on
     the published designs (every run pooled; analysis.effects)."""
     try:
         from analysis import effects, load_study
 
-        e = effects.of_study(
-            load_study(storage, cfg.name), costs=effects.StageCosts(cfg.protocol["target"], _cached_count)
-        )
+        e = effects.of_study(load_study(storage, study_name), costs=effects.StageCosts(target, _cached_count))
     except UserError as err:
         print(f"\neffects model: not fitted ({err})")
         return

@@ -11,7 +11,6 @@ import pytest
 from analysis import effects
 from searchspace import Genome, Stage, catalog
 from searchspace.genome import make_plugin
-from tests.test_studies import smoke_run  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_TABLE = REPO / "studies/tables/smoke_table.csv"
@@ -139,22 +138,50 @@ def test_bad_input_is_one_line_and_exit_2(args, says):
     assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
-@pytest.mark.slow
-def test_a_study_report_and_summary_carry_the_model(smoke_run, capsys):  # noqa: F811
-    """The study's report has the effects section; the run summary ends with the model's verdicts."""
-    from studies import config, driver
-    from studies import storage as st
+def test_too_few_runs_to_measure_the_noise_is_refused_or_uses_a_measured_noise():
+    runs = effects.runs_from_table(SMOKE_TABLE, seeds=[0])
+    few = effects.Runs(runs.frame.head(4).reset_index(drop=True), "4 runs")
+    with pytest.raises(effects.UserError, match="leave no degrees of freedom to measure the noise"):
+        effects.fit(few)
+    few.noise_sd, few.noise_source = 0.03, "a calibration"
+    f = effects.fit(few)
+    assert f.sigma == pytest.approx(0.03, rel=1e-3) and "noise sd 0.0300 from a calibration" in f.why
 
-    out, _ = smoke_run
+
+@pytest.mark.slow
+def test_a_study_summary_and_report_end_with_the_model(tmp_path):
+    """A study answered from the smoke table (real searcher, storage, report): the run summary ends
+    with the model's verdicts, the report carries the model, the command line reads the run folder."""
+    out = tmp_path / "run"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studies.run",
+            "smoke_table",
+            "--backend",
+            "table",
+            "--trials",
+            "16",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    tail = p.stdout.strip().splitlines()
+    assert tail[-3].startswith("Published designs, model verdicts")
+    assert [ln.split()[0] for ln in tail[-2:]] == ["resnet18", "se_resnet18"] and all(
+        "recipe" in ln for ln in tail[-2:]
+    )
+    assert any(ln.startswith("Effects model (study 'smoke_table'): ols") for ln in tail)
     html = (out / "report.html").read_text()
     assert (
         "Effects model: what each choice does where" in html and "Published designs: model verdicts" in html
     )
-    cfg = config.load(str(out / "config.toml"))
-    driver.print_effects(st.open_or_create(str(out / "study.journal")), cfg)
-    text = capsys.readouterr().out.strip().splitlines()
-    assert text[0].startswith("Effects model (study 'smoke')")
-    assert any(line.strip().startswith("resnet18") and "recipe" in line for line in text[-3:])
-    p = _cli(str(out), "--json")
-    assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["model"]["runs"] >= 3
+    q = _cli(str(out), "--json")
+    assert q.returncode == 0, q.stderr
+    assert json.loads(q.stdout)["model"]["runs"] == 16
