@@ -533,7 +533,7 @@ def print_designs(storage, cfg) -> None:
                     metrics.fmt(n, None if pd.isna(r[f"{n}_proxy"]) else float(r[f"{n}_proxy"]))
                     for n in names
                 ],
-                r.get("recipe") or "-",
+                r["recipe"] if isinstance(r.get("recipe"), str) else "-",
                 r["verdict"],
                 near,
             )
