@@ -1,5 +1,9 @@
 """How much a proxy's top-1 can be trusted: seed noise, signal, resolvable differences, rank agreement.
 
+The statistics vocabulary of analysis/ (import it from here): intervals at LEVEL = 0.95, two-sided,
+t-based with the residual degrees of freedom (`t_quantile((1 + LEVEL) / 2, df)`); quantiles, ranks and
+rank correlations come from scipy.stats (t.ppf, norm.ppf, rankdata, kendalltau variant b, spearmanr).
+
 Pure functions on plain numbers (design name -> the top-1 of each seed), plus a reader for a stored
 calibration study (`<study>.calibration`, written by `python -m studies.calibrate`).
 
@@ -16,8 +20,8 @@ Definitions (S_i seeds of design i, D designs):
   that a two-sided two-sample t test with the pooled std rejects at 95 %:
       t_{0.975, df} * pooled * sqrt(1/n_a + 1/n_b)
   (df of the pooled std; n_a = n_b = 1 compares two single runs).
-- Kendall's tau-b (ties in either ranking counted as in Kendall 1945) and Spearman's rho (Pearson on
-  average ranks) of the design means of two protocols, with percentile bootstrap intervals: each
+- Kendall's tau-b (scipy.stats.kendalltau: ties in either ranking counted as in Kendall 1945) and
+  Spearman's rho (scipy.stats.spearmanr: Pearson on average ranks) of the design means of two protocols, with percentile bootstrap intervals: each
   replicate draws D designs with replacement and, for each drawn design, its seeds with replacement
   in each protocol, then recomputes the means (a seeded numpy Generator, so intervals reproduce).
 """
@@ -25,48 +29,27 @@ Definitions (S_i seeds of design i, D designs):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy import stats
 
 CALIBRATION_SUFFIX = ".calibration"
 LEVEL = 0.95
 
 
-# -- quantiles (no scipy in the locked install) --------------------------------------------------
+# -- quantiles ---------------------------------------------------------------------------------
 def normal_quantile(p: float) -> float:
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(p)
-
-
-def _t_cdf(x: float, df: float) -> float:
-    """Student t CDF for x >= 0 by Simpson's rule on the density (smooth, so 2,000 panels are plenty)."""
-    if math.isinf(df):
-        from statistics import NormalDist
-
-        return NormalDist().cdf(x)
-    c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    n = 2000
-    h = x / n
-    ys = np.exp(c - (df + 1) / 2 * np.log1p((np.arange(n + 1) * h) ** 2 / df))
-    return 0.5 + h / 3 * (ys[0] + ys[-1] + 4 * ys[1:-1:2].sum() + 2 * ys[2:-1:2].sum())
+    return float(stats.norm.ppf(p))
 
 
 def t_quantile(p: float, df: float) -> float:
     """The p-quantile (p > 0.5) of Student's t with df degrees of freedom (df = inf: the normal)."""
     if not 0.5 < p < 1 or not df > 0:
         raise ValueError(f"t_quantile: need 0.5 < p < 1 and df > 0, got p={p}, df={df}")
-    if math.isinf(df) or df > 1e6:
-        return normal_quantile(p)
-    lo, hi = 0.0, 1.0
-    while _t_cdf(hi, df) < p:
-        hi *= 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_cdf(mid, df) < p else (lo, mid)
-    return (lo + hi) / 2
+    return float(stats.t.ppf(p, df))
 
 
 # -- noise and signal ----------------------------------------------------------------------------
@@ -153,39 +136,39 @@ def noise(runs: Mapping[str, Sequence[float]], level: float = LEVEL) -> Noise:
 
 # -- rank agreement ------------------------------------------------------------------------------
 def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b: (C - D) / sqrt((n0 - n1) (n0 - n2)), n0 = n(n-1)/2, n1 / n2 the pairs tied in
-    x / in y. NaN when either ranking is all ties."""
+    """Kendall's tau-b (scipy.stats.kendalltau, variant "b"); NaN when either ranking is all ties."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) != len(y):
         raise ValueError("kendall_tau_b: x and y differ in length")
-    n = len(x)
-    i, j = np.triu_indices(n, 1)
-    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    n0 = n * (n - 1) / 2
-    n1, n2 = float((sx == 0).sum()), float((sy == 0).sum())
-    denom = math.sqrt((n0 - n1) * (n0 - n2))
-    return float((sx * sy).sum() / denom) if denom else float("nan")
+    return float(_kendall_rows(x[None, :], y[None, :])[0])
 
 
 def average_ranks(x: Sequence[float]) -> np.ndarray:
-    """Ranks from 1, ties sharing the mean of the ranks they span."""
-    x = np.asarray(x, dtype=float)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    xs = x[order]
-    start = 0
-    for k in range(1, len(x) + 1):
-        if k == len(x) or xs[k] != xs[start]:
-            ranks[order[start:k]] = (start + k + 1) / 2  # mean of ranks start+1 .. k
-            start = k
-    return ranks
+    """Ranks from 1, ties sharing the mean of the ranks they span (scipy.stats.rankdata)."""
+    return stats.rankdata(np.asarray(x, dtype=float), method="average")
 
 
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
-    rx, ry = average_ranks(x), average_ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
-    return float((rx * ry).sum() / denom) if denom else float("nan")
+    """Spearman's rho (scipy.stats.spearmanr: Pearson on average ranks); NaN when either is constant."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(np.asarray(x, dtype=float), np.asarray(y, dtype=float)).statistic)
+
+
+def _kendall_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """tau-b of each row pair; the asymptotic method skips the exact p-value, which is not used."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.atleast_1d(stats.kendalltau(x, y, variant="b", method="asymptotic", axis=1).statistic)
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """rho of each row pair: Pearson on each row's average ranks (spearmanr of 2-D input would
+    correlate every column with every other)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        rx, ry = stats.rankdata(x, axis=1), stats.rankdata(y, axis=1)
+        return np.atleast_1d(stats.pearsonr(rx, ry, axis=1).statistic)
 
 
 def rank_agreement(
@@ -203,7 +186,7 @@ def rank_agreement(
         return out | {"tau": None, "tau_ci": None, "rho": None, "rho_ci": None}
     ma, mb = [float(np.mean(a[k])) for k in names], [float(np.mean(b[k])) for k in names]
     rng = np.random.default_rng(seed)
-    taus, rhos = [], []
+    boot_a, boot_b = [], []
     for _ in range(n_boot):
         pick = rng.integers(0, len(names), len(names))
         xa = [
@@ -212,8 +195,12 @@ def rank_agreement(
         xb = [
             float(np.mean(rng.choice(np.asarray(b[names[p]], dtype=float), len(b[names[p]])))) for p in pick
         ]
-        taus.append(kendall_tau_b(xa, xb))
-        rhos.append(spearman_rho(xa, xb))
+        boot_a.append(xa)
+        boot_b.append(xb)
+    taus, rhos = [], []
+    if n_boot > 0:
+        boot_a, boot_b = np.asarray(boot_a), np.asarray(boot_b)
+        taus, rhos = _kendall_rows(boot_a, boot_b), _spearman_rows(boot_a, boot_b)
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
 
     def ci(v):

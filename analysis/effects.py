@@ -367,8 +367,11 @@ def choose_kind(n: int, p: int) -> tuple[str, str]:
 
 
 def fit(runs: Runs, kind: str = "auto") -> Fit:
-    """Fit the additive effects model to every run, with its checks."""
-    fr = runs.frame
+    """Fit the additive effects model to every run trained with the common recipe, with its checks.
+
+    Runs under an authors' recipe ([references] recipe = "authors") are left out: the model compares
+    placements under one recipe, and such a run differs from the others in its recipe too."""
+    fr = runs.frame[runs.frame["recipe"].fillna("common") == "common"].reset_index(drop=True)
     if len(fr) < 3:
         raise UserError(f"{runs.source}: {len(fr)} completed run(s); the effects model needs at least 3")
     factor_rows = [factors_of(g) for g in fr["genome"]]
@@ -376,6 +379,9 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
     X, y = coding.matrix(factor_rows, fr["seed"]), fr["y"].to_numpy(float)
     if kind == "auto":
         kind, why = choose_kind(len(y), X.shape[1])
+        left_out = len(runs.frame) - len(fr)
+        if left_out:
+            why += f"; {left_out} run(s) under an authors' recipe left out"
     elif kind in ("ols", "eb-ridge"):
         why = f"{kind} requested"
     else:
@@ -556,7 +562,7 @@ def candidates(
     f: Fit, runs: Runs, limit: int = ENUMERATE_LIMIT, costs: StageCosts | None = None
 ) -> tuple[pd.DataFrame, str]:
     """Genomes the front is taken over, with exact costs: (frame, what they are)."""
-    fr = runs.frame
+    fr = runs.frame[runs.frame["recipe"].fillna("common") == "common"]
     known = fr.groupby("key").agg(
         genome=("genome", "first"), flops=("flops", "first"), params=("params", "first")
     )

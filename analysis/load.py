@@ -32,6 +32,7 @@ ATTR_COLUMNS = (
     "device",
     "seed",
     "reference",
+    "recipe",  # the recipe the trial trained with: "common" or "authors: ..." (studies.search.recipe_label)
     "error",
 )
 STAGE_FIELDS = STAGE_FLAT_FIELDS

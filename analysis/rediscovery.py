@@ -68,6 +68,13 @@ def published_records(design: Design) -> list[dict]:
     ]
 
 
+def trained_recipe(trial: pd.Series) -> str:
+    """The recipe a reference trial trained with (its "recipe" user attr); trials stored before the
+    attr existed trained with the common recipe."""
+    r = trial.get("recipe")
+    return r if isinstance(r, str) and r else "common"
+
+
 # -- distance -----------------------------------------------------------------------------------
 def genome_distance(a: Any, b: Any) -> float:
     """Normalised Hamming distance over Genome.distance_fields (see the module docstring); a and b
@@ -128,7 +135,9 @@ def rediscovery(
     """One row per catalog design in the study's space (designs default to the whole catalog), plus
     one per design of the study's backbone outside it (verdict "not in space").
 
-    Columns: design, in_space_reason, genome_key, evaluated, <objective>_proxy, verdict ('beaten' |
+    Columns: design, in_space_reason, genome_key, evaluated, recipe (what the design's latest
+    evaluation trained with: "common" or "authors: <fields>"; None when not evaluated),
+    <objective>_proxy, verdict ('beaten' |
     'matched within noise' | 'missed' | 'not evaluated' | 'not in space'), top1_tolerance (the
     resolvable difference used), noise (where it comes from), dominated_by (count of trials that
     beat it), best_dominating (trial number), equalled_by (trial numbers matching within noise),
@@ -168,6 +177,7 @@ def rediscovery(
                         "in_space_reason": why,
                         "genome_key": key,
                         "evaluated": False,
+                        "recipe": None,
                         "verdict": "not in space",
                         "top1_tolerance": tol_top1,
                         "noise": source,
@@ -184,6 +194,7 @@ def rediscovery(
         ev = ev.sort_values("datetime_complete")
         row["evaluated"] = len(ev) > 0
         vals = ev[names].astype(float).iloc[-1].to_numpy() if len(ev) else None  # latest evaluation
+        row["recipe"] = trained_recipe(ev.iloc[-1]) if len(ev) else None
         for n, v in zip(names, vals if vals is not None else [np.nan] * len(names)):
             row[f"{n}_proxy"] = v
         row.update(

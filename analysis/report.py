@@ -58,6 +58,13 @@ def _cost_units(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def reference_recipe_choice(df: pd.DataFrame) -> str:
+    """The study's [references] recipe as stored with its config; "common" for studies stored before
+    the choice existed (every design then trained with the common recipe)."""
+    refs = (df.attrs.get("config") or {}).get("references") or {}
+    return refs.get("recipe") or "common"
+
+
 def rediscovery_display(red: pd.DataFrame) -> pd.DataFrame:
     """The rediscovery table as shown: empty lists blank, long genome text last."""
     if red.empty:
@@ -66,6 +73,8 @@ def rediscovery_display(red: pd.DataFrame) -> pd.DataFrame:
     for c in ("equalled_by", "sampled"):
         out[c] = out[c].map(lambda v: ", ".join(map(str, v)) if v else "")
     out["evaluated"] = out["evaluated"].map({True: "yes", False: "no"})
+    if "recipe" in out:
+        out["recipe"] = out["recipe"].map(lambda v: v if isinstance(v, str) else "")
 
     def published(r):  # one readable cell: top-1 @ FLOPs (source)
         if r["published_top1"] is None or r["published_top1"] != r["published_top1"]:
@@ -299,6 +308,9 @@ def build_report(df: pd.DataFrame, designs=None) -> str:
         "completed searched genome at the smallest normalised Hamming distance over stem, downsampling, "
         "KW options and, per stage, plugin types / positions / r / options, fusion, stage module and KW "
         "budget (0 = same network). Published numbers are ImageNet-1K under each paper's own recipe.</p>",
+        f'<p class="note">recipe: what the design\'s proxy result trained with ("common": the searched '
+        f"genomes' recipe; \"authors: ...\": its authors' initialisation and regularisers). This study's "
+        f"[references] recipe is &quot;{html.escape(reference_recipe_choice(df))}&quot; (docs/effects.md).</p>",
         _table(rediscovery_display(red)),
     ]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

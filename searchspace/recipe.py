@@ -9,8 +9,10 @@ whatever recipe it is built with, and a study's trials (keyed by genome) are not
 
 Each catalog design records the recipe its authors used (`catalog.get(name).recipe`);
 `build(genome, recipe=...)` applies one, and the trainer applies a catalog design's recipe when it
-trains that design by name. `Recipe()` is the default for searched genomes: torchvision's ResNet
-initialisation, no dropout, no drop-path. See docs/modules.md ("Initialisation and recipes").
+trains that design by name. `Recipe()`, the common recipe, is the default for searched genomes:
+torchvision's ResNet initialisation, no dropout, no drop-path. In a study, [references] recipe
+chooses whether the published designs train with their authors' recipe or the common one
+(`reference_recipe`; docs/effects.md). See docs/modules.md ("Initialisation and recipes").
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
 from .errors import UserError
+
+COMMON = "common"
+AUTHORS = "authors"
+# [references] recipe: which recipe the published designs of a study are trained with
+REFERENCE_RECIPES = (COMMON, AUTHORS)
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,16 @@ class Recipe:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """ "common" for the default recipe, else the fields that differ from it ("zero_init_residual,
+        zero_conv_bias", "drop_path=0.1, kw_start_temperature=0.5"): what a report prints."""
+        changed = [f for f in fields(self) if getattr(self, f.name) != f.default]
+        if not changed:
+            return COMMON
+        return ", ".join(
+            f.name if isinstance(f.default, bool) else f"{f.name}={getattr(self, f.name)}" for f in changed
+        )
+
     @classmethod
     def from_dict(cls, d: Mapping | None) -> Recipe:
         if d is None:
@@ -66,4 +83,14 @@ class Recipe:
         return cls(**d).validate()
 
 
-__all__ = ["Recipe"]
+def reference_recipe(design_recipe: Recipe, choice: str) -> Recipe:
+    """The recipe a published design is trained with in a study: its authors' under [references]
+    recipe = "authors", the common one (Recipe()) under "common" (see docs/effects.md)."""
+    if choice not in REFERENCE_RECIPES:
+        raise UserError(
+            f"references.recipe: expected one of {', '.join(map(repr, REFERENCE_RECIPES))}, got {choice!r}"
+        )
+    return design_recipe if choice == AUTHORS else Recipe()
+
+
+__all__ = ["Recipe", "reference_recipe", "REFERENCE_RECIPES", "COMMON", "AUTHORS"]

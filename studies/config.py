@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from analysis import metrics
 from searchspace.errors import UserError
+from searchspace.recipe import REFERENCE_RECIPES
 
 if TYPE_CHECKING:  # imported when a config is built: listing the shipped configs needs no trainer
     from searchspace.space import SpaceSpec
@@ -75,10 +76,13 @@ class Constraints:
 @dataclass(frozen=True)
 class References:
     """evaluate: train the in-space catalog designs with the same proxy (study '<name>.references');
-    neighbours: the search's first trials are this many one-edit variants of those designs."""
+    neighbours: the search's first trials are this many one-edit variants of those designs;
+    recipe: "common" (every design with the recipe the searched genomes get) or "authors" (each
+    design with its authors' recipe, searchspace.recipe; docs/effects.md)."""
 
     evaluate: bool = False
     neighbours: int = 0
+    recipe: str = "common"
 
 
 @dataclass(frozen=True)
@@ -339,6 +343,12 @@ def _build(raw: dict, source: str, where: str) -> StudyConfig:
     if not isinstance(ref["evaluate"], bool):
         raise UserError(f"{where}: references.evaluate: expected true or false, got {ref['evaluate']!r}")
     _int(ref["neighbours"], f"{where}: references.neighbours", lo=0)
+    if ref["recipe"] not in REFERENCE_RECIPES:
+        raise UserError(
+            f"{where}: references.recipe: expected "
+            + " or ".join(f'"{r}"' for r in REFERENCE_RECIPES)
+            + f", got {ref['recipe']!r}"
+        )
     r = raw["resources"]
     _num(r["cpus_per_trial"], f"{where}: resources.cpus_per_trial")
     if r["gpus_per_trial"] != "auto":

@@ -223,7 +223,7 @@ def _new_search(
     # seed + trials so far: a resumed sampler does not replay the first run's draws
     sampler = sampler or SamplerSpec(s.name, cfg.seed + n_existing, s.population)
     return StudySearch(
-        GenomeSpace(spec, driver, cfg.protocol["target"]),
+        GenomeSpace(spec, driver, cfg.protocol["target"], cfg.references.recipe),
         cfg.objectives,
         name,
         url,
@@ -308,14 +308,24 @@ def _designs_in_space(spec):
     return [d for d in catalog.designs() if space.contains(spec, d.genome)]
 
 
-def _enqueue_known(study, designs, spec, attr: str, log) -> int:
-    """Enqueue each design not yet present (finished, running or waiting) under user attr `attr`."""
+def _enqueue_known(study, designs, spec, attr: str, log, recipe: str | None = None) -> int:
+    """Enqueue each design not yet present (finished, running or waiting) under user attr `attr`.
+    With `recipe` ([references] recipe), a design trained under another recipe than the one it gets
+    now is not present: it is enqueued again, and analysis reads its latest evaluation."""
     from searchspace import space
+
+    from .search import recipe_label, trial_recipe
+
+    def current(t) -> bool:  # trials asked before the "recipe" attr existed trained with the common one
+        if recipe is None or t.state == TrialState.WAITING:
+            return True
+        wanted = recipe_label(trial_recipe(t.user_attrs.get(attr), recipe))
+        return t.user_attrs.get("recipe", "common") == wanted
 
     have = {
         t.user_attrs.get(attr)
         for t in study.get_trials(deepcopy=False)
-        if t.user_attrs.get("status") != st.INTERRUPTED
+        if t.user_attrs.get("status") != st.INTERRUPTED and current(t)
     }
     todo = [d for d in designs if d.name not in have]
     for d in todo:
@@ -343,7 +353,7 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
         )
         _study_attrs(ref, cfg)
         summary["requeued"] += st.recover(storage, ref)
-        _enqueue_known(ref, _designs_in_space(spec), spec, "reference", log)
+        _enqueue_known(ref, _designs_in_space(spec), spec, "reference", log, cfg.references.recipe)
         ref_waiting = len(ref.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     study = existing or optuna.create_study(
         study_name=cfg.name, storage=storage, directions=directions, load_if_exists=True
@@ -548,13 +558,23 @@ def print_designs(storage, cfg) -> None:
                     metrics.fmt(n, None if pd.isna(r[f"{n}_proxy"]) else float(r[f"{n}_proxy"]))
                     for n in names
                 ],
+                r["recipe"] if isinstance(r.get("recipe"), str) else "-",
                 r["verdict"],
                 near,
             )
         )
-    print(f"\nPublished designs in the space ({len(rows)}; proxy results under the study's protocol):")
+    print(
+        f"\nPublished designs in the space ({len(rows)}; proxy results under the study's protocol, "
+        f'recipe: what each trained with, [references] recipe = "{cfg.references.recipe}"):'
+    )
     _table(
-        ["design", *[f"{n} (proxy)" for n in names], "face value (single runs)", "nearest trial at distance"],
+        [
+            "design",
+            *[f"{n} (proxy)" for n in names],
+            "recipe",
+            "face value (single runs)",
+            "nearest trial at distance",
+        ],
         rows,
     )
 

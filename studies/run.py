@@ -63,6 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="do not evaluate the reference designs, even where the config's [references] evaluate = true",
     )
     ap.add_argument(
+        "--recipe",
+        choices=("common", "authors"),
+        help="which recipe the reference designs train with: common (the searched genomes'; default) or "
+        "authors (each design's own, where it has one); overrides [references] recipe (docs/effects.md)",
+    )
+    ap.add_argument(
         "--seed-known", action="store_true", help="enqueue the catalog designs inside the space as trials"
     )
     ap.add_argument(
@@ -111,6 +117,7 @@ def prepare(args) -> dict:
             "resources.cpus_per_trial": args.cpus_per_trial,
             "resources.gpus_per_trial": args.gpus_per_trial,
             "early_stopping.asha": args.asha,
+            "references.recipe": args.recipe,
             "seed": args.seed,
         },
     )
@@ -148,6 +155,12 @@ def _backend(args, cfg):
         raise UserError(f"--backend {args.backend!r}: expected ray, table or table:PATH")
     if args.address:
         raise UserError("--backend table runs in this process; --address (a Ray cluster) does not apply")
+    references = not args.no_reference and (args.reference or cfg.references.evaluate)
+    if references and cfg.references.recipe != "common":
+        raise UserError(
+            f'--backend table: a table holds results under the common recipe; references.recipe = "{cfg.references.recipe}" '
+            "needs --backend ray (or --no-reference)"
+        )
     from .table import default_csv
     from .table_backend import TableBackend
 

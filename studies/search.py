@@ -64,10 +64,13 @@ class GenomeSpace:
     A class (not a closure) so that Ray can pickle the searcher with it.
     """
 
-    def __init__(self, spec, driver: str | None = None, target: dict | None = None):
+    def __init__(
+        self, spec, driver: str | None = None, target: dict | None = None, reference_recipe: str = "common"
+    ):
         self.spec = spec
         self.driver = driver  # studies.storage.Heartbeat.id: which driver runs the trial (for recover)
         self.target = target  # counted here, once per genome (studies.costs), not in the GPU trial
+        self.reference_recipe = reference_recipe  # [references] recipe: "common" | "authors"
 
     def __call__(self, trial) -> dict:
         return self.ask(trial)[1]
@@ -93,7 +96,34 @@ class GenomeSpace:
             trial.user_attrs.get("trial_seed") is not None
         ):  # set at enqueue (studies.calibrate: repeated seeds)
             config["seed"] = trial.user_attrs["trial_seed"]
+        recipe = trial_recipe(trial.user_attrs.get("reference"), self.reference_recipe)
+        label = recipe_label(recipe)
+        trial.set_user_attr("recipe", label)
+        if label != "common":
+            config["recipe"] = recipe.to_dict()
         return genome, config
+
+
+def trial_recipe(reference: str | None, choice: str):
+    """The searchspace.Recipe a trial trains with: a reference design (user attr "reference", set
+    at enqueue) under [references] recipe = "authors" gets its authors' recipe; everything else,
+    searched genomes always, the common one."""
+    from searchspace import catalog
+    from searchspace.recipe import Recipe, reference_recipe
+
+    if not reference:
+        return Recipe()
+    try:
+        design = catalog.get(reference)
+    except Exception:  # a reference name the catalog no longer has: train it as a genome
+        return Recipe()
+    return reference_recipe(design.recipe, choice)
+
+
+def recipe_label(recipe) -> str:
+    """The trial's "recipe" user attr: "common", or "authors: <the fields that differ>"."""
+    text = recipe.describe()
+    return text if text == "common" else f"authors: {text}"
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,14 @@ def _node() -> str:
 
 
 def run_trial(config: dict, ctx: dict) -> None:
-    """config: {"genome": JSON, "trial_number": n, "cost": {...}, optional "seed", ...params}; ctx: the
-    study's protocol. A "seed" in config (a calibration's or a benchmark table's per-trial seed)
-    replaces the study's seed for this trial."""
+    """config: {"genome": JSON, "trial_number": n, "cost": {...}, optional "seed", "recipe",
+    ...params}; ctx: the study's protocol. A "seed" in config (a calibration's or a benchmark table's
+    per-trial seed) replaces the study's seed for this trial; a "recipe" (searchspace.Recipe fields,
+    a reference design under [references] recipe = "authors") replaces the common recipe."""
     import torch
     from ray import tune
 
-    from searchspace import Genome
+    from searchspace import Genome, Recipe
     from trainers.train import release_memory, train
 
     t0 = time.perf_counter()
@@ -75,6 +76,7 @@ def run_trial(config: dict, ctx: dict) -> None:
     try:
         _import_user_modules(ctx.get("imports") or {})
         genome = Genome.from_json(config["genome"])
+        recipe = Recipe.from_dict(config.get("recipe"))  # the driver's choice (studies.search.trial_recipe)
         c = config.get("cost") or _cost(genome, ctx["target"])  # the driver counts it (studies.costs)
         rec.update(genome_key=genome.key, **c)
         data = _data(ctx)
@@ -105,6 +107,7 @@ def run_trial(config: dict, ctx: dict) -> None:
             evaluate_every_epoch=ctx.get("evaluate_every_epoch", True),
             memory_fraction=gpus if 0 < gpus < 1 else None,
             measure_latency=True,
+            recipe=recipe,
         )
         rec.update({k: _f(getattr(res, k, None)) for k in plan["trained"]})  # top1, latency_ms, ...
         rec.update(

@@ -170,20 +170,21 @@ class TrainResult:
         return asdict(self)
 
 
-def build_model(genome, num_classes: int, width_mult: float) -> nn.Module:
+def build_model(genome, num_classes: int, width_mult: float, recipe=None) -> nn.Module:
     """A Genome or a catalog name via searchspace.build; an nn.Module is used as it is.
 
-    A catalog name is built with its design's recipe (the authors' initialisation, dropout and
-    drop-path; searchspace.recipe); a Genome with the default recipe.
+    `recipe` (a searchspace.Recipe) is the one built with when given. Otherwise a catalog name is
+    built with its design's recipe (the authors' initialisation, dropout and drop-path;
+    searchspace.recipe) and a Genome with the default recipe.
     """
     if isinstance(genome, nn.Module):
         return genome
     from searchspace import build
 
-    recipe = None
     if isinstance(genome, str):
         _, genome, design = catalog.resolve(genome)
-        recipe = design.recipe if design is not None else None
+        if recipe is None and design is not None:
+            recipe = design.recipe
     return build(genome, num_classes=num_classes, width_mult=width_mult, recipe=recipe)
 
 
@@ -198,6 +199,7 @@ def train(
     memory_fraction: float | None = None,
     data_on_device: bool | None = None,
     measure_latency: bool = False,
+    recipe=None,
 ) -> TrainResult:
     """Proxy-train `genome` (Genome, catalog name or nn.Module) and evaluate it on the val split.
 
@@ -210,7 +212,8 @@ def train(
     GPU sharing: `memory_fraction` in (0, 1) caps this process's CUDA memory (a trial packed on a
     shared GPU cannot push its neighbours out); `data_on_device` None decides by
     DATA_ON_DEVICE_SHARE. `measure_latency` fills `latency_ms` (trainers.measure.inference_latency
-    at batch 1) from the trained model before it is released. The run frees its model, optimizer
+    at batch 1) from the trained model before it is released. `recipe` (a searchspace.Recipe): the
+    initialisation and regularisers to build with (build_model). The run frees its model, optimizer
     and data before returning, also after an OOM or an exception.
     """
     fid = fidelity or Fidelity()
@@ -235,7 +238,7 @@ def train(
         data = load_data(data, fid.resolution)
     data = data.at(fid.resolution)
     torch.manual_seed(seed)  # the initialisation
-    model = build_model(genome, data.num_classes, fid.width)
+    model = build_model(genome, data.num_classes, fid.width, recipe)
     base = dict(
         device=str(dev),
         params=sum(p.numel() for p in model.parameters()),
