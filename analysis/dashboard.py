@@ -12,7 +12,7 @@ from .pareto import hypervolume_history
 from .rediscovery import rediscovery
 
 
-def push_to_dashboard(storage, study_name: str | None = None, designs=None) -> list[str]:
+def push_to_dashboard(storage, study_name: str | None = None, designs=None, costs=None) -> list[str]:
     """Save the front, rediscovery, hypervolume and effects figures into the study with
     optuna_dashboard.save_plotly_graph_object; fixed ids, so pushing again replaces them.
     `storage`: run folder, .journal file, storage URL or an Optuna storage. Returns the ids."""
@@ -30,7 +30,7 @@ def push_to_dashboard(storage, study_name: str | None = None, designs=None) -> l
     if len(completed(df)):  # hypervolume needs a reference point, i.e. a completed trial
         figs["hypervolume"] = plots.hypervolume_figure(hypervolume_history(df))
     try:
-        figs["effects"] = plots.effects_heatmap(effects.of_study(df, designs=designs).effects)
+        figs["effects"] = plots.effects_heatmap(effects.of_study(df, designs=designs, costs=costs).effects)
     except UserError:
         pass  # too few completed runs for the model: no card yet
 

@@ -371,7 +371,10 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
 
     Runs under an authors' recipe ([references] recipe = "authors") are left out: the model compares
     placements under one recipe, and such a run differs from the others in its recipe too."""
-    fr = runs.frame[runs.frame["recipe"].fillna("common") == "common"].reset_index(drop=True)
+    common = runs.frame[runs.frame["recipe"].fillna("common") == "common"]
+    # A genome run again under the same seed repeats a measurement (CPU training is reproducible):
+    # it is not a replicate of the noise, so only its first run enters the fit.
+    fr = common.drop_duplicates(["key", "seed"]).reset_index(drop=True)
     if len(fr) < 3:
         raise UserError(f"{runs.source}: {len(fr)} completed run(s); the effects model needs at least 3")
     factor_rows = [factors_of(g) for g in fr["genome"]]
@@ -379,9 +382,10 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
     X, y = coding.matrix(factor_rows, fr["seed"]), fr["y"].to_numpy(float)
     if kind == "auto":
         kind, why = choose_kind(len(y), X.shape[1])
-        left_out = len(runs.frame) - len(fr)
-        if left_out:
-            why += f"; {left_out} run(s) under an authors' recipe left out"
+        if len(runs.frame) > len(common):
+            why += f"; {len(runs.frame) - len(common)} run(s) under an authors' recipe left out"
+        if len(common) > len(fr):
+            why += f"; {len(common) - len(fr)} repeat(s) of a genome under the same seed counted once"
     elif kind in ("ols", "eb-ridge"):
         why = f"{kind} requested"
     else:

@@ -160,11 +160,11 @@ def calibration_section(df: pd.DataFrame) -> list[str]:
     return parts
 
 
-def effects_section(df: pd.DataFrame, red: pd.DataFrame, designs=None) -> list[str]:
+def effects_section(df: pd.DataFrame, red: pd.DataFrame, designs=None, costs=None) -> list[str]:
     """Every run pooled through the effects model (analysis.effects): its checks, the effects with
     intervals and a heatmap, the model front, model verdicts (face value beside them), every trial."""
     try:
-        e = effects.of_study(df, designs=designs)
+        e = effects.of_study(df, designs=designs, costs=costs)
     except UserError as err:
         return ["<h2>Effects model</h2>", f'<p class="note">Not fitted: {html.escape(str(err))}</p>']
     parts = [
@@ -234,8 +234,9 @@ def _fig(fig, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"responsive": True})
 
 
-def build_report(df: pd.DataFrame, designs=None) -> str:
-    """The report's HTML text for a table from load_study."""
+def build_report(df: pd.DataFrame, designs=None, costs=None) -> str:
+    """The report's HTML text for a table from load_study (`costs`: how the effects model counts
+    genomes it composes, analysis.effects.StageCosts)."""
     objs = objectives_of(df)
     names = [o["name"] for o in objs]
     designs = catalog.designs() if designs is None else list(designs)
@@ -298,7 +299,7 @@ def build_report(df: pd.DataFrame, designs=None) -> str:
         ]
     parts += calibration_section(df)
     red = rediscovery(df, designs)
-    parts += effects_section(df, red, designs)
+    parts += effects_section(df, red, designs, costs)
     parts += [
         "<h2>Rediscovery at face value (single runs)</h2>",
         '<p class="note">verdict: "beaten" when a searched trial is no worse in every objective and better '
@@ -337,7 +338,9 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_report(run_dir_or_storage, study_name: str | None = None, out_path=None, designs=None) -> Path:
+def write_report(
+    run_dir_or_storage, study_name: str | None = None, out_path=None, designs=None, costs=None
+) -> Path:
     """Load the study and write the report; returns its path (default RUN_DIR/report.html, or
     ./report.html for a storage URL)."""
     if out_path is None:
@@ -348,7 +351,7 @@ def write_report(run_dir_or_storage, study_name: str | None = None, out_path=Non
     out_path = Path(out_path)
     if not out_path.parent.is_dir():  # say so before the (slower) loading
         raise UserError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
-    write_atomic(out_path, build_report(load_study(run_dir_or_storage, study_name), designs))
+    write_atomic(out_path, build_report(load_study(run_dir_or_storage, study_name), designs, costs))
     return out_path
 
 

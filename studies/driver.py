@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict
@@ -448,12 +449,12 @@ def _report(cfg, url, run_dir: Path, log):
         log(f"report skipped: analysis not importable ({e})")
         return None
     try:
-        analysis.write_report(url, cfg.name, out)  # a journal path or an RDB URL, wherever it lives
+        analysis.write_report(url, cfg.name, out, costs=stage_costs(cfg))  # a journal path or an RDB URL
     except Exception as e:  # the study is stored; a report problem must not fail the run
         log(f"report skipped: {type(e).__name__}: {e}")
         out = None
     try:
-        analysis.push_to_dashboard(st.open_or_create(url), cfg.name)
+        analysis.push_to_dashboard(st.open_or_create(url), cfg.name, costs=stage_costs(cfg))
     except Exception as e:
         log(f"dashboard figures skipped: {type(e).__name__}: {e}")
     return out
@@ -504,16 +505,16 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
     print(f"dashboard  : optuna-dashboard {st.describe(url)}")
     if summary.get("report"):
         print(f"report     : {summary['report']}")
-    print_effects(storage, cfg.name, cfg.protocol["target"])
+    print_effects(storage, cfg.name, stage_costs(cfg))
 
 
-def print_effects(storage, study_name: str, target: dict) -> None:
+def print_effects(storage, study_name: str, costs=None) -> None:
     """The summary's last word: the effects model's checks, its largest effects and its verdicts on
     the published designs (every run pooled; analysis.effects)."""
     try:
         from analysis import effects, load_study
 
-        e = effects.of_study(load_study(storage, study_name), costs=effects.StageCosts(target, _cached_count))
+        e = effects.of_study(load_study(storage, study_name), costs=costs)
     except UserError as err:
         print(f"\neffects model: not fitted ({err})")
         return
@@ -522,6 +523,21 @@ def print_effects(storage, study_name: str, target: dict) -> None:
     print("\n".join(effects.effects_lines(e, top=5)))
     print(f"Published designs, model verdicts (predicted top-1 [{effects.LEVEL:.0%} interval]):")
     print("\n".join(effects.verdict_lines(e)))
+
+
+_STAGE_COSTS: dict[str, object] = {}
+
+
+def stage_costs(cfg):
+    """One analysis.effects.StageCosts per target in this process, counting through the on-disk cost
+    cache: the report, the dashboard card and the summary compose their costs from the same traces."""
+    from analysis import effects
+
+    target = cfg.protocol["target"]
+    key = json.dumps(target, sort_keys=True, default=str)
+    if key not in _STAGE_COSTS:
+        _STAGE_COSTS[key] = effects.StageCosts(target, _cached_count)
+    return _STAGE_COSTS[key]
 
 
 def _cached_count(genome, target) -> dict:
