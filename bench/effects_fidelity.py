@@ -10,8 +10,8 @@ a) ranking: Spearman's rho of the model's predictions of ALL genomes against the
    every genome trained once against its other seed (no draw), and of the model against the
    full-table model (both seeds; the issue's own comparison).
 b) coverage: the share of (draw, effect) pairs whose 95 % interval covers the full-table (both seeds)
-   estimate of that effect, with a Clopper-Pearson interval, by fit kind. The pairs of one draw are
-   correlated, so that binomial interval is narrower than the truth.
+   estimate of that effect, with a Clopper-Pearson interval, by fit kind (and by stage). The pairs of
+   one draw are correlated, so that binomial interval is narrower than the truth.
 c) verdicts: per published design, the share of draws whose verdict category (on the model front /
    beaten / not resolved) equals the full table's; a draw that never trained one of the design's
    stage choices gives no prediction, counted apart.
@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,6 +42,7 @@ from scipy import stats  # noqa: E402
 
 from analysis import effects as ef  # noqa: E402
 from searchspace.errors import UserError  # noqa: E402
+from trainers.measure import Timer  # noqa: E402
 
 DEFAULT_TABLE = Path(__file__).resolve().parents[1] / "studies" / "tables" / "placement_table.csv"
 PUBLISHED = ("resnet50", "se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b", "dsnet50_c")
@@ -155,10 +155,10 @@ def one_draw(
     }
     # b) each effect's interval against the full-table estimate of the same contrast (its baseline may
     # differ from 'none' when a draw never trained 'none' in a stage).
-    covered = []
+    covered = []  # (factor, covered)
     for r in f.effects().itertuples():
         full = full_effects.get((r.factor, r.choice), 0.0) - full_effects.get((r.factor, r.baseline), 0.0)
-        covered.append(bool(r.low <= full <= r.high))
+        covered.append((r.factor, bool(r.low <= full <= r.high)))
     out["covered"] = covered
     # c) verdicts
     verdicts = fast_verdicts(f, t, runs, pred)
@@ -205,14 +205,19 @@ def report_size(k: int, draws: list[dict], full_verdicts: dict[str, str], n_geno
         "  b) 95% intervals covering the full-table estimate (Clopper-Pearson interval)",
     ]
     for kind in ("ols", "eb-ridge"):
-        hits = [c for d in draws if d["kind"] == kind for c in d["covered"]]
-        if not hits:
+        pairs = [c for d in draws if d["kind"] == kind for c in d["covered"]]
+        if not pairs:
             lines.append(f"  coverage ({kind}) no draws of this kind")
             continue
+        hits = [c for _, c in pairs]
         ci = stats.binomtest(sum(hits), len(hits)).proportion_ci(0.95)
+        by_factor = defaultdict(list)
+        for factor, c in pairs:
+            by_factor[factor].append(c)
         lines.append(
             f"  coverage ({kind}){' ' * (9 - len(kind))}{sum(hits)}/{len(hits)} = {sum(hits) / len(hits):.3f} "
-            f"[{ci.low:.3f}, {ci.high:.3f}]"
+            f"[{ci.low:.3f}, {ci.high:.3f}]; by stage "
+            + ", ".join(f"{fac} {np.mean(c):.2f}" for fac, c in sorted(by_factor.items()))
         )
     lines.append("  c) verdict category equal to the full table's")
     for d in PUBLISHED:
@@ -234,6 +239,38 @@ def report_size(k: int, draws: list[dict], full_verdicts: dict[str, str], n_geno
         f"model best {mean_ci([d['held_model'] for d in draws])}",
     ]
     return lines
+
+
+def measure(t: Table, sizes: list[int], draws: int, seed: int) -> None:
+    """Print the full-table reference and one block per size."""
+    full = ef.analyse(t.runs, costs=t.costs)
+    full_effects = {(r.factor, r.choice): r.estimate for r in full.effects.itertuples()}
+    full_pred = predict_all(full.fit, t)[0]
+    full_verdicts = dict(zip(full.designs["design"], full.designs["verdict"]))
+    s0, s1 = t.seeds
+    print(
+        f"effects model fidelity on {t.runs.source}: {len(t.keys)} genomes x seeds {s0}, {s1}; "
+        f"full-table fit {full.fit.kind} on {full.fit.n} runs (residual sd {full.fit.sigma:.4f})"
+    )
+    print(
+        f"reference: every genome trained once, rho against its other seed {spearman(t.y[s0], t.y[s1]):+.3f}; "
+        f"seed {s0} runs vs the full-table model {spearman(t.y[s0], full_pred):+.3f}, "
+        f"seed {s1} runs {spearman(t.y[s1], full_pred):+.3f}"
+    )
+    print("full-table verdicts: " + "; ".join(f"{d} {category(full_verdicts.get(d))}" for d in PUBLISHED))
+    rng = np.random.default_rng(seed)
+    checked = 0
+    for k in sizes:
+        results = []
+        for i in range(draws):
+            train, held = (s0, s1) if i % 2 == 0 else (s1, s0)
+            check = i < 2  # the first draw of each direction goes through analyse as well
+            results.append(one_draw(t, k, train, held, rng, full_effects, full_pred, check))
+            checked += check
+        print()
+        print("\n".join(report_size(k, results, full_verdicts, len(t.keys))))
+    print()
+    print(f"fast verdicts equal analysis.effects.analyse's on {checked} draws")
 
 
 def main(argv=None) -> int:
@@ -261,36 +298,9 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    start = time.perf_counter()
-    full = ef.analyse(t.runs, costs=t.costs)
-    full_effects = {(r.factor, r.choice): r.estimate for r in full.effects.itertuples()}
-    full_pred = predict_all(full.fit, t)[0]
-    full_verdicts = dict(zip(full.designs["design"], full.designs["verdict"]))
-    s0, s1 = t.seeds
-    print(
-        f"effects model fidelity on {t.runs.source}: {len(t.keys)} genomes x seeds {s0}, {s1}; "
-        f"full-table fit {full.fit.kind} on {full.fit.n} runs (residual sd {full.fit.sigma:.4f})"
-    )
-    print(
-        f"reference: every genome trained once, rho against its other seed {spearman(t.y[s0], t.y[s1]):+.3f}; "
-        f"seed {s0} runs vs the full-table model {spearman(t.y[s0], full_pred):+.3f}, "
-        f"seed {s1} runs {spearman(t.y[s1], full_pred):+.3f}"
-    )
-    print("full-table verdicts: " + "; ".join(f"{d} {category(full_verdicts.get(d))}" for d in PUBLISHED))
-    rng = np.random.default_rng(a.seed)
-    checked = 0
-    for k in sizes:
-        results = []
-        for i in range(draws):
-            train, held = (s0, s1) if i % 2 == 0 else (s1, s0)
-            check = i < 2  # the first draw of each direction goes through analyse as well
-            results.append(one_draw(t, k, train, held, rng, full_effects, full_pred, check))
-            checked += check
-        print()
-        print("\n".join(report_size(k, results, full_verdicts, len(t.keys))))
-    print()
-    print(f"fast verdicts equal analysis.effects.analyse's on {checked} draws")
-    print(f"took {time.perf_counter() - start:.0f} s ({draws} draws x {len(sizes)} sizes)")
+    with Timer() as timer:
+        measure(t, sizes, draws, a.seed)
+    print(f"took {timer.wall_s:.0f} s wall, {timer.cpu_s:.0f} s CPU ({draws} draws x {len(sizes)} sizes)")
     return 0
 
 

@@ -173,3 +173,24 @@ def test_effects_fidelity_bench_quick_prints_its_figures():
         assert re.search(rf"^  verdict {d}\s+\(full: [a-z ]+\)\s+agree \d+/\d+", out, re.M), d
     assert len(re.findall(rf"^  overstated \((observed best|model best)\)\s+({num}) \[", out, re.M)) == 4
     assert re.search(r"^fast verdicts equal analysis\.effects\.analyse's on \d+ draws", out, re.M), out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--table", "no/such.csv"], "no such file"),
+        (["--sizes", "24,x"], "expected integers"),
+        (["--sizes", "2"], "outside 3..480"),
+        (["--draws", "1"], "needs at least 2"),
+    ],
+)
+def test_effects_fidelity_bench_rejects_bad_input_in_one_line(args, message):
+    p = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "effects_fidelity.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and message in p.stderr, p.stderr
