@@ -141,7 +141,10 @@ def one_draw(
 ) -> dict:
     idx = rng.choice(len(t.keys), size=k, replace=False)
     runs = t.draw_runs(idx, train)
-    f = ef.fit(runs)
+    try:
+        f = ef.fit(runs)
+    except UserError as err:  # the model refuses runs too few to measure the noise with
+        return {"refused": str(err)}
     pred = predict_all(f, t)
     ya, yb = t.y[train], t.y[held]
     p = pred[0]
@@ -192,10 +195,15 @@ def mean_ci(x) -> str:
     return f"{x.mean():+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]"
 
 
-def report_size(k: int, draws: list[dict], full_verdicts: dict[str, str], n_genomes: int) -> list[str]:
+def report_size(k: int, results: list[dict], full_verdicts: dict[str, str], n_genomes: int) -> list[str]:
+    draws = [d for d in results if "refused" not in d]
+    refused = len(results) - len(draws)
+    if not draws:
+        return [f"== {k} trials: the model refused all {refused} draws ({results[0]['refused']})"]
     kinds = Counter(d["kind"] for d in draws)
     lines = [
-        f"== {k} trials: {len(draws)} draws ({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))}); "
+        f"== {k} trials: {len(draws)} draws ({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))}"
+        f"{f'; {refused} refused by the model' if refused else ''}); "
         f"the model predicts {np.mean([d['predictable'] for d in draws]):.1%} of the genomes on average",
         "  a) Spearman rho against the held-out seed (median [2.5%, 97.5%] over draws)",
         f"  model, all {n_genomes:<8} {pct([d['rho_model_all'] for d in draws])}",
