@@ -1,0 +1,175 @@
+"""Nothing a study stored is ever lost: a torn journal tail, a damaged middle, a full disk, readers
+during writes, and faults at scale (trials failing in four ways while the driver and a worker are
+killed). Real journal files, real Optuna, real Ray and a real optuna-dashboard server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from searchspace.cli import cli_main
+from searchspace.errors import UserError
+from studies import storage as st
+from studies.journal import StorageWriteError, repair_torn_tail, scan
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def _env(**extra):
+    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0", **extra}
+
+
+def _plain(path: Path) -> JournalStorage:
+    """How optuna-dashboard and any Optuna user open the file: Optuna's own backend."""
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _trials(path: Path, name: str = "s") -> list[tuple]:
+    study = optuna.load_study(study_name=name, storage=_plain(path))
+    return [(t.number, t.state, t.values, t.user_attrs) for t in study.trials]
+
+
+def _small_journal(path: Path, n: int = 4) -> None:
+    """A study written the way the driver writes it: ask, user attrs, tell."""
+    study = optuna.create_study(study_name="s", storage=st.open_or_create(str(path)), directions=["maximize"])
+    for i in range(n):
+        trial = study.ask()
+        trial.set_user_attr("status", "ok")
+        trial.set_user_attr("genome", json.dumps({"i": i, "text": 'quotes " and \\ escapes'}))
+        study.tell(trial, 0.1 * i)
+
+
+def _last_record_start(data: bytes) -> int:
+    return data.rstrip(b"\n").rfind(b"\n") + 1
+
+
+def test_torn_tail_at_every_offset_of_the_last_record_is_dropped_and_the_study_resumes(tmp_path, capsys):
+    """The file cut at every byte of its last record (the newline alone included): the driver's check
+    keeps a copy, drops exactly that record, says so in one line, and the study takes new writes that
+    Optuna's own reader (optuna-dashboard's) reads back with every earlier record intact."""
+    whole = tmp_path / "whole.journal"
+    _small_journal(whole)
+    data = whole.read_bytes()
+    start = _last_record_start(data)
+    kept = data[:start]
+    (tmp_path / "kept.journal").write_bytes(kept)
+    before = _trials(tmp_path / "kept.journal")
+    assert len(data) - start > 40  # a real record, cut at each of its bytes below
+    for cut in range(start, len(data)):
+        folder = tmp_path / f"cut{cut}"
+        folder.mkdir()
+        journal = folder / "study.journal"
+        journal.write_bytes(data[:cut])
+        st.check_before_writing(str(journal))
+        err = capsys.readouterr().err
+        copies = sorted(folder.glob("study.journal.torn-*"))
+        if cut == start:  # ends in a complete record: nothing to do, nothing said
+            assert err == "" and not copies
+        else:
+            assert err.count("\n") == 1 and "dropped a torn last record" in err, (cut, err)
+            assert f"{cut - start} bytes after record" in err
+            assert len(copies) == 1 and copies[0].read_bytes() == data[:cut]
+        assert journal.read_bytes() == kept, cut
+        study = optuna.load_study(study_name="s", storage=st.open_or_create(str(journal)))
+        study.tell(study.ask(), 0.9)
+        after = _trials(journal)
+        assert after[: len(before)] == before and len(after) == len(before) + 1, cut
+        assert after[-1][1] == TrialState.COMPLETE and after[-1][2] == [0.9]
+        assert scan(journal).bad_line is None
+
+
+def test_damaged_middle_is_refused_in_one_line_nothing_written(tmp_path, capsys):
+    """A bad line with lines after it (a flipped byte; the merge the old driver made by appending
+    after a torn tail) cannot be told from a torn write: the run and the readers refuse in one line,
+    exit 2, and nothing is written or copied."""
+    from analysis import load_study
+    from studies.run import main
+
+    _small_journal(tmp_path / "good.journal")
+    data = (tmp_path / "good.journal").read_bytes()
+    lines = data.splitlines(keepends=True)
+    flipped = b"".join(lines[:3] + [lines[3].replace(b'"', b"\\", 1)] + lines[4:])
+    merged = b"".join(lines[:3] + [lines[3][:-30]] + lines[4:])  # a torn record with an append after it
+    for what, damaged in (("flipped byte", flipped), ("merged after a torn tail", merged)):
+        run = tmp_path / what.replace(" ", "_")
+        run.mkdir()
+        journal = run / "study.journal"
+        journal.write_bytes(damaged)
+        with pytest.raises(SystemExit) as e:
+            cli_main(lambda: main(["smoke", "--out", str(run), "--quiet"]))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error:"), (what, err)
+        assert "line 4 " in err and "damaged in the middle" in err, err
+        assert journal.read_bytes() == damaged
+        assert sorted(p.name for p in run.iterdir()) in (["study.journal"], ["driver.lock", "study.journal"])
+        with pytest.raises(UserError, match="damaged"):
+            load_study(run)
+    for damaged in (flipped, merged):  # Optuna's own reader fails on these too: why they are refused
+        (tmp_path / "x.journal").write_bytes(damaged)
+        with pytest.raises(ValueError):
+            _plain(tmp_path / "x.journal")
+
+
+def test_append_never_lands_after_a_torn_tail(tmp_path):
+    """A writer that skipped the driver's check (e.g. an old driver's journal handed to a new one):
+    the backend refuses, the file is unchanged, and the check then repairs it."""
+    journal = tmp_path / "study.journal"
+    _small_journal(journal)
+    storage = st.open_or_create(str(journal))
+    torn = journal.read_bytes()[:-25]
+    journal.write_bytes(torn)
+    study = optuna.load_study(study_name="s", storage=storage)
+    with pytest.raises(StorageWriteError, match="ends in a torn record"):
+        study.set_user_attr("after", 1)
+    assert journal.read_bytes() == torn
+    assert "dropped a torn last record" in repair_torn_tail(journal)
+    optuna.load_study(study_name="s", storage=st.open_or_create(str(journal))).set_user_attr("after", 1)
+    assert optuna.load_study(study_name="s", storage=_plain(journal)).user_attrs["after"] == 1
+
+
+# Child process: it may write files up to argv[2] bytes (RLIMIT_FSIZE; Python ignores SIGXFSZ, so the
+# write fails with EFBIG: the file-size limit standing in for a full disk).
+APPEND_OVER_A_LIMIT = """
+import resource, sys
+import optuna
+from studies import storage as st
+from studies.journal import StorageWriteError
+
+study = optuna.load_study(study_name="s", storage=st.open_or_create(sys.argv[1]))
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+try:
+    study.set_user_attr("big", "x" * 4000)
+except StorageWriteError as e:
+    print(e)
+    raise SystemExit(3) from None
+"""
+
+
+def test_a_write_over_a_file_size_limit_is_cut_back_and_said(tmp_path):
+    journal = tmp_path / "study.journal"
+    _small_journal(journal)
+    before = journal.read_bytes()
+    r = subprocess.run(
+        [PY, "-c", APPEND_OVER_A_LIMIT, str(journal), str(len(before) + 100)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.count("\n") == 1 and "a write failed (File too large)" in r.stdout, r.stdout
+    assert journal.read_bytes() == before  # the 100 bytes that fitted were taken back
+    optuna.load_study(study_name="s", storage=st.open_or_create(str(journal))).set_user_attr(
+        "big", "x" * 4000
+    )
+    assert optuna.load_study(study_name="s", storage=_plain(journal)).user_attrs["big"] == "x" * 4000
