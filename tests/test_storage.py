@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -173,3 +178,166 @@ def test_a_write_over_a_file_size_limit_is_cut_back_and_said(tmp_path):
         "big", "x" * 4000
     )
     assert optuna.load_study(study_name="s", storage=_plain(journal)).user_attrs["big"] == "x" * 4000
+
+
+def _study(run: Path, name: str = "smoke") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=_plain(run / "study.journal"))
+
+
+def _driver(out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [PY, "-m", "studies.run", "smoke", "--quiet", "--out", str(out), *args],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its Ray processes share its group: killed by group id below
+    )
+
+
+def _wait_for(proc: subprocess.Popen, out: Path, done, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (out / "study.journal").exists():
+            try:
+                if done(_study(out)):
+                    return
+            except KeyError:  # study not created yet
+                pass
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.2)
+    pytest.fail("the study did not get there in time")
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _complete(study) -> bool:
+    return any(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+@pytest.mark.slow
+def test_full_disk_mid_study_stops_in_one_line_and_the_same_command_resumes(tmp_path):
+    """The driver's files may grow only 50 bytes past the journal's size (RLIMIT_FSIZE on the running
+    driver, set from outside): its next record does not fit. It stops with one line, the journal ends
+    in a complete record, and the same command finishes the study with every stored trial as it was."""
+    out = tmp_path / "run"
+    args = ("--trials", "4", "--concurrency", "1")
+    proc = _driver(out, *args)
+    try:
+        _wait_for(proc, out, _complete)
+        limit = (out / "study.journal").stat().st_size + 50
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (limit, limit))
+        _, err = proc.communicate(timeout=300)
+    finally:
+        _end_group(proc)
+    assert proc.returncode == 2, err
+    assert err.count("\n") == 1 and "a write failed (File too large)" in err and "resumes" in err, err
+    assert scan(out / "study.journal").bad_line is None
+    before = {t.number: t for t in _study(out).trials if t.state == TrialState.COMPLETE}
+    assert before
+    r = subprocess.run(
+        [PY, "-m", "studies.run", "smoke", "--quiet", "--out", str(out), *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert r.returncode == 0, r.stderr
+    study = _study(out)
+    counted = [
+        t for t in study.trials if t.state.is_finished() and t.user_attrs.get("status") != "interrupted"
+    ]
+    assert len(counted) == 4 and all(t.user_attrs["status"] == "ok" for t in counted)
+    for n, t in before.items():
+        assert study.trials[n].values == t.values and study.trials[n].user_attrs == t.user_attrs
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200
+        return json.load(r)
+
+
+@pytest.mark.slow
+def test_dashboard_and_analysis_read_a_study_while_its_driver_writes(tmp_path):
+    """optuna-dashboard (its real server on loopback) and analysis.load_study poll the journal while
+    the driver writes it: every answer parses, trials only ever get added, and a trial shown finished
+    shows all its results then and the same values ever after (no record half-read)."""
+    from analysis import load_study
+
+    out = tmp_path / "run"
+    proc = _driver(out, "--trials", "6", "--concurrency", "2")
+    dash = None
+    seen_values: dict[int, list] = {}
+    polls = rows_seen = 0
+    try:
+        _wait_for(proc, out, lambda s: True)
+        port = _free_port()
+        dash = subprocess.Popen(
+            [
+                str(Path(PY).with_name("optuna-dashboard")),
+                str(out / "study.journal"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--quiet",
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}/api/studies"
+        for _ in range(100):
+            try:
+                _get(base)
+                break
+            except OSError:
+                time.sleep(0.3)
+        while True:
+            running = proc.poll() is None
+            (smoke,) = [s for s in _get(base)["study_summaries"] if s["study_name"] == "smoke"]
+            trials = _get(f"{base}/{smoke['study_id']}")["trials"]
+            assert [t["number"] for t in trials] == list(range(len(trials)))
+            for t in trials:
+                if t["state"] == "Complete":
+                    assert len(t["values"]) == 2, t
+                    attrs = {a["key"] for a in t["user_attrs"]}
+                    assert {"status", "top1", "flops", "genome", "epochs_completed"} <= attrs, t
+                    assert seen_values.setdefault(t["number"], t["values"]) == t["values"]
+            df = load_study(out)
+            assert len(df) >= rows_seen
+            rows_seen = len(df)
+            done = df[df["state"] == "COMPLETE"]
+            assert (
+                done["top1"].notna().all() and done["flops"].notna().all() and (done["status"] == "ok").all()
+            )
+            polls += 1
+            if not running:
+                break
+            time.sleep(0.2)
+        assert proc.returncode == 0, proc.communicate()[1]
+    finally:
+        if dash is not None:
+            dash.terminate()
+            dash.wait(10)
+        _end_group(proc)
+    print(f"{polls} polls of the dashboard and analysis while the driver wrote")
+    assert polls >= 5 and len(seen_values) == 6
+    final = {
+        t.number: [float(v) for v in t.values] for t in _study(out).trials if t.state == TrialState.COMPLETE
+    }
+    assert final == {n: [float(v) for v in vs] for n, vs in seen_values.items()}
