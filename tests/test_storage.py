@@ -341,3 +341,29 @@ def test_dashboard_and_analysis_read_a_study_while_its_driver_writes(tmp_path):
         t.number: [float(v) for v in t.values] for t in _study(out).trials if t.state == TrialState.COMPLETE
     }
     assert final == {n: [float(v) for v in vs] for n, vs in seen_values.items()}
+
+
+@pytest.mark.slow
+def test_faults_at_scale_every_trial_ends_right_none_lost_none_twice(tmp_path):
+    """40 trials, a fifth failing (an exception, a NaN loss, a simulated OOM, a SIGKILLed worker), the
+    driver SIGKILLed once and resumed (bench/faults_at_scale.py, which prints the same figures)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("faults_at_scale", REPO / "bench/faults_at_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    try:
+        r = bench.run(tmp_path / "faults", trials=40, fault_share=0.2, concurrency=2)
+    finally:
+        from searchspace.plugins import unregister
+
+        for kind in bench.KINDS:
+            unregister(f"fault_{kind}")
+        sys.modules.pop("fault_plugins", None)
+    print({k: v for k, v in r.items() if k != "resumed_stdout_tail"})
+    assert r["faulty_planned"] == 8 and r["counted"] == 40 and r["completed_ok"] == 32
+    assert r["failed_by_cause"] == {"diverged:nan": 2, "error:kill": 2, "error:raise": 2, "oom:oom": 2}
+    assert r["duplicates"] == 0 and r["lost"] == [] and r["unplanned"] == [] and r["wrong_status"] == []
+    assert r["interrupted"] >= 1 and r["requeued"] == r["interrupted"] and r["requeued_match_interrupted"]
+    assert r["asked"] == 40 + r["interrupted"] and r["left_running_or_waiting"] == 0
+    assert r["report_rendered"]
