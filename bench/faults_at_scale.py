@@ -137,7 +137,12 @@ def _storage(out: Path):
 
 
 def _driver(cfg_path: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0"}
+    # fault_plugins lives beside the config: the driver imports it from PYTHONPATH, its workers too
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(cfg_path.parent)]),
+        "RAY_DEDUP_LOGS": "0",
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "studies.run", str(cfg_path), "--quiet", "--out", str(out)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -197,7 +202,10 @@ def run(
 
     s = optuna.load_study(study_name=NAME, storage=_storage(out))
     final = counted(s)
-    by_key = Counter(t.user_attrs["genome_key"] for t in final if "genome_key" in t.user_attrs)
+    from searchspace import Genome
+
+    # from the genome stored at ask: a trial whose worker died reported nothing, its genome_key included
+    by_key = Counter(Genome.from_json(t.user_attrs["genome"]).key for t in final)
     planned = {key: kind for kind, key, _ in genomes}
     wrong = []
     for t in final:
