@@ -1,6 +1,6 @@
-"""Faults at scale: a study where a fifth of the trials fail in four different ways while the driver
-is SIGKILLed once and resumed, through the real command line, Ray and journal storage.
+"""Faults at scale: a fifth of a study's trials fail four ways while its driver is SIGKILLed once.
 
+Through the real command line, Ray and journal storage; the driver is resumed with the same command.
 The genomes are enqueued (Optuna's enqueue_trial) before the run, so which trial fails how is known:
 a [space] imports module (fault_plugins, written to a temp folder) registers four plugins whose
 forward, in training only, raises an exception, makes the loss NaN, raises torch.OutOfMemoryError,
@@ -253,6 +253,14 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--out", help="run folder to create (default: a temporary one, removed)")
     a = ap.parse_args()
+    bad = None
+    if a.out and Path(a.out).exists():
+        bad = f"--out {a.out}: exists already; give a new folder"
+    elif a.trials < 10 or not 0 < a.fault_share < 1 or a.concurrency < 1:
+        bad = "expected --trials >= 10, 0 < --fault-share < 1, --concurrency >= 1"
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        raise SystemExit(2)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(a.out) if a.out else Path(tmp) / NAME
         r = run(out, a.trials, a.fault_share, a.concurrency)
