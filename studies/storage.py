@@ -91,7 +91,12 @@ def check_before_writing(url: str) -> None:
         return
     from .journal import repair_torn_tail
 
-    said = repair_torn_tail(url)
+    try:
+        said = repair_torn_tail(url)
+    except OSError as e:  # unreadable, a read-only folder (the lock file cannot be made), an I/O error
+        raise UserError(
+            f"{describe(url)}: cannot check the journal before writing ({e.strerror or e})"
+        ) from None
     if said:
         import sys
 

@@ -367,3 +367,38 @@ def test_faults_at_scale_every_trial_ends_right_none_lost_none_twice(tmp_path):
     assert r["interrupted"] >= 1 and r["requeued"] == r["interrupted"] and r["requeued_match_interrupted"]
     assert r["asked"] == 40 + r["interrupted"] and r["left_running_or_waiting"] == 0
     assert r["report_rendered"]
+
+
+REPAIR_OVER_A_LIMIT = """
+import resource, sys
+from studies import storage as st
+from searchspace.errors import UserError
+
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+try:
+    st.check_before_writing(sys.argv[1])
+except UserError as e:
+    print(e)
+    raise SystemExit(3) from None
+"""
+
+
+def test_a_torn_tail_is_not_dropped_when_its_copy_cannot_be_kept(tmp_path):
+    """The copy of the file does not fit (a file-size limit below the file's size, as on a full disk):
+    nothing is truncated, one line says why, and once it fits the repair goes through."""
+    journal = tmp_path / "study.journal"
+    _small_journal(journal)
+    torn = journal.read_bytes()[:-20]
+    journal.write_bytes(torn)
+    r = subprocess.run(
+        [PY, "-c", REPAIR_OVER_A_LIMIT, str(journal), str(len(torn) // 2)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.count("\n") == 1 and "could not be kept" in r.stdout and "nothing was changed" in r.stdout
+    assert journal.read_bytes() == torn and not list(tmp_path.glob("*.torn-*"))
+    assert "dropped a torn last record" in repair_torn_tail(journal)
+    assert scan(journal).bad_line is None
