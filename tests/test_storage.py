@@ -402,3 +402,26 @@ def test_a_torn_tail_is_not_dropped_when_its_copy_cannot_be_kept(tmp_path):
     assert journal.read_bytes() == torn and not list(tmp_path.glob("*.torn-*"))
     assert "dropped a torn last record" in repair_torn_tail(journal)
     assert scan(journal).bad_line is None
+
+
+def test_a_record_half_written_is_not_shown_until_it_is_whole(tmp_path):
+    """What a reader meets mid-append, byte for byte: analysis reads the study without error and
+    without the half record, then with it once its last byte (the newline) is there."""
+    from analysis import load_study
+
+    run = tmp_path / "run"
+    run.mkdir()
+    journal = run / "study.journal"
+    _small_journal(journal, n=3)
+    whole = journal.read_bytes()
+    start = _last_record_start(whole)  # the last record: trial 2 told COMPLETE
+    journal.write_bytes(whole[:start])
+    before = load_study(run, "s")
+    assert before.loc[before["number"] == 2, "state"].item() == "RUNNING"
+    for cut in (start + 1, (start + len(whole)) // 2, len(whole) - 1):
+        journal.write_bytes(whole[:cut])
+        df = load_study(run, "s")
+        assert df.loc[df["number"] == 2, "state"].item() == "RUNNING", cut
+    journal.write_bytes(whole)
+    df = load_study(run, "s")
+    assert df.loc[df["number"] == 2, "state"].item() == "COMPLETE"
