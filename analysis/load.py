@@ -64,7 +64,13 @@ def open_storage(run_dir_or_storage: Any) -> optuna.storages.BaseStorage:
         )
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    try:  # Optuna skips a torn last record (one being written, or cut short); a damaged middle raises
+        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    except ValueError as e:  # json.JSONDecodeError included
+        raise UserError(
+            f"{journal}: a record in the middle of the journal is damaged ({type(e).__name__}: "
+            f"{str(e).splitlines()[0]}); it cannot be read as it is (restore it from a copy)"
+        ) from None
 
 
 def _config_name(run_dir_or_storage: Any) -> str | None:

@@ -268,6 +268,7 @@ def run(plan_: dict, log) -> dict:
     )  # its own lock and Ray folder: a study (or another calibration) may run beside it
     work.mkdir(parents=True, exist_ok=True)
     with st.DriverLock(work):
+        st.check_before_writing(url)  # a torn journal tail is dropped (a copy kept), never appended to
         storage = st.open_or_create(url)
         existing = st.find_study(storage, name)
         if existing is not None:

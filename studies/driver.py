@@ -420,6 +420,8 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
             with Progress(console, ref_waiting, 0, res["concurrency"], "references") as search.progress:
                 # a reference is measured in full: an early-stopped design would have no proxy result
                 tune_fn(cfg, res, search, ref_waiting, run_dir, "references", log, early_stop=False)
+            if search.write_error is not None:
+                raise search.write_error
             summary["references"] = len(search.finished)
         if done < want:
             log(f"running {want - done} trial(s) ({done} of {want} already done)")
@@ -428,6 +430,8 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
             )
             with Progress(console, want, done, res["concurrency"]) as search.progress:
                 tune_fn(cfg, res, search, want - done, run_dir, "search", log)
+            if search.write_error is not None:  # the storage is intact up to it; the same command resumes
+                raise search.write_error
             summary["ran"] = len(search.finished)
             summary["skipped"] = len(search.skipped)
     finally:

@@ -312,6 +312,7 @@ def main(argv=None) -> int:
 
 def _run(args, cfg, run_dir: Path, url: str) -> dict:
     with st.DriverLock(run_dir):
+        st.check_before_writing(url)  # a torn journal tail is dropped (a copy kept), never appended to
         storage = st.open_or_create(url)
         existing = _open_study(storage, cfg.name, cfg, args.resume)
         _open_study(storage, cfg.name + ".references", cfg, args.resume, ref=True)

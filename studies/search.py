@@ -30,6 +30,7 @@ from ray.tune.search import Searcher
 from analysis import metrics
 
 from .config import SAMPLERS
+from .journal import StorageWriteError
 from .storage import INFEASIBLE
 
 # Copied from the final result to the trial's user attrs (plus genome, fidelity, reference, ...), after
@@ -217,6 +218,9 @@ class StudySearch(Searcher):
         self.limits = limits
         self.max_skips = max_skips  # infeasible draws in a row before the searcher gives up
         self.skipped: list[int] = []  # trial numbers recorded infeasible, never trained
+        # A failed storage write (full disk): no new trial is asked, the driver ends with this error, and
+        # trials not told stay RUNNING, to be requeued when the run resumes.
+        self.write_error: StorageWriteError | None = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_study": None, "_storage": None}
@@ -258,6 +262,20 @@ class StudySearch(Searcher):
             storage.set_trial_user_attr(tid, k, v)
 
     def suggest(self, trial_id: str) -> dict | None:
+        if self.write_error is not None:
+            return Searcher.FINISHED
+        try:
+            return self._suggest(trial_id)
+        except StorageWriteError as e:
+            self._stop_writing(e)
+            return Searcher.FINISHED
+
+    def _stop_writing(self, e: StorageWriteError) -> None:
+        if self.write_error is None:
+            self.write_error = e
+            self._log(f"  storage write failed: no new trials are started ({e})")
+
+    def _suggest(self, trial_id: str) -> dict | None:
         # An infeasible genome is recorded and a new one asked here, so that every Ray sample trains
         # one genome and Ray's num_samples stays the number of trained trials.
         for _ in range(self.max_skips + 1):
@@ -313,10 +331,13 @@ class StudySearch(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last[trial_id] = result  # an errored trial's complete call carries no result
         if trial_id in self._asked and not result.get("final"):  # progress for the dashboard
-            self.set_trial_attrs(
-                self._asked[trial_id][0],
-                {k: result[k] for k in ("epochs_completed", "top1", "node") if result.get(k) is not None},
-            )
+            try:
+                self.set_trial_attrs(
+                    self._asked[trial_id][0],
+                    {k: result[k] for k in ("epochs_completed", "top1", "node") if result.get(k) is not None},
+                )
+            except StorageWriteError as e:
+                self._stop_writing(e)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self._asked:
@@ -327,6 +348,12 @@ class StudySearch(Searcher):
         try:
             self.set_trial_attrs(number, {**self._attrs, **{k: r[k] for k in result_attrs() if k in r}})
             self.study.tell(number, values, state=state)
+        except StorageWriteError as e:  # left RUNNING: requeued on resume, not counted as a failure
+            self._stop_writing(e)
+            self._log(
+                f"  trial {number}: its result could not be stored; it runs again when the study resumes"
+            )
+            return
         except Exception as e:  # never lose the study over one trial
             try:
                 self.study.tell(number, None, state=TrialState.FAIL)

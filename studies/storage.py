@@ -71,15 +71,36 @@ def open_or_create(url: str) -> optuna.storages.BaseStorage:
     """The storage a run writes to, created when missing (a journal file, an RDB's tables); reading
     a finished study goes through analysis.open_storage, which never creates one."""
     if "://" not in url:
-        from optuna.storages.journal import JournalFileBackend
+        from .journal import JournalAppendBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
+        return optuna.storages.JournalStorage(JournalAppendBackend(url))
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as e:
         raise UserError(
             redact(f"--storage {describe(url)!r}: cannot open ({type(e).__name__}: {str(e).splitlines()[0]})")
         ) from None
+
+
+def check_before_writing(url: str) -> None:
+    """A driver's first step on its storage, under its DriverLock: a journal whose last record was
+    cut short (a crash, a full disk) has that record dropped, a copy of the file kept, and one line
+    printed; a journal damaged in the middle is refused (UserError), nothing written. An RDB keeps
+    its own promise (a committed transaction survives, an uncommitted one is rolled back)."""
+    if "://" in url:
+        return
+    from .journal import repair_torn_tail
+
+    try:
+        said = repair_torn_tail(url)
+    except OSError as e:  # unreadable, a read-only folder (the lock file cannot be made), an I/O error
+        raise UserError(
+            f"{describe(url)}: cannot check the journal before writing ({e.strerror or e})"
+        ) from None
+    if said:
+        import sys
+
+        print(said, file=sys.stderr, flush=True)
 
 
 def describe(url: str) -> str:

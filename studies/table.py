@@ -281,6 +281,7 @@ def build(args) -> int:
     shipped = {(r["genome_key"], int(r["seed"])) for r in rows}
     log = lambda m: print(m, flush=True)  # noqa: E731
     with st.DriverLock(run_dir):
+        st.check_before_writing(url)  # a torn journal tail is dropped (a copy kept), never appended to
         storage = st.open_or_create(url)
         study = optuna.create_study(
             study_name=study_name(cfg),
