@@ -73,9 +73,8 @@ def test_ridge_takes_over_when_runs_are_few_and_says_why():
     small = effects.Runs(runs.frame.head(8).reset_index(drop=True), "8 runs")
     f = effects.fit(small)
     assert f.kind == "eb-ridge" and "too few" in f.why and f.df_resid is None
-    full = effects.fit(runs)
-    wide = f.effects().eval("high - low").median()
-    assert np.isfinite(wide) and wide > full.effects().eval("high - low").median()
+    widths = f.effects().eval("high - low")
+    assert np.isfinite(widths).all() and (widths > 0).all()
 
 
 def test_a_verdict_beaten_needs_its_contrast_interval_above_zero():
