@@ -35,6 +35,9 @@ def init_ray(address: str | None) -> bool:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV per trial
+    # Ctrl-C and SIGTERM are the driver's (studies.stopping): Tune's own SIGINT handler would end the
+    # run without telling the driver, which then could not tell an interrupted run from a finished one.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if ray.is_initialized():
         return False
     path = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
