@@ -111,8 +111,9 @@ def test_spent_budget_on_the_table_backend_ends_with_summary_and_report(tmp_path
 
 
 def _start_and_signal(run: Path, signum: int, *extra) -> subprocess.CompletedProcess:
-    """`studies.run smoke` in its own process group; once a trial is RUNNING in the journal, `signum`
-    goes to the whole group, as a terminal's Ctrl-C does."""
+    """`studies.run smoke` in its own process group; once a trial is RUNNING in the journal, SIGINT goes
+    to the whole group, as a terminal's Ctrl-C does, and SIGTERM to the driver, as `kill PID` or a
+    container's stop does (a SIGTERM to the group also ends Ray's own processes: see README)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "studies.run", "smoke", "--out", str(run), *extra],
         cwd=REPO,
@@ -133,7 +134,10 @@ def _start_and_signal(run: Path, signum: int, *extra) -> subprocess.CompletedPro
                     break
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before a trial started"
-        os.killpg(proc.pid, signum)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)
+        else:
+            os.kill(proc.pid, signum)
         out, err = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
