@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -328,7 +328,9 @@ def write_atomic(path: Path, text: str) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp (always 0600): the umask decides the mode, as for every file of a run (docs/security.md)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

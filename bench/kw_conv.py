@@ -12,6 +12,7 @@ therefore keeps KW networks in NCHW; these rows measure what that choice saves).
     python bench/kw_conv.py [--device cuda] [--batches 8 32] [--repeats 15] [--budgets 1 4]
                             [--layouts nchw channels_last] [--dtypes fp32 bf16] [--forms auto]
                             [--hw 14] [--width 1.0]
+    python bench/kw_conv.py --quick    # seconds on the CPU: checks the script, measures little
 """
 
 from __future__ import annotations
@@ -102,7 +103,20 @@ def main() -> None:
     ap.add_argument("--forms", nargs="+", choices=FORMS, default=["auto"])
     ap.add_argument("--hw", type=int, default=14, help="map side")
     ap.add_argument("--width", type=float, default=1.0, help="channel width multiplier (256 at 1.0)")
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny sizes on the CPU, seconds: checks the script runs"
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.device, args.batches, args.budgets, args.repeats, args.hw, args.width = (
+            "cpu",
+            [2],
+            [1.0],
+            2,
+            4,
+            0.125,
+        )
+        args.layouts, args.dtypes, args.forms = ["nchw"], ["fp32"], ["auto"]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -8,6 +8,7 @@ The table gives the share of self CPU time per part, then the heaviest ops of ea
 
     python bench/kw_profile.py [--design kw_resnet50_1x] [--width 0.125] [--batch 16]
                                [--resolutions 64 128] [--threads 2] [--form auto|grouped|matmul|counted]
+    python bench/kw_profile.py --quick    # seconds: a narrow KW ResNet-18 at 32 px, checks the script
 
 `--form counted` runs the authors' form (searchspace.plugins.forms.counted_forms: the grouped conv
 and the attention as first written), i.e. the code before the fast forms.
@@ -26,7 +27,7 @@ from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from searchspace import Genome, build, catalog
-from searchspace.plugins import kernelwarehouse as kwm
+from searchspace.backbones import kernelwarehouse as kwm
 from searchspace.plugins.forms import counted_forms
 
 PARTS = ("attention", "assembly", "conv", "rest")
@@ -106,7 +107,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--form", choices=(*kwm.FORMS, "counted"), default="auto", help="KW conv form")
     ap.add_argument("--top", type=int, default=4, help="heaviest ops listed per part")
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny sizes on the CPU, seconds: checks the script runs"
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.design, args.width, args.batch, args.resolutions, args.repeats = (
+            "kw_resnet18_1x",
+            0.0625,
+            2,
+            [32],
+            1,
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     label_kw_parts()

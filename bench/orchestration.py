@@ -7,6 +7,7 @@ That span still holds the one-off start of Ray's worker processes (imports), so 
 and the last line is the marginal cost of one more trial, which is what a long study pays:
     marginal_overhead_s_per_trial=<x>
 Usage: python bench/orchestration.py [--trials 12 36] [--concurrency 2]
+       python bench/orchestration.py --quick    # 2 and 3 trials: checks the script (a minute: Ray starts twice)
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, nargs="+", default=[12, 36])
     ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument(
+        "--quick", action="store_true", help="two tiny studies of 2 and 3 trials: checks the script runs"
+    )
     a = ap.parse_args()
+    if a.quick:
+        a.trials = [2, 3]
     runs = [run_study(n, a.concurrency) for n in a.trials]
     for r in runs:
         n = r["trials"]

@@ -7,6 +7,7 @@ both alike; the ratio is design images/s over baseline images/s (1.0 = free, low
     python bench/plugin_speed.py                       # every attention design, 64 and 128 px
     python bench/plugin_speed.py --designs se_resnet50 fcanet50 --resolutions 112 224 --batch 32
     python bench/plugin_speed.py --forms    # also time each design in its counted (authors') form
+    python bench/plugin_speed.py --quick    # seconds on the CPU: one narrow design, checks the script
 
 With --forms a third model, the same design run in its counted form (searchspace.plugins.forms:
 the arrangement the FLOP counts count, which is also the pre-optimisation code), joins the
@@ -97,7 +98,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--forms", action="store_true", help="also time the designs in their counted form")
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny sizes on the CPU, seconds: checks the script runs"
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.designs, args.resolutions, args.batch, args.width = ["se_resnet18"], [32], 2, 0.125
+        args.repeats, args.warmup, args.device = 2, 1, "cpu"
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(

@@ -14,6 +14,7 @@ Last line: snr=X tau=Y for the shipped protocol (single-run SNR over the publish
 against the reference protocol, or "tau=nan" when the folder has none).
 
     python bench/proxy_fidelity.py RUN_DIR_OR_JOURNAL [--reference NAME:PROTOCOL] [--all] [--run --seeds 3]
+    python bench/proxy_fidelity.py --quick    # a minute: calibrates the smoke study in a temporary folder
 """
 
 from __future__ import annotations
@@ -90,44 +91,67 @@ def _f(v, nd=3):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("storage", help="run folder (holding study.journal), a .journal file or a storage URL")
+    ap.add_argument(
+        "storage", nargs="?", help="run folder (holding study.journal), a .journal file or a storage URL"
+    )
     ap.add_argument("--reference", help="the reference protocol as NAME:PROTOCOL (default: the costliest)")
     ap.add_argument("--all", action="store_true", help="every calibrated design, not only the published ones")
     ap.add_argument("--run", action="store_true", help=f"first calibrate the shipped {SHIPPED} protocol here")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="calibrate the smoke study (2 designs x 2 seeds, a minute) in a temporary folder and read it back",
+    )
     a = ap.parse_args(argv)
+    if a.quick:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return report(tmp, a, shipped="smoke", designs="resnet18,se_resnet18", seeds=2)
+    if not a.storage:
+        ap.error("give a STORAGE (a run folder, a .journal file or a URL), or --quick")
     if a.run:
+        return report(a.storage, a)
+    return report(a.storage, a, run=False)
+
+
+def report(
+    where: str, a, shipped: str = SHIPPED, designs: str = DESIGNS, seeds=None, run: bool = True
+) -> int:
+    """Calibrate `shipped` in `where` first when `run`, then print the calibrations stored there."""
+    if run:
         from studies.calibrate import main as calibrate
 
-        run_dir = Path(a.storage)
+        run_dir = Path(where)
         calibrate(
             [
-                SHIPPED,
+                shipped,
                 "--designs",
                 "0",
                 "--seeds",
-                str(a.seeds),
+                str(seeds or a.seeds),
                 "--only",
-                DESIGNS,
+                designs,
                 "--no-versus",
                 "--out",
                 str(run_dir if run_dir.suffix != ".journal" else run_dir.parent),
                 "--quiet",
             ]
-            + (["--storage", a.storage] if run_dir.suffix == ".journal" else [])
+            + (["--storage", where] if run_dir.suffix == ".journal" else [])
         )
-    storage = open_storage(a.storage)
+    storage = open_storage(where)
     recs = protocols(storage, published_only=not a.all)
     if not recs:
         print(
-            f"no calibration in {a.storage}: run python -m studies.calibrate NAME --out {a.storage} "
+            f"no calibration in {where}: run python -m studies.calibrate NAME --out {where} "
             "(or this script with --run)",
             file=sys.stderr,
         )
         return 2
     from studies import config
 
-    shipped_cfg = config.load(SHIPPED)
+    shipped_cfg = config.load(shipped)
     shipped_fid = json.loads(json.dumps(shipped_cfg.protocol["fidelity"]))
     base = nominal_cost(shipped_fid, shipped_cfg.protocol["data"])
     ref = (
@@ -220,7 +244,7 @@ def main(argv=None) -> int:
     )
     shipped = next((r for r in recs if r["shipped"]), None)
     if shipped is None:
-        print(f"\nno calibration of the shipped {SHIPPED} protocol here (run with --run)", file=sys.stderr)
+        print(f"\nno calibration of the shipped {shipped} protocol here (run with --run)", file=sys.stderr)
         return 2
     tau = (
         shipped["agree"]["tau"] if shipped["agree"] and shipped["agree"]["tau"] is not None else float("nan")

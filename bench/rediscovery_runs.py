@@ -1,6 +1,7 @@
 """What finished study runs found: per published design, and per run (epochs spent, front hypervolume).
 
     python bench/rediscovery_runs.py RUN_DIR [RUN_DIR ...]
+    python bench/rediscovery_runs.py --quick    # seconds: a smoke_table run answered by its table
 
 For each run folder (a studies.run --out): the wall time is not stored, so pass it in the log;
 this prints the trials counted, skipped (infeasible) and pruned, the epochs spent training, the
@@ -18,8 +19,15 @@ where present). Differences under two standard errors are reported as within noi
 
 from __future__ import annotations
 
+import argparse
 import math
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 import numpy as np
 
@@ -103,5 +111,27 @@ def main(run_dirs: list[str]) -> None:
             )
 
 
+def cli(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run folders of studies.run (--out)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="first run the smoke_table study with its references, answered by its table (seconds); report on it",
+    )
+    a = ap.parse_args(argv)
+    if a.quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            argv = [sys.executable, "-m", "studies.run", "smoke_table", "--backend", "table", "--reference",
+                    "--quiet", "--out", tmp]  # fmt: skip
+            subprocess.run(argv, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+            main([tmp, *a.run_dirs])
+        return 0
+    if not a.run_dirs:
+        ap.error("give at least one RUN_DIR (or --quick)")
+    main(a.run_dirs)
+    return 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    raise SystemExit(cli())

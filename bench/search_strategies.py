@@ -20,6 +20,7 @@ Last line: best=<strategy> hv_at_budget_vs_random=<ratio of medians> (random whe
 
     python bench/search_strategies.py [--table studies/tables/placement_table.csv] [--seeds 20] [--budget 48]
                                       [--samplers random,tpe,nsga2,gp] [--stoppings none,pareto,asha] [--jobs 2]
+    python bench/search_strategies.py --quick    # seconds: the smoke table, checks the script
 """
 
 from __future__ import annotations
@@ -129,7 +130,16 @@ def main() -> None:
         "--stoppings", default="none,pareto,asha", help="none, pareto (Pareto-aware rungs), asha (top-1 only)"
     )
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes running search runs")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smoke table, 2 search seeds of 4 trials, random and tpe: seconds, checks the script runs",
+    )
     a = ap.parse_args()
+    if a.quick:
+        a.config, a.table, a.seeds, a.budget, a.samplers, a.stoppings, a.jobs = (
+            "smoke_table", None, 2, 4, "random,tpe", "none", 1,
+        )  # fmt: skip
     stoppings = [es for es in a.stoppings.split(",") if es]
     unknown = [es for es in stoppings if es not in STOPPINGS]
     if unknown:

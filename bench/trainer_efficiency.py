@@ -10,6 +10,7 @@ seconds are the work done, while wall seconds on a shared machine also count oth
 `--clock` picks the one the last line uses. Last line: ratio=<min over models>.
 
     python bench/trainer_efficiency.py [--models resnet50,se_resnet50] [--epochs 3] [--clock cpu|wall]
+    python bench/trainer_efficiency.py --quick   # seconds on a CPU: checks the script, measures little
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from searchspace import build, catalog  # noqa: E402
+from searchspace import catalog  # noqa: E402
 from trainers.data import DataSpec, load_data  # noqa: E402
 from trainers.measure import Timer, bare_train_step  # noqa: E402
-from trainers.train import Fidelity, train  # noqa: E402
+from trainers.train import Fidelity, build_model, train  # noqa: E402
 
 
 def main():
@@ -47,11 +48,20 @@ def main():
     p.add_argument(
         "--clock", choices=("cpu", "wall"), default=None, help="default: cpu with 1 CPU thread, else wall"
     )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes (2 classes, 1 epoch, width 1/16): runs in seconds, to check the script works",
+    )
     a = p.parse_args()
+    spec = DataSpec()
+    if a.quick:
+        a.models, a.epochs, a.width, a.batch_size, a.bare_steps = "resnet50", 1, 0.0625, 8, 2
+        spec = DataSpec(num_classes=2, max_per_class=16, max_val_per_class=8)
     if a.threads:
         torch.set_num_threads(a.threads)
     with Timer() as t:
-        data = load_data(DataSpec(), a.resolution)
+        data = load_data(spec, a.resolution)
     print(
         f"data: {len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, "
         f"{a.resolution}px, loaded in {t.wall_s:.1f}s; torch threads {torch.get_num_threads()}"
@@ -59,10 +69,10 @@ def main():
     fid = Fidelity(epochs=a.epochs, resolution=a.resolution, width=a.width, batch_size=a.batch_size)
     rows = []
     for name in a.models.split(","):
-        genome = catalog.get(name).genome
+        catalog.get(name)  # an unknown name fails here, before any training
         torch.manual_seed(0)
         step, dev = bare_train_step(
-            build(genome, num_classes=data.num_classes, width=a.width),
+            build_model(name, data.num_classes, a.width),  # as the trainer builds it (the design's recipe)
             a.batch_size,
             a.resolution,
             a.device,
@@ -86,7 +96,7 @@ def main():
                 flush=True,
             )
 
-        res = train(genome, fid, data, device=a.device, report=between_epochs)
+        res = train(name, fid, data, device=a.device, report=between_epochs)
         tr_wall = statistics.median(h["images_per_s"] for h in res.history)
         tr_cpu = statistics.median(h["images_per_s"] * h["train_s"] / h["cpu_s"] for h in res.history)
         rows.append(

@@ -30,6 +30,7 @@ from searchspace.errors import UserError
 
 from . import config as config_mod
 from . import storage as st
+from .stopping import StopWhen
 
 PROTOCOLS = ("study", "versus")
 VERSUS_SECTIONS = ("fidelity", "data")
@@ -309,8 +310,10 @@ def run(plan_: dict, log) -> dict:
             for p in protocols
         }
         ran = 0
+        stop = plan_.get("stop") or StopWhen()
         if any(todo.values()):
             started = driver.init_ray(plan_.get("address"))
+            stop.install()  # after ray.init, which sets its own SIGTERM handler
             heartbeat = st.Heartbeat(storage, [name]).start()
             try:
                 res = driver.resources(cfg)
@@ -319,6 +322,8 @@ def run(plan_: dict, log) -> dict:
                     f"{res['concurrency']} trial(s) at a time on {res['device']}"
                 )
                 for p in order:
+                    if stop.should_stop():
+                        break
                     pcfg = protocols[p]
                     _enqueue(study, entries, p, spec)
                     n = _waiting(study).get(p, 0)
@@ -344,7 +349,7 @@ def run(plan_: dict, log) -> dict:
                     pcfg = config_mod.with_overrides(
                         pcfg, {"early_stopping.asha": False}
                     )  # every run to its last epoch
-                    driver._tune(pcfg, res, search, n, work, f"calibrate-{p}", log)
+                    driver._tune(pcfg, res, search, n, work, f"calibrate-{p}", log, stop=stop)
                     ran += len(search.finished)
             finally:
                 heartbeat.stop()
@@ -352,6 +357,8 @@ def run(plan_: dict, log) -> dict:
                     import ray
 
                     ray.shutdown()
+            if stop.signum is not None:  # the runs Ray stopped: requeued now, as a re-run would
+                log(f"{stop.reason}: run(s) {st.recover(storage, study)} stopped and requeued")
         summary = summarize(
             study,
             protocols,
@@ -490,13 +497,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     p = prepare(args)  # nothing opened or written up to here
     p["address"], p["bootstrap"] = args.address, args.bootstrap
+    p["stop"] = StopWhen().reset().install()  # Ctrl-C / SIGTERM: the summary, then status 130 / 143
     log = (lambda *_: None) if args.quiet else (lambda m: print(m, flush=True))
     t0 = time.perf_counter()
     p["run_dir"].mkdir(parents=True, exist_ok=True)
     summary = run(p, log)
     print_summary(summary, p["cfg"].name + CALIBRATION_SUFFIX)
     print(f"this run: {summary['ran']} trial(s) in {time.perf_counter() - t0:.0f}s")
-    return 0
+    return p["stop"].exit_status()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,7 @@ class Target:
 class Budget:
     trials: int = 32
     concurrency: int = 0  # 0 = as many as the cluster's resources allow
+    minutes: float | None = None  # wall clock; the run ends at the trial count or this, whichever first
 
 
 @dataclass(frozen=True)
@@ -317,6 +319,12 @@ def _build(raw: dict, source: str, where: str) -> StudyConfig:
     b = raw["budget"]
     _int(b["trials"], f"{where}: budget.trials (trials)")
     _int(b["concurrency"], f"{where}: budget.concurrency", lo=0)
+    if b["minutes"] is not None:
+        _num(b["minutes"], f"{where}: budget.minutes (minutes)")
+        if not math.isfinite(b["minutes"]):
+            raise UserError(
+                f"{where}: budget.minutes (minutes): expected a finite number, got {b['minutes']!r}"
+            )
     s = raw["sampler"]
     if s["name"] not in SAMPLERS:
         raise UserError(f"{where}: sampler.name {s['name']!r} unknown (known: {', '.join(SAMPLERS)})")

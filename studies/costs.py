@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from functools import lru_cache
 from pathlib import Path
 
@@ -64,7 +64,9 @@ def target_cost(genome, target: dict) -> dict:
 def _write(path: Path, record: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".cost-", dir=path.parent)
+        # not mkstemp (always 0600): the umask decides the mode, as for every file the tool writes
+        tmp = path.parent / f".cost-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w") as f:
             json.dump(record, f)
         os.replace(tmp, path)

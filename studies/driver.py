@@ -36,6 +36,9 @@ def init_ray(address: str | None) -> bool:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV per trial
+    # Ctrl-C and SIGTERM are the driver's (studies.stopping): Tune's own SIGINT handler would end the
+    # run without telling the driver, which then could not tell an interrupted run from a finished one.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if ray.is_initialized():
         return False
     path = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -158,9 +161,12 @@ def _tune(
     log,
     ctx_overrides: dict | None = None,
     early_stop: bool = True,
+    stop=None,
 ) -> None:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
+
+    from .stopping import tune_stopper
 
     scheduler = None
     es = cfg.early_stopping
@@ -196,6 +202,7 @@ def _tune(
             storage_path=str(run_dir / "ray"),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
+            stop=tune_stopper(stop) if stop is not None else None,  # a signal, or [budget] minutes
         ),
     )
     tuner.fit()
@@ -337,6 +344,9 @@ def _enqueue_known(study, designs, spec, attr: str, log, recipe: str | None = No
 
 
 def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
+    from .stopping import StopWhen
+
+    stop = getattr(args, "stop", None) or StopWhen(cfg.budget.minutes)
     console = Console(quiet=args.quiet)
     log = console.log
     spec = cfg.space
@@ -388,6 +398,8 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
     table = getattr(args, "table", None)  # studies.table_backend.TableBackend: trials answered from a table
     tune_fn = _tune if table is None else table.tune
     started = init_ray(args.address) if table is None else False
+    if started:
+        stop.install()  # ray.init has just replaced the SIGTERM handler
     heartbeat = st.Heartbeat(storage, [x.study_name for x in (ref, study) if x is not None]).start()
     try:
         res = resources(cfg) if table is None else table.resources(cfg)
@@ -403,7 +415,7 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
                 f"table backend: {len(table.table.rows)} genomes of table {table.table.name!r} "
                 f"({table.table.path}); up to {res['concurrency']} simulated trials at a time"
             )
-        if ref_waiting:
+        if ref_waiting and not stop.should_stop():
             log(f"evaluating {ref_waiting} reference design(s) in study {ref.study_name!r}")
             ref_attrs = {k: v for k, v in attrs.items() if k != "reference"}  # keep the name set at enqueue
             search = _new_search(
@@ -419,27 +431,36 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
             )
             with Progress(console, ref_waiting, 0, res["concurrency"], "references") as search.progress:
                 # a reference is measured in full: an early-stopped design would have no proxy result
-                tune_fn(cfg, res, search, ref_waiting, run_dir, "references", log, early_stop=False)
+                tune_fn(
+                    cfg, res, search, ref_waiting, run_dir, "references", log, early_stop=False, stop=stop
+                )
             if search.write_error is not None:
                 raise search.write_error
             summary["references"] = len(search.finished)
-        if done < want:
+        if done < want and not stop.should_stop():
             log(f"running {want - done} trial(s) ({done} of {want} already done)")
             search = _new_search(
                 cfg, url, cfg.name, len(study.trials), spec, attrs, log, driver=heartbeat.id, limits=limits
             )
             with Progress(console, want, done, res["concurrency"]) as search.progress:
-                tune_fn(cfg, res, search, want - done, run_dir, "search", log)
+                tune_fn(cfg, res, search, want - done, run_dir, "search", log, stop=stop)
             if search.write_error is not None:  # the storage is intact up to it; the same command resumes
                 raise search.write_error
             summary["ran"] = len(search.finished)
             summary["skipped"] = len(search.skipped)
     finally:
-        heartbeat.stop()
+        heartbeat.stop()  # marks this driver stopped: recover() below takes its RUNNING trials for dead
         if started:
             import ray
 
             ray.shutdown()
+    if stop.signum is not None or (stop.time_up() and st.counted(study) < want):
+        summary["stopped"] = stop.reason
+        # The trials Ray stopped were never told: mark them interrupted and requeue them now, as the
+        # next run would, so that this summary and report show them as what they are.
+        stopped = [n for s in (ref, study) if s is not None for n in st.recover(storage, s)]
+        log(f"stopped: {stop.reason}" + (f"; trial(s) {stopped} stopped and requeued" if stopped else ""))
+        summary["requeued_now"] = stopped
     summary["report"] = _report(cfg, url, run_dir, log)
     return summary
 
@@ -476,6 +497,10 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
         f"({', '.join(f'{n} {k}' for k, n in sorted(states.items()))}); this run {summary.get('ran', 0)} trial(s) "
         f"in {summary['wall_s']:.0f}s"
     )
+    if summary.get("stopped"):
+        print(f"ended early: {summary['stopped']} (stopped trials were requeued; run again to continue)")
+    elif cfg.budget.minutes is not None:
+        print(f"ended by the trial budget ({cfg.budget.trials}), within {cfg.budget.minutes:g} minute(s)")
     if st.skipped(study):
         print(
             f"skipped before training: {st.skipped(study)} genome(s) over [constraints] (stored infeasible with "

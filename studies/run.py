@@ -31,6 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="list the shipped studies: size, published designs inside, description",
     )
     ap.add_argument("--trials", type=int, help="total trials the study should reach")
+    ap.add_argument(
+        "--minutes",
+        type=float,
+        help="wall-clock budget of this run; it ends at --trials or this, whichever comes first "
+        "(trials still training then are stopped and requeued)",
+    )
     ap.add_argument("--epochs", type=int, help="proxy epochs per trial")
     ap.add_argument("--resolution", type=int, help="proxy training resolution")
     ap.add_argument("--width", type=float, help="proxy width multiplier")
@@ -99,7 +105,7 @@ def prepare(args) -> dict:
     """Every check that needs no storage and no Ray: returns the plan, or raises UserError."""
     for n in ("trials", "epochs", "resolution", "concurrency"):
         _positive(n, getattr(args, n))
-    for n in ("width", "cpus_per_trial"):
+    for n in ("width", "cpus_per_trial", "minutes"):
         _positive(n.replace("_", "-"), getattr(args, n), float)
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise UserError(f"--gpus-per-trial: expected >= 0, got {args.gpus_per_trial}")
@@ -109,6 +115,7 @@ def prepare(args) -> dict:
         args.study,
         {
             "budget.trials": args.trials,
+            "budget.minutes": args.minutes,
             "fidelity.epochs": args.epochs,
             "fidelity.resolution": args.resolution,
             "fidelity.width": args.width,
@@ -293,10 +300,14 @@ def main(argv=None) -> int:
     cfg, run_dir, url = plan["cfg"], plan["run_dir"], plan["url"]
     t_start = time.perf_counter()
     from . import driver
+    from .stopping import StopWhen
 
     # A cluster given with --address is joined before anything is written: if it cannot be joined,
     # the run folder and the storage are as they were.
     joined = driver.init_ray(args.address) if args.address else False
+    # From here a first Ctrl-C or SIGTERM ends the run cleanly: summary, report, status 130 / 143
+    # (installed after ray.init, which sets a SIGTERM handler of its own).
+    args.stop = StopWhen(cfg.budget.minutes).reset().install()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         summary = _run(args, cfg, run_dir, url)
@@ -307,7 +318,7 @@ def main(argv=None) -> int:
             ray.shutdown()
     summary["wall_s"] = time.perf_counter() - t_start
     driver.print_summary(cfg, st.open_or_create(url), url, run_dir, summary)
-    return 0
+    return args.stop.exit_status()
 
 
 def _run(args, cfg, run_dir: Path, url: str) -> dict:

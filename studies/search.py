@@ -28,10 +28,16 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from analysis import metrics
+from searchspace.errors import redact
 
 from .config import SAMPLERS
 from .journal import StorageWriteError
 from .storage import INFEASIBLE
+
+# Storage URLs with a password, by their redacted form: Ray pickles the searcher into the run folder
+# (ray/*/tuner.pkl), so a pickle carries the redacted URL and the copy in this process finds the
+# password here again. The password never reaches a file.
+_PASSWORDS: dict[str, str] = {}
 
 # Copied from the final result to the trial's user attrs (plus genome, fidelity, reference, ...), after
 # every metric of analysis.metrics (result_attrs()).
@@ -223,14 +229,23 @@ class StudySearch(Searcher):
         self.write_error: StorageWriteError | None = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_study": None, "_storage": None}
+        state = {**self.__dict__, "_study": None, "_storage": None}
+        if isinstance(self.storage, str) and redact(self.storage) != self.storage:
+            _PASSWORDS[redact(self.storage)] = self.storage
+            state["storage"] = redact(self.storage)
+        return state
+
+    def storage_url(self):
+        """The storage as given (a pickled copy's redacted URL resolved again), or a storage object."""
+        return _PASSWORDS.get(self.storage, self.storage) if isinstance(self.storage, str) else self.storage
 
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
             from .storage import open_or_create
 
-            self._storage = open_or_create(self.storage) if isinstance(self.storage, str) else self.storage
+            url = self.storage_url()
+            self._storage = open_or_create(url) if isinstance(url, str) else url
             self._study = optuna.load_study(
                 study_name=self.study_name, storage=self._storage, sampler=self.sampler.build()
             )

@@ -28,6 +28,7 @@ from searchspace.cli import argument_parser, cli_main
 from searchspace.errors import UserError
 
 from . import config as config_mod
+from .stopping import StopWhen
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE_DIR = REPO / "studies" / "tables"
@@ -314,6 +315,7 @@ def build(args) -> int:
             cfg, {"budget.concurrency": args.concurrency, "resources.gpus_per_trial": args.gpus_per_trial}
         )
         started = driver.init_ray(args.address)
+        stop = StopWhen().reset().install()  # Ctrl-C / SIGTERM: export what is done, then status 130 / 143
         heartbeat = st.Heartbeat(storage, [study.study_name]).start()
         try:
             res = driver.resources(cfg)
@@ -335,17 +337,27 @@ def build(args) -> int:
             )
             log(f"training {waiting} trial(s), up to {res['concurrency']} at a time on {res['device']}")
             driver._tune(
-                cfg, res, search, waiting, run_dir, "table", log, ctx_overrides={"evaluate_every_epoch": True}
-            )  # every epoch's top-1/top-5 is a column
+                cfg,
+                res,
+                search,
+                waiting,
+                run_dir,
+                "table",
+                log,
+                ctx_overrides={"evaluate_every_epoch": True},  # every epoch's top-1/top-5 is a column
+                stop=stop,
+            )
         finally:
             heartbeat.stop()
             if started:
                 import ray
 
                 ray.shutdown()
+        if stop.signum is not None:  # the trials Ray stopped: requeued now, as a re-run would
+            log(f"{stop.reason}: trial(s) {st.recover(storage, study)} stopped and requeued")
     if not args.no_export:
         export_rows(cfg, url, csv_path, log)
-    return 0
+    return stop.exit_status()
 
 
 class TableSpace:

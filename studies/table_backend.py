@@ -159,6 +159,7 @@ class TableBackend:
         log=None,
         ctx_overrides=None,
         early_stop: bool = True,
+        stop=None,
     ) -> None:
         """Run on an in-memory mirror of the study, then write each new trial to the study's storage in
         one operation: a journal file syncs every write (about 30 per trial through the searcher),
@@ -178,7 +179,7 @@ class TableBackend:
         local = search.with_storage(mem)
         try:
             self.run(
-                local, n, res["concurrency"], rule=None if early_stop else NoStopping()
+                local, n, res["concurrency"], rule=None if early_stop else NoStopping(), stop=stop
             )  # references in full
         finally:
             _flush(
@@ -190,8 +191,12 @@ class TableBackend:
             search.finished.extend(local.finished)
             search.skipped.extend(local.skipped)
 
-    def run(self, search, n: int, concurrency: int = 1, rule: StoppingRule | None = None) -> list[int]:
-        """Run `n` trials through `search` (a StudySearch); returns the trial numbers told."""
+    def run(
+        self, search, n: int, concurrency: int = 1, rule: StoppingRule | None = None, stop=None
+    ) -> list[int]:
+        """Run `n` trials through `search` (a StudySearch); returns the trial numbers told. A
+        studies.stopping.StopWhen `stop` (a signal, the wall-clock budget) ends the asking; simulated
+        trials already started take no real time and finish."""
         from searchspace import Genome
 
         rule = self.rule if rule is None else rule
@@ -205,6 +210,8 @@ class TableBackend:
 
         def start(now: float) -> bool:
             nonlocal counter, started, asks
+            if stop is not None and stop.should_stop():
+                return False
             while True:
                 asks += 1
                 if self.skipped > (self.max_skips if self.max_skips is not None else 20 * n + 100):
@@ -215,7 +222,7 @@ class TableBackend:
                 counter += 1
                 tid = f"table_{self.clock:.3f}_{counter}"
                 config = search.suggest(tid)
-                if config is None:
+                if config is None or isinstance(config, str):  # Searcher.FINISHED: too many infeasible draws
                     return False
                 genome = Genome.from_json(config["genome"])
                 rows = self.table.rows.get(genome.key)

@@ -226,9 +226,8 @@ def train(
         _cublas_deterministic_config() if dev.type == "cuda" and deterministic else True
     )  # before CUDA starts
     if dev.type == "cuda":
-        if (
-            dev.index is None
-        ):  # the memory-fraction cap takes an indexed device only; "cuda" is the current one
+        # the memory-fraction cap takes an indexed device only; "cuda" is the current one
+        if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         if memory_fraction is not None and 0 < memory_fraction < 1:
             torch.cuda.set_per_process_memory_fraction(memory_fraction, dev)
