@@ -433,7 +433,7 @@ def _checks(f: Fit, X: np.ndarray, y: np.ndarray, fr: pd.DataFrame, factor_rows)
         seeds = f.coding.seeds
         S = X[:, -(len(seeds) - 1) :] if len(seeds) > 1 else np.empty((len(y), 0))
         sat = _ols(np.hstack([G, S]), y)
-        if sat.df_resid >= 1:
+        if sat.df_resid >= 1 and sat.mse_resid > 0:  # identical repeats measure no noise
             out["pure_error_sd"], out["pure_error_df"] = math.sqrt(sat.mse_resid), float(sat.df_resid)
             add_ssr, add_df = float(((y - X @ f.coef) ** 2).sum()), float(len(y) - np.linalg.matrix_rank(X))
             if f.kind == "ols" and add_df > sat.df_resid:

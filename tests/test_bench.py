@@ -25,9 +25,18 @@ QUICK = {
 }
 
 
+# Benches whose quick mode another test file runs (and checks): script -> that file.
+ELSEWHERE = {
+    "effects_fidelity.py": "tests/test_effects_table.py",
+    "faults_at_scale.py": "tests/test_storage.py",
+}
+
+
 def test_every_bench_has_a_quick_check():
     shipped = sorted(p.name for p in (REPO / "bench").glob("*.py"))
-    assert shipped == sorted(QUICK), "give the new bench a quick mode and an entry in QUICK"
+    assert shipped == sorted({**QUICK, **ELSEWHERE}), "give the new bench a quick mode and an entry in QUICK"
+    for name, test_file in ELSEWHERE.items():
+        assert name in (REPO / test_file).read_text(), f"{test_file} does not run bench/{name}"
 
 
 def _params():
