@@ -644,10 +644,11 @@ def heldout_main(a) -> None:
                 if m == "hv" and lo > 0:
                     winners.append((s, b))
             hw = np.asarray(d["hw"], float)
+            hw_text = f"{np.nanmedian(hw):.4g}" if np.isfinite(hw).any() else "-"
             print(
                 f"  {s:<14} {q(d['hv']):>20} {cells[0]:>26} {q(d['agree']):>20} {cells[1]:>26} "
                 f"{np.median(d['size']):>9.0f} {np.median(d['genomes']):>8.0f} "
-                f"{(f"{np.nanmedian(hw):.4g}" if np.isfinite(hw).any() else '-'):>18}"
+                f"{hw_text:>18}"
             )
     print(
         "\nconfirm (extra blocked seeds for the model front and the designs) is not judged here: this table has "
