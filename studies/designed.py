@@ -83,10 +83,12 @@ def _logdet(X: np.ndarray) -> float:
     return float(val) if sign > 0 else -math.inf
 
 
-def screen(spec, n: int | None = None, seed: int = 0, multiple: float = SCREEN_MULTIPLE) -> list[Genome]:
+def screen(
+    spec, n: int | None = None, seed: int = 0, multiple: float = SCREEN_MULTIPLE, pool_size: int = POOL
+) -> list[Genome]:
     """n genomes chosen for estimating the effects model (see the module docstring); n defaults to
     `multiple` x the number of effect parameters."""
-    cands = pool(spec, seed=seed)
+    cands = pool(spec, size=pool_size, seed=seed)
     coding = coding_of(cands)
     n = n or int(math.ceil(multiple * len(coding.columns)))
     if n < 1:
