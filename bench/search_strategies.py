@@ -190,8 +190,7 @@ def designed_run(table, cfg, spec, sampler: str, seed: int, budget: int, concurr
     conv = cfg.target.convention
     costs = table_costs(table, conv)
     n_screen = min(int(np.ceil(designed_multiple(sampler) * designed.parameters(spec))), budget)
-    for g in designed.screen(spec, n_screen, seed=seed):
-        study.enqueue_trial(space.to_params(g, spec))
+    designed.enqueue(study, spec, designed.screen(spec, n_screen, seed=seed))
     backend.run(search, n_screen, concurrency)
     per_round = max(concurrency, int(np.ceil(budget / 8)))
     done, model = n_screen, None
@@ -203,8 +202,7 @@ def designed_run(table, cfg, spec, sampler: str, seed: int, budget: int, concurr
             break
         k = min(per_round, budget - done)
         cands, _ = fx.candidates(model, runs, costs=costs)
-        for g in designed.propose(model, cands, k, exclude=set(runs.frame["key"])):
-            study.enqueue_trial(space.to_params(g, spec))
+        designed.enqueue(study, spec, designed.propose(model, cands, k, exclude=set(runs.frame["key"])))
         backend.run(search, k, concurrency)
         done += k
     return answered(study), (model, runs)

@@ -233,3 +233,16 @@ def unresolved(verdicts: pd.DataFrame) -> list[str]:
     if verdicts.empty:
         return []
     return [r.design for r in verdicts.itertuples() if str(r.verdict).startswith("not resolved")]
+
+
+def enqueue(study, spec, genomes: Iterable[Genome | tuple[Genome, int]]) -> int:
+    """Enqueue genomes (screen, proposals) or (genome, seed) pairs (confirm) in an Optuna study: the
+    next asks return them in order; a pair's seed travels as the `trial_seed` user attr, which
+    studies.search.GenomeSpace hands to the trainable. Returns how many were enqueued."""
+    n = 0
+    for item in genomes:
+        g, seed = item if isinstance(item, tuple) else (item, None)
+        attrs = {"trial_seed": int(seed)} if seed is not None else None
+        study.enqueue_trial(space.to_params(g, spec), user_attrs=attrs, skip_if_exists=False)
+        n += 1
+    return n

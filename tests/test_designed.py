@@ -101,3 +101,15 @@ def test_search_strategies_heldout_quick_mode_prints_its_figures():
     rows = [ln.split() for ln in lines if ln.startswith("  designed ")]
     assert len(rows) == 2 and all(0 < float(r[1]) <= 1 for r in rows)  # held-out hypervolume
     assert lines[-1].startswith("winners=")
+
+
+def test_enqueued_confirm_pairs_reach_the_trainable_with_their_seed(spec):
+    import optuna
+
+    from studies.search import GenomeSpace
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    a, b = designed.screen(spec, 2, seed=0)
+    assert designed.enqueue(study, spec, [(a, 2), (b, 2), a]) == 3
+    asked = [GenomeSpace(spec).ask(study.ask()) for _ in range(3)]
+    assert [(g.key, c.get("seed")) for g, c in asked] == [(a.key, 2), (b.key, 2), (a.key, None)]
