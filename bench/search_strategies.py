@@ -167,7 +167,10 @@ def runs_of(trials, table, conv: str) -> fx.Runs:
             }
         )
     cols = ["key", "genome", "seed", "y", "flops", "params", "kind", "design", "recipe", "trial"]
-    return fx.Runs(pd.DataFrame(rows, columns=cols), "search")
+    # The table replays a (genome, seed) exactly: a repeat is the same run, not a replicate (kept, it
+    # would be taken for zero pure error and blow up the lack-of-fit widening).
+    frame = pd.DataFrame(rows, columns=cols).drop_duplicates(["key", "seed"]).reset_index(drop=True)
+    return fx.Runs(frame, "search")
 
 
 def designed_run(table, cfg, spec, sampler: str, seed: int, budget: int, concurrency: int, stopping="none"):
