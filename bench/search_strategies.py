@@ -496,7 +496,7 @@ def verdict_kind(text) -> str:
     return "none"
 
 
-def judge(runs: fx.Runs, reported: list[str] | None, costs) -> dict:
+def judge(runs: fx.Runs, reported: list[str] | None, costs, verdicts: bool = True) -> dict:
     """What a strategy reports from its runs: `reported` genome keys (None: its observed front on the
     seen seed), the effects model's verdicts on the published designs and their interval half-widths."""
     fr = runs.frame
@@ -505,7 +505,7 @@ def judge(runs: fx.Runs, reported: list[str] | None, costs) -> dict:
         on = pareto_mask(means[["y", "flops"]].to_numpy(float), DIRS)
         reported = list(means.index[on])
     out = {"reported": reported, "verdicts": {}, "half_widths": []}
-    if runs.n >= 3:
+    if verdicts and runs.n >= 3:
         model = fx.fit(runs)
         cands, _ = fx.candidates(model, runs, costs=costs)
         v = fx.verdicts(model, fx.predictions(model, cands), runs)
@@ -527,15 +527,17 @@ def _heldout_job(job):
     table, cfg, spec, conv, costs = w["seen"], w["cfg"], w["spec"], w["conv"], w["costs"]
     out = {}
     if sampler.startswith("designed"):
+        observed = out.setdefault(f"{sampler}/obs", {})  # the same runs reporting their observed front
         for b in budgets:  # the screen's size depends on the budget: one run per budget
             trials, (model, runs) = designed_run(table, cfg, spec, sampler, seed, b, w["conc"])
             res = judge(runs, model_front_keys(model, runs, costs) if model else [], costs)
-            out[b] = {**res, "genomes": runs.frame["key"].nunique()}
+            out.setdefault(sampler, {})[b] = {**res, "genomes": runs.frame["key"].nunique()}
+            observed[b] = {**out[sampler][b], "reported": judge(runs, None, None, verdicts=False)["reported"]}
         return out
     trials, _ = one_run(table, cfg, spec, sampler, "none", seed, max(budgets), w["conc"])
     for b in budgets:  # a sampler does not know its budget: the first b trials are the run at b
         runs = runs_of(trials[:b], table, conv)
-        out[b] = {**judge(runs, None, costs), "genomes": runs.frame["key"].nunique()}
+        out.setdefault(sampler, {})[b] = {**judge(runs, None, costs), "genomes": runs.frame["key"].nunique()}
     return out
 
 
@@ -588,6 +590,10 @@ def heldout_main(a) -> None:
         "           effects model of the whole table on both seeds: "
         + ", ".join(f"{d} {v}" for d, v in truth.items())
     )
+    print(
+        "  designed/obs: the designed runs reporting their observed front instead of the model's (the same "
+        "verdicts): how much of designed's score is its choice of runs, how much its model front"
+    )
     print(f"budgets {budgets}, {a.seeds} search seeds, concurrency {cfg.budget.concurrency or 1}")
     jobs = [(s, seed, budgets) for s in samplers for seed in range(a.seeds)]
     _WORK.update(seen=seen, cfg=cfg, spec=spec, conv=conv, costs=costs, conc=cfg.budget.concurrency or 1)
@@ -605,16 +611,20 @@ def heldout_main(a) -> None:
         return hypervolume(np.array([[held[k], flops[k]] for k in ks]), DIRS, ref) / hv_true if ks else 0.0
 
     score: dict = {}
-    for (s, _, _), res in zip(jobs, done):
-        for b, r in res.items():
-            d = score.setdefault((s, b), {"hv": [], "agree": [], "size": [], "hw": [], "genomes": []})
-            d["hv"].append(hv(r["reported"]))
-            d["agree"].append(
-                np.mean([r["verdicts"].get(k, "none") == v for k, v in truth.items()]) if truth else np.nan
-            )
-            d["size"].append(len(r["reported"]))
-            d["hw"].append(np.median(r["half_widths"]) if r["half_widths"] else np.nan)
-            d["genomes"].append(r["genomes"])
+    labels = list(dict.fromkeys(label for res in done for label in res))
+    for res in done:
+        for s, by_budget in res.items():
+            for b, r in by_budget.items():
+                d = score.setdefault((s, b), {"hv": [], "agree": [], "size": [], "hw": [], "genomes": []})
+                d["hv"].append(hv(r["reported"]))
+                d["agree"].append(
+                    np.mean([r["verdicts"].get(k, "none") == v for k, v in truth.items()])
+                    if truth
+                    else np.nan
+                )
+                d["size"].append(len(r["reported"]))
+                d["hw"].append(np.median(r["half_widths"]) if r["half_widths"] else np.nan)
+                d["genomes"].append(r["genomes"])
     rng, winners = np.random.default_rng(0), []
     for b in budgets:
         print(
@@ -625,7 +635,7 @@ def heldout_main(a) -> None:
             f"{'reported':>9} {'genomes':>8} {'design half-width':>18}"
         )
         base = score[("random", b)]
-        for s in samplers:
+        for s in labels:
             d = score[(s, b)]
 
             def q(v):
