@@ -39,10 +39,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
 
+from analysis import effects as fx  # noqa: E402
 from analysis.pareto import hypervolume, pareto_mask  # noqa: E402
+from searchspace import space  # noqa: E402
 from searchspace.errors import UserError  # noqa: E402
+from searchspace.genome import Genome  # noqa: E402
 from studies import config as config_mod  # noqa: E402
+from studies import designed  # noqa: E402
 from studies.search import GenomeSpace, SamplerSpec, StudySearch  # noqa: E402
 from studies.table import Table, default_csv, published_in_space  # noqa: E402
 from studies.table_backend import TableBackend, stopping_rule  # noqa: E402
@@ -87,6 +92,9 @@ def make_rule(stopping: str, cfg):
 def one_run(
     table, cfg, spec, sampler: str, stopping: str, seed: int, budget: int, concurrency: int, storage=None
 ):
+    if sampler.startswith("designed"):
+        trials, _ = designed_run(table, cfg, spec, sampler, seed, budget, concurrency, stopping)
+        return trials, 0
     storage = storage or optuna.storages.InMemoryStorage()
     name = f"bench-{sampler}-{stopping}-{seed}"
     optuna.create_study(study_name=name, storage=storage, directions=DIRS)
@@ -117,6 +125,109 @@ def one_run(
     return trials, backend.skipped
 
 
+def designed_multiple(sampler: str) -> float:
+    """'designed' (the screen is 2x the effect parameters) or 'designed:1.5' (1.5x)."""
+    _, _, m = sampler.partition(":")
+    try:
+        return float(m) if m else designed.SCREEN_MULTIPLE
+    except ValueError:
+        raise UserError(
+            f"sampler {sampler!r}: expected designed or designed:<multiple>, e.g. designed:1.5"
+        ) from None
+
+
+def table_costs(table, conv: str):
+    """analysis.effects.StageCosts counted from the table's own rows (every genome of the space is there)."""
+    flops = {k: v[0][f"flops_{conv}"] for k, v in table.rows.items()}
+    params = {k: v[0][f"params_{conv}"] for k, v in table.rows.items()}
+    return fx.StageCosts(
+        {}, count=lambda g, _t: {"flops": float(flops[g.key]), "params": float(params[g.key])}
+    )
+
+
+def runs_of(trials, table, conv: str) -> fx.Runs:
+    """The completed trials of a table-backed study as the effects model's runs."""
+    rows = []
+    for t in trials:
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            continue
+        key = t.user_attrs["genome_key"]
+        row = table.rows[key][0]
+        rows.append(
+            {
+                "key": key,
+                "genome": Genome.from_json(row["genome"]),
+                "seed": int(t.user_attrs.get("table_seed", 0)),
+                "y": float(t.values[0]),
+                "flops": float(row[f"flops_{conv}"]),
+                "params": float(row[f"params_{conv}"]),
+                "kind": "search",
+                "design": None,
+                "recipe": "common",
+                "trial": t.number,
+            }
+        )
+    cols = ["key", "genome", "seed", "y", "flops", "params", "kind", "design", "recipe", "trial"]
+    # The table replays a (genome, seed) exactly: a repeat is the same run, not a replicate (kept, it
+    # would be taken for zero pure error and blow up the lack-of-fit widening).
+    frame = pd.DataFrame(rows, columns=cols).drop_duplicates(["key", "seed"]).reset_index(drop=True)
+    return fx.Runs(frame, "search")
+
+
+def designed_run(table, cfg, spec, sampler: str, seed: int, budget: int, concurrency: int, stopping="none"):
+    """The designed strategy (studies.designed) on the table backend: the screen enqueued, then rounds of
+    proposals from the effects model fitted to every run so far. Returns (trials, last model)."""
+    storage = optuna.storages.InMemoryStorage()
+    name = f"bench-{sampler}-{seed}"
+    study = optuna.create_study(study_name=name, storage=storage, directions=DIRS)
+    search = StudySearch(
+        GenomeSpace(spec),
+        cfg.objectives,
+        name,
+        storage,
+        BenchSampler("random", seed, cfg.sampler.population),  # asks only enqueued trials here
+        table.epochs,
+        {"seed": seed},
+        log=lambda *_: None,
+    )
+    backend = TableBackend(table, cfg, rule=make_rule(stopping, cfg), seed=seed, on_missing="skip")
+    conv = cfg.target.convention
+    costs = table_costs(table, conv)
+    n_screen = min(int(np.ceil(designed_multiple(sampler) * designed.parameters(spec))), budget)
+    designed.enqueue(study, spec, designed.screen(spec, n_screen, seed=seed))
+    backend.run(search, n_screen, concurrency)
+    per_round = max(concurrency, int(np.ceil(budget / 8)))
+    done, model = n_screen, None
+    while True:
+        trials = answered(study)
+        runs = runs_of(trials, table, conv)
+        model = fit_or_none(runs)
+        if done >= budget:
+            break
+        k = min(per_round, budget - done)
+        if model is not None:  # else too few runs for the model yet: the study's sampler picks this round
+            cands, _ = fx.candidates(model, runs, costs=costs)
+            designed.enqueue(study, spec, designed.propose(model, cands, k, exclude=set(runs.frame["key"])))
+        backend.run(search, k, concurrency)
+        done += k
+    return answered(study), (model, runs)
+
+
+def fit_or_none(runs: fx.Runs) -> fx.Fit | None:
+    """The effects model of the runs, or None while they are too few for it (it says so in a UserError)."""
+    try:
+        return fx.fit(runs)
+    except UserError:
+        return None
+
+
+def answered(study):
+    return sorted(
+        (t for t in study.get_trials(deepcopy=False) if "sim_end_s" in t.user_attrs),
+        key=lambda t: t.user_attrs["sim_end_s"],
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="placement_table")
@@ -133,9 +244,22 @@ def main() -> None:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="the smoke table, 2 search seeds of 4 trials, random and tpe: seconds, checks the script runs",
+        help="seconds, checks the script: the smoke table, 2 search seeds of 4 trials, random and tpe "
+        "(with --heldout: 2 search seeds, budgets 8,12)",
     )
+    ap.add_argument(
+        "--heldout",
+        action="store_true",
+        help="strategies see seed 0 only and are scored on seed 1 (the front each reports, its verdicts)",
+    )
+    ap.add_argument("--budgets", default="24,48,96", help="--heldout: trial budgets scored")
     a = ap.parse_args()
+    if a.heldout:
+        try:
+            heldout_main(a)
+        except UserError as e:
+            sys.exit(f"error: {e}")
+        return
     if a.quick:
         a.config, a.table, a.seeds, a.budget, a.samplers, a.stoppings, a.jobs = (
             "smoke_table", None, 2, 4, "random,tpe", "none", 1,
@@ -150,8 +274,6 @@ def main() -> None:
     full = Table.load(a.table or default_csv(cfg.name), cfg)
     table = Table(full.name, full.path, full.complete(), full.epochs, full.protocol)
     seeds_per_genome = min(len(v) for v in table.rows.values())  # some genomes may have more
-    from searchspace import space
-
     n_space = space.count(spec)
     partial = len(table.rows) < n_space
     print(
@@ -376,6 +498,193 @@ def median_diff_interval(x, y, rng, n=4000) -> tuple[float, float]:
     bx = np.median(rng.choice(x, (n, len(x))), axis=1)
     by = np.median(rng.choice(y, (n, len(y))), axis=1)
     return tuple(np.percentile(bx - by, [2.5, 97.5]))
+
+
+SEEN, HELD = 0, 1  # --heldout: the seed a strategy sees, the seed it is scored on
+
+
+def verdict_kind(text) -> str:
+    """A model verdict's category (analysis.effects.verdicts): front, beaten, open or none."""
+    text = str(text)
+    if text.startswith("on the model front"):
+        return "front"
+    if text.startswith("beaten"):
+        return "beaten"
+    if text.startswith("not resolved"):
+        return "open"
+    return "none"
+
+
+def judge(runs: fx.Runs, reported: list[str] | None, costs, verdicts: bool = True) -> dict:
+    """What a strategy reports from its runs: `reported` genome keys (None: its observed front on the
+    seen seed), the effects model's verdicts on the published designs and their interval half-widths."""
+    fr = runs.frame
+    if reported is None:
+        means = fr.groupby("key").agg(y=("y", "mean"), flops=("flops", "first"))
+        on = pareto_mask(means[["y", "flops"]].to_numpy(float), DIRS)
+        reported = list(means.index[on])
+    out = {"reported": reported, "verdicts": {}, "half_widths": []}
+    model = fit_or_none(runs) if verdicts else None
+    if model is not None:
+        cands, _ = fx.candidates(model, runs, costs=costs)
+        v = fx.verdicts(model, fx.predictions(model, cands), runs)
+        for r in v.to_dict("records"):
+            out["verdicts"][r["design"]] = verdict_kind(r["verdict"])
+            if r.get("high") is not None and np.isfinite(r.get("high", np.nan)):
+                out["half_widths"].append((r["high"] - r["low"]) / 2)
+    return out
+
+
+def model_front_keys(model: fx.Fit, runs: fx.Runs, costs) -> list[str]:
+    cands, _ = fx.candidates(model, runs, costs=costs)
+    return list(fx.model_front(fx.predictions(model, cands))["key"])
+
+
+def _heldout_job(job):
+    sampler, seed, budgets = job
+    w = _WORK
+    table, cfg, spec, conv, costs = w["seen"], w["cfg"], w["spec"], w["conv"], w["costs"]
+    out = {}
+    if sampler.startswith("designed"):
+        observed = out.setdefault(f"{sampler}/obs", {})  # the same runs reporting their observed front
+        for b in budgets:  # the screen's size depends on the budget: one run per budget
+            trials, (model, runs) = designed_run(table, cfg, spec, sampler, seed, b, w["conc"])
+            res = judge(runs, model_front_keys(model, runs, costs) if model else [], costs)
+            out.setdefault(sampler, {})[b] = {**res, "genomes": runs.frame["key"].nunique()}
+            observed[b] = {**out[sampler][b], "reported": judge(runs, None, None, verdicts=False)["reported"]}
+        return out
+    trials, _ = one_run(table, cfg, spec, sampler, "none", seed, max(budgets), w["conc"])
+    for b in budgets:  # a sampler does not know its budget: the first b trials are the run at b
+        runs = runs_of(trials[:b], table, conv)
+        out.setdefault(sampler, {})[b] = {**judge(runs, None, costs), "genomes": runs.frame["key"].nunique()}
+    return out
+
+
+def heldout_main(a) -> None:
+    """Strategies see seed SEEN only; each is scored on seed HELD, which it never saw: the hypervolume of
+    the front it reports (designed: the effects model's front; the others: their observed front),
+    each reported genome valued by its HELD run, and the agreement of its model verdicts with those of
+    the effects model of the whole table (both seeds)."""
+    if a.quick:
+        a.seeds, a.budgets = min(a.seeds, 2), "8,12"
+    cfg = config_mod.load(a.config)
+    spec = cfg.space
+    full = Table.load(a.table or default_csv(cfg.name), cfg)
+    conv = cfg.target.convention
+    rows = {k: {r["seed"]: r for r in v} for k, v in full.rows.items()}
+    keys = [k for k, v in rows.items() if SEEN in v and HELD in v]
+    if len(keys) < 8:
+        raise UserError(
+            f"table {str(full.path)!r}: {len(keys)} genomes have seeds {SEEN} and {HELD}; --heldout needs more"
+        )
+    seen = Table(full.name, full.path, {k: [rows[k][SEEN]] for k in keys}, full.epochs, full.protocol)
+    flops = {k: rows[k][SEEN][f"flops_{conv}"] for k in keys}
+    held = {k: rows[k][HELD]["top1"] for k in keys}
+    pts = np.array([[held[k], flops[k]] for k in keys])
+    ref = np.array([pts[:, 0].min() - 1e-3, pts[:, 1].max() * 1.001])
+    hv_true = hypervolume(pts, DIRS, ref)
+    costs = table_costs(seen, conv)
+    both = fx.runs_from_table(full.path, seeds=[SEEN, HELD])
+    both.frame = both.frame[both.frame["key"].isin(keys)].reset_index(drop=True)
+    truth = judge(both, [], costs)["verdicts"]
+    budgets = sorted({min(int(b), len(keys)) for b in a.budgets.split(",") if b})
+    samplers = [s for s in a.samplers.split(",") if s]
+    if a.quick and a.samplers == "random,tpe,nsga2,gp":
+        samplers = ["random", "nsga2", "designed"]
+    if "gp" in samplers and gp_available():
+        samplers.remove("gp")
+    if "random" not in samplers:
+        samplers.insert(0, "random")
+    print(
+        f"held-out comparison on {full.path}: {len(keys)} genomes with seeds {SEEN} and {HELD}; strategies see "
+        f"seed {SEEN} only and are scored on seed {HELD} (the only unseen seed this table has)"
+    )
+    print(
+        "  score 1: hypervolume of the REPORTED front (designed: the effects model's front; others: their "
+        f"observed front), each genome valued by its seed-{HELD} run, normalised by the seed-{HELD} front of "
+        "the whole table"
+    )
+    print("  score 2: share of the published designs whose model verdict (front / beaten / open) matches the")
+    print(
+        "           effects model of the whole table on both seeds: "
+        + ", ".join(f"{d} {v}" for d, v in truth.items())
+    )
+    print(
+        "  designed/obs: the designed runs reporting their observed front instead of the model's (the same "
+        "verdicts): how much of designed's score is its choice of runs, how much its model front"
+    )
+    print(f"budgets {budgets}, {a.seeds} search seeds, concurrency {cfg.budget.concurrency or 1}")
+    jobs = [(s, seed, budgets) for s in samplers for seed in range(a.seeds)]
+    _WORK.update(seen=seen, cfg=cfg, spec=spec, conv=conv, costs=costs, conc=cfg.budget.concurrency or 1)
+    t0 = time.perf_counter()
+    if a.jobs > 1:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(a.jobs, initializer=_one_thread) as pool:
+            done = pool.map(_heldout_job, jobs, chunksize=1)
+    else:
+        done = [_heldout_job(j) for j in jobs]
+    print(f"{len(jobs)} search runs in {time.perf_counter() - t0:.0f} s on {a.jobs} process(es)")
+
+    def hv(keys_):
+        ks = [k for k in keys_ if k in held]
+        return hypervolume(np.array([[held[k], flops[k]] for k in ks]), DIRS, ref) / hv_true if ks else 0.0
+
+    score: dict = {}
+    labels = list(dict.fromkeys(label for res in done for label in res))
+    for res in done:
+        for s, by_budget in res.items():
+            for b, r in by_budget.items():
+                d = score.setdefault((s, b), {"hv": [], "agree": [], "size": [], "hw": [], "genomes": []})
+                d["hv"].append(hv(r["reported"]))
+                d["agree"].append(
+                    np.mean([r["verdicts"].get(k, "none") == v for k, v in truth.items()])
+                    if truth
+                    else np.nan
+                )
+                d["size"].append(len(r["reported"]))
+                d["hw"].append(np.median(r["half_widths"]) if r["half_widths"] else np.nan)
+                d["genomes"].append(r["genomes"])
+    rng, winners = np.random.default_rng(0), []
+    for b in budgets:
+        print(
+            f"\n@{b} trials: median [25%-75%] over {a.seeds} search seeds; vs random: difference of medians [bootstrap 95 %]"
+        )
+        print(
+            f"  {'strategy':<14} {'held-out hv':>20} {'vs random':>26} {'verdict agreement':>20} {'vs random':>26} "
+            f"{'reported':>9} {'genomes':>8} {'design half-width':>18}"
+        )
+        base = score[("random", b)]
+        for s in labels:
+            d = score[(s, b)]
+
+            def q(v):
+                v = np.asarray(v, float)
+                return f"{np.nanmedian(v):.3f} [{np.nanpercentile(v, 25):.3f}-{np.nanpercentile(v, 75):.3f}]"
+
+            cells = []
+            for m in ("hv", "agree"):
+                if s == "random":
+                    cells.append(f"{'':>26}")
+                    continue
+                x, y = np.asarray(d[m], float), np.asarray(base[m], float)
+                lo, hi = median_diff_interval(x, y, rng)
+                diff = np.median(x) - np.median(y)
+                verdict = "beats" if lo > 0 else "worse" if hi < 0 else "tie"
+                cells.append(f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}] {verdict:<5}")
+                if m == "hv" and lo > 0:
+                    winners.append((s, b))
+            hw = np.asarray(d["hw"], float)
+            hw_text = f"{np.nanmedian(hw):.4g}" if np.isfinite(hw).any() else "-"
+            print(
+                f"  {s:<14} {q(d['hv']):>20} {cells[0]:>26} {q(d['agree']):>20} {cells[1]:>26} "
+                f"{np.median(d['size']):>9.0f} {np.median(d['genomes']):>8.0f} "
+                f"{hw_text:>18}"
+            )
+    print(
+        "\nconfirm (extra blocked seeds for the model front and the designs) is not judged here: this table has "
+        f"no seed beyond {HELD} left unseen"
+    )
+    print("winners=" + (",".join(f"{s}@{b}" for s, b in winners) or "none"))
 
 
 _WORK: dict = {}  # what every search run shares; set before the worker processes fork

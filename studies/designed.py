@@ -1,0 +1,248 @@
+"""A search designed for estimation: screen, fit and propose, confirm (docs/search_design.md).
+
+The effects model (analysis.effects) judges every genome through one additive model, so the trials
+should be chosen to estimate it well, not only to look good one run at a time:
+
+1. `screen(spec, n)`: a first phase chosen for estimation. Over the effects coding's columns (each
+   factor's levels against its baseline), the n rows that maximise log det(X'X) (D-optimal):
+   - when the space is a full product of its factors (every stage menu combines with every other,
+     e.g. placement_table), each factor's column starts balanced (every level floor(n/L) or
+     ceil(n/L) times) and rows swap levels within a column while log det improves (a balanced
+     coordinate exchange: balance is kept exactly, correlations fall as the determinant rises);
+   - otherwise, a Fedorov exchange over a candidate pool of random genomes of the space.
+   No orthogonal array fits these spaces at affordable sizes (4 x 4 x 5 x 6 levels need a run size
+   divisible by 240 for strength 2), so the D-optimal choice is the one used.
+2. `propose(fit, candidates, k)`: genomes on the optimistic model front (the Pareto set of the upper
+   interval bound of predicted top-1 against FLOPs), widest intervals first: where a front point is
+   least certain, and where a genome might still join the front.
+3. `confirm(...)`: (genome, seed) pairs for the model front and the published designs in the space,
+   blocked: every compared genome gets the same next seed, so the seed's shift cancels in contrasts.
+
+Everything here is plain numpy over the coding of analysis.effects; the study machinery enqueues the
+genomes (optuna's enqueue_trial) and the table backend or Ray trains them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis import effects as fx
+from analysis.pareto import pareto_mask
+from searchspace import space
+from searchspace.errors import UserError
+from searchspace.genome import Genome
+
+POOL = 4000  # candidate genomes drawn for the screen when the space is larger (or not a product)
+SCREEN_MULTIPLE = 2.0  # screen size as a multiple of the effect parameters (docs/search_design.md)
+RIDGE = 1e-6  # keeps log det finite while a start design is still singular
+
+
+class _RandomAnswers:
+    """A trial that answers every categorical question at random (space.suggest takes any such object)."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def suggest_categorical(self, name, choices):
+        return choices[int(self.rng.integers(len(choices)))]
+
+
+def pool(spec, size: int = POOL, seed: int = 0) -> list[Genome]:
+    """Every genome of the space when it has at most `size`, else `size` random draws (distinct)."""
+    if space.count(spec) <= size:
+        return space.enumerate_genomes(spec, limit=size)
+    rng, out = np.random.default_rng(seed), {}
+    for _ in range(size * 3):
+        g = space.suggest(_RandomAnswers(rng), spec)
+        out.setdefault(g.key, g)
+        if len(out) >= size:
+            break
+    return list(out.values())
+
+
+def coding_of(genomes: Sequence[Genome]) -> fx.Coding:
+    """The effects model's coding of these genomes' factors (one seed: no seed columns)."""
+    return fx.Coding.of([fx.factors_of(g) for g in genomes], [0])
+
+
+def parameters(spec) -> int:
+    """How many effect parameters the model of this space estimates (intercept included)."""
+    return len(coding_of(pool(spec)).columns)
+
+
+def screen_size(spec, multiple: float = SCREEN_MULTIPLE) -> int:
+    return int(math.ceil(multiple * parameters(spec)))
+
+
+def _logdet(X: np.ndarray) -> float:
+    sign, val = np.linalg.slogdet(X.T @ X + RIDGE * np.eye(X.shape[1]))
+    return float(val) if sign > 0 else -math.inf
+
+
+def screen(
+    spec, n: int | None = None, seed: int = 0, multiple: float = SCREEN_MULTIPLE, pool_size: int = POOL
+) -> list[Genome]:
+    """n genomes chosen for estimating the effects model (see the module docstring); n defaults to
+    `multiple` x the number of effect parameters."""
+    cands = pool(spec, size=pool_size, seed=seed)
+    coding = coding_of(cands)
+    n = n or int(math.ceil(multiple * len(coding.columns)))
+    if n < 1:
+        raise UserError(f"screen size {n}: expected at least 1")
+    facs = coding.factors
+    levels = {f: [coding.baselines[f], *coding.levels[f]] for f in facs}
+    by_combo = {tuple(fx.factors_of(g)[f] for f in facs): g for g in cands}
+    rng = np.random.default_rng(seed)
+    if len(by_combo) == math.prod(len(v) for v in levels.values()):
+        combos = _balanced_exchange(coding, levels, n, rng)
+        return [by_combo[c] for c in combos]
+    return _fedorov(coding, cands, n, rng)
+
+
+def _rows(coding: fx.Coding, levels: Mapping[str, list[str]], idx: np.ndarray) -> np.ndarray:
+    """Design rows of level indices (n x factors): intercept, then each factor's one-hot minus baseline."""
+    cols = [np.ones((len(idx), 1))]
+    for j, f in enumerate(coding.factors):
+        eye = np.eye(len(levels[f]))[:, 1:]  # level 0 is the baseline
+        cols.append(eye[idx[:, j]])
+    return np.hstack(cols)
+
+
+def _balanced_exchange(coding, levels, n: int, rng, starts: int = 3, passes: int = 30) -> list[tuple]:
+    """Balanced columns, then within-column swaps that raise log det(X'X); best of a few starts.
+    A swap changes two rows, so X'X is updated by those rows alone (p x p work per tried swap)."""
+    facs = coding.factors
+    width = [len(levels[f]) - 1 for f in facs]
+    start = np.cumsum([1, *width])[:-1]  # each factor's first column
+    best, best_val = None, -math.inf
+    for _ in range(starts):
+        idx = np.column_stack(
+            [rng.permutation(np.resize(np.arange(len(levels[f])), n)) for f in facs]
+        ).astype(int)
+        X = _rows(coding, levels, idx)
+        M = X.T @ X + RIDGE * np.eye(X.shape[1])
+        val = float(np.linalg.slogdet(M)[1])
+        for _ in range(passes):
+            improved = False
+            for j in rng.permutation(len(facs)):
+                sl = slice(start[j], start[j] + width[j])
+                for a in range(n):
+                    for b in range(a + 1, n):
+                        if idx[a, j] == idx[b, j]:
+                            continue
+                        xa, xb = X[a].copy(), X[b].copy()
+                        ya, yb = xa.copy(), xb.copy()
+                        ya[sl], yb[sl] = xb[sl], xa[sl]
+                        M2 = M - np.outer(xa, xa) - np.outer(xb, xb) + np.outer(ya, ya) + np.outer(yb, yb)
+                        sign, v = np.linalg.slogdet(M2)
+                        if sign > 0 and v > val + 1e-9:
+                            val, improved, M = float(v), True, M2
+                            X[a], X[b] = ya, yb
+                            idx[[a, b], j] = idx[[b, a], j]
+            if not improved:
+                break
+        if val > best_val:
+            best, best_val = idx.copy(), val
+    return [tuple(levels[f][best[i, j]] for j, f in enumerate(facs)) for i in range(n)]
+
+
+def _fedorov(coding, cands: list[Genome], n: int, rng, passes: int = 20, sample: int = 400) -> list[Genome]:
+    """Fedorov exchange over the pool: swap a design row for a pool row while log det(X'X) rises."""
+    X = coding.matrix([fx.factors_of(g) for g in cands], [0] * len(cands))
+    chosen = list(rng.choice(len(cands), size=n, replace=len(cands) < n))
+    val = _logdet(X[chosen])
+    for _ in range(passes):
+        improved = False
+        for i in range(n):
+            for c in rng.choice(len(cands), size=min(sample, len(cands)), replace=False):
+                old = chosen[i]
+                chosen[i] = c
+                v = _logdet(X[chosen])
+                if v > val + 1e-9:
+                    val, improved = v, True
+                else:
+                    chosen[i] = old
+        if not improved:
+            break
+    return [cands[i] for i in chosen]
+
+
+def balance(genomes: Sequence[Genome]) -> dict[str, dict[str, int]]:
+    """{factor: {level: count}} of a set of genomes."""
+    rows = [fx.factors_of(g) for g in genomes]
+    return {f: pd.Series([r[f] for r in rows]).value_counts().to_dict() for f in rows[0]}
+
+
+def max_correlation(genomes: Sequence[Genome], coding: fx.Coding | None = None) -> float:
+    """The largest |r| between effect columns of different factors over these genomes."""
+    coding = coding or coding_of(genomes)
+    X = coding.matrix([fx.factors_of(g) for g in genomes], [0] * len(genomes))[:, 1:]
+    owner = [f for f in coding.factors for _ in coding.levels[f]]
+    keep = X.std(axis=0) > 0
+    r = np.corrcoef(X[:, keep], rowvar=False)
+    own = np.array(owner)[keep]
+    across = own[:, None] != own[None, :]
+    return float(np.abs(r[across]).max()) if across.any() else 0.0
+
+
+def propose(fit: fx.Fit, cands: pd.DataFrame, k: int, exclude: Iterable[str] = ()) -> list[Genome]:
+    """k genomes on the optimistic model front (upper bound of predicted top-1 vs FLOPs), widest
+    intervals first; genomes in `exclude` (keys: already run) only when too few others remain."""
+    pred = fx.predictions(fit, cands).dropna(subset=["predicted", "flops"])
+    if pred.empty or k < 1:
+        return []
+    pred = pred.assign(width=pred["high"] - pred["low"])
+    skip = set(exclude)
+    out: list[Genome] = []
+    rest = pred
+    while len(out) < k and not rest.empty:  # peel optimistic fronts until k are found
+        on = pareto_mask(rest[["high", "flops"]].to_numpy(float), ["maximize", "minimize"])
+        layer = rest[on].sort_values("width", ascending=False)
+        fresh = [g for key, g in zip(layer["key"], layer["genome"]) if key not in skip]
+        out += fresh[: k - len(out)]
+        rest = rest[~on]
+    if len(out) < k:  # every candidate already run: repeat the least certain front points
+        layer = pred.sort_values("width", ascending=False)
+        out += list(layer["genome"])[: k - len(out)]
+    return out
+
+
+def confirm(
+    front: Sequence[Genome],
+    designs: Sequence[Genome],
+    done: Mapping[str, set[int]],
+    seeds: Sequence[int],
+) -> list[tuple[Genome, int]]:
+    """(genome, seed) pairs for the next confirmation round: every genome of the model front and every
+    published design gets the first seed of `seeds` that not all of them have run yet (blocked: the
+    compared genomes share it). `done`: genome key -> seeds run. Empty when every seed is run."""
+    genomes = list({g.key: g for g in [*front, *designs]}.values())
+    for s in seeds:
+        todo = [g for g in genomes if s not in done.get(g.key, set())]
+        if todo:
+            return [(g, s) for g in todo]
+    return []
+
+
+def unresolved(verdicts: pd.DataFrame) -> list[str]:
+    """Designs whose model verdict is still open (analysis.effects.verdicts)."""
+    if verdicts.empty:
+        return []
+    return [r.design for r in verdicts.itertuples() if str(r.verdict).startswith("not resolved")]
+
+
+def enqueue(study, spec, genomes: Iterable[Genome | tuple[Genome, int]]) -> int:
+    """Enqueue genomes (screen, proposals) or (genome, seed) pairs (confirm) in an Optuna study: the
+    next asks return them in order; a pair's seed travels as the `trial_seed` user attr, which
+    studies.search.GenomeSpace hands to the trainable. Returns how many were enqueued."""
+    n = 0
+    for item in genomes:
+        g, seed = item if isinstance(item, tuple) else (item, None)
+        attrs = {"trial_seed": int(seed)} if seed is not None else None
+        study.enqueue_trial(space.to_params(g, spec), user_attrs=attrs, skip_if_exists=False)
+        n += 1
+    return n
