@@ -93,6 +93,10 @@ def factors_of(genome: Genome) -> dict[str, str]:
     return out
 
 
+def _is_stage(factor: str) -> bool:
+    return factor[0] == "s" and factor[1:].isdigit()
+
+
 @dataclass
 class Runs:
     """One row per measured run: key, genome, seed, y (top-1), flops, params, kind ('search',
@@ -205,7 +209,7 @@ class Coding:
         baselines, levels = {}, {}
         for f in factors:
             counts = pd.Series([r[f] for r in factor_rows]).value_counts()
-            default = "none" if f.startswith("s") else None
+            default = "none" if _is_stage(f) else None
             base = default if default in counts.index else counts.index[0]
             if f == "stem" and "standard" in counts.index:
                 base = "standard"
@@ -316,9 +320,15 @@ class Fit:
 
 
 def _ols(X: np.ndarray, y: np.ndarray):
+    import warnings
+
     import statsmodels.api as sm
 
-    return sm.OLS(y, X).fit()
+    with warnings.catch_warnings():  # saturated and interaction designs are rank-deficient by
+        warnings.filterwarnings("ignore", message="The design matrix is rank-deficient")  # construction:
+        return sm.OLS(
+            y, X
+        ).fit()  # the pseudo-inverse fit and explicit ranks (np.linalg.matrix_rank) handle it
 
 
 def _ridge(X: np.ndarray, y: np.ndarray, noise_sd: float | None = None):
@@ -465,7 +475,7 @@ def _effective_params(f: Fit, X: np.ndarray) -> float:
 
 def _interaction_test(f: Fit, X: np.ndarray, y: np.ndarray, factor_rows) -> dict:
     """Joint F test of every stage-pair interaction against the additive model (OLS, where df allow)."""
-    stages = [s for s in f.coding.factors if s.startswith("s") and f.coding.levels[s]]
+    stages = [s for s in f.coding.factors if _is_stage(s) and f.coding.levels[s]]
     cols, pairs = [], []
     for a, b in itertools.combinations(stages, 2):
         for la in f.coding.levels[a]:
