@@ -887,15 +887,14 @@ def model_lines(e: Effects) -> list[str]:
         )
     )
     lof = c.get("lack_of_fit")
+    misfit = bool(lof) and lof["p"] < 1 - LEVEL and lof["F"] > 1
     if lof:
-        lines.append(
-            f"  lack of fit: F = {lof['F']:.2f}, p = {lof['p']:.3g}"
-            + (
-                f"; the additive model does not fit: intervals widened x{f.widen:.2f}"
-                if f.widen > 1
-                else " (additive model fits)"
-            )
+        verdict = (
+            f"; the additive model does not fit: intervals widened x{math.sqrt(lof['F']):.2f}"
+            if misfit
+            else " (additive model fits)"
         )
+        lines.append(f"  lack of fit: F = {lof['F']:.2f}, p = {lof['p']:.3g}{verdict}")
     it = c.get("interactions") or {}
     lines.append(
         f"  stage-pair interactions: F = {it['F']:.2f}, p = {it['p']:.3g}"
@@ -907,7 +906,7 @@ def model_lines(e: Effects) -> list[str]:
         lines.append(
             f"  cross-validated error (held-out genomes): {cv['rmse']:.4f} against a residual sd of {f.sigma:.4f}"
         )
-    if f.widen > 1 and not (lof and lof.get("p", 1) < 1 - LEVEL):
+    if f.widen > 1 and not misfit:
         lines.append(f"  the held-out error exceeds the fit's noise sd: intervals widened x{f.widen:.2f}")
     return lines
 
