@@ -547,6 +547,9 @@ def print_effects(storage, study_name: str, costs=None) -> None:
     except UserError as err:
         print(f"\neffects model: not fitted ({err})")
         return
+    except Exception as err:  # the study is stored; the summary's analysis must not fail the run
+        print(f"\neffects model: skipped ({type(err).__name__}: {err})")
+        return
     print("\n" + "\n".join(effects.model_lines(e)))
     print("Largest effects on proxy top-1 (against the baseline):")
     print("\n".join(effects.effects_lines(e, top=5)))
