@@ -49,6 +49,7 @@ import pandas as pd
 from scipy import stats
 
 from searchspace import catalog
+from searchspace.cost import stagewise
 from searchspace.errors import UserError
 from searchspace.genome import Genome, Stage
 
@@ -112,6 +113,10 @@ class Runs:
     @property
     def n(self) -> int:
         return len(self.frame)
+
+    def common_recipe(self) -> pd.DataFrame:
+        """The runs the model compares: those trained with the common recipe."""
+        return self.frame[self.frame["recipe"].fillna("common") == "common"]
 
 
 def _runs_frame(rows: list[dict]) -> pd.DataFrame:
@@ -384,7 +389,7 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
 
     Runs under an authors' recipe ([references] recipe = "authors") are left out: the model compares
     placements under one recipe, and such a run differs from the others in its recipe too."""
-    common = runs.frame[runs.frame["recipe"].fillna("common") == "common"]
+    common = runs.common_recipe()
     # A genome run again under the same seed repeats a measurement (CPU training is reproducible):
     # it is not a replicate of the noise, so only its first run enters the fit.
     fr = common.drop_duplicates(["key", "seed"]).reset_index(drop=True)
@@ -552,19 +557,7 @@ class StageCosts:
         return self._cache[g.key]
 
     def __call__(self, g: Genome) -> dict:
-        plain = replace(g, stages=tuple(Stage() for _ in g.stages))
-        base = self._count(plain)
-        total = dict(base)
-        for i, st in enumerate(g.stages):
-            if st != Stage():
-                one = self._count(
-                    plain.with_stage(
-                        i, **{k: getattr(st, k) for k in ("plugins", "fusion", "stage_module", "kw")}
-                    )
-                )
-                for m in total:
-                    total[m] += one[m] - base[m]
-        return total
+        return stagewise(g, self._count)
 
 
 def _trace_count(g: Genome, target: Mapping) -> dict:
@@ -579,7 +572,7 @@ def candidates(
     f: Fit, runs: Runs, limit: int = ENUMERATE_LIMIT, costs: StageCosts | None = None
 ) -> tuple[pd.DataFrame, str]:
     """Genomes the front is taken over, with exact costs: (frame, what they are)."""
-    fr = runs.frame[runs.frame["recipe"].fillna("common") == "common"]
+    fr = runs.common_recipe()
     known = fr.groupby("key").agg(
         genome=("genome", "first"), flops=("flops", "first"), params=("params", "first")
     )

@@ -165,3 +165,24 @@ def cost(
     if not isinstance(resolution, int) or resolution < 32:
         raise UserError(f"resolution: {resolution!r} must be an integer >= 32")
     return _cost(genome, convention, resolution, num_classes)
+
+
+def stagewise(genome: Genome, count) -> dict:
+    """Counts of `genome` as the plain backbone's plus, per stage, what that stage's modules add alone;
+    `count(genome) -> {metric: value}` counts one network. Exact when stages do not interact (block
+    plugins, fusions, stage modules and per-stage KW change only their own stage): callers check it
+    against direct counts before trusting it. One count per distinct stage instead of one per genome."""
+    from dataclasses import replace
+
+    plain = replace(genome, stages=tuple(type(s)() for s in genome.stages))
+    base = count(plain)
+    total = dict(base)
+    for i, st in enumerate(genome.stages):
+        if st == type(st)():
+            continue
+        one = count(
+            plain.with_stage(i, **{f: getattr(st, f) for f in ("plugins", "fusion", "stage_module", "kw")})
+        )
+        for m in total:
+            total[m] += one[m] - base[m]
+    return total

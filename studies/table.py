@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from searchspace.cli import argument_parser, cli_main
+from searchspace.cost import stagewise
 from searchspace.errors import UserError
 
 from . import config as config_mod
@@ -182,29 +183,9 @@ def _cost(genome, conv: str, cfg) -> dict:
 
 
 def stagewise_cost(genome, conv: str, cfg) -> dict:
-    """Counts as the plain backbone's plus, per stage, what that stage's modules add alone.
-
-    Exact when stages do not interact (block plugins change only their own stage's work: checked
-    on every exported row against the trial's own direct count, see costs()). It needs one count
-    per distinct stage instead of one per genome: 16 fvcore traces for the 480-genome table."""
-    from dataclasses import replace
-
-    base_genome = replace(genome, stages=tuple(type(s)() for s in genome.stages))
-    base = _cost(base_genome, conv, cfg)
-    total = dict(base)
-    for i, st in enumerate(genome.stages):
-        if st == type(st)():
-            continue
-        one = _cost(
-            base_genome.with_stage(
-                i, **{f: getattr(st, f) for f in ("plugins", "fusion", "stage_module", "kw")}
-            ),
-            conv,
-            cfg,
-        )
-        for m in total:
-            total[m] += one[m] - base[m]
-    return total
+    """searchspace.cost.stagewise under convention `conv` (checked on every exported row against the
+    trial's own direct count, see costs()): 16 fvcore traces for the 480-genome table."""
+    return stagewise(genome, lambda g: _cost(g, conv, cfg))
 
 
 def costs(genome, cfg, direct: dict, log=print) -> dict:
