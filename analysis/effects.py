@@ -788,6 +788,9 @@ class Effects:
                 "interaction_test": c.get("interactions"),
                 "widened_by": f.widen,
                 "variance_shares": c.get("shares"),
+                "design_half_width_median": num(float(np.median(w)))
+                if (w := design_half_widths(self))
+                else None,
             },
             "effects": [
                 {
@@ -916,6 +919,14 @@ def effects_lines(e: Effects, top: int | None = None) -> list[str]:
     return lines
 
 
+def design_half_widths(e: Effects) -> list[float]:
+    """Half-widths of the design predictions' intervals (designs the model can predict)."""
+    if e.designs.empty or "high" not in e.designs:
+        return []
+    d = e.designs.dropna(subset=["low", "high"])
+    return [float(w) for w in (d["high"] - d["low"]) / 2]
+
+
 def verdict_lines(e: Effects) -> list[str]:
     if e.designs.empty:
         return ["  (no published design in this space)"]
@@ -927,6 +938,12 @@ def verdict_lines(e: Effects) -> list[str]:
             else "-"
         )
         lines.append(f"  {r['design']:<24} {pred:<24} recipe {r['recipe']:<8} {r['verdict']}")
+    widths = design_half_widths(e)
+    if widths:
+        lines.append(
+            f"  median half-width of the {len(widths)} design prediction(s): {np.median(widths):.4f} "
+            f"(from {min(widths):.4f} to {max(widths):.4f}; one run's sd here: {e.fit.sigma:.4f})"
+        )
     return lines
 
 

@@ -55,6 +55,7 @@ from studies.table_backend import TableBackend, stopping_rule  # noqa: E402
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 DIRS = ["maximize", "minimize"]
 RANDOM = ("random", "none")  # the baseline strategy
+DEFAULT_SAMPLERS = "random,tpe,nsga2,gp"
 
 
 class BenchSampler(SamplerSpec):
@@ -90,23 +91,47 @@ def make_rule(stopping: str, cfg):
 
 
 def one_run(
-    table, cfg, spec, sampler: str, stopping: str, seed: int, budget: int, concurrency: int, storage=None
+    table,
+    cfg,
+    spec,
+    sampler: str,
+    stopping: str,
+    seed: int,
+    budget: int,
+    concurrency: int,
+    storage=None,
+    trial_seeds: tuple[int, ...] = (0, 1),
 ):
-    if sampler.startswith("designed"):
-        trials, _ = designed_run(table, cfg, spec, sampler, seed, budget, concurrency, stopping)
-        return trials, 0
+    """One search of `budget` trials on the table; "designed" runs studies.designed.Plan through the
+    searcher exactly as a study with [sampler] name = "designed" does: its trials under the first of
+    `trial_seeds`, confirmation under the others, the screen drawn with `seed`."""
     storage = storage or optuna.storages.InMemoryStorage()
     name = f"bench-{sampler}-{stopping}-{seed}"
     optuna.create_study(study_name=name, storage=storage, directions=DIRS)
+    plan = None
+    if sampler.startswith("designed"):
+        plan = designed.Plan(
+            spec,
+            budget,
+            batch=max(concurrency, 2),
+            seed=trial_seeds[0],
+            confirm=cfg.budget.confirm,
+            designs=tuple(published_in_space(spec)),
+            confirm_seeds=tuple(trial_seeds[1:]) or trial_seeds[:1],
+            costs=table_costs(table, cfg.target.convention),
+            multiple=designed_multiple(sampler),
+            screen_seed=seed,
+        )
     search = StudySearch(
         GenomeSpace(spec),
         cfg.objectives,
         name,
         storage,
-        BenchSampler(sampler, seed, cfg.sampler.population),
+        BenchSampler("random" if plan else sampler, seed, cfg.sampler.population),
         table.epochs,
         {"seed": seed},
         log=lambda *_: None,
+        plan=plan,
     )
     rule = make_rule(stopping, cfg)
     backend = TableBackend(table, cfg, rule=rule, seed=seed, on_missing="skip")
@@ -174,60 +199,6 @@ def runs_of(trials, table, conv: str) -> fx.Runs:
     return fx.Runs(frame, "search")
 
 
-def designed_run(table, cfg, spec, sampler: str, seed: int, budget: int, concurrency: int, stopping="none"):
-    """The designed strategy (studies.designed) on the table backend: the screen enqueued, then rounds of
-    proposals from the effects model fitted to every run so far. Returns (trials, last model)."""
-    storage = optuna.storages.InMemoryStorage()
-    name = f"bench-{sampler}-{seed}"
-    study = optuna.create_study(study_name=name, storage=storage, directions=DIRS)
-    search = StudySearch(
-        GenomeSpace(spec),
-        cfg.objectives,
-        name,
-        storage,
-        BenchSampler("random", seed, cfg.sampler.population),  # asks only enqueued trials here
-        table.epochs,
-        {"seed": seed},
-        log=lambda *_: None,
-    )
-    backend = TableBackend(table, cfg, rule=make_rule(stopping, cfg), seed=seed, on_missing="skip")
-    conv = cfg.target.convention
-    costs = table_costs(table, conv)
-    n_screen = min(int(np.ceil(designed_multiple(sampler) * designed.parameters(spec))), budget)
-    designed.enqueue(study, spec, designed.screen(spec, n_screen, seed=seed))
-    backend.run(search, n_screen, concurrency)
-    per_round = max(concurrency, int(np.ceil(budget / 8)))
-    done, model = n_screen, None
-    while True:
-        trials = answered(study)
-        runs = runs_of(trials, table, conv)
-        model = fit_or_none(runs)
-        if done >= budget:
-            break
-        k = min(per_round, budget - done)
-        if model is not None:  # else too few runs for the model yet: the study's sampler picks this round
-            cands, _ = fx.candidates(model, runs, costs=costs)
-            designed.enqueue(study, spec, designed.propose(model, cands, k, exclude=set(runs.frame["key"])))
-        backend.run(search, k, concurrency)
-        done += k
-    return answered(study), (model, runs)
-
-
-def fit_or_none(runs: fx.Runs) -> fx.Fit | None:
-    """The effects model of the runs, or None while they are too few for it (it says so in a UserError)."""
-    try:
-        return fx.fit(runs)
-    except UserError:
-        return None
-
-
-def answered(study):
-    return sorted(
-        (t for t in study.get_trials(deepcopy=False) if "sim_end_s" in t.user_attrs),
-        key=lambda t: t.user_attrs["sim_end_s"],
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="placement_table")
@@ -236,7 +207,7 @@ def main() -> None:
     ap.add_argument(
         "--budget", type=int, default=48, help="trials per search (capped at half the usable genomes)"
     )
-    ap.add_argument("--samplers", default="random,tpe,nsga2,gp")
+    ap.add_argument("--samplers", default=DEFAULT_SAMPLERS)
     ap.add_argument(
         "--stoppings", default="none,pareto,asha", help="none, pareto (Pareto-aware rungs), asha (top-1 only)"
     )
@@ -250,8 +221,12 @@ def main() -> None:
     ap.add_argument(
         "--heldout",
         action="store_true",
-        help="strategies see seed 0 only and are scored on seed 1 (the front each reports, its verdicts)",
+        help="strategies see some seeds and are scored on others (the front each reports, its verdicts)",
     )
+    ap.add_argument(
+        "--see", help="--heldout: seeds the strategies see (default: the first half of the table's)"
+    )
+    ap.add_argument("--score", help="--heldout: seeds they are scored on (default: the second half)")
     ap.add_argument("--budgets", default="24,48,96", help="--heldout: trial budgets scored")
     a = ap.parse_args()
     if a.heldout:
@@ -500,9 +475,6 @@ def median_diff_interval(x, y, rng, n=4000) -> tuple[float, float]:
     return tuple(np.percentile(bx - by, [2.5, 97.5]))
 
 
-SEEN, HELD = 0, 1  # --heldout: the seed a strategy sees, the seed it is scored on
-
-
 def verdict_kind(text) -> str:
     """A model verdict's category (analysis.effects.verdicts): front, beaten, open or none."""
     text = str(text)
@@ -516,15 +488,16 @@ def verdict_kind(text) -> str:
 
 
 def judge(runs: fx.Runs, reported: list[str] | None, costs, verdicts: bool = True) -> dict:
-    """What a strategy reports from its runs: `reported` genome keys (None: its observed front on the
-    seen seed), the effects model's verdicts on the published designs and their interval half-widths."""
+    """What a strategy reports from its runs: `reported` genome keys (None: its observed front, genomes
+    by their mean over the runs it saw), the effects model's verdicts on the published designs and
+    their interval half-widths."""
     fr = runs.frame
     if reported is None:
         means = fr.groupby("key").agg(y=("y", "mean"), flops=("flops", "first"))
         on = pareto_mask(means[["y", "flops"]].to_numpy(float), DIRS)
         reported = list(means.index[on])
     out = {"reported": reported, "verdicts": {}, "half_widths": []}
-    model = fit_or_none(runs) if verdicts else None
+    model = designed.fit_or_none(runs) if verdicts else None
     if model is not None:
         cands, _ = fx.candidates(model, runs, costs=costs)
         v = fx.verdicts(model, fx.predictions(model, cands), runs)
@@ -535,87 +508,129 @@ def judge(runs: fx.Runs, reported: list[str] | None, costs, verdicts: bool = Tru
     return out
 
 
-def model_front_keys(model: fx.Fit, runs: fx.Runs, costs) -> list[str]:
+def model_front_keys(model: fx.Fit | None, runs: fx.Runs, costs) -> list[str]:
+    if model is None:
+        return []
     cands, _ = fx.candidates(model, runs, costs=costs)
     return list(fx.model_front(fx.predictions(model, cands))["key"])
 
 
 def _heldout_job(job):
+    """One search seed of one strategy at every budget; a label per way of reporting (see heldout_main)."""
     sampler, seed, budgets = job
     w = _WORK
     table, cfg, spec, conv, costs = w["seen"], w["cfg"], w["spec"], w["conv"], w["costs"]
     out = {}
+
+    def record(label, b, runs, reported):
+        out.setdefault(label, {})[b] = {
+            **judge(runs, reported, costs),
+            "genomes": runs.frame["key"].nunique(),
+        }
+
     if sampler.startswith("designed"):
-        observed = out.setdefault(f"{sampler}/obs", {})  # the same runs reporting their observed front
-        for b in budgets:  # the screen's size depends on the budget: one run per budget
-            trials, (model, runs) = designed_run(table, cfg, spec, sampler, seed, b, w["conc"])
-            res = judge(runs, model_front_keys(model, runs, costs) if model else [], costs)
-            out.setdefault(sampler, {})[b] = {**res, "genomes": runs.frame["key"].nunique()}
-            observed[b] = {**out[sampler][b], "reported": judge(runs, None, None, verdicts=False)["reported"]}
+        for b in budgets:  # the screen and the confirmation share depend on the budget: one run per budget
+            trials, _ = one_run(
+                table, cfg, spec, sampler, "none", seed, b, w["conc"], trial_seeds=w["trial_seeds"]
+            )
+            runs = runs_of(trials, table, conv)
+            record(sampler, b, runs, model_front_keys(designed.fit_or_none(runs), runs, costs))
+            record(f"{sampler}/obs", b, runs, None)
         return out
     trials, _ = one_run(table, cfg, spec, sampler, "none", seed, max(budgets), w["conc"])
     for b in budgets:  # a sampler does not know its budget: the first b trials are the run at b
         runs = runs_of(trials[:b], table, conv)
-        out.setdefault(sampler, {})[b] = {**judge(runs, None, costs), "genomes": runs.frame["key"].nunique()}
+        record(sampler, b, runs, None)
+        if sampler == "random":  # the same runs reporting the effects model's front
+            record("random/model", b, runs, model_front_keys(designed.fit_or_none(runs), runs, costs))
     return out
 
 
+def seed_split(full, see: str | None, score: str | None) -> tuple[list[int], list[int]]:
+    """The seeds a strategy sees and the seeds it is scored on (default: the first and the second half
+    of the seeds every genome of the table has)."""
+    common = sorted(set.intersection(*({r["seed"] for r in v} for v in full.rows.values())))
+
+    def parse(text, what):
+        try:
+            return sorted({int(x) for x in text.split(",") if x})
+        except ValueError:
+            raise UserError(f"--{what}: expected comma-separated seeds, got {text!r}") from None
+
+    seen = parse(see, "see") if see else common[: len(common) // 2]
+    held = parse(score, "score") if score else common[len(common) // 2 :]
+    if not seen or not held or set(seen) & set(held):
+        raise UserError(
+            f"seeds seen {seen} and scored {held}: both needed and disjoint (the table has {common})"
+        )
+    missing = sorted(set(seen + held) - set(common))
+    if missing:
+        raise UserError(f"seed(s) {missing} are not in every genome of the table (it has {common})")
+    return seen, held
+
+
 def heldout_main(a) -> None:
-    """Strategies see seed SEEN only; each is scored on seed HELD, which it never saw: the hypervolume of
-    the front it reports (designed: the effects model's front; the others: their observed front),
-    each reported genome valued by its HELD run, and the agreement of its model verdicts with those of
-    the effects model of the whole table (both seeds)."""
+    """Strategies see the SEEN seeds only; each is scored on the HELD seeds, which it never saw: the
+    hypervolume of the front it reports (designed: the effects model's front; the others: their
+    observed front), each reported genome valued by its mean over the HELD seeds, and the agreement
+    of its model verdicts with those of the effects model of the whole table (every seed)."""
     if a.quick:
         a.seeds, a.budgets = min(a.seeds, 2), "8,12"
     cfg = config_mod.load(a.config)
     spec = cfg.space
     full = Table.load(a.table or default_csv(cfg.name), cfg)
     conv = cfg.target.convention
+    seen_seeds, held_seeds = seed_split(full, a.see, a.score)
     rows = {k: {r["seed"]: r for r in v} for k, v in full.rows.items()}
-    keys = [k for k, v in rows.items() if SEEN in v and HELD in v]
+    keys = list(rows)
     if len(keys) < 8:
-        raise UserError(
-            f"table {str(full.path)!r}: {len(keys)} genomes have seeds {SEEN} and {HELD}; --heldout needs more"
-        )
-    seen = Table(full.name, full.path, {k: [rows[k][SEEN]] for k in keys}, full.epochs, full.protocol)
-    flops = {k: rows[k][SEEN][f"flops_{conv}"] for k in keys}
-    held = {k: rows[k][HELD]["top1"] for k in keys}
+        raise UserError(f"table {str(full.path)!r}: {len(keys)} genomes; --heldout needs more")
+    seen = Table(
+        full.name, full.path, {k: [rows[k][s] for s in seen_seeds] for k in keys}, full.epochs, full.protocol
+    )
+    flops = {k: rows[k][seen_seeds[0]][f"flops_{conv}"] for k in keys}
+    held = {k: float(np.mean([rows[k][s]["top1"] for s in held_seeds])) for k in keys}
     pts = np.array([[held[k], flops[k]] for k in keys])
     ref = np.array([pts[:, 0].min() - 1e-3, pts[:, 1].max() * 1.001])
     hv_true = hypervolume(pts, DIRS, ref)
     costs = table_costs(seen, conv)
-    both = fx.runs_from_table(full.path, seeds=[SEEN, HELD])
-    both.frame = both.frame[both.frame["key"].isin(keys)].reset_index(drop=True)
-    truth = judge(both, [], costs)["verdicts"]
+    every = fx.runs_from_table(full.path, seeds=sorted(set(seen_seeds + held_seeds)))
+    every.frame = every.frame[every.frame["key"].isin(keys)].reset_index(drop=True)
+    truth = judge(every, [], costs)["verdicts"]
     budgets = sorted({min(int(b), len(keys)) for b in a.budgets.split(",") if b})
     samplers = [s for s in a.samplers.split(",") if s]
-    if a.quick and a.samplers == "random,tpe,nsga2,gp":
+    if a.quick and a.samplers == DEFAULT_SAMPLERS:
         samplers = ["random", "nsga2", "designed"]
     if "gp" in samplers and gp_available():
         samplers.remove("gp")
     if "random" not in samplers:
         samplers.insert(0, "random")
     print(
-        f"held-out comparison on {full.path}: {len(keys)} genomes with seeds {SEEN} and {HELD}; strategies see "
-        f"seed {SEEN} only and are scored on seed {HELD} (the only unseen seed this table has)"
+        f"held-out comparison on {full.path}: {len(keys)} genomes; strategies see seeds {seen_seeds} only and "
+        f"are scored on seeds {held_seeds}, which they never saw"
     )
     print(
-        "  score 1: hypervolume of the REPORTED front (designed: the effects model's front; others: their "
-        f"observed front), each genome valued by its seed-{HELD} run, normalised by the seed-{HELD} front of "
-        "the whole table"
+        "  score 1: hypervolume of the REPORTED front (designed and random/model: the effects model's front; "
+        f"the others: their observed front), each genome valued by its mean over seeds {held_seeds}, "
+        "normalised by the held-out front of the whole table"
     )
     print("  score 2: share of the published designs whose model verdict (front / beaten / open) matches the")
     print(
-        "           effects model of the whole table on both seeds: "
+        f"           effects model of the whole table (seeds {sorted(set(seen_seeds + held_seeds))}): "
         + ", ".join(f"{d} {v}" for d, v in truth.items())
     )
     print(
-        "  designed/obs: the designed runs reporting their observed front instead of the model's (the same "
-        "verdicts): how much of designed's score is its choice of runs, how much its model front"
+        f"  designed: screen and proposals under seed {seen_seeds[0]}, confirmation (seeds {seen_seeds[1:]}, for the "
+        f"model front and the open designs, the last {cfg.budget.confirm:.0%} of the budget); "
+        "designed/obs: the same runs reporting their observed front; random/model: random's runs reporting "
+        "the effects model's front"
     )
     print(f"budgets {budgets}, {a.seeds} search seeds, concurrency {cfg.budget.concurrency or 1}")
     jobs = [(s, seed, budgets) for s in samplers for seed in range(a.seeds)]
-    _WORK.update(seen=seen, cfg=cfg, spec=spec, conv=conv, costs=costs, conc=cfg.budget.concurrency or 1)
+    _WORK.update(
+        seen=seen, cfg=cfg, spec=spec, conv=conv, costs=costs, conc=cfg.budget.concurrency or 1,
+        trial_seeds=tuple(seen_seeds),
+    )  # fmt: skip
     t0 = time.perf_counter()
     if a.jobs > 1:
         ctx = multiprocessing.get_context("fork")
@@ -680,10 +695,6 @@ def heldout_main(a) -> None:
                 f"{np.median(d['size']):>9.0f} {np.median(d['genomes']):>8.0f} "
                 f"{hw_text:>18}"
             )
-    print(
-        "\nconfirm (extra blocked seeds for the model front and the designs) is not judged here: this table has "
-        f"no seed beyond {HELD} left unseen"
-    )
     print("winners=" + (",".join(f"{s}@{b}" for s, b in winners) or "none"))
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # imported when a config is built: listing the shipped config
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 OBJECTIVES = metrics.OBJECTIVES  # {name: default direction}, read live from analysis.metrics' table
-SAMPLERS = ("nsga2", "tpe", "gp", "random")
+SAMPLERS = ("nsga2", "tpe", "gp", "random", "designed")  # designed: studies.designed (screen, fit, confirm)
 LIMITS = ("flops", "params")  # [constraints] <name>_max
 ES_RULES = ("pareto", "top1")
 
@@ -50,6 +50,7 @@ class Budget:
     trials: int = 32
     concurrency: int = 0  # 0 = as many as the cluster's resources allow
     minutes: float | None = None  # wall clock; the run ends at the trial count or this, whichever first
+    confirm: float = 0.25  # sampler "designed": the share of the trials kept for confirmation seeds
 
 
 @dataclass(frozen=True)
@@ -325,6 +326,12 @@ def _build(raw: dict, source: str, where: str) -> StudyConfig:
             raise UserError(
                 f"{where}: budget.minutes (minutes): expected a finite number, got {b['minutes']!r}"
             )
+    if (
+        not isinstance(b["confirm"], (int, float))
+        or isinstance(b["confirm"], bool)
+        or not 0 <= b["confirm"] < 1
+    ):
+        raise UserError(f"{where}: budget.confirm: expected a share >= 0 and < 1, got {b['confirm']!r}")
     s = raw["sampler"]
     if s["name"] not in SAMPLERS:
         raise UserError(f"{where}: sampler.name {s['name']!r} unknown (known: {', '.join(SAMPLERS)})")

@@ -18,14 +18,17 @@ should be chosen to estimate it well, not only to look good one run at a time:
 3. `confirm(...)`: (genome, seed) pairs for the model front and the published designs in the space,
    blocked: every compared genome gets the same next seed, so the seed's shift cancels in contrasts.
 
-Everything here is plain numpy over the coding of analysis.effects; the study machinery enqueues the
-genomes (optuna's enqueue_trial) and the table backend or Ray trains them.
+`Plan` puts the three together over one study's trial budget (`[sampler] name = "designed"`,
+`[budget] confirm`): studies.search.StudySearch asks it for the next batch whenever the study has no
+waiting trial, and enqueues what it returns (optuna's enqueue_trial); Ray or the table backend trains
+them. The designs are plain numpy over the coding of analysis.effects.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -39,6 +42,8 @@ from searchspace.genome import Genome
 POOL = 4000  # candidate genomes drawn for the screen when the space is larger (or not a product)
 SCREEN_MULTIPLE = 2.0  # screen size as a multiple of the effect parameters (docs/search_design.md)
 RIDGE = 1e-6  # keeps log det finite while a start design is still singular
+CONFIRM_SHARE = 0.25  # [budget] confirm: the share of the trials kept for confirmation seeds
+EXTRA_SEEDS = 3  # confirmation seeds beyond the study's own: seed+1 .. seed+3
 
 
 class _RandomAnswers:
@@ -79,7 +84,14 @@ def screen_size(spec, multiple: float = SCREEN_MULTIPLE) -> int:
 
 
 def _logdet(X: np.ndarray) -> float:
-    sign, val = np.linalg.slogdet(X.T @ X + RIDGE * np.eye(X.shape[1]))
+    """log det(X'X + ridge I). With fewer rows than columns (a screen smaller than the model, as in
+    the large spaces) the n x n form is used: det(X'X + rI_p) = r^(p-n) det(XX' + rI_n)."""
+    n, p = X.shape
+    if n < p:
+        sign, val = np.linalg.slogdet(X @ X.T + RIDGE * np.eye(n))
+        val += (p - n) * math.log(RIDGE)
+    else:
+        sign, val = np.linalg.slogdet(X.T @ X + RIDGE * np.eye(p))
     return float(val) if sign > 0 else -math.inf
 
 
@@ -220,7 +232,7 @@ def confirm(
     """(genome, seed) pairs for the next confirmation round: every genome of the model front and every
     published design gets the first seed of `seeds` that not all of them have run yet (blocked: the
     compared genomes share it). `done`: genome key -> seeds run. Empty when every seed is run."""
-    genomes = list({g.key: g for g in [*front, *designs]}.values())
+    genomes = list({g.key: g for g in [*designs, *front]}.values())  # designs first: a cut round keeps them
     for s in seeds:
         todo = [g for g in genomes if s not in done.get(g.key, set())]
         if todo:
@@ -246,3 +258,89 @@ def enqueue(study, spec, genomes: Iterable[Genome | tuple[Genome, int]]) -> int:
         study.enqueue_trial(space.to_params(g, spec), user_attrs=attrs, skip_if_exists=False)
         n += 1
     return n
+
+
+@dataclass
+class Plan:
+    """The designed strategy over one study's budget of `budget` trials.
+
+    - screen: the first min(screen size, the budget less the confirmation share) trials, all under
+      the study's seed;
+    - then, in rounds of `batch`, proposals of the effects model fitted to every run so far (the
+      study's and its references'); while the model cannot be fitted yet, the study's own sampler
+      (random) fills the round;
+    - the last `confirm` share of the budget: confirmation rounds, each giving the model front among
+      the genomes run and the designs whose verdict is still open the next seed of `confirm_seeds`
+      (blocked); when every one of them has run every seed, proposals again.
+    Every batch is a list of (genome, seed) pairs; `next_batch` is a pure function of what the study
+    holds, so a resumed study continues where it stopped."""
+
+    spec: object
+    budget: int
+    batch: int = 2
+    seed: int = 0
+    confirm: float = CONFIRM_SHARE
+    designs: tuple = ()  # catalog designs inside the space
+    confirm_seeds: tuple[int, ...] = ()  # default: seed+1 .. seed+EXTRA_SEEDS
+    costs: object = None  # analysis.effects.StageCosts for the model front's candidates
+    multiple: float = SCREEN_MULTIPLE
+    screen_seed: int | None = None  # draws the screen (default: seed)
+    _screen: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        if not self.confirm_seeds:
+            self.confirm_seeds = tuple(self.seed + i for i in range(1, EXTRA_SEEDS + 1))
+        if self.screen_seed is None:
+            self.screen_seed = self.seed
+
+    @property
+    def confirm_from(self) -> int:
+        """The trial count from which confirmation rounds run."""
+        return self.budget - round(self.confirm * self.budget)
+
+    def screen(self) -> list[Genome]:
+        if not self._screen:
+            n = min(self.confirm_from, int(math.ceil(self.multiple * parameters(self.spec))))
+            # a pool 50x the screen is plenty for the exchange, and keeps a large space's matrix small
+            self._screen = screen(
+                self.spec, max(n, 1), seed=self.screen_seed, pool_size=min(POOL, 50 * max(n, 1))
+            )
+        return self._screen
+
+    def next_batch(self, runs: fx.Runs | None, asked: Mapping[str, set[int]], n_asked: int):
+        """(phase, [(genome, seed)]): phase is "screen", "propose", "confirm", "sampler" (the model
+        cannot be fitted yet: the study's sampler picks) or "done". `asked`: genome key -> seeds of
+        every trial asked so far (finished, running or waiting); `n_asked`: how many of the budget."""
+        left = self.budget - n_asked
+        if left <= 0:
+            return "done", []
+        todo = [g for g in self.screen() if self.seed not in asked.get(g.key, set())]
+        if todo and n_asked < len(self.screen()):  # resumed with a larger budget: only the difference
+            return "screen", [(g, self.seed) for g in todo[: min(left, len(self.screen()) - n_asked)]]
+        model = fit_or_none(runs)
+        if model is None:
+            return "sampler", []
+        cands, _ = fx.candidates(model, runs, costs=self.costs)
+        pred = fx.predictions(model, cands)
+        if n_asked >= self.confirm_from:
+            # replication of what was run: the model front among the genomes run so far (a front point
+            # never run is a proposal's business; chasing new ones here would never repeat a seed)
+            front = list(fx.model_front(pred[pred["evaluated"]])["genome"])
+            verdicts = fx.verdicts(model, pred, runs, designs=self.designs)
+            open_ = set(unresolved(verdicts))
+            designs = [d.genome for d in self.designs if d.name in open_]
+            pairs = confirm(front, designs, asked, self.confirm_seeds)
+            if pairs:
+                return "confirm", pairs[:left]
+        genomes = propose(model, cands, min(self.batch, left), exclude=set(asked))
+        return "propose", [(g, self.seed) for g in genomes]
+
+
+def fit_or_none(runs: fx.Runs | None) -> fx.Fit | None:
+    """The effects model of the runs, or None while they are too few for it."""
+    if runs is None or runs.n < 3:
+        return None
+    try:
+        return fx.fit(runs)
+    except UserError:
+        return None

@@ -230,6 +230,19 @@ def _new_search(
     s = cfg.sampler
     # seed + trials so far: a resumed sampler does not replay the first run's draws
     sampler = sampler or SamplerSpec(s.name, cfg.seed + n_existing, s.population)
+    plan = None
+    if sampler.name == "designed":
+        from .designed import Plan
+
+        plan = Plan(
+            spec,
+            cfg.budget.trials,
+            batch=max(cfg.budget.concurrency, 2),
+            seed=cfg.seed,
+            confirm=cfg.budget.confirm,
+            designs=tuple(_designs_in_space(spec)),
+            costs=stage_costs(cfg),
+        )
     return StudySearch(
         GenomeSpace(spec, driver, cfg.protocol["target"], cfg.references.recipe),
         cfg.objectives,
@@ -240,6 +253,7 @@ def _new_search(
         attrs,
         log,
         limits=limits,
+        plan=plan,
     )
 
 
@@ -385,9 +399,10 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
             + ", ".join(f"{n} <= {metrics.fmt(n, v)}" for n, v in limits.limits)
             + " (a genome over a limit is recorded infeasible, never trained)"
         )
-    _enqueue_neighbours(
-        study, _designs_in_space(spec), spec, cfg.references.neighbours, cfg.seed, limits, log
-    )
+    if cfg.sampler.name != "designed":  # the designed strategy's first phase is its own screen
+        _enqueue_neighbours(
+            study, _designs_in_space(spec), spec, cfg.references.neighbours, cfg.seed, limits, log
+        )
     done, want = st.counted(study), cfg.budget.trials
     summary["before"] = done
     if done >= want and not ref_waiting:

@@ -37,6 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="wall-clock budget of this run; it ends at --trials or this, whichever comes first "
         "(trials still training then are stopped and requeued)",
     )
+    ap.add_argument(
+        "--sampler",
+        help=f"the study's sampler ({', '.join(config_mod.SAMPLERS)}); designed: screen, fit, confirm "
+        "(docs/search_design.md)",
+    )
     ap.add_argument("--epochs", type=int, help="proxy epochs per trial")
     ap.add_argument("--resolution", type=int, help="proxy training resolution")
     ap.add_argument("--width", type=float, help="proxy width multiplier")
@@ -116,6 +121,7 @@ def prepare(args) -> dict:
         {
             "budget.trials": args.trials,
             "budget.minutes": args.minutes,
+            "sampler.name": args.sampler,
             "fidelity.epochs": args.epochs,
             "fidelity.resolution": args.resolution,
             "fidelity.width": args.width,

@@ -152,7 +152,7 @@ class SamplerSpec:
             )
         if self.name == "gp":  # multi-objective (log EHVI) and constrained where trials carry constraints
             return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.population)
-        if self.name == "random":
+        if self.name in ("random", "designed"):  # designed: its Plan enqueues; random fills the gaps
             return optuna.samplers.RandomSampler(seed=self.seed)
         raise ValueError(f"unknown sampler {self.name!r} (known: {', '.join(SAMPLERS)})")
 
@@ -201,6 +201,7 @@ class StudySearch(Searcher):
         log: Callable[[str], None] = print,
         limits: CostLimits | None = None,
         max_skips: int = 50,
+        plan=None,
     ):
         super().__init__(
             metric=[o["name"] for o in objectives],
@@ -227,6 +228,7 @@ class StudySearch(Searcher):
         # A failed storage write (full disk): no new trial is asked, the driver ends with this error, and
         # trials not told stay RUNNING, to be requeued when the run resumes.
         self.write_error: StorageWriteError | None = None
+        self.plan = plan  # studies.designed.Plan ([sampler] name = "designed"), else None
 
     def __getstate__(self) -> dict:
         state = {**self.__dict__, "_study": None, "_storage": None}
@@ -293,6 +295,8 @@ class StudySearch(Searcher):
     def _suggest(self, trial_id: str) -> dict | None:
         # An infeasible genome is recorded and a new one asked here, so that every Ray sample trains
         # one genome and Ray's num_samples stays the number of trained trials.
+        if self.plan is not None:
+            self._follow_plan()
         for _ in range(self.max_skips + 1):
             trial = self.study.ask()
             genome, config = self.space.ask(trial)
@@ -309,6 +313,36 @@ class StudySearch(Searcher):
             "(loosen the limits or narrow [space])"
         )
         return Searcher.FINISHED
+
+    def _follow_plan(self) -> None:
+        """When no trial waits, enqueue the designed strategy's next batch (studies.designed.Plan),
+        from every run of the study and of its references so far."""
+        from analysis import effects, load_study
+
+        from . import designed
+
+        study = self.study
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return
+        df = load_study(self.opened_storage, self.study_name)
+        asked: dict[str, set[int]] = {}
+        n_asked = 0
+        for t in study.get_trials(deepcopy=False):
+            if t.state == TrialState.FAIL:  # retried: not asked
+                continue
+            n_asked += t.user_attrs.get("status") != INFEASIBLE  # never trained: not in the budget
+            key = t.user_attrs.get("genome_key") or _genome_key(t.user_attrs.get("genome"))
+            seed = t.user_attrs.get("trial_seed", t.user_attrs.get("seed", self._attrs.get("seed", 0)))
+            if key:
+                asked.setdefault(key, set()).add(int(seed))
+        runs = effects.runs_from_study(df)
+        phase, batch = self.plan.next_batch(runs, asked, n_asked)
+        if batch:
+            designed.enqueue(study, self.space.spec, batch)
+            seeds = sorted({s for _, s in batch})
+            self._log(
+                f"  designed: {phase} - {len(batch)} genome(s) enqueued (seed {', '.join(map(str, seeds))})"
+            )
 
     def _feasible(self, trial: optuna.Trial, genome) -> bool:
         """Set the trial's Optuna constraints from its costs; an infeasible one is told now (see the
@@ -424,6 +458,15 @@ def _line(number, reference, r, state, values, objectives) -> str:
         f"  trial {number:>3}{ref} {state.name.lower():8} {r.get('status', ''):8} {what}"
         f" epochs={r.get('epochs_completed', 0)} {r.get('wall_s', 0) or 0:.1f}s{err}"
     )
+
+
+def _genome_key(text) -> str | None:
+    """The key of a trial's stored genome JSON (a trial asked but not finished has no genome_key yet)."""
+    if not text:
+        return None
+    from searchspace.genome import Genome
+
+    return Genome.from_json(text).key
 
 
 def result_attrs() -> tuple[str, ...]:

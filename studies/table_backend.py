@@ -242,6 +242,8 @@ class TableBackend:
                     )
                 self.skipped += 1
             number = config["trial_number"]
+            if config.get("seed") is not None:  # a trial given its seed (studies.designed: blocked seeds)
+                rows = [r for r in rows if r["seed"] == config["seed"]] or rows
             row = random.Random(f"{self.seed}:{number}").choice(rows)  # the seed drawn for this trial
             running[tid] = (row, now, number)
             started += 1

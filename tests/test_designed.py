@@ -122,3 +122,110 @@ def test_enqueued_confirm_pairs_reach_the_trainable_with_their_seed(spec):
     assert designed.enqueue(study, spec, [(a, 2), (b, 2), a]) == 3
     asked = [GenomeSpace(spec).ask(study.ask()) for _ in range(3)]
     assert [(g.key, c.get("seed")) for g, c in asked] == [(a.key, 2), (b.key, 2), (a.key, None)]
+
+
+def designed_in(spec):
+    from studies.table import published_in_space
+
+    return published_in_space(spec)
+
+
+def _plan_on_table(spec, budget: int, seeds=(0, 1)):
+    """A designed study of `budget` trials answered by the placement table (studies.search.StudySearch
+    with a Plan, as studies.run builds it for [sampler] name = "designed")."""
+    import optuna
+
+    from studies.search import GenomeSpace, SamplerSpec, StudySearch
+    from studies.table import Table, published_in_space
+    from studies.table_backend import NoStopping, TableBackend
+
+    cfg = config.load("placement_table")
+    table = Table.load(TABLE, cfg)
+    plan = designed.Plan(
+        spec, budget, batch=2, seed=seeds[0], confirm_seeds=tuple(seeds[1:]),
+        designs=tuple(published_in_space(spec)), costs=_table_costs(None),
+    )  # fmt: skip
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(study_name="d", storage=storage, directions=["maximize", "minimize"])
+    lines: list[str] = []
+    search = StudySearch(
+        GenomeSpace(spec), cfg.objectives, "d", storage, SamplerSpec("designed", 0), table.epochs, {"seed": 0},
+        log=lines.append, plan=plan,
+    )  # fmt: skip
+    TableBackend(table, cfg, rule=NoStopping()).run(search, budget, 2)
+    trials = sorted(optuna.load_study(study_name="d", storage=storage).trials, key=lambda t: t.number)
+    return plan, trials, lines
+
+
+def test_plan_screens_then_proposes_then_confirms_on_shared_seeds(spec):
+    plan, trials, lines = _plan_on_table(spec, 48)
+    assert len(trials) == 48 and all(t.state.name == "COMPLETE" for t in trials)
+    key_seed = [(t.user_attrs["genome_key"], t.user_attrs["seed"]) for t in trials]
+    screen = [g.key for g in plan.screen()]
+    assert plan.confirm_from == 36 and len(screen) == 32  # min(2 x 16 parameters, 48 - 25 % of 48)
+    assert key_seed[:32] == [(k, 0) for k in screen]  # the screen first, in order, under the study's seed
+    proposed = key_seed[32:36]
+    assert all(s == 0 and k not in screen for k, s in proposed)  # proposals: new genomes
+    confirmed = key_seed[36:]
+    # the next seed, shared by every compared genome: the open designs and the model front among the run;
+    # once each has it (confirm_seeds is (1,) here), proposals again
+    again = [s for _, s in confirmed].index(0) if (0 in [s for _, s in confirmed]) else len(confirmed)
+    first_round, after = confirmed[:again], confirmed[again:]
+    assert len(first_round) >= 4 and {s for _, s in first_round} == {1}
+    assert len({k for k, _ in first_round}) == len(first_round)
+    designs = {d.genome.key for d in designed_in(spec)}
+    assert all(k in designs or (k, 0) in key_seed[:36] for k, _ in first_round)
+    assert all(s == 0 and (k, 0) not in key_seed[:36] for k, s in after)
+    phases = [ln.split()[1] for ln in lines if ln.startswith("  designed:")]
+    assert phases[0] == "screen" and "propose" in phases and "confirm" in phases, phases
+
+
+def test_plan_resumes_from_what_the_study_holds(spec):
+    plan = designed.Plan(spec, 40, seed=0)
+    screen = plan.screen()
+    asked = {g.key: {0} for g in screen[:10]}
+    phase, batch = plan.next_batch(None, asked, 10)
+    assert phase == "screen" and [g.key for g, _ in batch] == [g.key for g in screen[10:]]
+    phase, batch = plan.next_batch(None, {g.key: {0} for g in screen}, len(screen))
+    assert (phase, batch) == ("sampler", [])  # no runs to fit: the study's sampler fills the round
+    assert plan.next_batch(None, {}, 40) == ("done", [])
+
+
+def test_designed_study_runs_through_studies_run_and_resumes(tmp_path):
+    out = tmp_path / "run"
+
+    def run(trials):
+        p = subprocess.run(
+            [sys.executable, "-m", "studies.run", "smoke_table", "--backend", "table", "--sampler", "designed",
+             "--trials", str(trials), "--out", str(out)],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    first = run(8)
+    assert "designed: screen" in first and "one-edit variant" not in first  # the screen replaces them
+    assert "designed: screen - 6 genome(s)" in first  # 8 trials less the 25 % confirmation share
+    second = run(12)  # resumed with a larger budget: its screen is 9, of which 8 trials ran
+    assert "designed: screen - 1 genome(s)" in second
+    assert "12 of 12 trials" in second and "Effects model" in second
+
+
+@pytest.mark.parametrize("value", [1, 1.5, -0.1, '"a"', "true"])
+def test_bad_confirm_share_is_one_line(value, tmp_path):
+    text = (REPO / "studies/configs/smoke.toml").read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("concurrency = 2", f"concurrency = 2\nconfirm = {value}"))
+    with pytest.raises(config.UserError, match=r"budget\.confirm: expected a share >= 0 and < 1") as e:
+        config.load(str(bad))
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_sampler_flag_is_exit_2(tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-m", "studies.run", "smoke", "--sampler", "annealing", "--out", str(tmp_path / "r")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
+    assert "sampler.name 'annealing' unknown" in p.stderr and "designed" in p.stderr
+    assert not (tmp_path / "r").exists()

@@ -172,10 +172,11 @@ def test_a_study_summary_and_report_end_with_the_model(tmp_path):
     )
     assert p.returncode == 0, p.stderr
     tail = p.stdout.strip().splitlines()
-    assert tail[-3].startswith("Published designs, model verdicts")
-    assert [ln.split()[0] for ln in tail[-2:]] == ["resnet18", "se_resnet18"] and all(
-        "recipe" in ln for ln in tail[-2:]
+    assert tail[-4].startswith("Published designs, model verdicts")
+    assert [ln.split()[0] for ln in tail[-3:-1]] == ["resnet18", "se_resnet18"] and all(
+        "recipe" in ln for ln in tail[-3:-1]
     )
+    assert tail[-1].startswith("  median half-width of the 2 design prediction(s): ")
     assert any(ln.startswith("Effects model (study 'smoke_table'): ") for ln in tail)
     html = (out / "report.html").read_text()
     assert (

@@ -947,19 +947,22 @@ def test_searcher_survives_a_failing_storage(tmp_path, monkeypatch):
     assert len(lines) == 2 and "nor mark it FAIL" in lines[0] and "storage gone" in lines[0]
 
 
-@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random"])
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random", "designed"])
 def test_searcher_pickles_and_builds_a_tuner(tmp_path, sampler):
     """Ray pickles the searcher when it builds the Tuner: that must work with every sampler the
     configs accept, under the Optuna installed, and the unpickled searcher must tell the same study
-    with the same sampler settings."""
+    with the same sampler settings (designed: with its plan, whose screen it goes on asking)."""
     from ray import cloudpickle, tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from studies import config
+    from studies import config, driver
+    from studies.designed import Plan
     from studies.search import SamplerSpec
 
     spec = SamplerSpec(sampler, seed=7, population=4)
-    s = _searcher(tmp_path, config.load("smoke"), sampler=spec)
+    cfg = config.load("smoke")
+    plan = Plan(cfg.space, 8, costs=driver.stage_costs(cfg)) if sampler == "designed" else None
+    s = _searcher(tmp_path, cfg, sampler=spec, plan=plan)
     s.suggest("before")  # a live study and sampler inside: the pickle must not carry them
     tuner = tune.Tuner(
         lambda cfg: None,
@@ -981,9 +984,16 @@ def test_searcher_pickles_and_builds_a_tuner(tmp_path, sampler):
         study_name="u",
         storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(s.storage)),
     )
-    assert [t.number for t in stored.trials] == [0, 1] and cfg_["trial_number"] == 1
+    asked = [
+        t for t in stored.trials if t.state != TrialState.WAITING
+    ]  # designed: the rest of its screen waits
+    assert [t.number for t in asked] == [0, 1] and cfg_["trial_number"] == 1
     assert stored.trials[1].state == TrialState.COMPLETE and stored.trials[1].values == [0.6, 2.0]
     assert stored.trials[1].user_attrs["genome"] == cfg_["genome"]
+    if plan is not None:  # both asks were the screen's first two genomes, under the study's seed
+        assert [t.user_attrs.get("trial_seed") for t in asked] == [0, 0]
+        screen = [g.to_json() for g in plan.screen()[:2]]
+        assert [t.user_attrs["genome"] for t in asked] == screen
 
 
 def test_padding_free_resolution_per_backbone():
