@@ -1,6 +1,7 @@
 """How well does the effects model (analysis.effects) do on few trials? Measured on the placement table.
 
-The shipped table holds every genome of a 480-genome placement space trained twice (seeds 0 and 1).
+The shipped table holds every genome of a 480-genome placement space trained under several seeds;
+this bench compares two of them (--pair, default seeds 0 and 1).
 For each size k, many draws of k genomes' runs from one seed (half the draws train on seed 0 and
 hold out seed 1, half the other way round) are fitted, and the bench prints:
 
@@ -76,12 +77,12 @@ class TableCosts:
 class Table:
     """The table's genomes in a fixed order with their factors, FLOPs and both seeds' runs."""
 
-    def __init__(self, path: Path):
-        self.runs = ef.runs_from_table(path)
+    def __init__(self, path: Path, pair: tuple[int, int] = (0, 1)):
+        self.runs = ef.runs_from_table(path, seeds=pair)
         fr = self.runs.frame
         seeds = sorted(fr["seed"].unique())
-        if len(seeds) != 2:
-            raise UserError(f"--table {str(path)!r}: needs exactly two seeds per genome, found {seeds}")
+        if len(set(pair)) != 2 or len(seeds) != 2:
+            raise UserError(f"--table {str(path)!r}: needs two seeds per genome, {list(pair)} gave {seeds}")
         self.seeds = [int(s) for s in seeds]
         wide = fr.pivot_table(index="key", columns="seed", values="y", aggfunc="first").dropna()
         if len(wide) < 10:
@@ -288,6 +289,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a handful of draws of sizes 24 and 48 (seconds)")
     p.add_argument("--table", default=str(DEFAULT_TABLE), help="a benchmark table CSV with two seeds")
     p.add_argument("--seed", type=int, default=0, help="random seed of the draws")
+    p.add_argument("--pair", default="0,1", help="the two table seeds compared (default 0,1)")
     a = p.parse_args(argv)
     try:
         sizes = [int(s) for s in ("24,48" if a.quick else a.sizes).split(",")]
@@ -298,7 +300,11 @@ def main(argv=None) -> int:
     try:
         if draws < 2:
             raise UserError(f"--draws {draws}: needs at least 2 (one per direction)")
-        t = Table(Path(a.table))
+        try:
+            pair = tuple(int(x) for x in a.pair.split(","))
+        except ValueError:
+            raise UserError(f"--pair {a.pair!r}: expected two seeds, e.g. 0,1") from None
+        t = Table(Path(a.table), pair)
         bad = [k for k in sizes if not 3 <= k <= len(t.keys)]
         if bad:
             raise UserError(f"--sizes: {bad} outside 3..{len(t.keys)} (the table's genomes)")

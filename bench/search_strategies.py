@@ -18,9 +18,15 @@ A strategy beats random search only when a bootstrap 95 % interval of the differ
 hypervolume at the budget from random's (over the search seeds) lies above zero; otherwise it ties.
 Last line: best=<strategy> hv_at_budget_vs_random=<ratio of medians> (random when nothing beats it).
 
+--heldout judges what each strategy REPORTS on seeds it never saw: strategies see the first half of
+the table's seeds (--see) and are scored on the rest (--score); "designed" is studies.designed.Plan
+run through the searcher exactly as a study with [sampler] name = "designed" runs it
+(docs/search_design.md).
+
     python bench/search_strategies.py [--table studies/tables/placement_table.csv] [--seeds 20] [--budget 48]
                                       [--samplers random,tpe,nsga2,gp] [--stoppings none,pareto,asha] [--jobs 2]
     python bench/search_strategies.py --quick    # seconds: the smoke table, checks the script
+    python bench/search_strategies.py --heldout [--see 0,1 --score 2] [--samplers random,tpe,nsga2,gp,designed]
 """
 
 from __future__ import annotations
@@ -216,7 +222,7 @@ def main() -> None:
         "--quick",
         action="store_true",
         help="seconds, checks the script: the smoke table, 2 search seeds of 4 trials, random and tpe "
-        "(with --heldout: 2 search seeds, budgets 8,12)",
+        "(with --heldout: 2 search seeds, budgets 8,12, random, nsga2 and designed)",
     )
     ap.add_argument(
         "--heldout",
@@ -599,8 +605,8 @@ def heldout_main(a) -> None:
     truth = judge(every, [], costs)["verdicts"]
     budgets = sorted({min(int(b), len(keys)) for b in a.budgets.split(",") if b})
     samplers = [s for s in a.samplers.split(",") if s]
-    if a.quick and a.samplers == DEFAULT_SAMPLERS:
-        samplers = ["random", "nsga2", "designed"]
+    if a.samplers == DEFAULT_SAMPLERS:
+        samplers = ["random", "nsga2", "designed"] if a.quick else [*samplers, "designed"]
     if "gp" in samplers and gp_available():
         samplers.remove("gp")
     if "random" not in samplers:
@@ -620,7 +626,8 @@ def heldout_main(a) -> None:
         + ", ".join(f"{d} {v}" for d, v in truth.items())
     )
     print(
-        f"  designed: screen and proposals under seed {seen_seeds[0]}, confirmation (seeds {seen_seeds[1:]}, for the "
+        f"  designed: screen and proposals under seed {seen_seeds[0]}, confirmation "
+        f"({'seeds ' + ', '.join(map(str, seen_seeds[1:])) if seen_seeds[1:] else 'no other seen seed'}: the "
         f"model front and the open designs, the last {cfg.budget.confirm:.0%} of the budget); "
         "designed/obs: the same runs reporting their observed front; random/model: random's runs reporting "
         "the effects model's front"

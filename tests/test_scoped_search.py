@@ -77,7 +77,10 @@ def test_study_is_required_without_list(capsys):
         ({"constraints": {"latency_max": 3}}, "[constraints] unknown key 'latency_max'"),
         ({"references": {"evaluate": "yes"}}, "references.evaluate: expected true or false"),
         ({"early_stopping": {"rule": "hv"}}, "early_stopping.rule 'hv' unknown"),
-        ({"sampler": {"name": "cmaes"}}, "sampler.name 'cmaes' unknown (known: nsga2, tpe, gp, random)"),
+        (
+            {"sampler": {"name": "cmaes"}},
+            "sampler.name 'cmaes' unknown (known: nsga2, tpe, gp, random, designed)",
+        ),
     ],
 )
 def test_bad_new_config_fields_are_one_line_errors(bad, msg):
