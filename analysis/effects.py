@@ -114,6 +114,15 @@ class Runs:
     def n(self) -> int:
         return len(self.frame)
 
+    def with_prior(self, prior: Runs) -> Runs:
+        """These runs and a table's of the same protocol. A seed is one block in both (same protocol,
+        same seed: the same initialisation and batch order); where both hold a genome under a seed,
+        the fit keeps the first run, this study's."""
+        frame = pd.concat([self.frame, prior.frame], ignore_index=True)
+        return replace(
+            self, frame=frame, source=f"{self.source} with {prior.n} prior run(s) of {prior.source}"
+        )
+
     def common_recipe(self) -> pd.DataFrame:
         """The runs the model compares: those trained with the common recipe."""
         return self.frame[self.frame["recipe"].fillna("common") == "common"]
@@ -866,7 +875,10 @@ def analyse(
 
 
 def of_study(df: pd.DataFrame, **kw) -> Effects:
-    return analyse(runs_from_study(df), **kw)
+    runs = runs_from_study(df)
+    if df.attrs.get("prior_table"):  # the config's [prior] table, checked against its protocol
+        runs = runs.with_prior(runs_from_table(df.attrs["prior_table"]))
+    return analyse(runs, **kw)
 
 
 # -- text ---------------------------------------------------------------------------------------------
@@ -974,6 +986,7 @@ def main(argv=None) -> int:
     p.add_argument("--table", help="a benchmark table CSV instead of a study")
     p.add_argument("--seeds", help="table seeds to use, e.g. 0 or 0,1 (default: all)")
     p.add_argument("--kind", default="auto", help="auto (default), ols or eb-ridge")
+    p.add_argument("--no-prior", action="store_true", help="leave out the study's [prior] table runs")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     a = p.parse_args(argv)
     try:
@@ -986,12 +999,14 @@ def main(argv=None) -> int:
                     seeds = [int(s) for s in a.seeds.split(",")]
                 except ValueError:
                     raise UserError(f"--seeds {a.seeds!r}: expected integers separated by commas") from None
-            runs = runs_from_table(a.table, seeds)
+            e = analyse(runs_from_table(a.table, seeds), a.kind)
         else:
             from .load import load_study
 
-            runs = runs_from_study(load_study(a.run_dir, a.study))
-        e = analyse(runs, a.kind)
+            df = load_study(a.run_dir, a.study)
+            if a.no_prior:
+                df.attrs["prior_table"] = None
+            e = of_study(df, kind=a.kind)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

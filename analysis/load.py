@@ -181,7 +181,7 @@ def attr_columns() -> tuple[str, ...]:
 def load_study(run_dir_or_storage: Any, study_name: str | None = None) -> pd.DataFrame:
     """One row per trial of the study and of its '<name>.references' study (column `study`:
     'search' or 'reference'). Objective columns are named after the objectives; metadata is in
-    df.attrs: study_name, objectives, config, target, fidelity, storage."""
+    df.attrs: study_name, objectives, config, target, fidelity, prior_table, storage."""
     storage = open_storage(run_dir_or_storage)
     name = resolve_study_name(storage, study_name, run_dir_or_storage)
     study = optuna.load_study(study_name=name, storage=storage)
@@ -218,6 +218,7 @@ def load_study(run_dir_or_storage: Any, study_name: str | None = None) -> pd.Dat
         config=ua.get("config") or {},
         target=ua.get("target") or {},
         fidelity=ua.get("fidelity") or {},
+        prior_table=ua.get("prior_table"),
         storage=redact(str(run_dir_or_storage))
         if not isinstance(run_dir_or_storage, optuna.storages.BaseStorage)
         else type(run_dir_or_storage).__name__,

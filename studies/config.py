@@ -89,6 +89,14 @@ class References:
 
 
 @dataclass(frozen=True)
+class Prior:
+    """table: a benchmark table of the same protocol (a name under studies/tables, or a CSV path) whose
+    runs join the study's in the effects model (docs/effects.md), checked by studies.table.prior_csv."""
+
+    table: str | None = None
+
+
+@dataclass(frozen=True)
 class Resources:
     cpus_per_trial: float = 1
     gpus_per_trial: float | str = "auto"  # auto = 1 GPU per trial if any
@@ -122,6 +130,7 @@ DEFAULTS: dict[str, Any] = {
     "early_stopping": asdict(EarlyStopping()),
     "constraints": asdict(Constraints()),
     "references": asdict(References()),
+    "prior": asdict(Prior()),
     "resources": asdict(Resources()),
     "calibration": asdict(Calibration()),
 }
@@ -133,6 +142,7 @@ _TYPED = {
     "early_stopping": EarlyStopping,
     "constraints": Constraints,
     "references": References,
+    "prior": Prior,
     "resources": Resources,
     "calibration": Calibration,
 }
@@ -155,6 +165,7 @@ class StudyConfig:
     early_stopping: EarlyStopping = EarlyStopping()
     constraints: Constraints = Constraints()
     references: References = References()
+    prior: Prior = Prior()
     resources: Resources = Resources()
     calibration: Calibration = Calibration()
     description: str = ""
@@ -364,6 +375,9 @@ def _build(raw: dict, source: str, where: str) -> StudyConfig:
             + " or ".join(f'"{r}"' for r in REFERENCE_RECIPES)
             + f", got {ref['recipe']!r}"
         )
+    table = raw["prior"]["table"]
+    if table is not None and (not isinstance(table, str) or not table.strip()):
+        raise UserError(f"{where}: prior.table: expected a table name or a CSV path, got {table!r}")
     r = raw["resources"]
     _num(r["cpus_per_trial"], f"{where}: resources.cpus_per_trial")
     if r["gpus_per_trial"] != "auto":

@@ -149,6 +149,10 @@ def _study_attrs(study, cfg):
         "data", cfg.protocol["data"]
     )  # compared on resume with the seed (studies.run._open_study)
     study.set_user_attr("seed", cfg.seed)
+    from .table import prior_csv
+
+    prior = prior_csv(cfg)  # read by analysis.effects: the table's runs join the study's in the model
+    study.set_user_attr("prior_table", str(prior) if prior else None)
 
 
 def _tune(

@@ -156,6 +156,9 @@ def prepare(args) -> dict:
             f"--resume: no study storage at {st.describe(url)} (run without --resume to start one)"
         )
     args.table = _backend(args, cfg)
+    from .table import prior_csv
+
+    prior_csv(cfg)  # a missing table or another protocol stops the run before anything is written
     return {"cfg": cfg, "run_dir": run_dir, "url": url}
 
 

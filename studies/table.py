@@ -167,6 +167,27 @@ def _check_protocol(rows: list[dict], cfg, path: Path) -> None:
             )
 
 
+def prior_csv(cfg) -> Path | None:
+    """The CSV of the config's [prior] table, checked: it exists, holds rows, and every row was made
+    with the config's protocol (prior runs measured another way would bias the model)."""
+    name = cfg.prior.table
+    if name is None:
+        return None
+    path = default_csv(name) if "/" not in name and not name.endswith(".csv") else Path(name).expanduser()
+    rows = [r for r in read_rows(path) if r.get("status") == "ok"]
+    if not rows:
+        shipped = ", ".join(sorted(p.stem for p in TABLE_DIR.glob("*.csv")))
+        raise UserError(f"prior.table {name!r}: no table rows at {_rel(path)} (shipped tables: {shipped})")
+    want = protocol_text(cfg)
+    other = next((r for r in rows if r.get("protocol") != want), None)
+    if other is not None:
+        raise UserError(
+            f"prior.table {name!r}: row {other.get('genome_key')}/seed {other.get('seed')} was made with protocol "
+            f"{other.get('protocol')}; config {cfg.name!r} measures with {want} (a prior must share the protocol)"
+        )
+    return path.resolve()
+
+
 # -- costs ------------------------------------------------------------------------------------------
 _COST_CACHE: dict = {}  # (genome key, convention, resolution, classes) -> counts; export loads/saves it
 

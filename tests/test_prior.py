@@ -1,0 +1,89 @@
+"""[prior] table: a shipped table of the same protocol pooled with a study's runs in the effects model."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis import effects as fx
+from studies import config
+from studies.table import default_csv, prior_csv
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE_TABLE = (REPO / "studies/configs/smoke_table.toml").read_text()
+
+
+def with_prior(tmp_path, text: str, table: str) -> Path:
+    path = tmp_path / "with_prior.toml"
+    path.write_text(text + f'\n[prior]\ntable = "{table}"\n')
+    return path
+
+
+def run(args, tmp_path):
+    return subprocess.run(
+        [sys.executable, "-m", "studies.run", *args, "--out", str(tmp_path / "run")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_prior_of_the_same_protocol_resolves_by_name(tmp_path):
+    cfg = config.load(str(with_prior(tmp_path, SMOKE_TABLE, "smoke_table")))
+    assert prior_csv(cfg) == default_csv("smoke_table").resolve()
+    assert prior_csv(config.load("smoke_table")) is None
+
+
+def test_prior_runs_share_seed_blocks_and_the_study_run_wins():
+    table = fx.runs_from_table(default_csv("smoke_table"))
+    study = fx.runs_from_table(default_csv("smoke_table"), seeds=[0])
+    study.frame["y"] = study.frame["y"] + 0.5  # this "study" measured every seed-0 genome differently
+    pooled = study.with_prior(table)
+    assert pooled.n == study.n + table.n and "prior run(s) of table smoke_table.csv" in pooled.source
+    f = fx.fit(pooled)
+    assert f.n == table.n  # each (genome, seed) once: the study's seed-0 runs, the table's others
+    assert set(f.coding.seeds) == set(table.frame["seed"])
+    assert "counted once" in f.why
+
+
+def test_study_with_a_prior_table_pools_it_in_its_summary(tmp_path):
+    p = run([str(with_prior(tmp_path, SMOKE_TABLE, "smoke_table")), "--backend", "table:" + str(default_csv("smoke_table")),
+             "--trials", "4"], tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    table_runs = fx.runs_from_table(default_csv("smoke_table")).n
+    assert f"with {table_runs} prior run(s) of table smoke_table.csv" in p.stdout
+    from analysis import load_study
+
+    assert load_study(tmp_path / "run").attrs["prior_table"] == str(default_csv("smoke_table").resolve())
+
+    def model(*flags):  # the stored study's analysis finds the prior again, unless told not to
+        p = subprocess.run([sys.executable, "-m", "analysis.effects", str(tmp_path / "run"), *flags],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+        return p.stdout + p.stderr  # alone, 4 runs may be too few to fit: a one-line error then
+
+    assert f"with {table_runs} prior run(s)" in model()
+    alone = model("--no-prior")
+    assert "study 'with_prior'" in alone and "prior run(s)" not in alone
+
+
+@pytest.mark.parametrize(
+    "config_text, table, message",
+    [
+        (SMOKE_TABLE, "nosuch", "prior.table 'nosuch': no table rows at"),
+        (SMOKE_TABLE.replace("epochs = 2", "epochs = 3"), "smoke_table", "a prior must share the protocol"),
+        (SMOKE_TABLE, "placement_table", "a prior must share the protocol"),
+    ],
+)
+def test_bad_prior_is_one_line_before_anything_is_written(tmp_path, config_text, table, message):
+    p = run([str(with_prior(tmp_path, config_text, table))], tmp_path)  # checked before Ray starts
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr
+    assert message in p.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["3", '""', "true"])
+def test_prior_table_must_be_a_name(tmp_path, value):
+    path = tmp_path / "bad.toml"
+    path.write_text(SMOKE_TABLE + f"\n[prior]\ntable = {value}\n")
+    with pytest.raises(config.UserError, match=r"prior\.table: expected a table name or a CSV path") as e:
+        config.load(str(path))
+    assert "\n" not in str(e.value)
