@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -156,10 +157,30 @@ def prepare(args) -> dict:
             f"--resume: no study storage at {st.describe(url)} (run without --resume to start one)"
         )
     args.table = _backend(args, cfg)
+    cfg = _checked_prior(cfg, args.study)
+    return {"cfg": cfg, "run_dir": run_dir, "url": url}
+
+
+def _checked_prior(cfg, study: str):
+    """The config's [prior] table, checked before anything is written. When flags (--epochs,
+    --data-root, ...) changed the protocol the file pairs it with, the table no longer measures what
+    this run measures: the run goes on without it and says so."""
+    from dataclasses import replace
+
     from .table import prior_csv
 
-    prior_csv(cfg)  # a missing table or another protocol stops the run before anything is written
-    return {"cfg": cfg, "run_dir": run_dir, "url": url}
+    if cfg.prior.table is None:
+        return cfg
+    as_written = config_mod.load(study)
+    if as_written.protocol != cfg.protocol and as_written.prior == cfg.prior:
+        prior_csv(as_written)  # the file's own pairing must still hold
+        print(
+            f"note: prior.table {cfg.prior.table!r} left out: the flags changed the protocol it was measured with",
+            file=sys.stderr,
+        )
+        return replace(cfg, prior=config_mod.Prior())
+    prior_csv(cfg)
+    return cfg
 
 
 def _backend(args, cfg):

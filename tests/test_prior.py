@@ -87,3 +87,15 @@ def test_prior_table_must_be_a_name(tmp_path, value):
     with pytest.raises(config.UserError, match=r"prior\.table: expected a table name or a CSV path") as e:
         config.load(str(path))
     assert "\n" not in str(e.value)
+
+
+def test_flags_that_change_the_protocol_leave_the_prior_out(tmp_path, capsys):
+    from studies import run as study_run
+
+    path = str(with_prior(tmp_path, SMOKE_TABLE, "smoke_table"))
+    out = ["--out", str(tmp_path / "run")]
+    assert study_run.prepare(study_run.parse_args([path, *out]))["cfg"].prior.table == "smoke_table"
+    plan = study_run.prepare(study_run.parse_args([path, "--epochs", "3", *out]))  # README: a longer proxy
+    assert plan["cfg"].prior.table is None
+    assert "prior.table 'smoke_table' left out: the flags changed the protocol" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
