@@ -149,9 +149,9 @@ def _study_attrs(study, cfg):
         "data", cfg.protocol["data"]
     )  # compared on resume with the seed (studies.run._open_study)
     study.set_user_attr("seed", cfg.seed)
-    from .table import prior_csv
+    from .table import prior_path
 
-    prior = prior_csv(cfg)  # read by analysis.effects: the table's runs join the study's in the model
+    prior = prior_path(cfg)  # checked by studies.run; read by analysis.effects with the study's runs
     study.set_user_attr("prior_table", str(prior) if prior else None)
 
 

@@ -167,13 +167,21 @@ def _check_protocol(rows: list[dict], cfg, path: Path) -> None:
             )
 
 
-def prior_csv(cfg) -> Path | None:
-    """The CSV of the config's [prior] table, checked: it exists, holds rows, and every row was made
-    with the config's protocol (prior runs measured another way would bias the model)."""
+def prior_path(cfg) -> Path | None:
+    """Where the config's [prior] table is: a name under studies/tables, or a CSV path."""
     name = cfg.prior.table
     if name is None:
         return None
     path = default_csv(name) if "/" not in name and not name.endswith(".csv") else Path(name).expanduser()
+    return path.resolve()
+
+
+def prior_csv(cfg) -> Path | None:
+    """The CSV of the config's [prior] table, checked: it exists, holds rows, and every row was made
+    with the config's protocol (prior runs measured another way would bias the model)."""
+    name, path = cfg.prior.table, prior_path(cfg)
+    if path is None:
+        return None
     rows = [r for r in read_rows(path) if r.get("status") == "ok"]
     if not rows:
         shipped = ", ".join(sorted(p.stem for p in TABLE_DIR.glob("*.csv")))
@@ -185,7 +193,7 @@ def prior_csv(cfg) -> Path | None:
             f"prior.table {name!r}: row {other.get('genome_key')}/seed {other.get('seed')} was made with protocol "
             f"{other.get('protocol')}; config {cfg.name!r} measures with {want} (a prior must share the protocol)"
         )
-    return path.resolve()
+    return path
 
 
 # -- costs ------------------------------------------------------------------------------------------
