@@ -62,6 +62,7 @@ RESULT_ATTRS = (
     "memory_fraction",
     "top1_per_epoch",
     "top5_per_epoch",
+    "environment",
 )
 
 

@@ -42,6 +42,10 @@ TAIL = (
     "wall_s",
     "train_s",
     "device",
+    "environment",
+    "device_model",
+    "capability",
+    "code",
     "protocol",
     "torch",
     "optuna",
@@ -452,6 +456,7 @@ def export_rows(cfg, url: str, csv_path: Path, log=print) -> list[dict]:
             "wall_s": round(a.get("wall_s") or 0, 2),
             "train_s": round(a.get("train_s") or 0, 2),
             "device": a.get("device"),
+            **_environment_columns(a.get("environment")),
             "protocol": proto,
             **(a.get("versions") or {}),
             "trial_number": t.number,
@@ -465,6 +470,13 @@ def export_rows(cfg, url: str, csv_path: Path, log=print) -> list[dict]:
         cache.write_text(json.dumps(_COST_CACHE))
     log(f"table {cfg.name}: {len(rows)} row(s) ({len(new)} new) -> {_rel(csv_path)}")
     return rows
+
+
+def _environment_columns(env: dict | None) -> dict:
+    from trainers.environment import key
+
+    env = env or {}
+    return {"environment": key(env), **{k: env.get(k) for k in ("device_model", "capability", "code")}}
 
 
 def export(args) -> int:

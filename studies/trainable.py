@@ -48,6 +48,7 @@ def run_trial(config: dict, ctx: dict) -> None:
     from ray import tune
 
     from searchspace import Genome, Recipe
+    from trainers.environment import describe
     from trainers.train import release_memory, train
 
     t0 = time.perf_counter()
@@ -125,6 +126,7 @@ def run_trial(config: dict, ctx: dict) -> None:
             nondeterministic_ops=res.nondeterministic_ops,
             data_on_device=res.data_on_device,
             memory_fraction=res.memory_fraction,
+            environment=describe(res.device),  # a run's identity includes where it ran
         )
         if res.status == "diverged":
             rec["top1"] = 1.0 / res.num_classes  # chance level: see studies/search.py
