@@ -393,7 +393,7 @@ class StudySearch(Searcher):
         if trial_id not in self._asked:
             return
         number, reference = self._asked.pop(trial_id)
-        r = {**self._last.pop(trial_id, {}), **(result or {})}
+        r = _nested({**self._last.pop(trial_id, {}), **(result or {})})
         state, values = self._outcome(r, error)
         try:
             self.set_trial_attrs(number, {**self._attrs, **{k: r[k] for k in result_attrs() if k in r}})
@@ -473,3 +473,14 @@ def _genome_key(text) -> str | None:
 def result_attrs() -> tuple[str, ...]:
     """The result keys stored as user attrs: every metric in the table, then RESULT_ATTRS."""
     return (*metrics.names(), *RESULT_ATTRS)
+
+
+def _nested(result: dict) -> dict:
+    """Ray Tune flattens a reported dict ("environment": {...} arrives as "environment/torch", ...):
+    put the record's dict-valued fields back together."""
+    out = {k: v for k, v in result.items() if "/" not in k}
+    for k, v in result.items():
+        if "/" in k:
+            head, tail = k.split("/", 1)
+            out.setdefault(head, {})[tail] = v
+    return out
