@@ -259,30 +259,26 @@ def _check_stored(study, protocols: dict) -> None:
 
 # -- run -----------------------------------------------------------------------------------------
 def run(plan_: dict, log) -> dict:
-    from . import driver
+    from .ray_backend import RayBackend
+    from .search import GenomeSpace, SamplerSpec, StudySearch
+    from .session import Session, record_config
 
     cfg, protocols, url = plan_["cfg"], plan_["protocols"], plan_["url"]
     spec = cfg.space
     name = cfg.name + CALIBRATION_SUFFIX
-    work = (
-        plan_["run_dir"] / name
-    )  # its own lock and Ray folder: a study (or another calibration) may run beside it
-    work.mkdir(parents=True, exist_ok=True)
-    with st.DriverLock(work):
-        st.check_before_writing(url)  # a torn journal tail is dropped (a copy kept), never appended to
-        storage = st.open_or_create(url)
-        existing = st.find_study(storage, name)
+    # its own lock and Ray folder: a study (or another calibration) may run beside it
+    work = plan_["run_dir"] / name
+    stop = plan_.get("stop") or StopWhen()
+    ran, device = 0, None
+    with Session(url, work, RayBackend(plan_.get("address")), stop, log) as session:
+        existing = session.open(name, None, create=False)
         if existing is not None:
             _check_stored(existing, protocols)
-        directions = [o["direction"] for o in cfg.objectives]
-        study = existing or optuna.create_study(study_name=name, storage=storage, directions=directions)
+        study = existing or session.open(name, [o["direction"] for o in cfg.objectives])
         stored = json.loads(json.dumps({p: c.protocol for p, c in protocols.items()}))
         study.set_user_attr("protocols", {**(study.user_attrs.get("protocols") or {}), **stored})
-        study.set_user_attr("objectives", cfg.objectives)
-        study.set_user_attr("config", config_mod.to_storable(cfg))
-        study.set_user_attr("target", cfg.protocol["target"])
-        study.set_user_attr("fidelity", cfg.protocol["fidelity"])
-        requeued = st.recover(storage, study)
+        record_config(study, cfg)
+        requeued = session.recover(study)
         if requeued:
             log(f"resuming: trial(s) {requeued} of a stopped driver marked FAIL (interrupted) and requeued")
         entries, rand = plan(
@@ -309,63 +305,46 @@ def run(plan_: dict, log) -> dict:
             + waiting.get(p, 0)
             for p in protocols
         }
-        ran = 0
-        stop = plan_.get("stop") or StopWhen()
         if any(todo.values()):
-            started = driver.init_ray(plan_.get("address"))
-            stop.install()  # after ray.init, which sets its own SIGTERM handler
-            heartbeat = st.Heartbeat(storage, [name]).start()
-            try:
-                res = driver.resources(cfg)
-                log(
-                    f"ray: {res['cluster']['CPU']:g} CPU, {res['cluster']['GPU']:g} GPU; up to "
-                    f"{res['concurrency']} trial(s) at a time on {res['device']}"
+            res = session.start(cfg)
+            device = res["device"]
+            for p in order:
+                if stop.should_stop():
+                    break
+                pcfg = protocols[p]
+                _enqueue(study, entries, p, spec)
+                n = _waiting(study).get(p, 0)
+                if not n:
+                    continue
+                log(f"protocol {p}: {n} run(s); fidelity {json.dumps(pcfg.protocol['fidelity'])}")
+                attrs = {
+                    "fidelity": pcfg.protocol["fidelity"],
+                    "protocol": p,
+                    "held": res["gpu"] or res["cpu"],
+                }
+                search = StudySearch(
+                    GenomeSpace(spec, session.driver_id, pcfg.protocol["target"], pcfg.references.recipe),
+                    pcfg.objectives,
+                    name,
+                    url,
+                    SamplerSpec("random", cfg.seed),
+                    pcfg.fidelity.epochs,
+                    attrs,
+                    log,
                 )
-                for p in order:
-                    if stop.should_stop():
-                        break
-                    pcfg = protocols[p]
-                    _enqueue(study, entries, p, spec)
-                    n = _waiting(study).get(p, 0)
-                    if not n:
-                        continue
-                    log(f"protocol {p}: {n} run(s); fidelity {json.dumps(pcfg.protocol['fidelity'])}")
-                    attrs = {
-                        "fidelity": pcfg.protocol["fidelity"],
-                        "protocol": p,
-                        "held": res["gpu"] or res["cpu"],
-                    }
-                    search = driver._new_search(
-                        pcfg,
-                        url,
-                        name,
-                        0,
-                        spec,
-                        attrs,
-                        log,
-                        sampler=driver.SamplerSpec("random", cfg.seed),
-                        driver=heartbeat.id,
-                    )
-                    pcfg = config_mod.with_overrides(
-                        pcfg, {"early_stopping.asha": False}
-                    )  # every run to its last epoch
-                    driver._tune(pcfg, res, search, n, work, f"calibrate-{p}", log, stop=stop)
-                    ran += len(search.finished)
-            finally:
-                heartbeat.stop()
-                if started:
-                    import ray
-
-                    ray.shutdown()
-            if stop.signum is not None:  # the runs Ray stopped: requeued now, as a re-run would
-                log(f"{stop.reason}: run(s) {st.recover(storage, study)} stopped and requeued")
+                pcfg = config_mod.with_overrides(pcfg, {"early_stopping.asha": False})  # every run in full
+                session.run(pcfg, search, n, f"calibrate-{p}")
+                ran += len(search.finished)
+        session.finish()
+        if session.stopped:  # the runs the backend stopped: requeued now, as a re-run would
+            log(f"{stop.reason}: run(s) {session.stopped} stopped and requeued")
         summary = summarize(
             study,
             protocols,
             plan_["seeds"],
             n_boot=plan_.get("bootstrap", 2000),
             designs=names,
-            device=res["device"] if ran else None,
+            device=device if ran else None,
         )
         study.set_user_attr("summary", summary)
         summary["ran"] = ran

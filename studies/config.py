@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # imported when a config is built: listing the shipped config
     from trainers.train import Fidelity
 
 CONFIG_DIR = Path(__file__).with_name("configs")
+REPO = CONFIG_DIR.parent.parent
+TABLE_DIR = REPO / "studies" / "tables"  # the shipped benchmark tables (studies.table)
 OBJECTIVES = metrics.OBJECTIVES  # {name: default direction}, read live from analysis.metrics' table
 SAMPLERS = ("nsga2", "tpe", "gp", "random", "designed")  # designed: studies.designed (screen, fit, confirm)
 LIMITS = ("flops", "params")  # [constraints] <name>_max
@@ -191,6 +193,20 @@ class StudyConfig:
             "data": data,
             "target": {"backbone": self.space.backbone, **asdict(self.target)},
         }
+
+
+def default_csv(name: str) -> Path:
+    """The shipped table called `name`."""
+    return TABLE_DIR / f"{name}.csv"
+
+
+def prior_path(cfg) -> Path | None:
+    """Where the config's [prior] table is: a name under studies/tables, or a CSV path."""
+    name = cfg.prior.table
+    if name is None:
+        return None
+    path = default_csv(name) if "/" not in name and not name.endswith(".csv") else Path(name).expanduser()
+    return path.resolve()
 
 
 def shipped() -> list[str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,215 +15,12 @@ from searchspace.errors import UserError
 
 from . import config as config_mod
 from . import storage as st
-from .progress import Console, Progress
+from .progress import Progress
 from .search import CostLimits, GenomeSpace, SamplerSpec, StudySearch
-from .trainable import run_trial
+from .session import Session, record_config
 
 REPO = Path(__file__).resolve().parent.parent
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def init_ray(address: str | None) -> bool:
-    """Start (or join) Ray; returns True when this call started it (and must shut it down)."""
-    import logging
-
-    import ray
-
-    # A failed trial is reported on one line by the searcher; Ray's own traceback is in its logs.
-    for name in ("ray.tune", "ray.train", "ray.air"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV per trial
-    # Ctrl-C and SIGTERM are the driver's (studies.stopping): Tune's own SIGINT handler would end the
-    # run without telling the driver, which then could not tell an interrupted run from a finished one.
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    if ray.is_initialized():
-        return False
-    path = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    # Workers import studies/searchspace/trainers from the same checkout (cluster nodes: same path).
-    try:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="ERROR",
-            runtime_env={"env_vars": {"PYTHONPATH": path}} if address else None,
-        )
-    except (
-        ConnectionError,
-        RuntimeError,
-        TimeoutError,
-        ValueError,
-    ) as e:  # e.g. auto with no cluster running
-        raise UserError(
-            f"--address {address!r}: cannot join the Ray cluster ({str(e).strip().splitlines()[0]})"
-        ) from None
-    return True
-
-
-def resources(cfg) -> dict:
-    import ray
-
-    r = cfg.resources
-    total = ray.cluster_resources()
-    gpus = r.gpus_per_trial
-    if gpus == "auto":
-        gpus = 1 if total.get("GPU", 0) >= 1 else 0
-    cpus = float(r.cpus_per_trial)
-    conc = cfg.budget.concurrency
-    if not conc:  # as many as the resources hold
-        conc = int(total.get("GPU", 0) // gpus) if gpus else int(total.get("CPU", 1) // cpus)
-    return {
-        "cpu": cpus,
-        "gpu": float(gpus),
-        "concurrency": max(1, conc),
-        "device": "cuda" if gpus else "cpu",
-        "cluster": {k: total.get(k, 0) for k in ("CPU", "GPU")},
-        "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
-    }
-
-
-def _ctx(cfg, res) -> dict:
-    return {
-        "data": cfg.data,
-        "fidelity": cfg.fidelity,
-        "target": cfg.protocol["target"],
-        "seed": cfg.seed,
-        "device": res["device"],
-        "cpus_per_trial": res["cpu"],
-        "evaluate_every_epoch": cfg.early_stopping.asha,  # only ASHA reads per-epoch top-1
-        "imports": _imports(cfg.space.imports),  # [space] imports: each worker registers them too
-        "metrics": trial_metrics(),
-    }
-
-
-def trial_metrics() -> dict:
-    """What a trial reports, from analysis.metrics: a placeholder for every objective until it is
-    known, the trainer's per-epoch values, and every value the trainer returns (TrainResult fields)."""
-    return {
-        "placeholders": {n: metrics.placeholder(n) for n in metrics.OBJECTIVES},
-        "epoch": metrics.names("epoch"),
-        "trained": metrics.names("epoch", "train"),
-    }
-
-
-def _imports(modules) -> dict:
-    """{module: the sys.path folder it was imported from here}: a worker puts that folder on its own
-    path before importing (its working folder is the trial's, and the driver's path may have come
-    from its working folder); a cluster node needs the same folder, as it needs this checkout."""
-    import sys
-
-    roots = {}
-    for name in modules:
-        top = sys.modules[name.split(".")[0]]  # imported when [space] was validated
-        package = getattr(top, "__path__", None)  # a package's folder(s); a plain module has a file
-        file = list(package)[0] if package else getattr(top, "__file__", None)
-        roots[name] = str(Path(file).parent) if file else None
-    return roots
-
-
-def name_objectives(study: optuna.Study, objectives: list[dict]) -> None:
-    """Store the objective names as the study's metric names, so optuna-dashboard labels its Pareto
-    front, history and importance plots "top1", "flops" rather than "Objective 0", "Objective 1".
-    Every study the driver opens (searched, references, any later kind) is named through here, on
-    a fresh run and on resume (a study stored before names were written gets them then)."""
-    import warnings
-
-    names = [o["name"] for o in objectives]
-    if study.metric_names == names:
-        return
-    with warnings.catch_warnings():  # experimental in Optuna (since 3.2), and public
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(names)
-
-
-def _study_attrs(study, cfg):
-    name_objectives(study, cfg.objectives)
-    study.set_user_attr("objectives", cfg.objectives)
-    study.set_user_attr("config", config_mod.to_storable(cfg))
-    study.set_user_attr("target", cfg.protocol["target"])
-    study.set_user_attr("fidelity", cfg.protocol["fidelity"])
-    study.set_user_attr(
-        "data", cfg.protocol["data"]
-    )  # compared on resume with the seed (studies.run._open_study)
-    study.set_user_attr("seed", cfg.seed)
-    from .table import prior_path
-
-    prior = prior_path(cfg)  # checked by studies.run; read by analysis.effects with the study's runs
-    study.set_user_attr("prior_table", str(prior) if prior else None)
-
-
-def _tune(
-    cfg,
-    res,
-    search: StudySearch,
-    n: int,
-    run_dir: Path,
-    tag: str,
-    log,
-    ctx_overrides: dict | None = None,
-    early_stop: bool = True,
-    stop=None,
-) -> None:
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-
-    from .stopping import tune_stopper
-
-    scheduler = None
-    es = cfg.early_stopping
-    if es.asha and early_stop and es.rule == "pareto":
-        scheduler = _pareto_scheduler(cfg)
-    elif es.asha and early_stop:
-        from ray.tune.schedulers import ASHAScheduler
-
-        # time_attr = epochs (not Ray's iteration count: the trainable sends one extra final result)
-        scheduler = ASHAScheduler(
-            time_attr="epochs_completed",
-            metric="top1",
-            mode="max",
-            max_t=cfg.fidelity.epochs,
-            grace_period=es.grace_period,
-            reduction_factor=es.reduction_factor,
-        )
-    ctx = {**_ctx(cfg, res), **(ctx_overrides or {})}
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, ctx=ctx), {"cpu": res["cpu"], "gpu": res["gpu"]}
-    )
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(search, max_concurrent=res["concurrency"]),
-            scheduler=scheduler,
-            num_samples=n,
-            reuse_actors=True,
-            trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
-        ),
-        run_config=tune.RunConfig(
-            name=f"{tag}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(run_dir / "ray"),
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
-            stop=tune_stopper(stop) if stop is not None else None,  # a signal, or [budget] minutes
-        ),
-    )
-    tuner.fit()
-
-
-def _pareto_scheduler(cfg):
-    """ASHA promoting by non-dominated rank over top-1 at the rung and the study's cost objectives
-    (latency is measured only at the end, so it is left out)."""
-    from .pareto_asha import ParetoASHA
-
-    es = cfg.early_stopping
-    ranked = {o["name"]: o["direction"] for o in cfg.objectives if metrics.get(o["name"]).every_epoch}
-    return ParetoASHA(
-        time_attr="epochs_completed",
-        metrics=ranked,
-        max_t=cfg.fidelity.epochs,
-        grace_period=es.grace_period,
-        reduction_factor=es.reduction_factor,
-    )
 
 
 def _new_search(
@@ -361,12 +156,10 @@ def _enqueue_known(study, designs, spec, attr: str, log, recipe: str | None = No
     return len(todo)
 
 
-def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
-    from .stopping import StopWhen
-
-    stop = getattr(args, "stop", None) or StopWhen(cfg.budget.minutes)
-    console = Console(quiet=args.quiet)
-    log = console.log
+def run(cfg, session: Session, args, console) -> dict:
+    """The study's trials through `session` (opened by studies.run): the references first, in their own
+    study, then the search up to the trial budget; the report at the end."""
+    stop, log, url, run_dir = session.stop, session.log, session.url, session.run_dir
     spec = cfg.space
     attrs = {"fidelity": cfg.protocol["fidelity"], "seed": cfg.seed, "reference": None}
     directions = [o["direction"] for o in cfg.objectives]
@@ -374,23 +167,17 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
     from searchspace import space
 
     log(f"study {cfg.name}: {space.count(spec):,} genomes in the space; storage {st.describe(url)}")
-    # Put the storage in order first (no Ray needed): requeue a dead driver's trials, enqueue designs.
+    # Put the storage in order first (no backend needed): requeue a dead driver's trials, enqueue designs.
     ref, ref_waiting = None, 0
     if evaluates_references(cfg, args):  # in their own study, so they never steer the sampler
-        ref = optuna.create_study(
-            study_name=cfg.name + ".references", storage=storage, directions=directions, load_if_exists=True
-        )
-        _study_attrs(ref, cfg)
-        summary["requeued"] += st.recover(storage, ref)
+        ref = session.open(cfg.name + ".references", directions)
+        record_config(ref, cfg)
+        summary["requeued"] += session.recover(ref)
         _enqueue_known(ref, _designs_in_space(spec), spec, "reference", log, cfg.references.recipe)
         ref_waiting = len(ref.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    study = existing or optuna.create_study(
-        study_name=cfg.name, storage=storage, directions=directions, load_if_exists=True
-    )
-    _study_attrs(study, cfg)
-    requeued = st.recover(
-        storage, study
-    )  # a live driver's (another run folder on this storage) are left alone
+    study = session.open(cfg.name, directions)
+    record_config(study, cfg)
+    requeued = session.recover(study)  # a live driver's (another run folder on this storage) are left alone
     if requeued:
         log(f"resuming: trial(s) {requeued} of a stopped driver marked FAIL (interrupted) and requeued")
     summary["requeued"] += requeued
@@ -414,26 +201,8 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
         summary["report"] = _report(cfg, url, run_dir, log)
         return summary
 
-    table = getattr(args, "table", None)  # studies.table_backend.TableBackend: trials answered from a table
-    tune_fn = _tune if table is None else table.tune
-    started = init_ray(args.address) if table is None else False
-    if started:
-        stop.install()  # ray.init has just replaced the SIGTERM handler
-    heartbeat = st.Heartbeat(storage, [x.study_name for x in (ref, study) if x is not None]).start()
     try:
-        res = resources(cfg) if table is None else table.resources(cfg)
-        summary["resources"] = res
-        if table is None:
-            log(
-                f"ray: {res['nodes']} node(s), {res['cluster']['CPU']:g} CPU, {res['cluster']['GPU']:g} GPU; per trial "
-                f"{res['cpu']:g} CPU, {res['gpu']:g} GPU on {res['device']}; up to {res['concurrency']} at a time"
-            )
-        else:
-            table.resume_clock(study)
-            log(
-                f"table backend: {len(table.table.rows)} genomes of table {table.table.name!r} "
-                f"({table.table.path}); up to {res['concurrency']} simulated trials at a time"
-            )
+        res = summary["resources"] = session.start(cfg)
         if ref_waiting and not stop.should_stop():
             log(f"evaluating {ref_waiting} reference design(s) in study {ref.study_name!r}")
             ref_attrs = {k: v for k, v in attrs.items() if k != "reference"}  # keep the name set at enqueue
@@ -446,38 +215,34 @@ def run(cfg, storage, url, run_dir: Path, args, existing) -> dict:
                 ref_attrs,
                 log,
                 sampler=SamplerSpec("random", cfg.seed),
-                driver=heartbeat.id,
+                driver=session.driver_id,
             )
             with Progress(console, ref_waiting, 0, res["concurrency"], "references") as search.progress:
                 # a reference is measured in full: an early-stopped design would have no proxy result
-                tune_fn(
-                    cfg, res, search, ref_waiting, run_dir, "references", log, early_stop=False, stop=stop
-                )
-            if search.write_error is not None:
-                raise search.write_error
+                session.run(cfg, search, ref_waiting, "references", early_stop=False)
             summary["references"] = len(search.finished)
         if done < want and not stop.should_stop():
             log(f"running {want - done} trial(s) ({done} of {want} already done)")
             search = _new_search(
-                cfg, url, cfg.name, len(study.trials), spec, attrs, log, driver=heartbeat.id, limits=limits
+                cfg,
+                url,
+                cfg.name,
+                len(study.trials),
+                spec,
+                attrs,
+                log,
+                driver=session.driver_id,
+                limits=limits,
             )
             with Progress(console, want, done, res["concurrency"]) as search.progress:
-                tune_fn(cfg, res, search, want - done, run_dir, "search", log, stop=stop)
-            if search.write_error is not None:  # the storage is intact up to it; the same command resumes
-                raise search.write_error
+                session.run(cfg, search, want - done, "search")
             summary["ran"] = len(search.finished)
             summary["skipped"] = len(search.skipped)
     finally:
-        heartbeat.stop()  # marks this driver stopped: recover() below takes its RUNNING trials for dead
-        if started:
-            import ray
-
-            ray.shutdown()
+        session.finish()
     if stop.signum is not None or (stop.time_up() and st.counted(study) < want):
         summary["stopped"] = stop.reason
-        # The trials Ray stopped were never told: mark them interrupted and requeue them now, as the
-        # next run would, so that this summary and report show them as what they are.
-        stopped = [n for s in (ref, study) if s is not None for n in st.recover(storage, s)]
+        stopped = session.stopped
         log(f"stopped: {stop.reason}" + (f"; trial(s) {stopped} stopped and requeued" if stopped else ""))
         summary["requeued_now"] = stopped
     summary["report"] = _report(cfg, url, run_dir, log)

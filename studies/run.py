@@ -156,9 +156,9 @@ def prepare(args) -> dict:
         raise UserError(
             f"--resume: no study storage at {st.describe(url)} (run without --resume to start one)"
         )
-    args.table = _backend(args, cfg)
+    backend = _backend(args, cfg)
     cfg = _checked_prior(cfg, args.study)
-    return {"cfg": cfg, "run_dir": run_dir, "url": url}
+    return {"cfg": cfg, "run_dir": run_dir, "url": url, "backend": backend}
 
 
 def _checked_prior(cfg, study: str):
@@ -184,10 +184,13 @@ def _checked_prior(cfg, study: str):
 
 
 def _backend(args, cfg):
-    """None for Ray Tune, or the studies.table_backend.TableBackend that --backend table[:PATH] asks for."""
+    """The backend --backend asks for: Ray Tune (on --address), or a studies.table_backend.TableBackend
+    answering from a table (table[:PATH])."""
     kind, _, path = (args.backend or "ray").partition(":")
     if kind == "ray" and not path:
-        return None
+        from .ray_backend import RayBackend
+
+        return RayBackend(args.address)
     if kind != "table":
         raise UserError(f"--backend {args.backend!r}: expected ray, table or table:PATH")
     if args.address:
@@ -327,43 +330,40 @@ def main(argv=None) -> int:
             "give a study (a shipped config name or a .toml path), or --list to see the shipped ones"
         )
     plan = prepare(args)  # nothing has been opened or written up to here
-    cfg, run_dir, url = plan["cfg"], plan["run_dir"], plan["url"]
+    cfg, run_dir, url, backend = plan["cfg"], plan["run_dir"], plan["url"], plan["backend"]
     t_start = time.perf_counter()
     from . import driver
+    from .progress import Console
+    from .session import Session
     from .stopping import StopWhen
 
     # A cluster given with --address is joined before anything is written: if it cannot be joined,
     # the run folder and the storage are as they were.
-    joined = driver.init_ray(args.address) if args.address else False
+    if args.address:
+        backend.start()
     # From here a first Ctrl-C or SIGTERM ends the run cleanly: summary, report, status 130 / 143
     # (installed after ray.init, which sets a SIGTERM handler of its own).
-    args.stop = StopWhen(cfg.budget.minutes).reset().install()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    stop = StopWhen(cfg.budget.minutes).reset().install()
+    console = Console(quiet=args.quiet)
     try:
-        summary = _run(args, cfg, run_dir, url)
+        with Session(url, run_dir, backend, stop, console.log) as session:
+            _check_stored(session.storage, cfg, args.resume)
+            _write_atomic(
+                run_dir / "config.toml",
+                f"# {cfg.name}: effective config (from {cfg.source})\n" + _toml(config_mod.to_storable(cfg)),
+            )
+            summary = driver.run(cfg, session, args, console)
     finally:
-        if joined:
-            import ray
-
-            ray.shutdown()
+        backend.close()
     summary["wall_s"] = time.perf_counter() - t_start
     driver.print_summary(cfg, st.open_or_create(url), url, run_dir, summary)
-    return args.stop.exit_status()
+    return stop.exit_status()
 
 
-def _run(args, cfg, run_dir: Path, url: str) -> dict:
-    with st.DriverLock(run_dir):
-        st.check_before_writing(url)  # a torn journal tail is dropped (a copy kept), never appended to
-        storage = st.open_or_create(url)
-        existing = _open_study(storage, cfg.name, cfg, args.resume)
-        _open_study(storage, cfg.name + ".references", cfg, args.resume, ref=True)
-        _write_atomic(
-            run_dir / "config.toml",
-            f"# {cfg.name}: effective config (from {cfg.source})\n" + _toml(config_mod.to_storable(cfg)),
-        )
-        from . import driver
-
-        return driver.run(cfg, storage, url, run_dir, args, existing)
+def _check_stored(storage, cfg, resume: bool) -> None:
+    """The stored study and its references, if any, were run with this protocol (nothing written yet)."""
+    _open_study(storage, cfg.name, cfg, resume)
+    _open_study(storage, cfg.name + ".references", cfg, resume, ref=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ a fresh checkout resumes from it. See docs/placement_table.md.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import random
@@ -29,10 +30,9 @@ from searchspace.cost import stagewise
 from searchspace.errors import UserError
 
 from . import config as config_mod
+from .config import REPO, TABLE_DIR, default_csv, prior_path
 from .stopping import StopWhen
 
-REPO = Path(__file__).resolve().parent.parent
-TABLE_DIR = REPO / "studies" / "tables"
 CONVENTIONS = ("paper", "full")  # costs stored for each (the target's resolution and classes)
 META = ("table", "genome_key", "seed", "design", "menu")
 TAIL = (
@@ -53,10 +53,6 @@ TAIL = (
     "trial_number",
     "genome",
 )
-
-
-def default_csv(name: str) -> Path:
-    return TABLE_DIR / f"{name}.csv"
 
 
 def protocol(cfg) -> dict:
@@ -160,7 +156,7 @@ def write_rows(path: Path, rows: list[dict], epochs: int) -> None:
     tmp.replace(path)
 
 
-def _check_protocol(rows: list[dict], cfg, path: Path) -> None:
+def check_protocol(rows: list[dict], cfg, path: Path) -> None:
     want = protocol_text(cfg)
     for r in rows:
         if r.get("protocol") != want:
@@ -169,15 +165,6 @@ def _check_protocol(rows: list[dict], cfg, path: Path) -> None:
                 f"{r.get('protocol')}; config {cfg.name!r} asks for {want} (a table holds one protocol: "
                 "write a new table with --csv)"
             )
-
-
-def prior_path(cfg) -> Path | None:
-    """Where the config's [prior] table is: a name under studies/tables, or a CSV path."""
-    name = cfg.prior.table
-    if name is None:
-        return None
-    path = default_csv(name) if "/" not in name and not name.endswith(".csv") else Path(name).expanduser()
-    return path.resolve()
 
 
 def prior_csv(cfg) -> Path | None:
@@ -189,7 +176,9 @@ def prior_csv(cfg) -> Path | None:
     rows = [r for r in read_rows(path) if r.get("status") == "ok"]
     if not rows:
         shipped = ", ".join(sorted(p.stem for p in TABLE_DIR.glob("*.csv")))
-        raise UserError(f"prior.table {name!r}: no table rows at {_rel(path)} (shipped tables: {shipped})")
+        raise UserError(
+            f"prior.table {name!r}: no table rows at {relative(path)} (shipped tables: {shipped})"
+        )
     want = protocol_text(cfg)
     other = next((r for r in rows if r.get("protocol") != want), None)
     if other is not None:
@@ -263,17 +252,7 @@ def _have(study) -> set[tuple[str, int]]:
 
 
 def build(args) -> int:
-    import optuna
-    from optuna.trial import TrialState
-
-    from searchspace import space
-
-    from . import driver
-    from . import storage as st
-    from .search import SamplerSpec, StudySearch
-
     cfg = config_mod.load(args.study)
-    spec = cfg.space
     if args.seeds < 1:
         raise UserError(f"--seeds: expected an integer >= 1, got {args.seeds}")
     if args.concurrency is not None and args.concurrency < 0:
@@ -282,35 +261,66 @@ def build(args) -> int:
         raise UserError(f"--gpus-per-trial: expected >= 0, got {args.gpus_per_trial}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit: expected an integer >= 1, got {args.limit}")
-    csv_path = Path(args.csv) if args.csv else default_csv(cfg.name)
-    rows = read_rows(csv_path)
-    _check_protocol(rows, cfg, csv_path)
     order = generation_order(cfg)
     if args.limit:
         order = order[: args.limit]
     if args.genomes:
         order = pick_genomes(order, args.genomes, cfg)
-    run_dir = Path(args.out or REPO / "runs" / study_name(cfg)).expanduser().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from .ray_backend import RayBackend
+
+    stop = StopWhen().reset()  # Ctrl-C / SIGTERM: export what is done, then status 130 / 143
+    build_table(
+        cfg,
+        order,
+        args.seeds,
+        Path(args.csv) if args.csv else default_csv(cfg.name),
+        Path(args.out or REPO / "runs" / study_name(cfg)).expanduser().resolve(),
+        RayBackend(args.address),
+        stop,
+        overrides={"budget.concurrency": args.concurrency, "resources.gpus_per_trial": args.gpus_per_trial},
+        export=not args.no_export,
+    )
+    return stop.exit_status()
+
+
+def build_table(
+    cfg,
+    genomes: list,
+    seeds: int,
+    csv_path: Path,
+    run_dir: Path,
+    backend,
+    stop: StopWhen,
+    overrides: dict | None = None,
+    export: bool = True,
+    console=None,
+    log=lambda m: print(m, flush=True),
+) -> list[dict]:
+    """Train every (genome, seed 0..seeds-1) of `genomes` that is neither in the CSV nor in the run
+    folder's storage, through a studies.session.Session on `backend`; export the rows (returned).
+    `overrides` change how it runs (concurrency, GPUs per trial), never what is stored."""
+    from optuna.trial import TrialState
+
+    from searchspace import space
+
+    from .progress import Progress
+    from .search import SamplerSpec, StudySearch
+    from .session import Session, record_config
+
+    spec = cfg.space
+    rows = read_rows(csv_path)
+    check_protocol(rows, cfg, csv_path)
     url = str(run_dir / "study.journal")
     shipped = {(r["genome_key"], int(r["seed"])) for r in rows}
-    log = lambda m: print(m, flush=True)  # noqa: E731
-    with st.DriverLock(run_dir):
-        st.check_before_writing(url)  # a torn journal tail is dropped (a copy kept), never appended to
-        storage = st.open_or_create(url)
-        study = optuna.create_study(
-            study_name=study_name(cfg),
-            storage=storage,
-            directions=[o["direction"] for o in cfg.objectives],
-            load_if_exists=True,
-        )
-        driver._study_attrs(study, cfg)
+    with Session(url, run_dir, backend, stop, log) as session:
+        study = session.open(study_name(cfg), [o["direction"] for o in cfg.objectives])
+        record_config(study, cfg)
         study.set_user_attr("table", {"name": cfg.name, "protocol": protocol(cfg)})
-        requeued = st.recover(storage, study)
+        requeued = session.recover(study)
         if requeued:
             log(f"resuming: trial(s) {requeued} of a stopped driver requeued")
         have = _have(study) | shipped
-        todo = [(g, s) for g in order for s in range(args.seeds) if (g.key, s) not in have]
+        todo = [(g, s) for g in genomes for s in range(seeds) if (g.key, s) not in have]
         for g, s in todo:
             study.enqueue_trial(
                 space.to_params(g, spec),
@@ -319,20 +329,13 @@ def build(args) -> int:
             )
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         log(
-            f"table {cfg.name}: {space.count(spec)} genomes in the space, {len(order)} targeted x {args.seeds} seed(s); "
-            f"{len(shipped)} row(s) in {_rel(csv_path)}, {len(todo)} enqueued now, {waiting} waiting; storage {_rel(url)}"
+            f"table {cfg.name}: {space.count(spec)} genomes in the space, {len(genomes)} targeted x {seeds} seed(s); "
+            f"{len(shipped)} row(s) in {relative(csv_path)}, {len(todo)} enqueued now, {waiting} waiting; storage {relative(url)}"
         )
-        if not waiting:
-            return 0
-        # after the study's attrs: these flags change how it runs, not what is stored
-        cfg = config_mod.with_overrides(
-            cfg, {"budget.concurrency": args.concurrency, "resources.gpus_per_trial": args.gpus_per_trial}
-        )
-        started = driver.init_ray(args.address)
-        stop = StopWhen().reset().install()  # Ctrl-C / SIGTERM: export what is done, then status 130 / 143
-        heartbeat = st.Heartbeat(storage, [study.study_name]).start()
-        try:
-            res = driver.resources(cfg)
+        if waiting:
+            # after the study's attrs: these flags change how it runs, not what is stored
+            cfg = config_mod.with_overrides(cfg, overrides or {})
+            res = session.start(cfg)
             attrs = {
                 "fidelity": cfg.protocol["fidelity"],
                 "seed": cfg.seed,
@@ -340,7 +343,7 @@ def build(args) -> int:
                 "versions": versions(),
             }
             search = StudySearch(
-                TableSpace(spec, heartbeat.id),
+                TableSpace(spec, session.driver_id),
                 cfg.objectives,
                 study.study_name,
                 url,
@@ -350,28 +353,15 @@ def build(args) -> int:
                 log,
             )
             log(f"training {waiting} trial(s), up to {res['concurrency']} at a time on {res['device']}")
-            driver._tune(
-                cfg,
-                res,
-                search,
-                waiting,
-                run_dir,
-                "table",
-                log,
-                ctx_overrides={"evaluate_every_epoch": True},  # every epoch's top-1/top-5 is a column
-                stop=stop,
-            )
-        finally:
-            heartbeat.stop()
-            if started:
-                import ray
-
-                ray.shutdown()
-        if stop.signum is not None:  # the trials Ray stopped: requeued now, as a re-run would
-            log(f"{stop.reason}: trial(s) {st.recover(storage, study)} stopped and requeued")
-    if not args.no_export:
-        export_rows(cfg, url, csv_path, log)
-    return stop.exit_status()
+            total = len(genomes) * seeds
+            if console is not None:  # a line per trial with the count and the ETA
+                search.progress = Progress(console, total, total - waiting, res["concurrency"], cfg.name)
+            with search.progress or contextlib.nullcontext():
+                # every epoch's top-1/top-5 is a column
+                session.run(cfg, search, waiting, "table", ctx_overrides={"evaluate_every_epoch": True})
+    if session.stopped:
+        log(f"{stop.reason}: trial(s) {session.stopped} stopped and requeued")
+    return export_rows(cfg, url, csv_path, log) if export else read_rows(csv_path)
 
 
 class TableSpace:
@@ -403,7 +393,7 @@ def export_rows(cfg, url: str, csv_path: Path, log=print) -> list[dict]:
     from . import storage as st
 
     rows = read_rows(csv_path)
-    _check_protocol(rows, cfg, csv_path)
+    check_protocol(rows, cfg, csv_path)
     cache = Path(url).with_name("costs.json") if "://" not in url else None  # fvcore traces are slow: kept
     if cache and cache.is_file():
         _COST_CACHE.update(json.loads(cache.read_text()))
@@ -468,7 +458,7 @@ def export_rows(cfg, url: str, csv_path: Path, log=print) -> list[dict]:
     write_rows(csv_path, rows, epochs)
     if cache and cache.parent.is_dir():
         cache.write_text(json.dumps(_COST_CACHE))
-    log(f"table {cfg.name}: {len(rows)} row(s) ({len(new)} new) -> {_rel(csv_path)}")
+    log(f"table {cfg.name}: {len(rows)} row(s) ({len(new)} new) -> {relative(csv_path)}")
     return rows
 
 
@@ -487,7 +477,7 @@ def export(args) -> int:
     return 0
 
 
-def _rel(p) -> str:
+def relative(p) -> str:
     p = Path(p).resolve()
     try:
         return str(p.relative_to(Path.cwd()))
@@ -517,7 +507,7 @@ class Table:
         if not raw:
             raise UserError(f"table {str(path)!r}: no rows")
         if cfg is not None:
-            _check_protocol(raw, cfg, path)
+            check_protocol(raw, cfg, path)
         try:
             epochs = int(raw[0]["epochs"])
             by_key: dict = {}

@@ -102,7 +102,10 @@ def stopping_rule(cfg) -> StoppingRule:
 
 
 class TableBackend:
-    """Answers trials of a study from a studies.table.Table (see the module docstring)."""
+    """Answers trials of a study from a studies.table.Table (see the module docstring); a
+    studies.session.Backend like studies.ray_backend.RayBackend."""
+
+    name = "table"
 
     def __init__(
         self,
@@ -143,11 +146,23 @@ class TableBackend:
             "nodes": 0,
         }
 
-    def resume_clock(self, study) -> None:
-        ends = [t.user_attrs.get("sim_end_s") for t in study.get_trials(deepcopy=False)]
-        self.clock = max([e for e in ends if e is not None], default=0.0)
+    def start(self) -> None:
+        """Nothing to start: the trials are answered in this process."""
 
-    # the signature of studies.driver._tune, so the driver calls either
+    def close(self) -> None:
+        """Nothing to shut down."""
+
+    def prepare(self, study) -> None:
+        """A resumed study's simulated clock goes on from its last trial's end."""
+        ends = [t.user_attrs.get("sim_end_s") for t in study.get_trials(deepcopy=False)]
+        self.clock = max([self.clock, *(e for e in ends if e is not None)])
+
+    def describe(self, res: dict) -> str:
+        return (
+            f"table backend: {len(self.table.rows)} genomes of table {self.table.name!r} "
+            f"({self.table.path}); up to {res['concurrency']} simulated trials at a time"
+        )
+
     def tune(
         self,
         cfg,

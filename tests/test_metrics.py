@@ -75,18 +75,19 @@ def test_registered_objective_is_validated_stored_loaded_formatted_and_plotted(t
     run's line, the front figure and the report all take the new objective from the table entry."""
     import analysis
     from analysis.plots import front_figure
-    from studies import config, driver
+    from studies import config, ray_backend
     from studies.search import GenomeSpace, SamplerSpec, StudySearch
+    from studies.session import record_config
 
     cfg = config.from_dict(_doc(top1="maximize", val_loss="minimize"), "vl")
     assert cfg.objectives == [
         {"name": "top1", "direction": "maximize"},
         {"name": "val_loss", "direction": "minimize"},
     ]
-    plan = driver.trial_metrics()  # what the Ray worker is told to report
+    plan = ray_backend.trial_metrics()  # what the Ray worker is told to report
     assert plan["placeholders"]["val_loss"] == 0.0 and "val_loss" in plan["trained"]
     assert "val_loss" not in plan["epoch"]  # known after training only: not a rung metric for ASHA
-    asha = driver._pareto_scheduler(
+    asha = ray_backend.scheduler(
         config.from_dict(
             {
                 **_doc(top1="maximize", val_loss="minimize", flops="minimize"),
@@ -100,7 +101,7 @@ def test_registered_objective_is_validated_stored_loaded_formatted_and_plotted(t
     url = str(tmp_path / "study.journal")
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
     study = optuna.create_study(study_name="vl", storage=storage, directions=["maximize", "minimize"])
-    driver._study_attrs(study, cfg)
+    record_config(study, cfg)
     lines = []
     s = StudySearch(
         GenomeSpace(cfg.space),

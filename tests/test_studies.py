@@ -724,7 +724,7 @@ def test_user_plugin_from_outside_the_repo_in_two_workers(tmp_path):
 def test_space_imports_register_before_the_space_is_checked(tmp_path, monkeypatch):
     from searchspace.plugins import unregister
     from searchspace.space import SpaceSpec
-    from studies.driver import _imports
+    from studies.ray_backend import _imports
 
     (tmp_path / "user_gate_mod.py").write_text(USER_PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -1,0 +1,171 @@
+"""A study session: one driver's hold on a study storage, and the one way to run trials through it.
+
+Every program that runs trials (studies.run, studies.table build, studies.calibrate, the fidelity
+ladder) does the same things in the same order, so it does them here:
+
+    with Session(url, run_dir, backend, stop, log) as session:   # lock, journal check, storage
+        study = session.open(name, directions)                    # create or load
+        record_config(study, cfg)                                 # what the study was run with
+        session.recover(study)                                    # a dead driver's trials requeued
+        search = StudySearch(..., driver=session.start(cfg) and session.driver_id)
+        session.run(cfg, search, n, "search")                     # the backend trains n trials
+    session.stopped                                               # trials a signal stopped, requeued
+(`session.finish()` does the closing early, when a program writes its report inside the lock.)
+
+A backend is studies.ray_backend.RayBackend or studies.table_backend.TableBackend (the interface is
+`Backend` below); it is chosen once, where the command line is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import optuna
+
+from . import config as config_mod
+from . import storage as st
+from .stopping import StopWhen
+
+
+class Backend(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def prepare(self, study) -> None: ...
+
+    def resources(self, cfg) -> dict: ...
+
+    def describe(self, res: dict) -> str: ...
+
+    def tune(
+        self, cfg, res, search, n, run_dir, tag, log, ctx_overrides=None, early_stop=True, stop=None
+    ): ...
+
+
+def name_objectives(study: optuna.Study, objectives: list[dict]) -> None:
+    """Store the objective names as the study's metric names, so optuna-dashboard labels its Pareto
+    front, history and importance plots "top1", "flops" rather than "Objective 0", "Objective 1"
+    (on a fresh run and on resume: a study stored before names were written gets them then)."""
+    import warnings
+
+    names = [o["name"] for o in objectives]
+    if study.metric_names == names:
+        return
+    with warnings.catch_warnings():  # experimental in Optuna (since 3.2), and public
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
+
+
+def record_config(study, cfg) -> None:
+    """What the study was run with, as user attrs (compared on resume by studies.run; read by analysis)."""
+    name_objectives(study, cfg.objectives)
+    study.set_user_attr("objectives", cfg.objectives)
+    study.set_user_attr("config", config_mod.to_storable(cfg))
+    study.set_user_attr("target", cfg.protocol["target"])
+    study.set_user_attr("fidelity", cfg.protocol["fidelity"])
+    study.set_user_attr("data", cfg.protocol["data"])
+    study.set_user_attr("seed", cfg.seed)
+    prior = config_mod.prior_path(cfg)  # checked by studies.run; read by the effects model with the runs
+    study.set_user_attr("prior_table", str(prior) if prior else None)
+
+
+class Session:
+    """Lock, storage, journal integrity, heartbeat, backend, stop signals and recovery of one driver."""
+
+    def __init__(self, url: str, run_dir: Path, backend: Backend, stop: StopWhen | None = None, log=print):
+        self.url, self.run_dir, self.backend, self.log = url, Path(run_dir), backend, log
+        self.stop = stop or StopWhen()
+        self.storage = None
+        self.studies: list = []
+        self.res: dict | None = None
+        self.stopped: list[int] = []  # trials a signal or the time budget stopped (requeued at the end)
+        self._lock = st.DriverLock(self.run_dir)
+        self._heartbeat = None
+
+    def __enter__(self) -> Session:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.__enter__()
+        try:
+            st.check_before_writing(
+                self.url
+            )  # a torn journal tail is dropped (a copy kept), never appended to
+            self.storage = st.open_or_create(self.url)
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def open(self, name: str, directions, create: bool = True):
+        """The study `name` (created when missing and `create`), held by this session; None if absent."""
+        study = (
+            optuna.create_study(
+                study_name=name, storage=self.storage, directions=directions, load_if_exists=True
+            )
+            if create
+            else st.find_study(self.storage, name)
+        )
+        if study is not None:
+            self.studies.append(study)
+        return study
+
+    def recover(self, study) -> list[int]:
+        """Requeue the RUNNING trials of a driver that died (studies.storage.recover)."""
+        return st.recover(self.storage, study)
+
+    def start(self, cfg) -> dict:
+        """The backend up, signals caught, the heartbeat beating: the resources trials get (once)."""
+        if self.res is None:
+            self.backend.start()
+            self.stop.install()  # after ray.init, which sets a SIGTERM handler of its own
+            self._heartbeat = st.Heartbeat(self.storage, [s.study_name for s in self.studies]).start()
+            self.res = self.backend.resources(cfg)
+            for s in self.studies:
+                self.backend.prepare(s)
+            self.log(self.backend.describe(self.res))
+        return self.res
+
+    @property
+    def driver_id(self) -> str | None:
+        """This driver's id (the "driver" user attr of the trials it asks), once started."""
+        return self._heartbeat.id if self._heartbeat else None
+
+    def run(self, cfg, search, n: int, tag: str, ctx_overrides: dict | None = None, early_stop: bool = True):
+        """Train n trials asked by `search` (a studies.search.StudySearch) on the backend."""
+        res = self.start(cfg)
+        self.backend.tune(
+            cfg,
+            res,
+            search,
+            n,
+            self.run_dir,
+            tag,
+            self.log,
+            ctx_overrides=ctx_overrides,
+            early_stop=early_stop,
+            stop=self.stop,
+        )
+        if search.write_error is not None:  # the storage is intact up to it; the same command resumes
+            raise search.write_error
+        return search
+
+    def finish(self) -> None:
+        """Heartbeat stopped, backend closed, and the trials a signal or the time budget stopped
+        requeued (`stopped`); the lock is kept until the session's block ends (report, summary)."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()  # marks this driver stopped: recover() takes its RUNNING trials for dead
+            self._heartbeat = None
+        self.backend.close()
+        if self.storage is not None and self.stop.should_stop():
+            # The trials the backend stopped were never told: marked interrupted and requeued now, as
+            # the next run would, so that the summary and the report show them as what they are.
+            self.stopped += [n for s in self.studies for n in st.recover(self.storage, s)]
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.finish()
+        finally:
+            self._lock.__exit__(None, None, None)
