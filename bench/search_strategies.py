@@ -19,7 +19,7 @@ hypervolume at the budget from random's (over the search seeds) lies above zero;
 Last line: best=<strategy> hv_at_budget_vs_random=<ratio of medians> (random when nothing beats it).
 
 --heldout judges what each strategy REPORTS on seeds it never saw: strategies see the first half of
-the table's seeds (--see) and are scored on the rest (--score); "designed" is studies.designed.Plan
+the table's seeds (--see) and are scored on the rest (--score); "designed" is studies.designed.DesignedSampler
 run through the searcher exactly as a study with [sampler] name = "designed" runs it
 (docs/search_design.md).
 
@@ -67,10 +67,10 @@ DEFAULT_SAMPLERS = "random,tpe,nsga2,gp"
 class BenchSampler(SamplerSpec):
     """SamplerSpec plus Optuna's GPSampler (not one of the study configs' samplers)."""
 
-    def build(self):
+    def build(self, storage=None, log=None):
         if self.name == "gp":
             return optuna.samplers.GPSampler(seed=self.seed)
-        return super().build()
+        return super().build(storage, log)
 
 
 def gp_available() -> str | None:
@@ -108,36 +108,33 @@ def one_run(
     storage=None,
     trial_seeds: tuple[int, ...] = (0, 1),
 ):
-    """One search of `budget` trials on the table; "designed" runs studies.designed.Plan through the
-    searcher exactly as a study with [sampler] name = "designed" does: its trials under the first of
-    `trial_seeds`, confirmation under the others, the screen drawn with `seed`."""
+    """One search of `budget` trials on the table; "designed" runs studies.designed.DesignedSampler
+    through the searcher exactly as a study with [sampler] name = "designed" does: its trials under
+    the first of `trial_seeds`, confirmation under the others, the screen drawn with `seed`."""
     storage = storage or optuna.storages.InMemoryStorage()
     name = f"bench-{sampler}-{stopping}-{seed}"
     optuna.create_study(study_name=name, storage=storage, directions=DIRS)
-    plan = None
-    if sampler.startswith("designed"):
-        plan = designed.Plan(
-            spec,
-            budget,
-            batch=max(concurrency, 2),
-            seed=trial_seeds[0],
-            confirm=cfg.budget.confirm,
-            designs=tuple(published_in_space(spec)),
-            confirm_seeds=tuple(trial_seeds[1:]) or trial_seeds[:1],
-            costs=table_costs(table, cfg.target.convention),
-            multiple=designed_multiple(sampler),
-            screen_seed=seed,
-        )
+    plan = designed.Plan(
+        spec,
+        budget,
+        batch=max(concurrency, 2),
+        seed=trial_seeds[0],
+        confirm=cfg.budget.confirm,
+        designs=tuple(published_in_space(spec)),
+        confirm_seeds=tuple(trial_seeds[1:]) or trial_seeds[:1],
+        costs=table_costs(table, cfg.target.convention),
+        multiple=designed_multiple(sampler),
+        screen_seed=seed,
+    )
     search = StudySearch(
         GenomeSpace(spec),
         cfg.objectives,
         name,
         storage,
-        BenchSampler("random" if plan else sampler, seed, cfg.sampler.population),
+        BenchSampler(sampler.partition(":")[0], seed, cfg.sampler.population, plan),
         table.epochs,
         {"seed": seed},
         log=lambda *_: None,
-        plan=plan,
     )
     rule = make_rule(stopping, cfg)
     backend = TableBackend(table, cfg, rule=rule, seed=seed, on_missing="skip")

@@ -19,9 +19,9 @@ should be chosen to estimate it well, not only to look good one run at a time:
    blocked: every compared genome gets the same next seed, so the seed's shift cancels in contrasts.
 
 `Plan` puts the three together over one study's trial budget (`[sampler] name = "designed"`,
-`[budget] confirm`): studies.search.StudySearch asks it for the next batch whenever the study has no
-waiting trial, and enqueues what it returns (optuna's enqueue_trial); Ray or the table backend trains
-them. The designs are plain numpy over the coding of analysis.effects.
+`[budget] confirm`), as a pure function of what the study holds; `DesignedSampler` is the Optuna
+sampler that follows it, batch by batch (studies.search.SamplerSpec builds it like any other sampler).
+The designs are plain numpy over the coding of analysis.effects.
 """
 
 from __future__ import annotations
@@ -31,13 +31,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import optuna
 import pandas as pd
+from optuna.trial import TrialState
 
 from analysis import effects as fx
+from analysis.load import read_genome
 from analysis.pareto import pareto_mask
 from searchspace import space
 from searchspace.errors import UserError
 from searchspace.genome import Genome
+
+from .storage import INFEASIBLE
 
 POOL = 4000  # candidate genomes drawn for the screen when the space is larger (or not a product)
 SCREEN_MULTIPLE = 2.0  # screen size as a multiple of the effect parameters (docs/search_design.md)
@@ -247,19 +252,6 @@ def unresolved(verdicts: pd.DataFrame) -> list[str]:
     return [r.design for r in verdicts.itertuples() if str(r.verdict).startswith("not resolved")]
 
 
-def enqueue(study, spec, genomes: Iterable[Genome | tuple[Genome, int]]) -> int:
-    """Enqueue genomes (screen, proposals) or (genome, seed) pairs (confirm) in an Optuna study: the
-    next asks return them in order; a pair's seed travels as the `trial_seed` user attr, which
-    studies.search.GenomeSpace hands to the trainable. Returns how many were enqueued."""
-    n = 0
-    for item in genomes:
-        g, seed = item if isinstance(item, tuple) else (item, None)
-        attrs = {"trial_seed": int(seed)} if seed is not None else None
-        study.enqueue_trial(space.to_params(g, spec), user_attrs=attrs, skip_if_exists=False)
-        n += 1
-    return n
-
-
 @dataclass
 class Plan:
     """The designed strategy over one study's budget of `budget` trials.
@@ -273,7 +265,7 @@ class Plan:
       the genomes run and the designs whose verdict is still open the next seed of `confirm_seeds`
       (blocked); when every one of them has run every seed, proposals again.
     Every batch is a list of (genome, seed) pairs; `next_batch` is a pure function of what the study
-    holds, so a resumed study continues where it stopped."""
+    holds, so a resumed study continues where it stopped. DesignedSampler asks it."""
 
     spec: object
     budget: int
@@ -334,6 +326,144 @@ class Plan:
                 return "confirm", pairs[:left]
         genomes = propose(model, cands, min(self.batch, left), exclude=set(asked))
         return "propose", [(g, self.seed) for g in genomes]
+
+
+RUN_COLUMNS = (
+    "number", "study", "state", "status", "genome", "genome_key", "seed", "top1", "flops", "params",
+    "reference", "recipe",
+)  # fmt: skip  # what analysis.effects.runs_from_study reads of analysis.load_study's rows
+
+
+class DesignedSampler(optuna.samplers.BaseSampler):
+    """The designed strategy (`Plan`) as an Optuna sampler.
+
+    A new trial takes the next (genome, seed) pair of the current batch; once the batch is used up the
+    plan gives the next one from what the study holds then. The genome comes through
+    `sample_independent`, parameter by parameter; the seed through `trial_seed(number)`, which
+    studies.search.GenomeSpace stores as the trial's "trial_seed" user attr, where the trainable and
+    the table backend read it (a sampler sees only frozen trials, so it cannot store an attr itself).
+    A trial enqueued with its parameters (a seeded design, a requeued trial) never asks the sampler
+    and takes nothing from the batch. While the model cannot be fitted yet, and past the budget, a
+    random sampler answers.
+
+    The study is read incrementally: each finished trial once, and only the running and waiting ones
+    again at every batch. With `storage`, the study's references ('<name>.references') enter the
+    model too, and a stored calibration gives its noise, as analysis.load_study would have them.
+    """
+
+    def __init__(self, plan: Plan, seed: int = 0, storage=None, log=None):
+        self.plan = plan
+        self._random = optuna.samplers.RandomSampler(seed=seed)
+        self._storage = storage
+        self._log = log or (lambda _line: None)
+        self._batch: list[tuple[dict, int]] = []  # the current batch's pairs no trial has taken yet
+        self._taken: dict[int, tuple[dict, int] | None] = {}  # trial number -> (params, seed); None: random
+        self._sources: list[tuple[str, optuna.Study]] | None = None  # (kind, study): "search", "reference"
+        self._calibration: dict | None = None
+        self._read: set[tuple[str, int]] = set()  # (kind, number) of the finished trials read
+        self._runs: list[dict] = []  # the completed runs read, as analysis.load_study's rows
+        self._asked: dict[str, set[int]] = {}  # genome key -> seeds, over the finished trials read
+        self._n_asked = 0  # of those, how many count towards the budget
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}  # a whole genome is chosen per trial, answered parameter by parameter
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        pair = self._pair(study, trial.number)
+        if pair is None or param_name not in pair[0]:
+            return self._random.sample_independent(study, trial, param_name, param_distribution)
+        return pair[0][param_name]
+
+    def trial_seed(self, number: int) -> int | None:
+        """The seed the plan gave trial `number` (None: the study's own)."""
+        pair = self._taken.get(number)
+        return pair[1] if pair else None
+
+    def _pair(self, study, number: int) -> tuple[dict, int] | None:
+        if number not in self._taken:
+            if not self._batch:
+                self._batch = self._next_batch(study, number)
+            self._taken[number] = self._batch.pop(0) if self._batch else None
+        return self._taken[number]
+
+    def _next_batch(self, study, asking: int) -> list[tuple[dict, int]]:
+        self._read_finished(study)
+        asked = {k: set(v) for k, v in self._asked.items()}
+        n_asked = self._n_asked
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            if t.number != asking:  # the trial being asked is not one of the asked before it
+                n_asked += self._note(t, asked)
+        phase, batch = self.plan.next_batch(self._runs_read(study), asked, n_asked)
+        if batch:
+            seeds = ", ".join(map(str, sorted({s for _, s in batch})))
+            self._log(f"  designed: {phase} - {len(batch)} genome(s) planned (seed {seeds})")
+        return [(space.to_params(g, self.plan.spec), int(s)) for g, s in batch]
+
+    def _note(self, t, asked: dict[str, set[int]]) -> int:
+        """Add a trial's genome and seed to `asked`; 1 when it counts towards the budget."""
+        a = t.user_attrs
+        genome = read_genome(a.get("genome"))
+        key = a.get("genome_key") or (genome.key if genome is not None else None)
+        if key:
+            asked.setdefault(key, set()).add(int(a.get("trial_seed", a.get("seed", self.plan.seed))))
+        return int(a.get("status") != INFEASIBLE)  # never trained: not in the budget
+
+    def _read_finished(self, study) -> None:
+        if self._sources is None:
+            self._sources = [("search", study)]
+            if self._storage is not None:
+                from analysis.calibration import load_calibration
+                from analysis.load import REFERENCES_SUFFIX
+
+                name = study.study_name + REFERENCES_SUFFIX
+                if any(s.study_name == name for s in self._storage.get_all_studies()):
+                    self._sources.append(
+                        ("reference", optuna.load_study(study_name=name, storage=self._storage))
+                    )
+                self._calibration = load_calibration(self._storage, study.study_name)
+        names = _objective_names(study)
+        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        for kind, source in self._sources:
+            for t in source.get_trials(deepcopy=False, states=finished):
+                if (kind, t.number) in self._read:
+                    continue
+                self._read.add((kind, t.number))
+                if kind == "search" and t.state != TrialState.FAIL:  # a failed trial is retried: not asked
+                    self._n_asked += self._note(t, self._asked)
+                if t.state == TrialState.COMPLETE:
+                    self._runs.append(_run_row(t, kind, names))
+
+    def _runs_read(self, study) -> fx.Runs:
+        df = pd.DataFrame(self._runs, columns=list(RUN_COLUMNS))
+        ua = study.user_attrs
+        df.attrs.update(
+            study_name=study.study_name,
+            config=ua.get("config") or {},
+            target=ua.get("target") or {},
+            fidelity=ua.get("fidelity") or {},
+            calibration=self._calibration,
+        )
+        return fx.runs_from_study(df)
+
+
+def _objective_names(study) -> list[str]:
+    objectives = study.user_attrs.get("objectives")
+    return (
+        [o["name"] for o in objectives] if objectives else [f"value{i}" for i in range(len(study.directions))]
+    )
+
+
+def _run_row(t, kind: str, objective_names: Sequence[str]) -> dict:
+    """A completed trial as analysis.load_study's row (the columns the effects model reads): the
+    objectives from the trial's values, the rest from its user attrs."""
+    a = t.user_attrs
+    row = {c: a.get(c) for c in RUN_COLUMNS}
+    row.update(number=t.number, study=kind, state=t.state.name, status=a.get("status") or "ok")
+    row.update(zip(objective_names, t.values or ()))
+    return row
 
 
 def fit_or_none(runs: fx.Runs | None) -> fx.Fit | None:

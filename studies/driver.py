@@ -26,13 +26,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def _new_search(
     cfg, url, name, n_existing, spec, attrs, log, sampler=None, driver=None, limits=None
 ) -> StudySearch:
-    s = cfg.sampler
-    # seed + trials so far: a resumed sampler does not replay the first run's draws
-    sampler = sampler or SamplerSpec(s.name, cfg.seed + n_existing, s.population)
-    plan = None
-    if sampler.name == "designed":
+    if sampler is None:
         from .designed import Plan
 
+        s = cfg.sampler
         plan = Plan(
             spec,
             cfg.budget.trials,
@@ -42,6 +39,8 @@ def _new_search(
             designs=tuple(_designs_in_space(spec)),
             costs=stage_costs(cfg),
         )
+        # seed + trials so far: a resumed sampler does not replay the first run's draws
+        sampler = SamplerSpec(s.name, cfg.seed + n_existing, s.population, plan)
     return StudySearch(
         GenomeSpace(spec, driver, cfg.protocol["target"], cfg.references.recipe),
         cfg.objectives,
@@ -52,7 +51,6 @@ def _new_search(
         attrs,
         log,
         limits=limits,
-        plan=plan,
     )
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.trial import TrialState
@@ -100,10 +100,13 @@ class GenomeSpace:
                 config["cost"] = target_cost(genome, self.target)
             except Exception:  # the trial counts it again and reports the error as its own
                 pass
-        if (
-            trial.user_attrs.get("trial_seed") is not None
-        ):  # set at enqueue (studies.calibrate: repeated seeds)
-            config["seed"] = trial.user_attrs["trial_seed"]
+        seed = trial.user_attrs.get("trial_seed")  # set at enqueue (studies.calibrate: repeated seeds)
+        if seed is None:  # or chosen by the sampler (studies.designed: confirmation seeds), stored here
+            seed = getattr(trial.study.sampler, "trial_seed", lambda _number: None)(trial.number)
+            if seed is not None:
+                trial.set_user_attr("trial_seed", seed)
+        if seed is not None:
+            config["seed"] = seed
         recipe = trial_recipe(trial.user_attrs.get("reference"), self.reference_recipe)
         label = recipe_label(recipe)
         trial.set_user_attr("recipe", label)
@@ -138,13 +141,20 @@ def recipe_label(recipe) -> str:
 class SamplerSpec:
     """A sampler's description, not the sampler. Ray pickles the searcher, and a live sampler may hold
     what does not pickle (Optuna 5.1's genetic samplers keep a threading.Lock): the searcher keeps
-    this and builds the sampler in the process that asks."""
+    this and builds the sampler in the process that asks.
+
+    `plan` (a studies.designed.Plan: the space, trial budget, batch size, confirmation share, designs
+    in the space and stage costs) is the study as a sampler that plans the whole budget sees it; the
+    driver gives it to every sampler, and those that choose trial by trial ignore it."""
 
     name: str = "nsga2"
     seed: int = 0
     population: int = 16
+    plan: object = field(default=None, compare=False)
 
-    def build(self) -> optuna.samplers.BaseSampler:
+    def build(self, storage=None, log: Callable[[str], None] | None = None) -> optuna.samplers.BaseSampler:
+        """The sampler; `storage` (where the study lives) and `log` serve samplers that read beyond
+        the study's own trials or say what they plan (designed)."""
         if self.name == "nsga2":
             return optuna.samplers.NSGAIISampler(population_size=self.population, seed=self.seed)
         if self.name == "tpe":  # constant_liar: concurrent trials do not all go to the same spot
@@ -153,8 +163,14 @@ class SamplerSpec:
             )
         if self.name == "gp":  # multi-objective (log EHVI) and constrained where trials carry constraints
             return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.population)
-        if self.name in ("random", "designed"):  # designed: its Plan enqueues; random fills the gaps
+        if self.name == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
+        if self.name == "designed":
+            from .designed import DesignedSampler
+
+            if self.plan is None:
+                raise ValueError("the designed sampler needs the study's plan (SamplerSpec.plan)")
+            return DesignedSampler(self.plan, seed=self.seed, storage=storage, log=log)
         raise ValueError(f"unknown sampler {self.name!r} (known: {', '.join(SAMPLERS)})")
 
 
@@ -202,7 +218,6 @@ class StudySearch(Searcher):
         log: Callable[[str], None] = print,
         limits: CostLimits | None = None,
         max_skips: int = 50,
-        plan=None,
     ):
         super().__init__(
             metric=[o["name"] for o in objectives],
@@ -229,7 +244,6 @@ class StudySearch(Searcher):
         # A failed storage write (full disk): no new trial is asked, the driver ends with this error, and
         # trials not told stay RUNNING, to be requeued when the run resumes.
         self.write_error: StorageWriteError | None = None
-        self.plan = plan  # studies.designed.Plan ([sampler] name = "designed"), else None
 
     def __getstate__(self) -> dict:
         state = {**self.__dict__, "_study": None, "_storage": None}
@@ -250,7 +264,9 @@ class StudySearch(Searcher):
             url = self.storage_url()
             self._storage = open_or_create(url) if isinstance(url, str) else url
             self._study = optuna.load_study(
-                study_name=self.study_name, storage=self._storage, sampler=self.sampler.build()
+                study_name=self.study_name,
+                storage=self._storage,
+                sampler=self.sampler.build(self._storage, self._log),
             )
         return self._study
 
@@ -296,8 +312,6 @@ class StudySearch(Searcher):
     def _suggest(self, trial_id: str) -> dict | None:
         # An infeasible genome is recorded and a new one asked here, so that every Ray sample trains
         # one genome and Ray's num_samples stays the number of trained trials.
-        if self.plan is not None:
-            self._follow_plan()
         for _ in range(self.max_skips + 1):
             trial = self.study.ask()
             genome, config = self.space.ask(trial)
@@ -314,36 +328,6 @@ class StudySearch(Searcher):
             "(loosen the limits or narrow [space])"
         )
         return Searcher.FINISHED
-
-    def _follow_plan(self) -> None:
-        """When no trial waits, enqueue the designed strategy's next batch (studies.designed.Plan),
-        from every run of the study and of its references so far."""
-        from analysis import effects, load_study
-
-        from . import designed
-
-        study = self.study
-        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            return
-        df = load_study(self.opened_storage, self.study_name)
-        asked: dict[str, set[int]] = {}
-        n_asked = 0
-        for t in study.get_trials(deepcopy=False):
-            if t.state == TrialState.FAIL:  # retried: not asked
-                continue
-            n_asked += t.user_attrs.get("status") != INFEASIBLE  # never trained: not in the budget
-            key = t.user_attrs.get("genome_key") or _genome_key(t.user_attrs.get("genome"))
-            seed = t.user_attrs.get("trial_seed", t.user_attrs.get("seed", self._attrs.get("seed", 0)))
-            if key:
-                asked.setdefault(key, set()).add(int(seed))
-        runs = effects.runs_from_study(df)
-        phase, batch = self.plan.next_batch(runs, asked, n_asked)
-        if batch:
-            designed.enqueue(study, self.space.spec, batch)
-            seeds = sorted({s for _, s in batch})
-            self._log(
-                f"  designed: {phase} - {len(batch)} genome(s) enqueued (seed {', '.join(map(str, seeds))})"
-            )
 
     def _feasible(self, trial: optuna.Trial, genome) -> bool:
         """Set the trial's Optuna constraints from its costs; an infeasible one is told now (see the
@@ -459,15 +443,6 @@ def _line(number, reference, r, state, values, objectives) -> str:
         f"  trial {number:>3}{ref} {state.name.lower():8} {r.get('status', ''):8} {what}"
         f" epochs={r.get('epochs_completed', 0)} {r.get('wall_s', 0) or 0:.1f}s{err}"
     )
-
-
-def _genome_key(text) -> str | None:
-    """The key of a trial's stored genome JSON (a trial asked but not finished has no genome_key yet)."""
-    if not text:
-        return None
-    from searchspace.genome import Genome
-
-    return Genome.from_json(text).key
 
 
 def result_attrs() -> tuple[str, ...]:

@@ -112,16 +112,21 @@ def test_search_strategies_heldout_quick_mode_prints_its_figures():
     assert lines[-1].startswith("winners=")
 
 
-def test_enqueued_confirm_pairs_reach_the_trainable_with_their_seed(spec):
+def test_planned_seeds_reach_the_trainable_and_the_stored_trial(spec):
     import optuna
 
-    from studies.search import GenomeSpace
+    from studies.search import GenomeSpace, SamplerSpec
 
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    a, b = designed.screen(spec, 2, seed=0)
-    assert designed.enqueue(study, spec, [(a, 2), (b, 2), a]) == 3
+    plan = designed.Plan(spec, 4, seed=2)  # a screen of 3 (4 less the 25 % confirmation share), seed 2
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=SamplerSpec("designed", 0, plan=plan).build()
+    )
+    # enqueued with its parameters: asked as is, and the plan counts it (its screen genome is not asked again)
+    study.enqueue_trial(space.to_params(plan.screen()[2], spec))
     asked = [GenomeSpace(spec).ask(study.ask()) for _ in range(3)]
-    assert [(g.key, c.get("seed")) for g, c in asked] == [(a.key, 2), (b.key, 2), (a.key, None)]
+    screen = [g.key for g in plan.screen()]
+    assert [(g.key, c.get("seed")) for g, c in asked] == [(screen[2], None), (screen[0], 2), (screen[1], 2)]
+    assert [t.user_attrs.get("trial_seed") for t in study.trials] == [None, 2, 2]
 
 
 def designed_in(spec):
@@ -132,7 +137,7 @@ def designed_in(spec):
 
 def _plan_on_table(spec, budget: int, seeds=(0, 1)):
     """A designed study of `budget` trials answered by the placement table (studies.search.StudySearch
-    with a Plan, as studies.run builds it for [sampler] name = "designed")."""
+    with the designed sampler, as studies.run builds it for [sampler] name = "designed")."""
     import optuna
 
     from studies.search import GenomeSpace, SamplerSpec, StudySearch
@@ -149,8 +154,8 @@ def _plan_on_table(spec, budget: int, seeds=(0, 1)):
     optuna.create_study(study_name="d", storage=storage, directions=["maximize", "minimize"])
     lines: list[str] = []
     search = StudySearch(
-        GenomeSpace(spec), cfg.objectives, "d", storage, SamplerSpec("designed", 0), table.epochs, {"seed": 0},
-        log=lines.append, plan=plan,
+        GenomeSpace(spec), cfg.objectives, "d", storage, SamplerSpec("designed", 0, plan=plan), table.epochs,
+        {"seed": 0}, log=lines.append,
     )  # fmt: skip
     TableBackend(table, cfg, rule=NoStopping()).run(search, budget, 2)
     trials = sorted(optuna.load_study(study_name="d", storage=storage).trials, key=lambda t: t.number)

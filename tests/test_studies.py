@@ -959,10 +959,10 @@ def test_searcher_pickles_and_builds_a_tuner(tmp_path, sampler):
     from studies.designed import Plan
     from studies.search import SamplerSpec
 
-    spec = SamplerSpec(sampler, seed=7, population=4)
     cfg = config.load("smoke")
-    plan = Plan(cfg.space, 8, costs=driver.stage_costs(cfg)) if sampler == "designed" else None
-    s = _searcher(tmp_path, cfg, sampler=spec, plan=plan)
+    plan = Plan(cfg.space, 8, costs=driver.stage_costs(cfg))  # every sampler gets it; designed follows it
+    spec = SamplerSpec(sampler, seed=7, population=4, plan=plan)
+    s = _searcher(tmp_path, cfg, sampler=spec)
     s.suggest("before")  # a live study and sampler inside: the pickle must not carry them
     tuner = tune.Tuner(
         lambda cfg: None,
@@ -984,13 +984,11 @@ def test_searcher_pickles_and_builds_a_tuner(tmp_path, sampler):
         study_name="u",
         storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(s.storage)),
     )
-    asked = [
-        t for t in stored.trials if t.state != TrialState.WAITING
-    ]  # designed: the rest of its screen waits
+    asked = stored.trials
     assert [t.number for t in asked] == [0, 1] and cfg_["trial_number"] == 1
     assert stored.trials[1].state == TrialState.COMPLETE and stored.trials[1].values == [0.6, 2.0]
     assert stored.trials[1].user_attrs["genome"] == cfg_["genome"]
-    if plan is not None:  # both asks were the screen's first two genomes, under the study's seed
+    if sampler == "designed":  # both asks were the screen's first two genomes, under the study's seed
         assert [t.user_attrs.get("trial_seed") for t in asked] == [0, 0]
         screen = [g.to_json() for g in plan.screen()[:2]]
         assert [t.user_attrs["genome"] for t in asked] == screen
