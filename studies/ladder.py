@@ -128,14 +128,14 @@ def nominal_cost(cfg, base) -> float:
     return (f.resolution / b.resolution) ** 2 * (f.width / b.width) ** 2 * (f.epochs / b.epochs) * images
 
 
-def plan(cfg, rungs: list[Rung], n_genomes: int, seeds: int) -> dict:
+def plan(cfg, rungs: list[Rung], n_genomes: int, seeds: int, tables: Path = tbl.TABLE_DIR) -> dict:
     """What the climb trains per rung (runs left, seconds per run measured or scaled), nothing run."""
     order, facts = genomes(cfg, n_genomes)
     want = {(g.key, s) for g in order for s in range(seeds)}
     steps, measured = [], {}
     for r in rungs:
         rcfg = r.config(cfg)
-        path = tbl.default_csv(rcfg.name)
+        path = Path(tables) / f"{rcfg.name}.csv"
         rows = tbl.read_rows(path)
         tbl.check_protocol(rows, rcfg, path)
         walls = [float(x["wall_s"]) for x in rows if x.get("wall_s")]
@@ -203,13 +203,15 @@ def climb(p: dict, args, console) -> int:
     return stop.exit_status()
 
 
-def merge(cfg, rungs: list[Rung], out: Path, log=print) -> int:
-    """Every rung's rows in one CSV with a `rung` column (the rungs' own columns, union, in order)."""
+def merge(cfg, rungs: list[Rung], tables: Path, log=print) -> int:
+    """Every rung's rows in one CSV, `<tables>/<name>.csv`, with a `rung` column (the rungs' own
+    columns, union, in order)."""
     import csv
 
+    out = Path(tables) / f"{cfg.name}.csv"
     rows, columns = [], ["rung"]
     for r in rungs:
-        for row in tbl.read_rows(tbl.default_csv(r.config(cfg).name)):
+        for row in tbl.read_rows(Path(tables) / f"{r.config(cfg).name}.csv"):
             rows.append({"rung": r.name, **row})
             columns += [c for c in row if c not in columns]
     if not rows:
@@ -236,6 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default: 1 when Ray sees GPUs)")
     ap.add_argument("--address", help="join a running Ray cluster (e.g. auto)")
     ap.add_argument("--out", help="folder of the rungs' run folders (default: runs/)")
+    ap.add_argument("--tables", help="folder of the rungs' CSVs (default: studies/tables)")
     ap.add_argument("--dry-run", action="store_true", help="print each rung's runs and cost; train nothing")
     ap.add_argument(
         "--merge", action="store_true", help="write studies/tables/<name>.csv from the rungs' rows"
@@ -252,9 +255,10 @@ def main(argv=None) -> int:
         raise UserError("--rung: two rungs share a name")
     for r in rungs:
         r.config(cfg)  # a bad key or value: one line before anything runs
+    tables = Path(args.tables).expanduser() if args.tables else tbl.TABLE_DIR
     if args.merge:
-        return merge(cfg, rungs, tbl.default_csv(cfg.name))
-    p = plan(cfg, rungs, args.genomes, args.seeds)
+        return merge(cfg, rungs, tables)
+    p = plan(cfg, rungs, args.genomes, args.seeds, tables)
     print_plan(p, args.concurrency or cfg.budget.concurrency or 1)
     if args.dry_run:
         return 0

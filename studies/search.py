@@ -31,6 +31,7 @@ from analysis import metrics
 from searchspace.errors import redact
 
 from .config import SAMPLERS
+from .designed import DesignedSampler
 from .journal import StorageWriteError
 from .storage import INFEASIBLE
 
@@ -166,8 +167,6 @@ class SamplerSpec:
         if self.name == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
         if self.name == "designed":
-            from .designed import DesignedSampler
-
             if self.plan is None:
                 raise ValueError("the designed sampler needs the study's plan (SamplerSpec.plan)")
             return DesignedSampler(self.plan, seed=self.seed, storage=storage, log=log)

@@ -21,6 +21,7 @@ QUICK = {
     "rediscovery_runs.py": (["--quick"], r"(?m)^  resnet18 +[0-9.]+ +[0-9.]+ ", False),
     "orchestration.py": (["--quick"], rf"(?m)^marginal_overhead_s_per_trial=-?{NUMBER}$", True),
     "gpu_study.py": (["--device", "cpu"], rf"(?m)^summary: smoke: [0-9]+/[0-9]+ ok.*\nratio={NUMBER}", True),
+    "gpu_ladder.py": (["--quick"], r"(?m)^gpu ladder: 3 row\(s\) of 3 at rung ladder_quick on cpu", False),
     "proxy_fidelity.py": (["--quick"], rf"(?m)^snr=({NUMBER}|nan) tau=({NUMBER}|nan)$", True),
 }
 
