@@ -1,4 +1,4 @@
-"""How well does the effects model (analysis.effects) do on few trials? Measured on the placement table.
+"""How well does the effects model (the effects package) do on few trials? Measured on the placement table.
 
 The shipped table holds every genome of a 480-genome placement space trained under several seeds;
 this bench compares two of them (--pair, default seeds 0 and 1).
@@ -22,8 +22,8 @@ d) winner's curse: the best observed run of the k against its held-out run, and 
    seeds' mean shift cancel from the means.
 
 Verdicts are computed from the model's predictions of the table's genomes (their FLOPs read from
-the table) through analysis.effects.verdicts; the first draw of each size and direction is checked
-against a full analysis.effects.analyse of the same runs, and the bench stops if they differ.
+the table) through effects.verdicts; the first draw of each size and direction is checked
+against a full effects.analyse of the same runs, and the bench stops if they differ.
 
     python bench/effects_fidelity.py [--draws 200] [--sizes 24,48,96] [--quick] [--table PATH] [--seed 0]
 """
@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from analysis import effects as ef  # noqa: E402
+import effects as ef  # noqa: E402
 from searchspace.errors import UserError  # noqa: E402
 from trainers.measure import Timer  # noqa: E402
 
@@ -63,7 +63,7 @@ def category(verdict: str | None) -> str:
 
 
 class TableCosts:
-    """Counts of the table's genomes read from the table: analysis.effects.analyse's `costs` hook,
+    """Counts of the table's genomes read from the table: effects.analyse's `costs` hook,
     so the check against analyse traces no network."""
 
     def __init__(self, frame: pd.DataFrame):
@@ -170,7 +170,7 @@ def one_draw(
         slow = ef.analyse(runs, costs=t.costs).designs
         slow = dict(zip(slow["design"], slow["verdict"])) if len(slow) else {}
         if slow != verdicts:
-            raise SystemExit(f"fast verdicts differ from analysis.effects.analyse's: {verdicts} vs {slow}")
+            raise SystemExit(f"fast verdicts differ from effects.analyse's: {verdicts} vs {slow}")
     out["verdicts"] = {d: category(verdicts.get(d)) for d in PUBLISHED}
     # d) winner's curse
     best_obs = idx[int(np.argmax(ya[idx]))]
@@ -279,7 +279,7 @@ def measure(t: Table, sizes: list[int], draws: int, seed: int) -> None:
         print()
         print("\n".join(report_size(k, results, full_verdicts, len(t.keys))))
     print()
-    print(f"fast verdicts equal analysis.effects.analyse's on {checked} draws")
+    print(f"fast verdicts equal effects.analyse's on {checked} draws")
 
 
 def main(argv=None) -> int:
