@@ -105,14 +105,11 @@ class Table:
 
 
 def predict_all(f: ef.Fit, t: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(predicted, low, high) of every table genome, NaN where the fit never saw one of its levels;
-    Fit.interval's arithmetic, vectorised."""
+    """(predicted, low, high) of every table genome, NaN where the fit never saw one of its levels."""
     known = np.array([not f.coding.unknown(fac) for fac in t.factors])
-    X = np.vstack([f.coding.row(fac) for fac in t.factors])
-    est = X @ f.coef
-    hw = f.q * f.widen * np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", X, f.cov, X), 0.0))
+    est, low, high = f.intervals(f.coding.matrix(t.factors))
     nan = np.where(known, 1.0, np.nan)
-    return est * nan, (est - hw) * nan, (est + hw) * nan
+    return est * nan, low * nan, high * nan
 
 
 def fast_verdicts(f: ef.Fit, t: Table, runs: ef.Runs, pred: tuple) -> dict[str, str]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
+from patsy.contrasts import Sum, Treatment
 
 from searchspace.backbones.specs import BACKBONE_SPECS
 from searchspace.genome import Genome, Stage
@@ -72,18 +74,18 @@ class Coding:
 
     @property
     def columns(self) -> list[str]:
+        """Column names, in the order of the design matrix."""
         cols = ["intercept"]
         cols += [f"{f}={lv}" for f in self.factors for lv in self.levels[f]]
         cols += [f"seed[{s}]" for s in self.seeds[:-1]]
         return cols
 
     def factor_slices(self) -> dict[str, slice]:
+        """The columns of each factor (and of the seeds, when there are several) in the design matrix."""
         out, i = {}, 1
-        for f in self.factors:
-            out[f] = slice(i, i + len(self.levels[f]))
-            i += len(self.levels[f])
-        if len(self.seeds) > 1:
-            out["seed"] = slice(i, i + len(self.seeds) - 1)
+        for f, block in self._contrasts.items():
+            out[f] = slice(i, i + block.shape[1])
+            i += block.shape[1]
         return out
 
     def unknown(self, factors: Mapping[str, str]) -> list[str]:
@@ -96,16 +98,40 @@ class Coding:
 
     def row(self, factors: Mapping[str, str], seed: int | None = None) -> np.ndarray:
         """One design row; seed None: the average seed (the seed columns are 0)."""
-        x = [1.0]
-        for f in self.factors:
-            x += [1.0 if factors.get(f) == lv else 0.0 for lv in self.levels[f]]
-        if len(self.seeds) > 1:
-            last = self.seeds[-1]
-            x += [
-                0.0 if seed is None else (1.0 if seed == s else -1.0 if seed == last else 0.0)
-                for s in self.seeds[:-1]
-            ]
-        return np.asarray(x)
+        return self.matrix([factors], None if seed is None else [seed])[0]
 
-    def matrix(self, factor_rows: Sequence[Mapping[str, str]], seeds: Sequence[int]) -> np.ndarray:
-        return np.vstack([self.row(f, int(s)) for f, s in zip(factor_rows, seeds)])
+    def matrix(
+        self, factor_rows: Sequence[Mapping[str, str]], seeds: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """The design matrix: an intercept, each factor's row of patsy's treatment contrast (against
+        its baseline) and the seed's row of patsy's sum-to-zero contrast; seeds None: the average seed
+        (seed columns 0). A level the coding never saw gets the baseline's row (no column of its own):
+        callers ask `unknown` first."""
+        cols = [np.ones((len(factor_rows), 1))]
+        for f in self.factors:
+            index = self._level_index[f]
+            cols.append(self._contrasts[f][[index.get(r.get(f), 0) for r in factor_rows]])
+        if "seed" in self._contrasts:
+            block = self._contrasts["seed"]
+            if seeds is None:
+                cols.append(np.zeros((len(factor_rows), block.shape[1])))
+            else:
+                cols.append(block[[self.seeds.index(int(s)) for s in seeds]])
+        return np.hstack(cols)
+
+    @cached_property
+    def _level_index(self) -> dict[str, dict[str, int]]:
+        """Per factor, each level's row in its contrast matrix."""
+        return {f: {lv: i for i, lv in enumerate([self.baselines[f], *self.levels[f]])} for f in self.factors}
+
+    @cached_property
+    def _contrasts(self) -> dict[str, np.ndarray]:
+        """Per factor, its contrast matrix (one row per level: baseline first, then `levels`); per seed
+        ('seed', only with several seeds: one seed has no block), the sum-to-zero one."""
+        out = {
+            f: Treatment(reference=0).code_without_intercept([self.baselines[f], *self.levels[f]]).matrix
+            for f in self.factors
+        }
+        if len(self.seeds) > 1:
+            out["seed"] = Sum().code_without_intercept(self.seeds).matrix
+        return out

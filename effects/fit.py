@@ -49,11 +49,16 @@ class Fit:
         p = 0.5 + LEVEL / 2
         return float(stats.t.ppf(p, self.df_resid) if self.df_resid else stats.norm.ppf(p))
 
+    def intervals(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(estimate, low, high) of each row's linear combination X[i] . coef."""
+        est = X @ self.coef
+        hw = self.q * self.widen * np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", X, self.cov, X), 0.0))
+        return est, est - hw, est + hw
+
     def interval(self, x: np.ndarray) -> tuple[float, float, float]:
         """(estimate, low, high) of the linear combination x . coef."""
-        est = float(x @ self.coef)
-        hw = self.q * self.widen * math.sqrt(max(float(x @ self.cov @ x), 0.0))
-        return est, est - hw, est + hw
+        est, low, high = self.intervals(np.atleast_2d(x))
+        return float(est[0]), float(low[0]), float(high[0])
 
     def predict(self, factors: Mapping[str, str]) -> tuple[float, float, float] | None:
         """Expected top-1 of a genome (average seed) with its interval; None for an unseen level."""
@@ -179,7 +184,7 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
         coef, cov, sigma, _ = _fit_kind(X, y, kind, runs.noise_sd)
         why += f"; noise sd {runs.noise_sd:.4f} from {runs.noise_source}"
         f = Fit(kind, why, coding, coef, cov, sigma, None, len(y))
-    f.checks = _checks(f, X, y, fr, factor_rows)
+    f.checks = _checks(f, X, y, fr)
     lof = f.checks.get("lack_of_fit") or {}
     if lof.get("p") is not None and lof["p"] < 1 - LEVEL and lof["F"] > 1:
         f.widen = math.sqrt(lof["F"])
@@ -193,29 +198,27 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
     return f
 
 
-def _checks(f: Fit, X: np.ndarray, y: np.ndarray, fr: pd.DataFrame, factor_rows) -> dict:
+def _checks(f: Fit, X: np.ndarray, y: np.ndarray, fr: pd.DataFrame) -> dict:
     out: dict = {"residual_sd": f.sigma, "residual_df": f.df_resid}
     keys = fr["key"].to_numpy()
     # Pure error: a saturated model (one mean per genome) plus the seed blocks.
     uniq, gidx = np.unique(keys, return_inverse=True)
     replicated = int((np.bincount(gidx) > 1).sum())
     out["replicated_genomes"] = replicated
+    additive = _ols(X, y)
     if replicated:
         G = np.zeros((len(y), len(uniq)))
         G[np.arange(len(y)), gidx] = 1.0
-        seeds = f.coding.seeds
-        S = X[:, -(len(seeds) - 1) :] if len(seeds) > 1 else np.empty((len(y), 0))
+        S = X[:, f.coding.factor_slices().get("seed", slice(0, 0))]
         sat = _ols(np.hstack([G, S]), y)
         if sat.df_resid >= 1 and sat.mse_resid > 0:  # identical repeats measure no noise
             out["pure_error_sd"], out["pure_error_df"] = math.sqrt(sat.mse_resid), float(sat.df_resid)
-            add_ssr, add_df = float(((y - X @ f.coef) ** 2).sum()), float(len(y) - np.linalg.matrix_rank(X))
-            if f.kind == "ols" and add_df > sat.df_resid:
-                df_lof = add_df - sat.df_resid
-                F = ((add_ssr - sat.ssr) / df_lof) / sat.mse_resid
+            if f.kind == "ols" and additive.df_resid > sat.df_resid:  # the additive model nests in it
+                F, p, df_lof = sat.compare_f_test(additive)
                 out["lack_of_fit"] = {
                     "F": float(F),
-                    "df": [df_lof, float(sat.df_resid)],
-                    "p": float(stats.f.sf(F, df_lof, sat.df_resid)),
+                    "df": [float(df_lof), float(sat.df_resid)],
+                    "p": float(p),
                 }
             elif f.kind == "eb-ridge":  # residual variance against pure error, as a ratio test
                 F = f.sigma**2 / sat.mse_resid
@@ -225,7 +228,7 @@ def _checks(f: Fit, X: np.ndarray, y: np.ndarray, fr: pd.DataFrame, factor_rows)
                     "df": [df1, float(sat.df_resid)],
                     "p": float(stats.f.sf(F, df1, sat.df_resid)),
                 }
-    out["interactions"] = _interaction_test(f, X, y, factor_rows)
+    out["interactions"] = _interaction_test(f, X, y, additive)
     out["cv"] = _cross_validate(f, X, y, keys)
     return out
 
@@ -236,17 +239,18 @@ def _effective_params(f: Fit, X: np.ndarray) -> float:
     return float(np.trace(Xc @ f.cov[1:, 1:] @ Xc.T) / f.sigma**2) + 1.0
 
 
-def _interaction_test(f: Fit, X: np.ndarray, y: np.ndarray, factor_rows) -> dict:
-    """Joint F test of every stage-pair interaction against the additive model (OLS, where df allow)."""
+def _interaction_test(f: Fit, X: np.ndarray, y: np.ndarray, additive) -> dict:
+    """Joint F test of every stage-pair interaction against the additive model (OLS, where df allow).
+    A pair's columns are the products of the two stages' treatment columns, those that occur."""
+    slices = f.coding.factor_slices()
     stages = [s for s in f.coding.factors if is_stage(s) and f.coding.levels[s]]
-    cols, pairs = [], []
-    for a, b in itertools.combinations(stages, 2):
-        for la in f.coding.levels[a]:
-            for lb in f.coding.levels[b]:
-                c = np.array([r[a] == la and r[b] == lb for r in factor_rows], dtype=float)
-                if c.any():
-                    cols.append(c)
-                    pairs.append(f"{a}x{b}")
+    cols = [
+        c
+        for a, b in itertools.combinations(stages, 2)
+        for ca in X[:, slices[a]].T
+        for cb in X[:, slices[b]].T
+        if (c := ca * cb).any()
+    ]
     if not cols:
         return {"tested": False, "why": "no two stages vary together"}
     Xi = np.hstack([X, np.column_stack(cols)])
@@ -254,8 +258,7 @@ def _interaction_test(f: Fit, X: np.ndarray, y: np.ndarray, factor_rows) -> dict
     df_int, df_resid = rank_int - rank_add, len(y) - rank_int
     if df_int < 1 or df_resid < MIN_RESID_DF:
         return {"tested": False, "why": f"too few runs: {df_int} interaction df and {df_resid} residual df"}
-    full, add = _ols(Xi, y), _ols(X, y)
-    F, p, _ = full.compare_f_test(add)
+    F, p, _ = _ols(Xi, y).compare_f_test(additive)
     return {"tested": True, "F": float(F), "df": [float(df_int), float(df_resid)], "p": float(p)}
 
 

@@ -99,11 +99,13 @@ def _check_composition(costs: StageCosts, known: pd.DataFrame, sample: int = 12)
 
 
 def predictions(f: Fit, cands: pd.DataFrame) -> pd.DataFrame:
+    """The candidates with their predicted top-1 (average seed) and its interval; NaN for a genome
+    with a level the fit never saw."""
     out = cands.copy()
-    preds = [f.predict(factors_of(g)) for g in out["genome"]]
-    out["predicted"] = [p[0] if p else np.nan for p in preds]
-    out["low"] = [p[1] if p else np.nan for p in preds]
-    out["high"] = [p[2] if p else np.nan for p in preds]
+    factors = [factors_of(g) for g in out["genome"]]
+    seen = np.array([not f.coding.unknown(fac) for fac in factors], dtype=bool)
+    for name, values in zip(("predicted", "low", "high"), f.intervals(f.coding.matrix(factors))):
+        out[name] = np.where(seen, values, np.nan)
     return out
 
 
