@@ -1,4 +1,4 @@
-"""How well does the effects model (the effects package) do on few trials? Measured on the placement table.
+"""How well does the effects model (analysis.effects) do on few trials? Measured on the placement table.
 
 The shipped table holds every genome of a 480-genome placement space trained under several seeds;
 this bench compares two of them (--pair, default seeds 0 and 1).
@@ -167,7 +167,7 @@ def one_draw(
         slow = ef.analyse(runs, costs=t.costs).designs
         slow = dict(zip(slow["design"], slow["verdict"])) if len(slow) else {}
         if slow != verdicts:
-            raise SystemExit(f"fast verdicts differ from effects.analyse's: {verdicts} vs {slow}")
+            raise SystemExit(f"fast verdicts differ from analysis.effects.analyse's: {verdicts} vs {slow}")
     out["verdicts"] = {d: category(verdicts.get(d)) for d in PUBLISHED}
     # d) winner's curse
     best_obs = idx[int(np.argmax(ya[idx]))]
@@ -276,7 +276,7 @@ def measure(t: Table, sizes: list[int], draws: int, seed: int) -> None:
         print()
         print("\n".join(report_size(k, results, full_verdicts, len(t.keys))))
     print()
-    print(f"fast verdicts equal effects.analyse's on {checked} draws")
+    print(f"fast verdicts equal analysis.effects.analyse's on {checked} draws")
 
 
 def main(argv=None) -> int:

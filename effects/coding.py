@@ -49,7 +49,8 @@ def is_stage(factor: str) -> bool:
 
 @dataclass
 class Coding:
-    """Treatment coding of each factor against its baseline, sum-to-zero coding of the seeds."""
+    """Treatment coding of each factor against its baseline, sum-to-zero coding of the seeds (patsy's
+    contrasts); `columns` names the design matrix's columns."""
 
     factors: list[str]
     baselines: dict[str, str]

@@ -122,6 +122,8 @@ def analyse(
     limit: int = ENUMERATE_LIMIT,
     costs: StageCosts | None = None,
 ) -> Effects:
+    """Fit the model to the runs and read everything off it (`costs`: how genomes never trained are
+    counted; default a searchspace.cost trace per stage choice)."""
     f = fit(runs, kind)
     cands, note = candidates(f, runs, limit, costs)
     pred = predictions(f, cands)
