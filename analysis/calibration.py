@@ -36,8 +36,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import stats
 
+from effects import LEVEL  # one interval level for the effects model and the checks here
+
 CALIBRATION_SUFFIX = ".calibration"
-LEVEL = 0.95
 
 
 # -- quantiles ---------------------------------------------------------------------------------

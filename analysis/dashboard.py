@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import optuna
 
+from effects import Effects
 from searchspace.errors import UserError
 
-from . import effects, plots
+from . import plots
+from .effects import of_study
 from .load import completed, load_study, open_storage, resolve_study_name
 from .pareto import hypervolume_history
 from .rediscovery import rediscovery
 
 
-def push_to_dashboard(storage, study_name: str | None = None, designs=None, costs=None) -> list[str]:
+def push_to_dashboard(
+    storage, study_name: str | None = None, designs=None, costs=None, effects: Effects | None = None
+) -> list[str]:
     """Save the front, rediscovery, hypervolume and effects figures into the study with
     optuna_dashboard.save_plotly_graph_object; fixed ids, so pushing again replaces them.
-    `storage`: run folder, .journal file, storage URL or an Optuna storage. Returns the ids."""
+    `storage`: run folder, .journal file, storage URL or an Optuna storage; `effects`: the study's
+    effects model if already fitted. Returns the ids."""
     from optuna_dashboard import save_plotly_graph_object
 
     st = open_storage(storage)
@@ -30,7 +35,8 @@ def push_to_dashboard(storage, study_name: str | None = None, designs=None, cost
     if len(completed(df)):  # hypervolume needs a reference point, i.e. a completed trial
         figs["hypervolume"] = plots.hypervolume_figure(hypervolume_history(df))
     try:
-        figs["effects"] = plots.effects_heatmap(effects.of_study(df, designs=designs, costs=costs).effects)
+        fitted = effects if effects is not None else of_study(df, designs=designs, costs=costs)
+        figs["effects"] = plots.effects_heatmap(fitted.effects)
     except UserError:
         pass  # too few completed runs for the model: no card yet
 

@@ -11,11 +11,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from effects import pareto_mask
 from searchspace import catalog
 
 from . import metrics
 from .load import completed, genome_columns, objectives_of, read_genome, stage_count
-from .pareto import add_ranks, pareto_mask
+from .pareto import add_ranks
 from .rediscovery import published_records
 
 PUBLISHED_NOTE = (

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from effects import in_space
 from searchspace import catalog
 from searchspace.catalog import Design
-from searchspace.space import SpaceSpec, contains
 
 from .calibration import Noise, study_noise
 from .load import completed, objectives_of, read_genome
@@ -89,21 +89,6 @@ def genome_distance(a: Any, b: Any) -> float:
 
 
 # -- in space -----------------------------------------------------------------------------------
-def in_space(design: Design, config: dict | None, target: dict | None = None) -> tuple[bool, str]:
-    """(in space?, why). With a [space] table in the study config: searchspace.space.contains, i.e.
-    the sampler can produce exactly this genome. Without one: the design's backbone is the study's."""
-    g = design.genome
-    config, target = config or {}, target or {}
-    space = config.get("space")
-    if isinstance(space, dict):
-        spec = SpaceSpec.from_dict({k: v for k, v in space.items() if not k.startswith("_")})
-        return (True, "sampler can produce it") if contains(spec, g) else (False, "outside the [space] spec")
-    backbone = target.get("backbone") or config.get("backbone")
-    if backbone is not None and g.backbone != backbone:
-        return False, f"backbone {g.backbone} is not the study's {backbone}"
-    return True, "backbone matches" if backbone else "no space spec"
-
-
 # -- the table ----------------------------------------------------------------------------------
 def _nearest(genome, searched: pd.DataFrame) -> tuple[Any, float]:
     best, best_d = None, 2.0

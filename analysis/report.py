@@ -17,11 +17,13 @@ from pathlib import Path
 import pandas as pd
 import plotly.offline
 
+from effects import LEVEL, Effects, model_lines
 from searchspace import catalog
 from searchspace.cli import argument_parser, cli_main
 from searchspace.errors import UserError
 
-from . import effects, metrics, plots
+from . import metrics, plots
+from .effects import of_study
 from .load import completed, load_study, objectives_of
 from .pareto import hypervolume_history, pareto_front
 from .rediscovery import rediscovery
@@ -160,20 +162,23 @@ def calibration_section(df: pd.DataFrame) -> list[str]:
     return parts
 
 
-def effects_section(df: pd.DataFrame, red: pd.DataFrame, designs=None, costs=None) -> list[str]:
-    """Every run pooled through the effects model (analysis.effects): its checks, the effects with
-    intervals and a heatmap, the model front, model verdicts (face value beside them), every trial."""
+def effects_section(
+    df: pd.DataFrame, red: pd.DataFrame, designs=None, costs=None, effects: Effects | None = None
+) -> list[str]:
+    """Every run pooled through the effects model (the effects package): its checks, the effects with
+    intervals and a heatmap, the model front, model verdicts (face value beside them), every trial.
+    `effects`: the study's model when the caller has fitted it already; else it is fitted here."""
     try:
-        e = effects.of_study(df, designs=designs, costs=costs)
+        e = effects if effects is not None else of_study(df, designs=designs, costs=costs)
     except UserError as err:
         return ["<h2>Effects model</h2>", f'<p class="note">Not fitted: {html.escape(str(err))}</p>']
     parts = [
         "<h2>Effects model: what each choice does where</h2>",
-        "<pre>" + html.escape("\n".join(effects.model_lines(e))) + "</pre>",
+        "<pre>" + html.escape("\n".join(model_lines(e))) + "</pre>",
         '<p class="note">Every completed run (references included) pooled through one additive model: '
         "top-1 = intercept + one effect per factor level (each stage's whole choice, stem, downsampling) "
         "+ a seed block + noise. Effects are against the baseline (none / the default), with "
-        f"{effects.LEVEL:.0%} intervals of the fit named above (docs/effects.md).</p>",
+        f"{LEVEL:.0%} intervals of the fit named above (docs/effects.md).</p>",
         _table(e.effects.round(4)),
         _fig(plots.effects_heatmap(e.effects), "effects"),
     ]
@@ -234,9 +239,9 @@ def _fig(fig, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"responsive": True})
 
 
-def build_report(df: pd.DataFrame, designs=None, costs=None) -> str:
+def build_report(df: pd.DataFrame, designs=None, costs=None, effects: Effects | None = None) -> str:
     """The report's HTML text for a table from load_study (`costs`: how the effects model counts
-    genomes it composes, analysis.effects.StageCosts)."""
+    genomes it composes, effects.StageCosts; `effects`: the model if already fitted)."""
     objs = objectives_of(df)
     names = [o["name"] for o in objs]
     designs = catalog.designs() if designs is None else list(designs)
@@ -299,7 +304,7 @@ def build_report(df: pd.DataFrame, designs=None, costs=None) -> str:
         ]
     parts += calibration_section(df)
     red = rediscovery(df, designs)
-    parts += effects_section(df, red, designs, costs)
+    parts += effects_section(df, red, designs, costs, effects)
     parts += [
         "<h2>Rediscovery at face value (single runs)</h2>",
         '<p class="note">verdict: "beaten" when a searched trial is no worse in every objective and better '
@@ -341,10 +346,15 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_report(
-    run_dir_or_storage, study_name: str | None = None, out_path=None, designs=None, costs=None
+    run_dir_or_storage,
+    study_name: str | None = None,
+    out_path=None,
+    designs=None,
+    costs=None,
+    effects: Effects | None = None,
 ) -> Path:
     """Load the study and write the report; returns its path (default RUN_DIR/report.html, or
-    ./report.html for a storage URL)."""
+    ./report.html for a storage URL). `effects`: the study's effects model if already fitted."""
     if out_path is None:
         p = Path(str(run_dir_or_storage))
         out_path = (
@@ -353,7 +363,7 @@ def write_report(
     out_path = Path(out_path)
     if not out_path.parent.is_dir():  # say so before the (slower) loading
         raise UserError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
-    write_atomic(out_path, build_report(load_study(run_dir_or_storage, study_name), designs, costs))
+    write_atomic(out_path, build_report(load_study(run_dir_or_storage, study_name), designs, costs, effects))
     return out_path
 
 

@@ -22,8 +22,8 @@ d) winner's curse: the best observed run of the k against its held-out run, and 
    seeds' mean shift cancel from the means.
 
 Verdicts are computed from the model's predictions of the table's genomes (their FLOPs read from
-the table) through analysis.effects.verdicts; the first draw of each size and direction is checked
-against a full analysis.effects.analyse of the same runs, and the bench stops if they differ.
+the table) through effects.verdicts; the first draw of each size and direction is checked
+against a full effects.analyse of the same runs, and the bench stops if they differ.
 
     python bench/effects_fidelity.py [--draws 200] [--sizes 24,48,96] [--quick] [--table PATH] [--seed 0]
 """
@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from analysis import effects as ef  # noqa: E402
+import effects as ef  # noqa: E402
 from searchspace.errors import UserError  # noqa: E402
 from trainers.measure import Timer  # noqa: E402
 
@@ -63,7 +63,7 @@ def category(verdict: str | None) -> str:
 
 
 class TableCosts:
-    """Counts of the table's genomes read from the table: analysis.effects.analyse's `costs` hook,
+    """Counts of the table's genomes read from the table: effects.analyse's `costs` hook,
     so the check against analyse traces no network."""
 
     def __init__(self, frame: pd.DataFrame):
@@ -105,14 +105,11 @@ class Table:
 
 
 def predict_all(f: ef.Fit, t: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(predicted, low, high) of every table genome, NaN where the fit never saw one of its levels;
-    Fit.interval's arithmetic, vectorised."""
+    """(predicted, low, high) of every table genome, NaN where the fit never saw one of its levels."""
     known = np.array([not f.coding.unknown(fac) for fac in t.factors])
-    X = np.vstack([f.coding.row(fac) for fac in t.factors])
-    est = X @ f.coef
-    hw = f.q * f.widen * np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", X, f.cov, X), 0.0))
+    est, low, high = f.intervals(f.coding.matrix(t.factors))
     nan = np.where(known, 1.0, np.nan)
-    return est * nan, (est - hw) * nan, (est + hw) * nan
+    return est * nan, low * nan, high * nan
 
 
 def fast_verdicts(f: ef.Fit, t: Table, runs: ef.Runs, pred: tuple) -> dict[str, str]:

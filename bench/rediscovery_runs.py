@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np
 
 from analysis import completed, hypervolume, load_study, rediscovery
-from analysis.pareto import pareto_mask
+from effects import pareto_mask
 
 
 def _first_found(design_vals, design_key, searched, dirs) -> int | None:

@@ -47,8 +47,9 @@ sys.path.insert(0, str(REPO))
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis import effects as fx  # noqa: E402
-from analysis.pareto import hypervolume, pareto_mask  # noqa: E402
+import effects as fx  # noqa: E402
+from analysis.pareto import hypervolume  # noqa: E402
+from effects import pareto_mask  # noqa: E402
 from searchspace import space  # noqa: E402
 from searchspace.errors import UserError  # noqa: E402
 from searchspace.genome import Genome  # noqa: E402
@@ -165,7 +166,7 @@ def designed_multiple(sampler: str) -> float:
 
 
 def table_costs(table, conv: str):
-    """analysis.effects.StageCosts counted from the table's own rows (every genome of the space is there)."""
+    """effects.StageCosts counted from the table's own rows (every genome of the space is there)."""
     flops = {k: v[0][f"flops_{conv}"] for k, v in table.rows.items()}
     params = {k: v[0][f"params_{conv}"] for k, v in table.rows.items()}
     return fx.StageCosts(
@@ -479,7 +480,7 @@ def median_diff_interval(x, y, rng, n=4000) -> tuple[float, float]:
 
 
 def verdict_kind(text) -> str:
-    """A model verdict's category (analysis.effects.verdicts): front, beaten, open or none."""
+    """A model verdict's category (effects.verdicts): front, beaten, open or none."""
     text = str(text)
     if text.startswith("on the model front"):
         return "front"

@@ -1,6 +1,6 @@
 """A search designed for estimation: screen, fit and propose, confirm (docs/search_design.md).
 
-The effects model (analysis.effects) judges every genome through one additive model, so the trials
+The effects model (the effects package) judges every genome through one additive model, so the trials
 should be chosen to estimate it well, not only to look good one run at a time:
 
 1. `screen(spec, n)`: a first phase chosen for estimation. Over the effects coding's columns (each
@@ -21,7 +21,7 @@ should be chosen to estimate it well, not only to look good one run at a time:
 `Plan` puts the three together over one study's trial budget (`[sampler] name = "designed"`,
 `[budget] confirm`), as a pure function of what the study holds; `DesignedSampler` is the Optuna
 sampler that follows it, batch by batch (studies.search.SamplerSpec builds it like any other sampler).
-The designs are plain numpy over the coding of analysis.effects.
+The designs are plain numpy over the coding of effects.Coding.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from analysis import effects as fx
+import effects as fx
+from analysis import effects as study_effects
 from analysis.load import read_genome
-from analysis.pareto import pareto_mask
+from effects import pareto_mask
 from searchspace import space
 from searchspace.errors import UserError
 from searchspace.genome import Genome
@@ -246,7 +247,7 @@ def confirm(
 
 
 def unresolved(verdicts: pd.DataFrame) -> list[str]:
-    """Designs whose model verdict is still open (analysis.effects.verdicts)."""
+    """Designs whose model verdict is still open (effects.verdicts)."""
     if verdicts.empty:
         return []
     return [r.design for r in verdicts.itertuples() if str(r.verdict).startswith("not resolved")]
@@ -274,7 +275,7 @@ class Plan:
     confirm: float = CONFIRM_SHARE
     designs: tuple = ()  # catalog designs inside the space
     confirm_seeds: tuple[int, ...] = ()  # default: seed+1 .. seed+EXTRA_SEEDS
-    costs: object = None  # analysis.effects.StageCosts for the model front's candidates
+    costs: object = None  # effects.StageCosts for the model front's candidates
     multiple: float = SCREEN_MULTIPLE
     screen_seed: int | None = None  # draws the screen (default: seed)
     _screen: list = field(default_factory=list, repr=False)
@@ -446,7 +447,7 @@ class DesignedSampler(optuna.samplers.BaseSampler):
             fidelity=ua.get("fidelity") or {},
             calibration=self._calibration,
         )
-        return fx.runs_from_study(df)
+        return study_effects.runs_from_study(df)
 
 
 def _objective_names(study) -> list[str]:

@@ -248,20 +248,22 @@ def run(cfg, session: Session, args, console) -> dict:
 
 
 def _report(cfg, url, run_dir: Path, log):
-    """The HTML report and the dashboard figures (analysis package), if it is there."""
+    """The HTML report and the dashboard figures (analysis package), if it is there. The effects model
+    is fitted once here, for both and for the summary's print_effects."""
     out = run_dir / "report.html"
     try:
         import analysis
     except ImportError as e:
         log(f"report skipped: analysis not importable ({e})")
         return None
-    try:
-        analysis.write_report(url, cfg.name, out, costs=stage_costs(cfg))  # a journal path or an RDB URL
+    fitted = _fit_effects(url, cfg)
+    try:  # url: a journal path or an RDB URL
+        analysis.write_report(url, cfg.name, out, costs=stage_costs(cfg), effects=fitted)
     except Exception as e:  # the study is stored; a report problem must not fail the run
         log(f"report skipped: {type(e).__name__}: {e}")
         out = None
     try:
-        analysis.push_to_dashboard(st.open_or_create(url), cfg.name, costs=stage_costs(cfg))
+        analysis.push_to_dashboard(st.open_or_create(url), cfg.name, costs=stage_costs(cfg), effects=fitted)
     except Exception as e:
         log(f"dashboard figures skipped: {type(e).__name__}: {e}")
     return out
@@ -316,41 +318,62 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
     print(f"dashboard  : optuna-dashboard {st.describe(url)}")
     if summary.get("report"):
         print(f"report     : {summary['report']}")
-    print_effects(storage, cfg.name, stage_costs(cfg))
+    print_effects(storage, cfg.name, stage_costs(cfg), _FITTED.pop((str(url), cfg.name), None))
 
 
-def print_effects(storage, study_name: str, costs=None) -> None:
-    """The summary's last word: the effects model's checks, its largest effects and its verdicts on
-    the published designs (every run pooled; analysis.effects)."""
+# (storage URL, study) -> the effects model _report fitted at a run's end, taken by print_summary
+_FITTED: dict[tuple[str, str], object] = {}
+
+
+def _fit_effects(url, cfg):
+    """The study's effects model for the report, the dashboard and the summary; None where it cannot
+    be fitted (each of them then fits and says why, as before)."""
+    from analysis import load_study
+    from analysis.effects import of_study
+
     try:
-        from analysis import effects, load_study
+        fitted = of_study(load_study(url, cfg.name), costs=stage_costs(cfg))
+    except Exception:
+        return None
+    _FITTED[(str(url), cfg.name)] = fitted
+    return fitted
 
-        e = effects.of_study(load_study(storage, study_name), costs=costs)
+
+def print_effects(storage, study_name: str, costs=None, effects=None) -> None:
+    """The summary's last word: the effects model's checks, its largest effects and its verdicts on
+    the published designs (every run pooled; the effects package). `effects`: the model if fitted."""
+    from effects import LEVEL, effects_lines, model_lines, verdict_lines
+
+    try:
+        from analysis import load_study
+        from analysis.effects import of_study
+
+        e = effects if effects is not None else of_study(load_study(storage, study_name), costs=costs)
     except UserError as err:
         print(f"\neffects model: not fitted ({err})")
         return
     except Exception as err:  # the study is stored; the summary's analysis must not fail the run
         print(f"\neffects model: skipped ({type(err).__name__}: {err})")
         return
-    print("\n" + "\n".join(effects.model_lines(e)))
+    print("\n" + "\n".join(model_lines(e)))
     print("Largest effects on proxy top-1 (against the baseline):")
-    print("\n".join(effects.effects_lines(e, top=5)))
-    print(f"Published designs, model verdicts (predicted top-1 [{effects.LEVEL:.0%} interval]):")
-    print("\n".join(effects.verdict_lines(e)))
+    print("\n".join(effects_lines(e, top=5)))
+    print(f"Published designs, model verdicts (predicted top-1 [{LEVEL:.0%} interval]):")
+    print("\n".join(verdict_lines(e)))
 
 
 _STAGE_COSTS: dict[str, object] = {}
 
 
 def stage_costs(cfg):
-    """One analysis.effects.StageCosts per target in this process, counting through the on-disk cost
-    cache: the report, the dashboard card and the summary compose their costs from the same traces."""
-    from analysis import effects
+    """One effects.StageCosts per target in this process, counting through the on-disk cost cache: the
+    report, the dashboard card and the summary compose their costs from the same traces."""
+    from effects import StageCosts
 
     target = cfg.protocol["target"]
     key = json.dumps(target, sort_keys=True, default=str)
     if key not in _STAGE_COSTS:
-        _STAGE_COSTS[key] = effects.StageCosts(target, _cached_count)
+        _STAGE_COSTS[key] = StageCosts(target, _cached_count)
     return _STAGE_COSTS[key]
 
 

@@ -204,27 +204,33 @@ def climb(p: dict, args, console) -> int:
 
 
 def merge(cfg, rungs: list[Rung], tables: Path, log=print) -> int:
-    """Every rung's rows in one CSV, `<tables>/<name>.csv`, with a `rung` column (the rungs' own
-    columns, union, in order)."""
+    """Every rung's rows in one CSV, `<tables>/<name>.csv`, with a `rung` column: the given rungs,
+    then any other `<name>_<rung>.csv` there (a GPU rung's, bench/gpu_ladder.py); the rungs' own
+    columns, union, in order."""
     import csv
 
-    out = Path(tables) / f"{cfg.name}.csv"
+    tables = Path(tables)
+    names = [r.name for r in rungs]
+    names += sorted(p.stem.removeprefix(f"{cfg.name}_") for p in tables.glob(f"{cfg.name}_*.csv"))
     rows, columns = [], ["rung"]
-    for r in rungs:
-        for row in tbl.read_rows(Path(tables) / f"{r.config(cfg).name}.csv"):
-            rows.append({"rung": r.name, **row})
+    for rung in dict.fromkeys(names):
+        for row in tbl.read_rows(tables / f"{cfg.name}_{rung}.csv"):
+            rows.append({"rung": rung, **row})
             columns += [c for c in row if c not in columns]
     if not rows:
         raise UserError(
             f"ladder {cfg.name!r}: no rung has rows yet (run python -m studies.ladder {cfg.name})"
         )
+    out = tables / f"{cfg.name}.csv"
     tmp = out.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, restval="", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     tmp.replace(out)
-    log(f"ladder {cfg.name}: {len(rows)} row(s) of {len(rungs)} rung(s) -> {tbl.relative(out)}")
+    log(
+        f"ladder {cfg.name}: {len(rows)} row(s) of {len({r['rung'] for r in rows})} rung(s) -> {tbl.relative(out)}"
+    )
     return 0
 
 

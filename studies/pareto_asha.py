@@ -18,23 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
-
-
-def nondominated_ranks(points: Sequence[Sequence[float]]) -> list[int]:
-    """Rank 0 = not dominated by any point; rank k = dominated only by points of ranks < k (minimisation)."""
-    ranks, left, k = [0] * len(points), set(range(len(points))), 0
-    while left:
-        front = {i for i in left if not any(_dominates(points[j], points[i]) for j in left if j != i)}
-        for i in front:
-            ranks[i] = k
-        left -= front
-        k += 1
-    return ranks
+from effects.dominance import non_dominated_sort
 
 
 def crowding(points: Sequence[Sequence[float]], members: Sequence[int]) -> dict[int, float]:
@@ -88,7 +75,9 @@ class ParetoRungs:
         """The trials of a rung that continue: the first ceil(n / eta) by (rank, -crowding), and the front."""
         names = list(self.rungs[level])
         points = [self.rungs[level][n] for n in names]
-        ranks = nondominated_ranks(points)
+        # Points are stored in minimisation form. A result with a NaN is never dominated: it stays on
+        # the rung's front (rank 0) rather than being left unranked.
+        ranks = np.maximum(non_dominated_sort(points, ["minimize"] * len(self.signs)), 0).tolist()
         dist: dict[int, float] = {}
         for k in set(ranks):
             dist.update(crowding(points, [i for i, r in enumerate(ranks) if r == k]))

@@ -104,7 +104,7 @@ def test_stage_costs_compose_to_the_direct_count():
     )
     target = {"convention": "paper", "resolution": 64, "num_classes": 10}
     composed = effects.StageCosts(target)(g)
-    direct = effects._trace_count(g, target)
+    direct = effects.trace_count(g, target)
     assert composed == direct
 
 

@@ -222,7 +222,8 @@ def test_pareto_rung_promotes_a_cheap_front_trial_and_stops_a_dominated_one():
     """Rung at epoch 1, eta 2. Top-1 alone would keep only 'big' of the first two (quantile 1/2);
     by non-dominated rank 'cheap' (second on top-1, fewest FLOPs) is on the rung's front: promoted.
     'dominated' (less accurate and costlier than 'big') is stopped."""
-    from studies.pareto_asha import ParetoRungs, nondominated_ranks
+    from effects.dominance import non_dominated_sort
+    from studies.pareto_asha import ParetoRungs
 
     rule = ParetoRungs([1, 2], eta=2, directions=["maximize", "minimize"])
     assert rule.decide("big", 1, [0.50, 4.5e9])
@@ -231,7 +232,8 @@ def test_pareto_rung_promotes_a_cheap_front_trial_and_stops_a_dominated_one():
     assert not rule.decide("worse", 1, [0.30, 4.7e9])
     assert rule.decide("big", 1, [0.0, 9e9])  # a rung is decided once per trial
     assert rule.decide("any", 3, [0.0, 9e9])  # between rungs / past the last: continue
-    assert nondominated_ranks([(-0.5, 4.5), (-0.45, 4.1), (-0.4, 4.6), (-0.3, 4.7)]) == [0, 0, 1, 2]
+    ranks = non_dominated_sort([(-0.5, 4.5), (-0.45, 4.1), (-0.4, 4.6), (-0.3, 4.7)], ["minimize"] * 2)
+    assert ranks.tolist() == [0, 0, 1, 2]
     # plain ASHA's rule on the same rung (top-1 above the 1 - 1/eta quantile) would stop 'cheap'
     import numpy as np
 

@@ -1014,8 +1014,12 @@ def test_report_gets_the_storage_not_the_run_folder(tmp_path, monkeypatch):
     from studies import config, driver
 
     got = {}
-    monkeypatch.setattr(analysis, "write_report", lambda src, name, out, costs: got.setdefault("report", src))
-    monkeypatch.setattr(analysis, "push_to_dashboard", lambda st, name, costs: got.setdefault("dash", st))
+    monkeypatch.setattr(
+        analysis, "write_report", lambda src, name, out, costs, effects: got.setdefault("report", src)
+    )
+    monkeypatch.setattr(
+        analysis, "push_to_dashboard", lambda st, name, costs, effects: got.setdefault("dash", st)
+    )
     journal = tmp_path / "elsewhere" / "x.journal"
     journal.parent.mkdir()
     assert (

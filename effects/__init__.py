@@ -1,0 +1,56 @@
+"""What each choice does where: every run of a study or a benchmark table pooled through one additive
+model, top1 = intercept + sum over factors of effect[level] + seed block + noise, with one factor per
+stage (its whole choice) and the global choices, each against its baseline (docs/effects.md). The
+package sits below studies and analysis: it reads runs handed to it (a table CSV, or rows a study
+reader built), never storage. runs: the input; coding: factors and design matrix; fit: the fit and
+its checks; costs: exact costs composed per stage; front: candidates, predictions, the model front;
+verdicts: the published designs; result: the whole analysis and its JSON; text: the printed report;
+dominance: the project's non-dominated sort.
+"""
+
+from .coding import Coding, factors_of, is_stage, stage_label
+from .costs import StageCosts, trace_count
+from .dominance import dominates, non_dominated_sort, pareto_mask, to_minimization
+from .fit import CV_FOLDS, LEVEL, MIN_NOISE_DF, MIN_RESID_DF, Fit, choose_kind, fit
+from .front import ENUMERATE_LIMIT, candidates, model_front, predictions
+from .result import Effects, analyse, design_half_widths
+from .runs import Runs, runs_frame, runs_from_table
+from .text import effects_lines, model_lines, report_text, verdict_lines
+from .verdicts import in_space, trials_needed, verdicts
+
+__all__ = [
+    "CV_FOLDS",
+    "ENUMERATE_LIMIT",
+    "LEVEL",
+    "MIN_NOISE_DF",
+    "MIN_RESID_DF",
+    "Coding",
+    "Effects",
+    "Fit",
+    "Runs",
+    "StageCosts",
+    "analyse",
+    "candidates",
+    "choose_kind",
+    "design_half_widths",
+    "dominates",
+    "effects_lines",
+    "factors_of",
+    "fit",
+    "in_space",
+    "is_stage",
+    "model_front",
+    "model_lines",
+    "non_dominated_sort",
+    "pareto_mask",
+    "predictions",
+    "report_text",
+    "runs_frame",
+    "runs_from_table",
+    "stage_label",
+    "to_minimization",
+    "trace_count",
+    "trials_needed",
+    "verdict_lines",
+    "verdicts",
+]

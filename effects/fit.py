@@ -1,0 +1,298 @@
+"""Fitting the additive effects model and checking it: OLS (statsmodels) when the runs give enough
+residual degrees of freedom, else empirical-Bayes shrinkage (scikit-learn's ARDRegression); then the
+checks every fit prints (pure error, lack of fit, stage-pair interactions, cross-validated error,
+variance shares) and the widening of intervals they call for (docs/effects.md)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from scipy import stats
+from sklearn.linear_model import ARDRegression
+from sklearn.model_selection import GroupKFold
+
+from searchspace.errors import UserError
+
+from .coding import Coding, factors_of, is_stage
+from .runs import Runs
+
+LEVEL = 0.95  # two-sided level of every interval (analysis.calibration uses the same)
+MIN_RESID_DF = 10  # OLS needs this many residual degrees of freedom, and at least one per parameter
+MIN_NOISE_DF = 3  # a ridge fit needs this many left after its effective parameters to measure the noise
+CV_FOLDS = 5
+
+
+@dataclass
+class Fit:
+    """A fitted effects model: coefficients, their covariance and how to read intervals."""
+
+    kind: str  # "ols" or "eb-ridge"
+    why: str
+    coding: Coding
+    coef: np.ndarray
+    cov: np.ndarray
+    sigma: float  # residual sd (ols) or the noise sd the ridge estimated
+    df_resid: float | None  # t degrees of freedom (ols); None: normal intervals
+    n: int
+    widen: float = 1.0  # > 1 when lack of fit was significant
+    checks: dict = field(default_factory=dict)
+
+    @property
+    def q(self) -> float:
+        p = 0.5 + LEVEL / 2
+        return float(stats.t.ppf(p, self.df_resid) if self.df_resid else stats.norm.ppf(p))
+
+    def intervals(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(estimate, low, high) of each row's linear combination X[i] . coef."""
+        est = X @ self.coef
+        hw = self.q * self.widen * np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", X, self.cov, X), 0.0))
+        return est, est - hw, est + hw
+
+    def interval(self, x: np.ndarray) -> tuple[float, float, float]:
+        """(estimate, low, high) of the linear combination x . coef."""
+        est, low, high = self.intervals(np.atleast_2d(x))
+        return float(est[0]), float(low[0]), float(high[0])
+
+    def predict(self, factors: Mapping[str, str]) -> tuple[float, float, float] | None:
+        """Expected top-1 of a genome (average seed) with its interval; None for an unseen level."""
+        if self.coding.unknown(factors):
+            return None
+        return self.interval(self.coding.row(factors))
+
+    def contrast(self, a: Mapping[str, str], b: Mapping[str, str]) -> tuple[float, float, float]:
+        """Expected top-1 of `a` minus that of `b`, with its interval (shared terms cancel)."""
+        return self.interval(self.coding.row(a) - self.coding.row(b))
+
+    def effects(self) -> pd.DataFrame:
+        """Each level of each factor against its baseline: factor, choice, baseline, estimate, low, high."""
+        rows = []
+        cols = self.coding.columns
+        for f in self.coding.factors:
+            for lv in self.coding.levels[f]:
+                x = np.zeros(len(cols))
+                x[cols.index(f"{f}={lv}")] = 1.0
+                est, lo, hi = self.interval(x)
+                rows.append(
+                    {
+                        "factor": f,
+                        "choice": lv,
+                        "baseline": self.coding.baselines[f],
+                        "estimate": est,
+                        "low": lo,
+                        "high": hi,
+                    }
+                )
+        return pd.DataFrame(rows, columns=["factor", "choice", "baseline", "estimate", "low", "high"])
+
+
+def _ols(X: np.ndarray, y: np.ndarray):
+    # Saturated and interaction designs are rank-deficient by construction: the pseudo-inverse fit
+    # and explicit ranks (np.linalg.matrix_rank) handle it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The design matrix is rank-deficient")
+        return sm.OLS(y, X).fit()
+
+
+def _ridge(X: np.ndarray, y: np.ndarray, noise_sd: float | None = None):
+    """Empirical-Bayes shrinkage with one prior precision per effect (ARD), each chosen with the noise
+    precision by maximising the marginal likelihood. One shared prior (BayesianRidge) shrank the
+    large stage-4 effects to a quarter of their size at 24 runs (docs/effects_validation.md)."""
+
+    if noise_sd is None:
+        return ARDRegression(fit_intercept=True, threshold_lambda=1e300).fit(X[:, 1:], y)
+    # A known noise sd: a Gamma prior on the noise precision so tight that it stays at 1 / sd^2.
+    tight = 1e8
+    return ARDRegression(
+        fit_intercept=True, threshold_lambda=1e300, alpha_1=tight, alpha_2=tight * noise_sd**2
+    ).fit(X[:, 1:], y)
+
+
+def _fit_kind(X: np.ndarray, y: np.ndarray, kind: str, noise_sd: float | None = None):
+    """(coef including the intercept, covariance, sigma, df_resid) of one fit."""
+    if kind == "ols":
+        res = _ols(X, y)
+        return (
+            np.asarray(res.params),
+            np.asarray(res.cov_params()),
+            math.sqrt(res.mse_resid),
+            float(res.df_resid),
+        )
+    m = _ridge(X, y, noise_sd)
+    sigma2 = 1.0 / m.alpha_
+    # The intercept is ybar - xbar . coef: its variance adds sigma^2 / n to every prediction.
+    xbar = X[:, 1:].mean(axis=0)
+    p = X.shape[1]
+    cov = np.zeros((p, p))
+    cov[1:, 1:] = m.sigma_
+    cov[0, 0] = sigma2 / len(y) + xbar @ m.sigma_ @ xbar
+    cov[0, 1:] = cov[1:, 0] = -(m.sigma_ @ xbar)
+    return np.concatenate([[m.intercept_], m.coef_]), cov, math.sqrt(sigma2), None
+
+
+def choose_kind(n: int, p: int) -> tuple[str, str]:
+    resid = n - np.int64(p)
+    if resid >= max(MIN_RESID_DF, p):
+        return "ols", f"{n} runs for {p} parameters: {resid} residual df (classical intervals)"
+    return "eb-ridge", (
+        f"{n} runs for {p} parameters: too few for classical intervals (OLS needs >= "
+        f"{max(MIN_RESID_DF, p)} residual df), so effects are shrunk (empirical-Bayes ridge) and "
+        "intervals are posterior ones"
+    )
+
+
+def fit(runs: Runs, kind: str = "auto") -> Fit:
+    """Fit the additive effects model to every run trained with the common recipe, with its checks.
+
+    Runs under an authors' recipe ([references] recipe = "authors") are left out: the model compares
+    placements under one recipe, and such a run differs from the others in its recipe too."""
+    common = runs.common_recipe()
+    # A genome run again under the same seed repeats a measurement (CPU training is reproducible):
+    # it is not a replicate of the noise, so only its first run enters the fit.
+    fr = common.drop_duplicates(["key", "seed"]).reset_index(drop=True)
+    if len(fr) < 3:
+        raise UserError(f"{runs.source}: {len(fr)} completed run(s); the effects model needs at least 3")
+    factor_rows = [factors_of(g) for g in fr["genome"]]
+    coding = Coding.of(factor_rows, fr["seed"])
+    X, y = coding.matrix(factor_rows, fr["seed"]), fr["y"].to_numpy(float)
+    if kind == "auto":
+        kind, why = choose_kind(len(y), X.shape[1])
+        if len(runs.frame) > len(common):
+            why += f"; {len(runs.frame) - len(common)} run(s) under an authors' recipe left out"
+        if len(common) > len(fr):
+            why += f"; {len(common) - len(fr)} repeat(s) of a genome under the same seed counted once"
+    elif kind in ("ols", "eb-ridge"):
+        why = f"{kind} requested"
+    else:
+        raise UserError(f"effects model kind {kind!r}: expected auto, ols or eb-ridge")
+    coef, cov, sigma, df_resid = _fit_kind(X, y, kind)
+    f = Fit(kind, why, coding, coef, cov, sigma, df_resid, len(y))
+    if kind == "eb-ridge" and len(y) - _effective_params(f, X) < MIN_NOISE_DF:
+        # The runs leave (almost) nothing to measure the noise with: the marginal likelihood would
+        # take noise for signal. Use a measured run sd, or say that the runs are too few.
+        if runs.noise_sd is None:
+            raise UserError(
+                f"{runs.source}: {len(y)} runs for {X.shape[1]} parameters leave no degrees of freedom to "
+                "measure the noise; run more trials, or measure it (python -m studies.calibrate)"
+            )
+        coef, cov, sigma, _ = _fit_kind(X, y, kind, runs.noise_sd)
+        why += f"; noise sd {runs.noise_sd:.4f} from {runs.noise_source}"
+        f = Fit(kind, why, coding, coef, cov, sigma, None, len(y))
+    f.checks = _checks(f, X, y, fr)
+    lof = f.checks.get("lack_of_fit") or {}
+    if lof.get("p") is not None and lof["p"] < 1 - LEVEL and lof["F"] > 1:
+        f.widen = math.sqrt(lof["F"])
+    cv = (f.checks.get("cv") or {}).get("rmse")
+    if kind == "eb-ridge" and cv is not None and cv > f.sigma * f.widen:
+        # With few runs the marginal likelihood can take the noise for signal (a near-zero noise sd):
+        # held-out genomes then show the real error, and the intervals take its scale.
+        f.widen = cv / f.sigma
+    f.checks["widened_by"] = f.widen
+    f.checks["shares"] = _shares(f, X, y)
+    return f
+
+
+def _checks(f: Fit, X: np.ndarray, y: np.ndarray, fr: pd.DataFrame) -> dict:
+    out: dict = {"residual_sd": f.sigma, "residual_df": f.df_resid}
+    keys = fr["key"].to_numpy()
+    # Pure error: a saturated model (one mean per genome) plus the seed blocks.
+    uniq, gidx = np.unique(keys, return_inverse=True)
+    replicated = int((np.bincount(gidx) > 1).sum())
+    out["replicated_genomes"] = replicated
+    additive = _ols(X, y)
+    if replicated:
+        G = np.zeros((len(y), len(uniq)))
+        G[np.arange(len(y)), gidx] = 1.0
+        S = X[:, f.coding.factor_slices().get("seed", slice(0, 0))]
+        sat = _ols(np.hstack([G, S]), y)
+        if sat.df_resid >= 1 and sat.mse_resid > 0:  # identical repeats measure no noise
+            out["pure_error_sd"], out["pure_error_df"] = math.sqrt(sat.mse_resid), float(sat.df_resid)
+            if f.kind == "ols" and additive.df_resid > sat.df_resid:  # the additive model nests in it
+                F, p, df_lof = sat.compare_f_test(additive)
+                out["lack_of_fit"] = {
+                    "F": float(F),
+                    "df": [float(df_lof), float(sat.df_resid)],
+                    "p": float(p),
+                }
+            elif f.kind == "eb-ridge":  # residual variance against pure error, as a ratio test
+                F = f.sigma**2 / sat.mse_resid
+                df1 = max(len(y) - 1 - _effective_params(f, X), 1.0)
+                out["lack_of_fit"] = {
+                    "F": float(F),
+                    "df": [df1, float(sat.df_resid)],
+                    "p": float(stats.f.sf(F, df1, sat.df_resid)),
+                }
+    out["interactions"] = _interaction_test(f, X, y, additive)
+    out["cv"] = _cross_validate(f, X, y, keys)
+    return out
+
+
+def _effective_params(f: Fit, X: np.ndarray) -> float:
+    """Degrees of freedom of the ridge fit: trace of its hat matrix (posterior cov / noise var)."""
+    Xc = X[:, 1:] - X[:, 1:].mean(axis=0)
+    return float(np.trace(Xc @ f.cov[1:, 1:] @ Xc.T) / f.sigma**2) + 1.0
+
+
+def _interaction_test(f: Fit, X: np.ndarray, y: np.ndarray, additive) -> dict:
+    """Joint F test of every stage-pair interaction against the additive model (OLS, where df allow).
+    A pair's columns are the products of the two stages' treatment columns, those that occur."""
+    slices = f.coding.factor_slices()
+    stages = [s for s in f.coding.factors if is_stage(s) and f.coding.levels[s]]
+    cols = [
+        c
+        for a, b in itertools.combinations(stages, 2)
+        for ca in X[:, slices[a]].T
+        for cb in X[:, slices[b]].T
+        if (c := ca * cb).any()
+    ]
+    if not cols:
+        return {"tested": False, "why": "no two stages vary together"}
+    Xi = np.hstack([X, np.column_stack(cols)])
+    rank_add, rank_int = np.linalg.matrix_rank(X), np.linalg.matrix_rank(Xi)
+    df_int, df_resid = rank_int - rank_add, len(y) - rank_int
+    if df_int < 1 or df_resid < MIN_RESID_DF:
+        return {"tested": False, "why": f"too few runs: {df_int} interaction df and {df_resid} residual df"}
+    F, p, _ = _ols(Xi, y).compare_f_test(additive)
+    return {"tested": True, "F": float(F), "df": [float(df_int), float(df_resid)], "p": float(p)}
+
+
+def _cross_validate(f: Fit, X: np.ndarray, y: np.ndarray, keys: np.ndarray) -> dict:
+    """Prediction error of held-out genomes (folds by genome, so a genome's seeds stay together)."""
+    n_groups = len(np.unique(keys))
+    if n_groups < 3:
+        return {"rmse": None, "why": "fewer than 3 genomes"}
+    errs, skipped = [], 0
+    for train, test in GroupKFold(n_splits=min(CV_FOLDS, n_groups)).split(X, y, keys):
+        seen = X[train].any(axis=0)
+        seen[0] = True
+        ok = ~(X[test][:, ~seen] != 0).any(axis=1)  # a held-out row with a level the fold never saw
+        skipped += int((~ok).sum())
+        if not ok.any():
+            continue
+        kind = f.kind if f.kind == "eb-ridge" or len(train) - seen.sum() >= 1 else "eb-ridge"
+        coef, *_ = _fit_kind(X[train][:, seen], y[train], kind)
+        errs.append(y[test][ok] - X[test][ok][:, seen] @ coef)
+    if not errs:
+        return {"rmse": None, "why": "every held-out genome had a level its fold never saw"}
+    e = np.concatenate(errs)
+    return {"rmse": float(np.sqrt((e**2).mean())), "rows": int(len(e)), "skipped": skipped}
+
+
+def _shares(f: Fit, X: np.ndarray, y: np.ndarray) -> dict:
+    """Share of top-1's variance over the runs: each factor's fitted contribution, and the residual."""
+    var = float(y.var())
+    if var == 0:
+        return {}
+    out = {
+        name: float((X[:, sl] @ f.coef[sl]).var() / var)
+        for name, sl in f.coding.factor_slices().items()
+        if sl.stop > sl.start
+    }
+    out["residual"] = float(((y - X @ f.coef) ** 2).mean() / var)
+    return out

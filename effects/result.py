@@ -1,0 +1,138 @@
+"""The whole analysis of a set of runs (fit, effects, predictions, model front, verdicts) as one
+Effects value, and its JSON form (what `python -m analysis.effects --json` prints)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .costs import StageCosts
+from .fit import LEVEL, Fit, fit
+from .front import ENUMERATE_LIMIT, candidates, model_front, predictions
+from .runs import Runs
+from .verdicts import verdicts
+
+
+@dataclass
+class Effects:
+    fit: Fit
+    runs: Runs
+    effects: pd.DataFrame
+    predictions: pd.DataFrame  # every candidate, evaluated or not
+    front: pd.DataFrame
+    designs: pd.DataFrame
+    coverage: str
+
+    def to_json(self) -> dict:
+        f, c = self.fit, self.fit.checks
+        fr = self.runs.frame
+
+        def num(v):
+            return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+
+        trials = fr.groupby("key").agg(raw=("y", "mean"), runs=("y", "size")).reset_index()
+        trials = trials.merge(self.predictions[["key", "predicted", "low", "high"]], on="key", how="left")
+        return {
+            "source": self.runs.source,
+            "model": {
+                "kind": f.kind,
+                "why": f.why,
+                "runs": f.n,
+                "parameters": len(f.coding.columns),
+                "level": LEVEL,
+                "residual_sd": f.sigma,
+                "pure_error_sd": c.get("pure_error_sd"),
+                "replicated_genomes": c.get("replicated_genomes"),
+                "cross_validated_error": (c.get("cv") or {}).get("rmse"),
+                "lack_of_fit": c.get("lack_of_fit"),
+                "interaction_test": c.get("interactions"),
+                "widened_by": f.widen,
+                "variance_shares": c.get("shares"),
+                "design_half_width_median": num(float(np.median(w)))
+                if (w := design_half_widths(self))
+                else None,
+            },
+            "effects": [
+                {
+                    "stage": r.factor,
+                    "choice": r.choice,
+                    "baseline": r.baseline,
+                    "estimate": r.estimate,
+                    "low": r.low,
+                    "high": r.high,
+                }
+                for r in self.effects.itertuples()
+            ],
+            "designs": [
+                {
+                    k: num(v)
+                    for k, v in r.items()
+                    if k
+                    in (
+                        "design",
+                        "predicted",
+                        "low",
+                        "high",
+                        "flops",
+                        "verdict",
+                        "evidence",
+                        "recipe",
+                        "runs",
+                        "raw_mean",
+                        "beaten_by",
+                    )
+                }
+                for r in self.designs.to_dict("records")
+            ],
+            "front": [
+                {
+                    "genome_key": r.key,
+                    "genome": r.genome.summary(),
+                    "predicted": r.predicted,
+                    "low": r.low,
+                    "high": r.high,
+                    "flops": r.flops,
+                    "params": num(r.params),
+                    "evaluated": bool(r.evaluated),
+                }
+                for r in self.front.itertuples()
+            ],
+            "front_over": self.coverage,
+            "trials": [
+                {
+                    "genome_key": r.key,
+                    "runs": int(r.runs),
+                    "raw": r.raw,
+                    "predicted": num(r.predicted),
+                    "low": num(r.low),
+                    "high": num(r.high),
+                }
+                for r in trials.itertuples()
+            ],
+        }
+
+
+def analyse(
+    runs: Runs,
+    kind: str = "auto",
+    designs=None,
+    limit: int = ENUMERATE_LIMIT,
+    costs: StageCosts | None = None,
+) -> Effects:
+    """Fit the model to the runs and read everything off it (`costs`: how genomes never trained are
+    counted; default a searchspace.cost trace per stage choice)."""
+    f = fit(runs, kind)
+    cands, note = candidates(f, runs, limit, costs)
+    pred = predictions(f, cands)
+    return Effects(f, runs, f.effects(), pred, model_front(pred), verdicts(f, pred, runs, designs), note)
+
+
+def design_half_widths(e: Effects) -> list[float]:
+    """Half-widths of the design predictions' intervals (designs the model can predict)."""
+    if e.designs.empty or "high" not in e.designs:
+        return []
+    d = e.designs.dropna(subset=["low", "high"])
+    return [float(w) for w in (d["high"] - d["low"]) / 2]

@@ -1,0 +1,89 @@
+"""The effects model's input: one row per measured run (genome, seed, top-1, costs, kind), from a
+benchmark table CSV or from rows a study reader builds, optionally pooled with a prior table's."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from searchspace.errors import UserError
+from searchspace.genome import Genome
+
+
+@dataclass
+class Runs:
+    """One row per measured run: key, genome, seed, y (top-1), flops, params, kind ('search',
+    'reference' or 'table'), design (catalog name or None), recipe, trial (number or None)."""
+
+    frame: pd.DataFrame
+    source: str  # what was read, for the outputs
+    config: dict = field(default_factory=dict)
+    target: dict = field(default_factory=dict)
+    noise_sd: float | None = None  # a measured run sd (a calibration) for fits whose runs cannot give one
+    noise_source: str = ""
+
+    @property
+    def n(self) -> int:
+        return len(self.frame)
+
+    def with_prior(self, prior: Runs) -> Runs:
+        """These runs and a table's of the same protocol. A seed is one block in both (same protocol,
+        same seed: the same initialisation and batch order); where both hold a genome under a seed,
+        the fit keeps the first run, this study's."""
+        frame = pd.concat([self.frame, prior.frame], ignore_index=True)
+        return replace(
+            self, frame=frame, source=f"{self.source} with {prior.n} prior run(s) of {prior.source}"
+        )
+
+    def common_recipe(self) -> pd.DataFrame:
+        """The runs the model compares: those trained with the common recipe."""
+        return self.frame[self.frame["recipe"].fillna("common") == "common"]
+
+
+def runs_frame(rows: list[dict]) -> pd.DataFrame:
+    """The runs' frame from row dicts (columns as in Runs), finite top-1 only."""
+    cols = ["key", "genome", "seed", "y", "flops", "params", "kind", "design", "recipe", "trial"]
+    frame = pd.DataFrame(rows, columns=cols)
+    return frame[np.isfinite(frame["y"].astype(float))].reset_index(drop=True)
+
+
+def runs_from_table(path: str | Path, seeds: Sequence[int] | None = None) -> Runs:
+    """The ok rows of a benchmark table CSV (studies/tables/*.csv), optionally of some seeds only."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--table {str(path)!r}: no such file")
+    try:
+        t = pd.read_csv(p)
+    except Exception as e:  # pandas raises several types for a file that is not a CSV
+        raise UserError(f"--table {str(path)!r}: not a readable CSV ({type(e).__name__})") from None
+    need = {"genome", "seed", "top1", "status"}
+    if not need <= set(t.columns):
+        raise UserError(f"--table {str(path)!r}: not a benchmark table (needs columns {sorted(need)})")
+    t = t[t["status"] == "ok"]
+    if seeds is not None:
+        t = t[t["seed"].isin(list(seeds))]
+    flops_col = next((c for c in ("flops_paper", "flops") if c in t), None)
+    params_col = next((c for c in ("params_paper", "params") if c in t), None)
+    genomes: dict[str, Genome] = {}
+    rows = []
+    for r in t.itertuples(index=False):
+        g = genomes.get(r.genome) or genomes.setdefault(r.genome, Genome.from_json(r.genome))
+        rows.append(
+            {
+                "key": g.key,
+                "genome": g,
+                "seed": int(r.seed),
+                "y": float(r.top1),
+                "flops": float(getattr(r, flops_col)) if flops_col else np.nan,
+                "params": float(getattr(r, params_col)) if params_col else np.nan,
+                "kind": "table",
+                "design": r.design if isinstance(getattr(r, "design", None), str) else None,
+                "recipe": "common",
+                "trial": None,
+            }
+        )
+    return Runs(runs_frame(rows), f"table {p.name}")
