@@ -30,7 +30,7 @@ from searchspace.errors import UserError
 
 from . import config as config_mod
 from . import storage as st
-from .stopping import StopWhen
+from .session import StopWhen
 
 PROTOCOLS = ("study", "versus")
 VERSUS_SECTIONS = ("fidelity", "data")

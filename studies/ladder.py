@@ -32,7 +32,7 @@ from searchspace.errors import UserError
 
 from . import config as config_mod
 from . import table as tbl
-from .stopping import StopWhen
+from .session import StopWhen
 
 BUNDLED_RESOLUTION = 64  # the bundled Imagenette-64 images: a larger resolution is upsampled
 

@@ -31,7 +31,7 @@ def init_ray(address: str | None) -> bool:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV per trial
-    # Ctrl-C and SIGTERM are the driver's (studies.stopping): Tune's own SIGINT handler would end the
+    # Ctrl-C and SIGTERM are the driver's (studies.session.StopWhen): Tune's own SIGINT handler would end the
     # run without telling the driver, which then could not tell an interrupted run from a finished one.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if ray.is_initialized():
@@ -158,8 +158,6 @@ class RayBackend:
         from ray import tune
         from ray.tune.search import ConcurrencyLimiter
 
-        from .stopping import tune_stopper
-
         ctx = {**trial_context(cfg, res), **(ctx_overrides or {})}
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, ctx=ctx), {"cpu": res["cpu"], "gpu": res["gpu"]}
@@ -212,3 +210,20 @@ def scheduler(cfg):
         grace_period=es.grace_period,
         reduction_factor=es.reduction_factor,
     )
+
+
+def tune_stopper(stop):
+    """A Ray Tune Stopper (public API) that ends the whole experiment when `stop` says so."""
+    from ray.tune import Stopper
+
+    class StopAll(Stopper):
+        def __init__(self, stop):
+            self.stop = stop
+
+        def __call__(self, trial_id, result) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return self.stop.should_stop()
+
+    return StopAll(stop)

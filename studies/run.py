@@ -334,8 +334,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     from . import driver
     from .progress import Console
-    from .session import Session
-    from .stopping import StopWhen
+    from .session import Session, StopWhen
 
     # A cluster given with --address is joined before anything is written: if it cannot be joined,
     # the run folder and the storage are as they were.

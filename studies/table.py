@@ -31,7 +31,7 @@ from searchspace.errors import UserError
 
 from . import config as config_mod
 from .config import REPO, TABLE_DIR, default_csv, prior_path
-from .stopping import StopWhen
+from .session import StopWhen
 
 CONVENTIONS = ("paper", "full")  # costs stored for each (the target's resolution and classes)
 META = ("table", "genome_key", "seed", "design", "menu")

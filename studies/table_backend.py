@@ -210,7 +210,7 @@ class TableBackend:
         self, search, n: int, concurrency: int = 1, rule: StoppingRule | None = None, stop=None
     ) -> list[int]:
         """Run `n` trials through `search` (a StudySearch); returns the trial numbers told. A
-        studies.stopping.StopWhen `stop` (a signal, the wall-clock budget) ends the asking; simulated
+        studies.session.StopWhen `stop` (a signal, the wall-clock budget) ends the asking; simulated
         trials already started take no real time and finish."""
         from searchspace import Genome
 

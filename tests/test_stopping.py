@@ -15,7 +15,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from studies import config as config_mod
-from studies.stopping import StopWhen
+from studies.session import StopWhen
 from studies.storage import INTERRUPTED, counted
 
 REPO = Path(__file__).resolve().parent.parent
