@@ -89,7 +89,9 @@ class TrialRecord:
     top5_per_epoch: list = _field("attr")
     environment: dict = _field("attr")  # where it ran (trainers.environment.describe)
     rung: str | None = _field("attr")  # the fidelity-ladder rung it trained at
-    protocol: dict | None = _field("attr")  # the training protocol it ran under
+    # the training protocol it ran under. studies.calibrate names its protocols ("study", "versus") in
+    # an enqueue-time attr of the same name: a calibration trial must not report this field over it
+    protocol: dict | None = _field("attr")
     # reported, not stored
     pid: int = _field()
     epochs_target: int = _field()
@@ -109,7 +111,8 @@ class TrialRecord:
 
     def update_from(self, result) -> None:
         """Take the fields of a trainers.train.TrainResult that the record has too (status, device,
-        seed, ...); its metric values go through `metrics` (the trainable's plan) instead."""
+        seed, wall_s of train() alone, ...); its metric values go through `metrics` (the trainable's
+        plan) instead."""
         for f in fields(self):
             if f.name != "metrics" and hasattr(result, f.name):
                 setattr(self, f.name, getattr(result, f.name))
