@@ -72,7 +72,7 @@ class TrialRecord:
     device: str = _field("attr", "column")
     seed: int = _field("attr", "column")
     node: str = _field("attr")  # the Ray node id
-    # set by the searcher when the trial is asked (studies.search), not reported by the trainable
+    # set when the trial is enqueued or asked (studies.search), not reported by the trainable
     reference: str | None = _field("column")  # the catalog design a reference trial trains
     recipe: str = _field("column")  # "common" or "authors: ..." (studies.search.recipe_label)
     error: str = _field("attr", "column")  # what went wrong (status error, oom, infeasible)
