@@ -37,6 +37,7 @@ import numpy as np
 from scipy import stats
 
 from effects import LEVEL  # one interval level for the effects model and the checks here
+from trainers.record import Status
 
 CALIBRATION_SUFFIX = ".calibration"
 
@@ -257,7 +258,10 @@ def study_noise(df) -> tuple[Noise | None, str]:
     if not len(df) or "genome_key" not in df or "seed" not in df:
         return None, "none"
     done = df[
-        (df["state"] == "COMPLETE") & (df["status"] == "ok") & df["genome_key"].notna() & df["seed"].notna()
+        (df["state"] == "COMPLETE")
+        & (df["status"] == Status.OK)
+        & df["genome_key"].notna()
+        & df["seed"].notna()
     ]
     runs = {}
     for key, part in done.groupby("genome_key"):

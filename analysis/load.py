@@ -16,26 +16,18 @@ import pandas as pd
 
 from searchspace.errors import UserError, redact
 from searchspace.genome import STAGE_FLAT_FIELDS, Genome
+from trainers.record import UNMEASURED, Status, TrialRecord
 
 from . import metrics
 
 JOURNAL = "study.journal"
 REFERENCES_SUFFIX = ".references"
 # Trial user attrs copied into columns as they are (objective columns may overwrite some), after
-# every metric of analysis.metrics (attr_columns()).
-ATTR_COLUMNS = (
-    "genome_key",
-    "epochs_completed",
-    "status",
-    "wall_s",
-    "train_s",
-    "device",
-    "seed",
-    "reference",
-    "recipe",  # the recipe the trial trained with: "common" or "authors: ..." (studies.search.recipe_label)
-    "error",
-)
+# every metric of analysis.metrics (attr_columns()). A trial without one (an older journal) gets None.
+ATTR_COLUMNS = TrialRecord.columns()
 STAGE_FIELDS = STAGE_FLAT_FIELDS
+# The status of a finished trial that stored none (an older journal), from its Optuna state.
+_STATE_STATUS = {"COMPLETE": Status.OK, "PRUNED": Status.PRUNED, "FAIL": Status.ERROR}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -160,7 +152,7 @@ def _rows(study: optuna.Study, kind: str, objectives: list[dict]) -> list[dict]:
             for o, v in zip(objectives, t.values):
                 row[o["name"]] = v
         if row["status"] is None:
-            row["status"] = {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "error"}.get(t.state.name)
+            row["status"] = _STATE_STATUS.get(t.state.name)
         fid = ua.get("fidelity") or {}
         for k, v in fid.items() if isinstance(fid, dict) else ():
             row[f"fidelity.{k}"] = v
@@ -241,9 +233,7 @@ def completed(df: pd.DataFrame, kind: str = "search") -> pd.DataFrame:
     the references ('reference'), less status 'diverged' (stored COMPLETE at chance-level top-1 so
     the sampler learns to avoid the network, but not a measured accuracy) and 'infeasible' (over a
     [constraints] limit: stored COMPLETE at top-1 0 with its costs, never trained)."""
-    return df[
-        (df["study"] == kind) & (df["state"] == "COMPLETE") & ~df["status"].isin(("diverged", "infeasible"))
-    ]
+    return df[(df["study"] == kind) & (df["state"] == "COMPLETE") & ~df["status"].isin(UNMEASURED)]
 
 
 def newest_run_dir(roots=("runs", "../runs")) -> Path:

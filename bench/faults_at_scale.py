@@ -27,6 +27,10 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from trainers.record import Status
+
 NAME = "faults"
 
 FAULT_PLUGINS = '''
@@ -64,11 +68,11 @@ for _kind in ("raise", "nan", "oom", "kill"):
 KINDS = ("raise", "nan", "oom", "kill")
 # What each fault must become in the storage: (Optuna state, user attr status, words in its error)
 EXPECTED = {
-    None: ("COMPLETE", "ok", ""),
-    "raise": ("FAIL", "error", "injected failure"),
-    "nan": ("COMPLETE", "diverged", ""),
-    "oom": ("FAIL", "oom", "out of memory"),
-    "kill": ("FAIL", "error", "worker died"),
+    None: ("COMPLETE", Status.OK, ""),
+    "raise": ("FAIL", Status.ERROR, "injected failure"),
+    "nan": ("COMPLETE", Status.DIVERGED, ""),
+    "oom": ("FAIL", Status.OOM, "out of memory"),
+    "kill": ("FAIL", Status.ERROR, "worker died"),
 }
 
 
@@ -171,7 +175,9 @@ def run(
     kill_after = trials // 3 if kill_after is None else kill_after
 
     def counted(s):
-        return [t for t in s.trials if t.state.is_finished() and t.user_attrs.get("status") != "interrupted"]
+        return [
+            t for t in s.trials if t.state.is_finished() and t.user_attrs.get("status") != Status.INTERRUPTED
+        ]
 
     t0 = time.perf_counter()
     proc = _driver(cfg_path, out)
@@ -218,9 +224,9 @@ def run(
                 (t.number, kind, t.state.name, t.user_attrs.get("status"), t.user_attrs.get("error"))
             )
     causes = Counter(
-        f"{t.user_attrs.get('status')}:{fault_of(t.user_attrs['genome']) or '-'}" for t in final if t.user_attrs.get("status") != "ok"
+        f"{t.user_attrs.get('status')}:{fault_of(t.user_attrs['genome']) or '-'}" for t in final if t.user_attrs.get("status") != Status.OK
     )  # fmt: skip
-    interrupted = [t for t in s.trials if t.user_attrs.get("status") == "interrupted"]
+    interrupted = [t for t in s.trials if t.user_attrs.get("status") == Status.INTERRUPTED]
     requeued = [t for t in s.trials if "requeued_from" in t.user_attrs]
     report = out / "report.html"
     return {
@@ -228,7 +234,7 @@ def run(
         "faulty_planned": sum(1 for k, _, _ in genomes if k),
         "asked": len(s.trials),
         "counted": len(final),
-        "completed_ok": sum(1 for t in final if t.user_attrs.get("status") == "ok"),
+        "completed_ok": sum(1 for t in final if t.user_attrs.get("status") == Status.OK),
         "failed_by_cause": dict(sorted(causes.items())),
         "interrupted": len(interrupted),
         "requeued": len(requeued),

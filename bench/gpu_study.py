@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from trainers.measure import Timer  # noqa: E402
+from trainers.record import Status  # noqa: E402
 
 
 class GpuSampler(threading.Thread):
@@ -170,7 +171,7 @@ def alone_vs_bare(name: str, trials, device: str, count: int) -> list[float]:
     cfg = config_mod.load(name)
     fid = cfg.fidelity
     data = load_data(cfg.data, fid.resolution)
-    done = [t for t in trials if t.user_attrs.get("status") == "ok" and t.user_attrs.get("images_per_s")]
+    done = [t for t in trials if t.user_attrs.get("status") == Status.OK and t.user_attrs.get("images_per_s")]
     done.sort(key=lambda t: t.user_attrs.get("params", 0))
     pick = {
         t.user_attrs["genome_key"]: t for t in (done[:1] + done[-1:] + done[1:-1])
@@ -247,7 +248,7 @@ def main() -> int:
             continue
         print(f"study {name}: {len(trials)} trial(s) in {wall:.0f}s; GPU sampling: {util}")
         print_trials(trials)
-        ok = [t.user_attrs for t in trials if t.user_attrs.get("status") == "ok"]
+        ok = [t.user_attrs for t in trials if t.user_attrs.get("status") == Status.OK]
         summary.append(
             f"{name}: {len(ok)}/{len(trials)} ok, {wall:.0f}s, peak MB max "
             f"{max((x.get('peak_mem_mb') or 0) for x in ok) if ok else 0:.0f}, GPU util mean "

@@ -32,6 +32,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from analysis.calibration import CALIBRATION_SUFFIX, noise, rank_agreement  # noqa: E402
 from analysis.load import open_storage  # noqa: E402
+from trainers.record import Status  # noqa: E402
 
 SHIPPED = "imagenet_subset"
 # The seven published ResNet-50 designs the issue measured (the KernelWarehouse ones train 4-8x slower on a CPU).
@@ -55,7 +56,7 @@ def protocols(storage, published_only: bool = True) -> list[dict]:
                 ua = t.user_attrs
                 if (
                     ua.get("protocol") != p
-                    or ua.get("status") != "ok"
+                    or ua.get("status") != Status.OK
                     or (published_only and ua["design"] not in names)
                 ):
                     continue

@@ -33,20 +33,22 @@ import numpy as np
 
 from analysis import completed, hypervolume, load_study, rediscovery
 from effects import pareto_mask
+from trainers.record import Status
 
 
 def _first_found(design_vals, design_key, searched, dirs) -> int | None:
     """1-based position among trained searched trials (in trial order) of the first that is the design or
     equals / dominates its proxy values."""
     trained = searched[
-        searched["status"].isin(["ok", "pruned", "diverged"]) | (searched["state"] == "COMPLETE")
+        searched["status"].isin([Status.OK, Status.PRUNED, Status.DIVERGED])
+        | (searched["state"] == "COMPLETE")
     ]
-    trained = trained[trained["status"] != "infeasible"].sort_values("number")
+    trained = trained[trained["status"] != Status.INFEASIBLE].sort_values("number")
     p = np.array([-design_vals[0], design_vals[1]])
     for i, (_, r) in enumerate(trained.iterrows(), 1):
         if r.get("genome_key") == design_key:
             return i
-        if r["state"] == "COMPLETE" and r["status"] == "ok":
+        if r["state"] == "COMPLETE" and r["status"] == Status.OK:
             q = np.array([-r["top1"], r["flops"]])
             if (q <= p).all():
                 return i

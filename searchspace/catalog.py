@@ -53,7 +53,8 @@ class Result:
 
 @dataclass(frozen=True)
 class Target:
-    """Where a design's counts were taken: resolution, classes and counting convention."""
+    """The full-size network costs are counted on: resolution, classes and counting convention (where
+    a design's published counts were taken; a study's [target], studies.config)."""
 
     resolution: int = 224
     num_classes: int = 1000

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis import metrics
+from searchspace.catalog import Target  # its backbone is the space's
 from searchspace.errors import UserError
 from searchspace.recipe import REFERENCE_RECIPES
 
@@ -36,15 +37,6 @@ ES_RULES = ("pareto", "top1")
 
 # The study's own proxy defaults; any other trainers.Fidelity setting may be given in [fidelity] too.
 FIDELITY_DEFAULTS = {"epochs": 2, "resolution": 32, "width": 0.25, "batch_size": 64, "lr": 0.1}
-
-
-@dataclass(frozen=True)
-class Target:
-    """The full-size network the costs are counted on (its backbone is the space's)."""
-
-    resolution: int = 224
-    num_classes: int = 1000
-    convention: str = "paper"
 
 
 @dataclass(frozen=True)

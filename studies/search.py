@@ -29,11 +29,11 @@ from ray.tune.search import Searcher
 
 from analysis import metrics
 from searchspace.errors import redact
+from trainers.record import FAILED, Status, TrialRecord
 
 from .config import SAMPLERS
 from .designed import DesignedSampler
 from .journal import StorageWriteError
-from .storage import INFEASIBLE
 
 # Storage URLs with a password, by their redacted form: Ray pickles the searcher into the run folder
 # (ray/*/tuner.pkl), so a pickle carries the redacted URL and the copy in this process finds the
@@ -42,29 +42,7 @@ _PASSWORDS: dict[str, str] = {}
 
 # Copied from the final result to the trial's user attrs (plus genome, fidelity, reference, ...), after
 # every metric of analysis.metrics (result_attrs()).
-RESULT_ATTRS = (
-    "genome_key",
-    "epochs_completed",
-    "status",
-    "wall_s",
-    "train_s",
-    "device",
-    "seed",
-    "node",
-    "error",
-    "traceback",
-    "warmup_s",
-    "compiled_graphs",
-    "deterministic_requested",
-    "deterministic",
-    "nondeterministic_ops",
-    "data_on_device",
-    "gpus_per_trial",
-    "memory_fraction",
-    "top1_per_epoch",
-    "top5_per_epoch",
-    "environment",
-)
+RESULT_ATTRS = TrialRecord.attrs()
 
 
 class GenomeSpace:
@@ -346,7 +324,7 @@ class StudySearch(Searcher):
             **{n: cost[n] for n in metrics.names("cost")},
             "top1": 0.0,
             "epochs_completed": 0,
-            "status": INFEASIBLE,
+            "status": Status.INFEASIBLE,
             "error": "over " + ", ".join(f"{n}_max by {v:+.1%}" for n, v in over.items() if v > 0),
         }
         # Never trained: top1 0 (the worst), the exact costs, and latency unknown (the worst too).
@@ -405,25 +383,25 @@ class StudySearch(Searcher):
     def _outcome(self, r: dict, error: bool) -> tuple[TrialState, list | None]:
         """The Optuna state and values of a finished Ray trial (see the module docstring); sets r["status"]."""
         status = r.get("status")
-        if error and status != "error":
+        if error and status != Status.ERROR:
             status, r["error"] = (
-                "error",
+                Status.ERROR,
                 r.get("error") or "the Ray trial failed without reporting (worker died?)",
             )
         values = None
-        if status in ("error", "oom"):
+        if status in FAILED:
             state = TrialState.FAIL
         elif (
             not r.get("final")
-            or status == "stopped"  # "diverged" stops early by design: not pruned
-            or (status != "diverged" and r.get("epochs_completed", 0) < self._epochs)
+            or status == Status.STOPPED  # "diverged" stops early by design: not pruned
+            or (status != Status.DIVERGED and r.get("epochs_completed", 0) < self._epochs)
         ):
-            state, status = TrialState.PRUNED, "pruned"
+            state, status = TrialState.PRUNED, Status.PRUNED
         else:
             values = [r.get(o["name"]) for o in self.objectives]
             state = TrialState.COMPLETE if None not in values else TrialState.FAIL
             if state == TrialState.FAIL:
-                status, r["error"], values = "error", f"missing objective values {values}", None
+                status, r["error"], values = Status.ERROR, f"missing objective values {values}", None
         r["status"] = status
         return state, values
 

@@ -17,9 +17,12 @@ import optuna
 from optuna.trial import TrialState
 
 from searchspace.errors import UserError, redact
+from trainers.record import NOT_COUNTED, Status
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-INTERRUPTED = "interrupted"  # status of a trial whose driver died; it is requeued, not counted
+# studies.driver and studies.calibrate still name these statuses here (trainers.record.Status)
+INTERRUPTED = Status.INTERRUPTED  # a trial whose driver died: requeued, not counted
+INFEASIBLE = Status.INFEASIBLE  # over a [constraints] limit: recorded with its costs, never trained
 # What a requeued trial keeps of its enqueue-time user attrs (studies.calibrate adds design, seed, protocol)
 KEEP_ON_REQUEUE = ("seeded_from", "reference", "design", "trial_seed", "protocol", "table_seed", "table_key")
 HEARTBEAT_S = 30.0  # a running driver refreshes its study-level heartbeat this often
@@ -233,7 +236,7 @@ def recover(storage, study) -> list[int]:
             continue
         keep = {k: t.user_attrs[k] for k in KEEP_ON_REQUEUE if k in t.user_attrs}
         tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_user_attr(tid, "status", INTERRUPTED)
+        storage.set_trial_user_attr(tid, "status", Status.INTERRUPTED)
         storage.set_trial_user_attr(tid, "error", "the driver stopped before this trial finished; requeued")
         storage.set_trial_state_values(tid, TrialState.FAIL)
         if t.params:
@@ -244,18 +247,13 @@ def recover(storage, study) -> list[int]:
     return requeued
 
 
-INFEASIBLE = (
-    "infeasible"  # over a [constraints] limit: recorded with its costs, never trained (studies.search)
-)
-
-
 def counted(study) -> int:
     """Finished trials that count towards the budget: trained (or tried) ones. Interrupted ones were
     requeued instead; infeasible ones were never trained (see skipped)."""
     return sum(
         1
         for t in study.get_trials(deepcopy=False, states=FINISHED)
-        if t.user_attrs.get("status") not in (INTERRUPTED, INFEASIBLE)
+        if t.user_attrs.get("status") not in NOT_COUNTED
     )
 
 
@@ -264,5 +262,5 @@ def skipped(study) -> int:
     return sum(
         1
         for t in study.get_trials(deepcopy=False, states=FINISHED)
-        if t.user_attrs.get("status") == INFEASIBLE
+        if t.user_attrs.get("status") == Status.INFEASIBLE
     )

@@ -27,6 +27,7 @@ import numpy as np
 
 from analysis import metrics as metric_table
 from searchspace.errors import UserError
+from trainers.record import Status
 
 CONTINUE, STOP = "continue", "stop"
 
@@ -248,7 +249,7 @@ class TableBackend:
                     f"{len(self.table.rows)} genomes of the space of studies/configs/{self.table.name}.toml)"
                 )
                 search.on_trial_complete(
-                    tid, {"status": "error", "error": why, "final": True}, error=True
+                    tid, {"status": Status.ERROR, "error": why, "final": True}, error=True
                 )  # FAIL
                 if self.on_missing != "skip":
                     raise UserError(
@@ -285,7 +286,8 @@ class TableBackend:
             )
             if final:
                 search.on_trial_complete(
-                    tid, {**metrics, "final": True, "status": row.get("status") or "ok", "top1": row["top1"]}
+                    tid,
+                    {**metrics, "final": True, "status": row.get("status") or Status.OK, "top1": row["top1"]},
                 )
             else:
                 search.on_trial_result(tid, metrics)

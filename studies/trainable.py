@@ -49,52 +49,48 @@ def run_trial(config: dict, ctx: dict) -> None:
 
     from searchspace import Genome, Recipe
     from trainers.environment import describe
+    from trainers.record import Status, TrialRecord
     from trainers.train import release_memory, train
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
-    number = config["trial_number"]
     seed = config.get("seed", ctx["seed"])  # a trial's own seed (calibration, table), else the study's
     epochs = ctx["fidelity"].epochs
     gpus = _gpu_share(ctx) if ctx["device"] == "cuda" else 0.0
-    base = {
-        "trial_number": number,
-        "node": _node(),
-        "pid": os.getpid(),
-        "epochs_target": epochs,
-        "gpus_per_trial": gpus,
-    }  # < 1: the GPU was shared, its throughput and latency with it
-    plan = ctx[
-        "metrics"
-    ]  # from analysis.metrics, via the driver (a worker may not know a metric registered there)
-    rec = {
-        **base,
-        "status": "running",
-        "epochs_completed": 0,
-        **plan["placeholders"],
-    }  # every objective key, always
-    curves = {"top1_per_epoch": [], "top5_per_epoch": []}  # what a benchmark table replays
+    # from analysis.metrics, via the driver (a worker may not know a metric registered there)
+    plan = ctx["metrics"]
+    rec = TrialRecord(
+        trial_number=config["trial_number"],
+        node=_node(),
+        pid=os.getpid(),
+        epochs_target=epochs,
+        gpus_per_trial=gpus,
+        status=Status.RUNNING,
+        epochs_completed=0,
+        metrics=dict(plan["placeholders"]),  # every objective key, always
+    )
+    curves = {"top1": [], "top5": []}  # what a benchmark table replays
     try:
         _import_user_modules(ctx.get("imports") or {})
         genome = Genome.from_json(config["genome"])
         recipe = Recipe.from_dict(config.get("recipe"))  # the driver's choice (studies.search.trial_recipe)
-        c = config.get("cost") or _cost(genome, ctx["target"])  # the driver counts it (studies.costs)
-        rec.update(genome_key=genome.key, **c)
+        cost = config.get("cost") or _cost(genome, ctx["target"])  # the driver counts it (studies.costs)
+        rec.genome_key = genome.key
+        rec.metrics.update(cost)
         data = _data(ctx)
         fid = ctx["fidelity"]  # a trainers.Fidelity, checked when the config was loaded
 
         def report(epoch: int, m: dict):
-            rec.update(
-                epochs_completed=epoch,
-                **{k: _f(m.get(k)) for k in plan["epoch"]},
-                train_s=m.get("train_s"),
-                wall_s=time.perf_counter() - t0,
-            )  # a pruned trial keeps these
-            for k in ("top1", "top5"):
-                curves[f"{k}_per_epoch"].append(rec[k])
-            rec.update({k: list(v) for k, v in curves.items()})
+            # a pruned trial keeps these
+            rec.epochs_completed = epoch
+            rec.metrics.update({k: _f(m.get(k)) for k in plan["epoch"]})
+            rec.train_s, rec.wall_s = m.get("train_s"), time.perf_counter() - t0
+            for k, curve in curves.items():
+                curve.append(rec.metrics[k])
+            # copies: a result already reported must not change
+            rec.top1_per_epoch, rec.top5_per_epoch = list(curves["top1"]), list(curves["top5"])
             if epoch < epochs:  # the last epoch goes out with the final record (ASHA may stop on it)
-                tune.report(dict(rec))
+                tune.report(rec.to_dict())
 
         # train() builds the model itself (seeded) and frees it before returning: nothing here keeps
         # it on the device, also after an OOM; the latency is measured inside, on the trained model.
@@ -110,42 +106,26 @@ def run_trial(config: dict, ctx: dict) -> None:
             measure_latency=True,
             recipe=recipe,
         )
-        rec.update({k: _f(getattr(res, k, None)) for k in plan["trained"]})  # top1, latency_ms, ...
-        rec.update(
-            status=res.status,
-            epochs_completed=res.epochs,
-            wall_s=time.perf_counter() - t0,
-            train_s=res.train_s,
-            device=res.device,
-            seed=res.seed,
-            num_classes=res.num_classes,
-            warmup_s=res.warmup_s,
-            compiled_graphs=res.compiled_graphs,
-            deterministic_requested=res.deterministic_requested,
-            deterministic=res.deterministic,
-            nondeterministic_ops=res.nondeterministic_ops,
-            data_on_device=res.data_on_device,
-            memory_fraction=res.memory_fraction,
-            environment=describe(res.device),  # a run's identity includes where it ran
-        )
-        if res.status == "diverged":
-            rec["top1"] = 1.0 / res.num_classes  # chance level: see studies/search.py
-        if res.status == "oom":
-            rec["error"] = f"out of memory on {res.device} at batch size {fid.batch_size}"
-        rec["final"] = True
-        tune.report(dict(rec))
+        rec.metrics.update({k: _f(getattr(res, k, None)) for k in plan["trained"]})  # top1, latency_ms, ...
+        rec.update_from(res)  # status, device, seed, ...
+        rec.wall_s = time.perf_counter() - t0  # the whole trial, not only train()
+        rec.environment = describe(res.device)  # a run's identity includes where it ran
+        if res.status == Status.DIVERGED:
+            rec.metrics["top1"] = 1.0 / res.num_classes  # chance level: see studies/search.py
+        if res.status == Status.OOM:
+            rec.error = f"out of memory on {res.device} at batch size {fid.batch_size}"
+        rec.final = True
+        tune.report(rec.to_dict())
     except Exception as e:
         # One result with the error, then raise so Ray records the trial as errored too.
-        rec.update(
-            status="error",
-            error=f"{type(e).__name__}: {e}",
-            traceback=traceback.format_exc()[-4000:],
-            wall_s=time.perf_counter() - t0,
-            final=True,
-        )
+        rec.status = Status.ERROR
+        rec.error = f"{type(e).__name__}: {e}"
+        rec.traceback = traceback.format_exc()[-4000:]
+        rec.wall_s = time.perf_counter() - t0
+        rec.final = True
         traceback.clear_frames(e.__traceback__)  # the frames' locals (tensors) must not outlive the trial
         release_memory(ctx["device"])
-        tune.report(dict(rec))
+        tune.report(rec.to_dict())
         raise
 
 

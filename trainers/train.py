@@ -34,8 +34,8 @@ from . import compiler
 from .data import DataSpec, ImageData, load_data
 from .loader import Loader
 from .measure import autocast_for, memory_format_for, pick_device, synchronize
+from .record import TRUSTED, Status
 
-STATUSES = ("ok", "diverged", "oom", "stopped")
 # The uint8 images go to the device when they take at most this share of the run's device memory
 # (the whole device, or its fraction when trials share a GPU); larger sets stay in host memory and
 # each batch is copied over (pinned, asynchronously). ImageNet-1k at 64 px is ~16 GB: on the device
@@ -138,7 +138,7 @@ class Fidelity:
 
 @dataclass
 class TrainResult:
-    status: str  # "ok" | "diverged" | "oom" | "stopped"
+    status: Status  # one of trainers.record.TRAINER_OUTCOMES
     top1: float | None  # validation accuracy in [0, 1] after the last completed epoch; None unless trained
     top5: float | None  # top-min(5, classes)
     loss: float | None  # mean training loss of the last completed epoch
@@ -269,9 +269,9 @@ def train(
         run.release()  # also when fit raised: the traceback must not keep the model on the device
         release_memory(dev)
     if oom:
-        run.status = "oom"
+        run.status = Status.OOM
     last = run.history[-1] if run.history else {}
-    trusted = run.status in ("ok", "stopped")
+    trusted = run.status in TRUSTED
     nondet = sorted(det["ops"]) + (
         [] if cublas_ok else ["cuBLAS (CUBLAS_WORKSPACE_CONFIG set after CUDA started)"]
     )
@@ -389,7 +389,7 @@ class _Run:
         self.evaluate_every_epoch = evaluate_every_epoch
         self.on_device = data_on_device
         self.gen = torch.Generator().manual_seed(seed)  # data order and augmentation
-        self.status, self.history, self.epochs_done, self.images, self.train_s = "ok", [], 0, 0, 0.0
+        self.status, self.history, self.epochs_done, self.images, self.train_s = Status.OK, [], 0, 0, 0.0
         self.warmup_s = 0.0
         self.opt = self.step_model = self.train_set = self.val_set = None
 
@@ -479,7 +479,7 @@ class _Run:
         """Record the epoch (evaluated when someone reads it, or at the end); False ends the run."""
         epoch, last = metrics["epoch"], metrics["epoch"] == self.fid.epochs
         if not math.isfinite(metrics["loss"]):
-            self.status, metrics["loss"] = "diverged", None  # None: results stay strict JSON
+            self.status, metrics["loss"] = Status.DIVERGED, None  # None: results stay strict JSON
             self.history.append(metrics)
             self.epochs_done = epoch
             return False
@@ -491,7 +491,7 @@ class _Run:
         self.epochs_done = epoch
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", top1=f"{metrics.get('top1', float('nan')):.3f}")
         if self.report is not None and self.report(epoch, dict(metrics)) is False and not last:
-            self.status = "stopped"
+            self.status = Status.STOPPED
             return False
         return True
 
@@ -630,7 +630,7 @@ def main(argv=None) -> int:
             f"epochs {res.epochs}  {res.images_per_s:.0f} img/s  train {res.train_s:.1f}s  wall {res.wall_s:.1f}s  "
             f"params {res.params}  peak {res.peak_mem_mb:.0f} MB  device {res.device}"
         )
-    return 0 if res.status in ("ok", "stopped") else 1
+    return 0 if res.status in TRUSTED else 1
 
 
 if __name__ == "__main__":
