@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from studies import config, ladder  # noqa: E402
 from studies import table as tbl  # noqa: E402
+from trainers.record import Status  # noqa: E402
 
 GPU_RUNG = "gpu:fidelity.width=0.5,fidelity.resolution=128,fidelity.epochs=16"
 QUICK_RUNG = "quick:fidelity.epochs=1,fidelity.resolution=32,data.max_per_class=8,data.max_val_per_class=8"
@@ -86,7 +87,9 @@ def _worker(jobs, results, cfg, device: str, threads: int) -> None:
                 "epochs": cfg.fidelity.epochs,
                 **{f"top1_e{e + 1}": v for e, v in enumerate(curves["top1"])},
                 **{f"top5_e{e + 1}": v for e, v in enumerate(curves["top5"])},
-                "top1": res.top1 if res.status == "ok" else 1.0 / res.num_classes,  # as studies.trainable
+                "top1": res.top1
+                if res.status == Status.OK
+                else 1.0 / res.num_classes,  # as studies.trainable
                 "top5": res.top5,
                 "status": res.status,
                 "wall_s": round(time.perf_counter() - t0, 2),

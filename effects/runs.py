@@ -12,6 +12,7 @@ import pandas as pd
 
 from searchspace.errors import UserError
 from searchspace.genome import Genome
+from trainers.record import Status
 
 
 @dataclass
@@ -63,7 +64,7 @@ def runs_from_table(path: str | Path, seeds: Sequence[int] | None = None) -> Run
     need = {"genome", "seed", "top1", "status"}
     if not need <= set(t.columns):
         raise UserError(f"--table {str(path)!r}: not a benchmark table (needs columns {sorted(need)})")
-    t = t[t["status"] == "ok"]
+    t = t[t["status"] == Status.OK]
     if seeds is not None:
         t = t[t["seed"].isin(list(seeds))]
     flops_col = next((c for c in ("flops_paper", "flops") if c in t), None)

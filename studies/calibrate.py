@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from analysis.calibration import CALIBRATION_SUFFIX
 from searchspace.cli import argument_parser, cli_main
 from searchspace.errors import UserError
+from trainers.record import Status
 
 from . import config as config_mod
 from . import storage as st
@@ -205,7 +206,7 @@ def _present(study) -> set:
     return {
         _key(t.user_attrs.get("protocol"), t.user_attrs.get("design"), t.user_attrs.get("trial_seed", -1))
         for t in study.get_trials(deepcopy=False)
-        if t.user_attrs.get("status") != st.INTERRUPTED
+        if t.user_attrs.get("status") != Status.INTERRUPTED
     }
 
 
@@ -363,7 +364,7 @@ def summarize(study, protocols: dict, seeds: int, n_boot: int = 2000, designs=No
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         ua = t.user_attrs
         p, d = ua.get("protocol"), ua.get("design")
-        if p not in runs or (designs is not None and d not in designs) or ua.get("status") != "ok":
+        if p not in runs or (designs is not None and d not in designs) or ua.get("status") != Status.OK:
             continue  # diverged runs are chance level by construction, not a measurement
         runs[p].setdefault(d, []).append(float(ua["top1"]))
         cost[p].setdefault(d, []).append(_compute_s(ua))

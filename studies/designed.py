@@ -42,8 +42,7 @@ from effects import pareto_mask
 from searchspace import space
 from searchspace.errors import UserError
 from searchspace.genome import Genome
-
-from .storage import INFEASIBLE
+from trainers.record import Status
 
 POOL = 4000  # candidate genomes drawn for the screen when the space is larger (or not a product)
 SCREEN_MULTIPLE = 2.0  # screen size as a multiple of the effect parameters (docs/search_design.md)
@@ -410,7 +409,7 @@ class DesignedSampler(optuna.samplers.BaseSampler):
         key = a.get("genome_key") or (genome.key if genome is not None else None)
         if key:
             asked.setdefault(key, set()).add(int(a.get("trial_seed", a.get("seed", self.plan.seed))))
-        return int(a.get("status") != INFEASIBLE)  # never trained: not in the budget
+        return int(a.get("status") != Status.INFEASIBLE)  # never trained: not in the budget
 
     def _read_finished(self, study) -> None:
         if self._sources is None:
@@ -462,7 +461,7 @@ def _run_row(t, kind: str, objective_names: Sequence[str]) -> dict:
     objectives from the trial's values, the rest from its user attrs."""
     a = t.user_attrs
     row = {c: a.get(c) for c in RUN_COLUMNS}
-    row.update(number=t.number, study=kind, state=t.state.name, status=a.get("status") or "ok")
+    row.update(number=t.number, study=kind, state=t.state.name, status=a.get("status") or Status.OK)
     row.update(zip(objective_names, t.values or ()))
     return row
 

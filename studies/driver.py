@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from analysis import metrics
 from analysis.load import genome_summary
 from searchspace.errors import UserError
+from trainers.record import Status
 
 from . import config as config_mod
 from . import storage as st
@@ -144,7 +145,7 @@ def _enqueue_known(study, designs, spec, attr: str, log, recipe: str | None = No
     have = {
         t.user_attrs.get(attr)
         for t in study.get_trials(deepcopy=False)
-        if t.user_attrs.get("status") != st.INTERRUPTED and current(t)
+        if t.user_attrs.get("status") != Status.INTERRUPTED and current(t)
     }
     todo = [d for d in designs if d.name not in have]
     for d in todo:
@@ -296,7 +297,9 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
         key=lambda t: t.values[names.index("top1")],
         reverse=True,
     )
-    front = [t for t in front if t.user_attrs.get("status") != st.INFEASIBLE]  # a sampler without constraints
+    front = [
+        t for t in front if t.user_attrs.get("status") != Status.INFEASIBLE
+    ]  # a sampler without constraints
     rows = [
         (
             str(t.number),

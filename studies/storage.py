@@ -21,8 +21,6 @@ from trainers.record import NOT_COUNTED, Status
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # studies.driver and studies.calibrate still name these statuses here (trainers.record.Status)
-INTERRUPTED = Status.INTERRUPTED  # a trial whose driver died: requeued, not counted
-INFEASIBLE = Status.INFEASIBLE  # over a [constraints] limit: recorded with its costs, never trained
 # What a requeued trial keeps of its enqueue-time user attrs (studies.calibrate adds design, seed, protocol)
 KEEP_ON_REQUEUE = ("seeded_from", "reference", "design", "trial_seed", "protocol", "table_seed", "table_key")
 HEARTBEAT_S = 30.0  # a running driver refreshes its study-level heartbeat this often

@@ -28,6 +28,7 @@ from pathlib import Path
 from searchspace.cli import argument_parser, cli_main
 from searchspace.cost import stagewise
 from searchspace.errors import UserError
+from trainers.record import TRAINED, Status
 
 from . import config as config_mod
 from .config import REPO, TABLE_DIR, default_csv, prior_path
@@ -173,7 +174,7 @@ def prior_csv(cfg) -> Path | None:
     name, path = cfg.prior.table, prior_path(cfg)
     if path is None:
         return None
-    rows = [r for r in read_rows(path) if r.get("status") == "ok"]
+    rows = [r for r in read_rows(path) if r.get("status") == Status.OK]
     if not rows:
         shipped = ", ".join(sorted(p.stem for p in TABLE_DIR.glob("*.csv")))
         raise UserError(
@@ -243,7 +244,7 @@ def _have(study) -> set[tuple[str, int]]:
         seed = t.user_attrs.get("table_seed")
         if seed is None:
             continue
-        if t.state == TrialState.COMPLETE and t.user_attrs.get("status") in ("ok", "diverged"):
+        if t.state == TrialState.COMPLETE and t.user_attrs.get("status") in TRAINED:
             have.add((t.user_attrs["genome_key"], int(seed)))
         elif t.state in (TrialState.WAITING, TrialState.RUNNING):
             key = t.user_attrs.get("table_key")
@@ -416,7 +417,7 @@ def export_rows(cfg, url: str, csv_path: Path, log=print) -> list[dict]:
     new = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if study else []:
         a = t.user_attrs
-        if a.get("table_seed") is None or a.get("status") not in ("ok", "diverged"):
+        if a.get("table_seed") is None or a.get("status") not in TRAINED:
             continue
         pair = (a["genome_key"], int(a["table_seed"]))
         if pair in have:

@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 
 from studies import config as config_mod
 from studies.session import StopWhen
-from studies.storage import INTERRUPTED, counted
+from studies.storage import counted
+from trainers.record import Status
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,7 +159,7 @@ def test_signal_prints_summary_exits_128_plus_n_and_resumes(signum, status, tmp_
     assert "Traceback" not in r.stderr, r.stderr
     study = _study(run)
     trials = study.get_trials(deepcopy=False)
-    stopped = [t for t in trials if t.user_attrs.get("status") == INTERRUPTED]
+    stopped = [t for t in trials if t.user_attrs.get("status") == Status.INTERRUPTED]
     assert stopped and all(t.state == TrialState.FAIL for t in stopped)
     assert not any(t.state == TrialState.RUNNING for t in trials)
     waiting = [t for t in trials if t.state == TrialState.WAITING]
@@ -191,7 +192,7 @@ def test_minutes_budget_stops_running_trials_and_marks_them(tmp_path):
     trials = study.get_trials(deepcopy=False)
     assert counted(study) < 12
     assert not any(t.state in (TrialState.RUNNING, TrialState.PRUNED) for t in trials)
-    stopped = {t.number for t in trials if t.user_attrs.get("status") == INTERRUPTED}
+    stopped = {t.number for t in trials if t.user_attrs.get("status") == Status.INTERRUPTED}
     assert stopped.isdisjoint(t.number for t in study.best_trials)
     requeued = {t.user_attrs["requeued_from"] for t in trials if t.state == TrialState.WAITING}
     assert requeued == stopped

@@ -31,6 +31,8 @@ class Status(enum.StrEnum):
 
 # What trainers.train's TrainResult.status may be.
 TRAINER_OUTCOMES = (Status.OK, Status.DIVERGED, Status.OOM, Status.STOPPED)
+# Trained to the last epoch: a benchmark table's row (diverged ones at chance level).
+TRAINED = (Status.OK, Status.DIVERGED)
 # Trainer outcomes whose accuracy is a measurement (of fewer epochs when stopped).
 TRUSTED = (Status.OK, Status.STOPPED)
 # Stored as Optuna FAIL.
