@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from analysis import metrics
 from searchspace.errors import UserError
 
 from .search import StudySearch
-from .trainable import run_trial
+from .trainable import TrialContext, run_trial
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,19 +79,20 @@ def _imports(modules) -> dict:
     return roots
 
 
-def trial_context(cfg, res) -> dict:
+def trial_context(cfg, res, **overrides) -> TrialContext:
     """The study's protocol as a trial needs it (studies.trainable.run_trial's ctx)."""
-    return {
-        "data": cfg.data,
-        "fidelity": cfg.fidelity,
-        "target": cfg.protocol["target"],
-        "seed": cfg.seed,
-        "device": res["device"],
-        "cpus_per_trial": res["cpu"],
-        "evaluate_every_epoch": cfg.early_stopping.asha,  # only ASHA reads per-epoch top-1
-        "imports": _imports(cfg.space.imports),  # [space] imports: each worker registers them too
-        "metrics": trial_metrics(),
-    }
+    ctx = TrialContext(
+        data=cfg.data,
+        fidelity=cfg.fidelity,
+        target=cfg.protocol["target"],
+        seed=cfg.seed,
+        device=res["device"],
+        cpus_per_trial=res["cpu"],
+        evaluate_every_epoch=cfg.early_stopping.asha,  # only ASHA reads per-epoch top-1
+        imports=_imports(cfg.space.imports),  # [space] imports: each worker registers them too
+        metrics=trial_metrics(),
+    )
+    return replace(ctx, **overrides)
 
 
 class RayBackend:
@@ -158,7 +160,7 @@ class RayBackend:
         from ray import tune
         from ray.tune.search import ConcurrencyLimiter
 
-        ctx = {**trial_context(cfg, res), **(ctx_overrides or {})}
+        ctx = trial_context(cfg, res, **(ctx_overrides or {}))
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, ctx=ctx), {"cpu": res["cpu"], "gpu": res["gpu"]}
         )

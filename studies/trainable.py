@@ -11,23 +11,41 @@ import math
 import os
 import time
 import traceback
+from dataclasses import dataclass
 
 
-def _data(ctx: dict):
+@dataclass(frozen=True)
+class TrialContext:
+    """The study's protocol as a trial needs it: made by the backend in the driver
+    (studies.ray_backend.trial_context), pickled to every worker."""
+
+    data: object  # trainers.data.DataSpec
+    fidelity: object  # trainers.Fidelity, checked when the config was loaded
+    target: dict  # the full-size target the costs are counted at
+    seed: int  # the study's seed; a trial's own seed (calibration, table) replaces it
+    device: str  # "cpu" or "cuda"
+    cpus_per_trial: float
+    evaluate_every_epoch: bool  # top-1 after every epoch (ASHA's rungs, a table's curves)
+    imports: dict  # [space] imports: module -> the folder it was imported from in the driver
+    metrics: dict  # what a trial reports (studies.ray_backend.trial_metrics)
+    gpus_per_trial: float = 0.0  # outside a Ray worker: the share to assume
+
+
+def _data(ctx: TrialContext):
     """The decoded data set; trainers.data.load_data memoizes it per worker process (reused actors)."""
     from trainers.data import load_data
 
-    return load_data(ctx["data"], ctx["fidelity"].resolution)
+    return load_data(ctx.data, ctx.fidelity.resolution)
 
 
-def _gpu_share(ctx: dict) -> float:
+def _gpu_share(ctx: TrialContext) -> float:
     """The GPUs Ray gave this trial (a fraction when trials are packed on one GPU)."""
     import ray
 
     try:
         return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
     except Exception:  # outside a Ray worker (tests, a plain call)
-        return float(ctx.get("gpus_per_trial") or 0.0)
+        return float(ctx.gpus_per_trial)
 
 
 def _node() -> str:
@@ -39,7 +57,7 @@ def _node() -> str:
         return ""
 
 
-def run_trial(config: dict, ctx: dict) -> None:
+def run_trial(config: dict, ctx: TrialContext) -> None:
     """config: {"genome": JSON, "trial_number": n, "cost": {...}, optional "seed", "recipe",
     ...params}; ctx: the study's protocol. A "seed" in config (a calibration's or a benchmark table's
     per-trial seed) replaces the study's seed for this trial; a "recipe" (searchspace.Recipe fields,
@@ -53,12 +71,12 @@ def run_trial(config: dict, ctx: dict) -> None:
     from trainers.train import release_memory, train
 
     t0 = time.perf_counter()
-    torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
-    seed = config.get("seed", ctx["seed"])  # a trial's own seed (calibration, table), else the study's
-    epochs = ctx["fidelity"].epochs
-    gpus = _gpu_share(ctx) if ctx["device"] == "cuda" else 0.0
+    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
+    seed = config.get("seed", ctx.seed)  # a trial's own seed (calibration, table), else the study's
+    epochs = ctx.fidelity.epochs
+    gpus = _gpu_share(ctx) if ctx.device == "cuda" else 0.0
     # from analysis.metrics, via the driver (a worker may not know a metric registered there)
-    plan = ctx["metrics"]
+    plan = ctx.metrics
     rec = TrialRecord(
         trial_number=config["trial_number"],
         node=_node(),
@@ -71,14 +89,14 @@ def run_trial(config: dict, ctx: dict) -> None:
     )
     curves = {"top1": [], "top5": []}  # what a benchmark table replays
     try:
-        _import_user_modules(ctx.get("imports") or {})
+        _import_user_modules(ctx.imports)
         genome = Genome.from_json(config["genome"])
         recipe = Recipe.from_dict(config.get("recipe"))  # the driver's choice (studies.search.trial_recipe)
-        cost = config.get("cost") or _cost(genome, ctx["target"])  # the driver counts it (studies.costs)
+        cost = config.get("cost") or _cost(genome, ctx.target)  # the driver counts it (studies.costs)
         rec.genome_key = genome.key
         rec.metrics.update(cost)
         data = _data(ctx)
-        fid = ctx["fidelity"]  # a trainers.Fidelity, checked when the config was loaded
+        fid = ctx.fidelity  # a trainers.Fidelity, checked when the config was loaded
 
         def report(epoch: int, m: dict):
             # a pruned trial keeps these
@@ -98,10 +116,10 @@ def run_trial(config: dict, ctx: dict) -> None:
             genome,
             fid,
             data,
-            device=ctx["device"],
+            device=ctx.device,
             seed=seed,
             report=report,
-            evaluate_every_epoch=ctx.get("evaluate_every_epoch", True),
+            evaluate_every_epoch=ctx.evaluate_every_epoch,
             memory_fraction=gpus if 0 < gpus < 1 else None,
             measure_latency=True,
             recipe=recipe,
@@ -124,7 +142,7 @@ def run_trial(config: dict, ctx: dict) -> None:
         rec.wall_s = time.perf_counter() - t0
         rec.final = True
         traceback.clear_frames(e.__traceback__)  # the frames' locals (tensors) must not outlive the trial
-        release_memory(ctx["device"])
+        release_memory(ctx.device)
         tune.report(rec.to_dict())
         raise
 
