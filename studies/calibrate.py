@@ -31,6 +31,7 @@ from trainers.record import Status
 
 from . import config as config_mod
 from . import storage as st
+from .ray_backend import RayBackend, check_address
 from .session import StopWhen
 
 PROTOCOLS = ("study", "versus")
@@ -112,8 +113,6 @@ def _with_overrides(cfg, overrides: dict, where: str):
 
 def prepare(args) -> dict:
     """Every check that needs no storage and no Ray."""
-    from . import run as run_mod
-
     for n in ("designs", "seeds", "concurrency", "bootstrap"):
         v = getattr(args, n)
         if v is not None and (v < (0 if n == "designs" else 1) or isinstance(v, bool)):
@@ -155,7 +154,7 @@ def prepare(args) -> dict:
         raise UserError(f"--out {str(run_dir)!r}: exists and is not a folder")
     url = st.check_url(args.storage) if args.storage else str(run_dir / "study.journal")
     if args.address:
-        run_mod._check_address(args.address)
+        check_address(args.address)
     return {
         "cfg": cfg,
         "protocols": protocols,
@@ -260,7 +259,6 @@ def _check_stored(study, protocols: dict) -> None:
 
 # -- run -----------------------------------------------------------------------------------------
 def run(plan_: dict, log) -> dict:
-    from .ray_backend import RayBackend
     from .search import GenomeSpace, SamplerSpec, StudySearch
     from .session import Session, record_config
 
@@ -271,7 +269,9 @@ def run(plan_: dict, log) -> dict:
     work = plan_["run_dir"] / name
     stop = plan_.get("stop") or StopWhen()
     ran, device = 0, None
-    with Session(url, work, RayBackend(plan_.get("address")), stop, log) as session:
+    with Session(
+        url, work, RayBackend(plan_.get("address")), stop, quiet=plan_.get("quiet", False)
+    ) as session:
         existing = session.open(name, None, create=False)
         if existing is not None:
             _check_stored(existing, protocols)
@@ -476,7 +476,7 @@ def _table(rows) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     p = prepare(args)  # nothing opened or written up to here
-    p["address"], p["bootstrap"] = args.address, args.bootstrap
+    p["address"], p["bootstrap"], p["quiet"] = args.address, args.bootstrap, args.quiet
     p["stop"] = StopWhen().reset().install()  # Ctrl-C / SIGTERM: the summary, then status 130 / 143
     log = (lambda *_: None) if args.quiet else (lambda m: print(m, flush=True))
     t0 = time.perf_counter()

@@ -16,7 +16,6 @@ from trainers.record import Status
 
 from . import config as config_mod
 from . import storage as st
-from .progress import Progress
 from .search import CostLimits, GenomeSpace, SamplerSpec, StudySearch
 from .session import Session, record_config
 
@@ -155,7 +154,7 @@ def _enqueue_known(study, designs, spec, attr: str, log, recipe: str | None = No
     return len(todo)
 
 
-def run(cfg, session: Session, args, console) -> dict:
+def run(cfg, session: Session, args) -> dict:
     """The study's trials through `session` (opened by studies.run): the references first, in their own
     study, then the search up to the trial budget; the report at the end."""
     stop, log, url, run_dir = session.stop, session.log, session.url, session.run_dir
@@ -201,7 +200,7 @@ def run(cfg, session: Session, args, console) -> dict:
         return summary
 
     try:
-        res = summary["resources"] = session.start(cfg)
+        summary["resources"] = session.start(cfg)
         if ref_waiting and not stop.should_stop():
             log(f"evaluating {ref_waiting} reference design(s) in study {ref.study_name!r}")
             ref_attrs = {k: v for k, v in attrs.items() if k != "reference"}  # keep the name set at enqueue
@@ -216,7 +215,7 @@ def run(cfg, session: Session, args, console) -> dict:
                 sampler=SamplerSpec("random", cfg.seed),
                 driver=session.driver_id,
             )
-            with Progress(console, ref_waiting, 0, res["concurrency"], "references") as search.progress:
+            with session.progress(ref_waiting, 0, "references") as search.progress:
                 # a reference is measured in full: an early-stopped design would have no proxy result
                 session.run(cfg, search, ref_waiting, "references", early_stop=False)
             summary["references"] = len(search.finished)
@@ -233,7 +232,7 @@ def run(cfg, session: Session, args, console) -> dict:
                 driver=session.driver_id,
                 limits=limits,
             )
-            with Progress(console, want, done, res["concurrency"]) as search.progress:
+            with session.progress(want, done) as search.progress:
                 session.run(cfg, search, want - done, "search")
             summary["ran"] = len(search.finished)
             summary["skipped"] = len(search.skipped)

@@ -174,7 +174,7 @@ def print_plan(p: dict, concurrency: int, out=print) -> None:
     out(f"about {total / 3600:.1f} h of training left in all")
 
 
-def climb(p: dict, args, console) -> int:
+def climb(p: dict, args) -> int:
     from .ray_backend import RayBackend
 
     stop = StopWhen().reset()
@@ -184,7 +184,7 @@ def climb(p: dict, args, console) -> int:
             break
         if not s["left"]:
             continue
-        console.log(f"rung {i + 1} of {len(p['steps'])}: {s['rung'].name} ({s['rung'].note})")
+        print(f"rung {i + 1} of {len(p['steps'])}: {s['rung'].name} ({s['rung'].note})", flush=True)
         tbl.build_table(
             s["cfg"],
             p["order"],
@@ -197,8 +197,7 @@ def climb(p: dict, args, console) -> int:
                 "budget.concurrency": args.concurrency,
                 "resources.gpus_per_trial": args.gpus_per_trial,
             },
-            console=console,
-            log=console.log,
+            progress=True,
         )
     return stop.exit_status()
 
@@ -268,9 +267,7 @@ def main(argv=None) -> int:
     print_plan(p, args.concurrency or cfg.budget.concurrency or 1)
     if args.dry_run:
         return 0
-    from .progress import Console
-
-    return climb(p, args, Console())
+    return climb(p, args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from pathlib import Path
 from analysis import metrics
 from searchspace.errors import UserError
 
-from .search import StudySearch
 from .trainable import TrialContext, run_trial
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,6 +51,33 @@ def init_ray(address: str | None) -> bool:
             f"--address {address!r}: cannot join the Ray cluster ({str(e).strip().splitlines()[0]})"
         ) from None
     return True
+
+
+def check_address(address: str, timeout: float = 3.0) -> None:
+    """A host:port cluster address must be a Ray head before anything is written: ray.init on a
+    wrong address retries for minutes. Ray's GCS is a gRPC (HTTP/2) server, so it answers the
+    HTTP/2 client preface with a SETTINGS frame; nothing else we might reach does."""
+    import socket
+
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(
+            f"--address {address!r}: expected host:port (the head's GCS, e.g. 10.0.0.1:6379), or auto"
+        )
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            sock.sendall(preface)
+            frame = sock.recv(9)
+    except OSError as e:
+        raise UserError(f"--address {address!r}: no Ray head answers there ({e.strerror or e})") from None
+    if len(frame) < 4 or frame[3] != 4:  # frame type 4 = SETTINGS
+        raise UserError(
+            f"--address {address!r}: something answers there, but not a Ray head (GCS) "
+            "(give the port `ray start --head` printed, 6379 by default)"
+        )
 
 
 def trial_metrics() -> dict:
@@ -148,7 +174,7 @@ class RayBackend:
         self,
         cfg,
         res: dict,
-        search: StudySearch,
+        search,
         n: int,
         run_dir: Path,
         tag: str,

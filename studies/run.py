@@ -19,6 +19,7 @@ from searchspace.errors import UserError
 
 from . import config as config_mod
 from . import storage as st
+from .ray_backend import RayBackend, check_address
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -151,7 +152,7 @@ def prepare(args) -> dict:
         raise UserError(f"--out {str(run_dir)!r}: exists and is not a folder")
     url = st.check_url(args.storage) if args.storage else str(run_dir / "study.journal")
     if args.address:
-        _check_address(args.address)
+        check_address(args.address)
     if args.resume and "://" not in url and not Path(url).is_file():
         raise UserError(
             f"--resume: no study storage at {st.describe(url)} (run without --resume to start one)"
@@ -188,8 +189,6 @@ def _backend(args, cfg):
     answering from a table (table[:PATH])."""
     kind, _, path = (args.backend or "ray").partition(":")
     if kind == "ray" and not path:
-        from .ray_backend import RayBackend
-
         return RayBackend(args.address)
     if kind != "table":
         raise UserError(f"--backend {args.backend!r}: expected ray, table or table:PATH")
@@ -205,33 +204,6 @@ def _backend(args, cfg):
     from .table_backend import TableBackend
 
     return TableBackend.open(Path(path).expanduser() if path else default_csv(cfg.name), cfg)
-
-
-def _check_address(address: str, timeout: float = 3.0) -> None:
-    """A host:port cluster address must be a Ray head before anything is written: ray.init on a
-    wrong address retries for minutes. Ray's GCS is a gRPC (HTTP/2) server, so it answers the
-    HTTP/2 client preface with a SETTINGS frame; nothing else we might reach does."""
-    import socket
-
-    if address in ("auto", "local") or address.startswith("ray://"):
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(
-            f"--address {address!r}: expected host:port (the head's GCS, e.g. 10.0.0.1:6379), or auto"
-        )
-    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
-            sock.sendall(preface)
-            frame = sock.recv(9)
-    except OSError as e:
-        raise UserError(f"--address {address!r}: no Ray head answers there ({e.strerror or e})") from None
-    if len(frame) < 4 or frame[3] != 4:  # frame type 4 = SETTINGS
-        raise UserError(
-            f"--address {address!r}: something answers there, but not a Ray head (GCS) "
-            "(give the port `ray start --head` printed, 6379 by default)"
-        )
 
 
 def _toml(d: dict) -> str:
@@ -333,7 +305,6 @@ def main(argv=None) -> int:
     cfg, run_dir, url, backend = plan["cfg"], plan["run_dir"], plan["url"], plan["backend"]
     t_start = time.perf_counter()
     from . import driver
-    from .progress import Console
     from .session import Session, StopWhen
 
     # A cluster given with --address is joined before anything is written: if it cannot be joined,
@@ -343,15 +314,14 @@ def main(argv=None) -> int:
     # From here a first Ctrl-C or SIGTERM ends the run cleanly: summary, report, status 130 / 143
     # (installed after ray.init, which sets a SIGTERM handler of its own).
     stop = StopWhen(cfg.budget.minutes).reset().install()
-    console = Console(quiet=args.quiet)
     try:
-        with Session(url, run_dir, backend, stop, console.log) as session:
+        with Session(url, run_dir, backend, stop, quiet=args.quiet) as session:
             _check_stored(session.storage, cfg, args.resume)
             _write_atomic(
                 run_dir / "config.toml",
                 f"# {cfg.name}: effective config (from {cfg.source})\n" + _toml(config_mod.to_storable(cfg)),
             )
-            summary = driver.run(cfg, session, args, console)
+            summary = driver.run(cfg, session, args)
     finally:
         backend.close()
     summary["wall_s"] = time.perf_counter() - t_start

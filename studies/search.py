@@ -33,7 +33,7 @@ from trainers.record import FAILED, Status, TrialRecord
 
 from .config import SAMPLERS
 from .designed import DesignedSampler
-from .journal import StorageWriteError
+from .storage import StorageWriteError
 
 # Storage URLs with a password, by their redacted form: Ray pickles the searcher into the run folder
 # (ray/*/tuner.pkl), so a pickle carries the redacted URL and the copy in this process finds the

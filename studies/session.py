@@ -28,6 +28,7 @@ import optuna
 
 from . import config as config_mod
 from . import storage as st
+from .progress import Console, Progress
 
 # -- stop signals and the time budget --------------------------------------------------------------
 # When a study run ends before its trial budget: a wall-clock budget or a signal.
@@ -152,8 +153,12 @@ def record_config(study, cfg) -> None:
 class Session:
     """Lock, storage, journal integrity, heartbeat, backend, stop signals and recovery of one driver."""
 
-    def __init__(self, url: str, run_dir: Path, backend: Backend, stop: StopWhen | None = None, log=print):
-        self.url, self.run_dir, self.backend, self.log = url, Path(run_dir), backend, log
+    def __init__(
+        self, url: str, run_dir: Path, backend: Backend, stop: StopWhen | None = None, quiet: bool = False
+    ):
+        self.url, self.run_dir, self.backend = url, Path(run_dir), backend
+        self.console = Console(quiet=quiet)  # lines, and a status line at the bottom of a terminal
+        self.log = self.console.log
         self.stop = stop or StopWhen()
         self.storage = None
         self.studies: list = []
@@ -203,6 +208,11 @@ class Session:
                 self.backend.prepare(s)
             self.log(self.backend.describe(self.res))
         return self.res
+
+    def progress(self, total: int, done: int = 0, label: str = "trials") -> Progress:
+        """A line per finished trial with the count and the ETA (set it as the search's `progress`;
+        after start(), which knows how many run at a time)."""
+        return Progress(self.console, total, done, self.res["concurrency"], label)
 
     @property
     def driver_id(self) -> str | None:

@@ -294,17 +294,16 @@ def build_table(
     stop: StopWhen,
     overrides: dict | None = None,
     export: bool = True,
-    console=None,
-    log=lambda m: print(m, flush=True),
+    progress: bool = False,
 ) -> list[dict]:
     """Train every (genome, seed 0..seeds-1) of `genomes` that is neither in the CSV nor in the run
     folder's storage, through a studies.session.Session on `backend`; export the rows (returned).
-    `overrides` change how it runs (concurrency, GPUs per trial), never what is stored."""
+    `overrides` change how it runs (concurrency, GPUs per trial), never what is stored; `progress`:
+    a line per trial with the count and the ETA."""
     from optuna.trial import TrialState
 
     from searchspace import space
 
-    from .progress import Progress
     from .search import SamplerSpec, StudySearch
     from .session import Session, record_config
 
@@ -313,7 +312,8 @@ def build_table(
     check_protocol(rows, cfg, csv_path)
     url = str(run_dir / "study.journal")
     shipped = {(r["genome_key"], int(r["seed"])) for r in rows}
-    with Session(url, run_dir, backend, stop, log) as session:
+    with Session(url, run_dir, backend, stop) as session:
+        log = session.log
         study = session.open(study_name(cfg), [o["direction"] for o in cfg.objectives])
         record_config(study, cfg)
         study.set_user_attr("table", {"name": cfg.name, "protocol": protocol(cfg)})
@@ -355,8 +355,8 @@ def build_table(
             )
             log(f"training {waiting} trial(s), up to {res['concurrency']} at a time on {res['device']}")
             total = len(genomes) * seeds
-            if console is not None:  # a line per trial with the count and the ETA
-                search.progress = Progress(console, total, total - waiting, res["concurrency"], cfg.name)
+            if progress:
+                search.progress = session.progress(total, total - waiting, cfg.name)
             with search.progress or contextlib.nullcontext():
                 # every epoch's top-1/top-5 is a column
                 session.run(cfg, search, waiting, "table", ctx_overrides={"evaluate_every_epoch": True})

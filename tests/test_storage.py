@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from searchspace.cli import cli_main
 from searchspace.errors import UserError
 from studies import storage as st
-from studies.journal import StorageWriteError, repair_torn_tail, scan
+from studies.storage import StorageWriteError, repair_torn_tail, scan
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -148,7 +148,7 @@ APPEND_OVER_A_LIMIT = """
 import resource, sys
 import optuna
 from studies import storage as st
-from studies.journal import StorageWriteError
+from studies.storage import StorageWriteError
 
 study = optuna.load_study(study_name="s", storage=st.open_or_create(sys.argv[1]))
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
