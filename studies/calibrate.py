@@ -149,10 +149,7 @@ def prepare(args) -> dict:
         raise UserError(
             f"nothing to calibrate: no published design inside the space of {cfg.name} and --designs 0"
         )
-    run_dir = Path(args.out or Path("runs") / cfg.name).expanduser().resolve()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {str(run_dir)!r}: exists and is not a folder")
-    url = st.check_url(args.storage) if args.storage else str(run_dir / "study.journal")
+    run_dir, url = st.locate(args.out, cfg.name, args.storage)
     if args.address:
         check_address(args.address)
     return {

@@ -147,10 +147,7 @@ def prepare(args) -> dict:
             if not (p / split).is_dir():
                 raise UserError(f"data root {root!r}: no {split}/ folder (expected {split}/<class>/<image>)")
         cfg = config_mod.with_overrides(cfg, {"data.root": str(p.resolve())})
-    run_dir = Path(args.out or Path("runs") / cfg.name).expanduser().resolve()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {str(run_dir)!r}: exists and is not a folder")
-    url = st.check_url(args.storage) if args.storage else str(run_dir / "study.journal")
+    run_dir, url = st.locate(args.out, cfg.name, args.storage)
     if args.address:
         check_address(args.address)
     if args.resume and "://" not in url and not Path(url).is_file():

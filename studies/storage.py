@@ -33,6 +33,15 @@ STALE_S = (
 )
 
 
+def locate(out: str | None, name: str, storage: str | None = None) -> tuple[Path, str]:
+    """A program's run folder (--out, default runs/<name>) and its storage (--storage, default the
+    folder's journal), checked before anything is written."""
+    run_dir = Path(out or Path("runs") / name).expanduser().resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {str(run_dir)!r}: exists and is not a folder")
+    return run_dir, check_url(storage) if storage else str(run_dir / "study.journal")
+
+
 def check_url(url: str) -> str:
     """Validate an RDB URL or a journal-file path without connecting or creating anything."""
     if "://" not in url:
