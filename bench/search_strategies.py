@@ -51,12 +51,13 @@ import effects as fx  # noqa: E402
 from analysis.pareto import hypervolume  # noqa: E402
 from effects import pareto_mask  # noqa: E402
 from searchspace import space  # noqa: E402
+from searchspace.catalog import inside as published_in_space  # noqa: E402
 from searchspace.errors import UserError  # noqa: E402
 from searchspace.genome import Genome  # noqa: E402
 from studies import config as config_mod  # noqa: E402
 from studies import designed  # noqa: E402
 from studies.search import GenomeSpace, SamplerSpec, StudySearch  # noqa: E402
-from studies.table import Table, default_csv, published_in_space  # noqa: E402
+from studies.table import Table, default_csv  # noqa: E402
 from studies.table_backend import TableBackend, stopping_rule  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -23,6 +23,7 @@ from pathlib import Path
 from .errors import UserError
 from .genome import Genome, Stage, make_plugin, uniform
 from .recipe import Recipe
+from .space import contains
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ def names() -> list[str]:
 def designs() -> list[Design]:
     """Every catalog design, in the order they are defined (the one way to list them)."""
     return list(_CATALOG.values())
+
+
+def inside(spec) -> list[Design]:
+    """The catalog designs inside a space (a searchspace.space.SpaceSpec), in catalog order."""
+    return [d for d in designs() if contains(spec, d.genome)]
 
 
 def resolve(text: str) -> tuple[str, Genome, Design | None]:

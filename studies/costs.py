@@ -20,6 +20,7 @@ from pathlib import Path
 
 import searchspace
 from analysis import metrics
+from effects import StageCosts
 
 
 @lru_cache(maxsize=1)
@@ -75,3 +76,21 @@ def _write(path: Path, record: dict) -> None:
             os.unlink(tmp)
         except (OSError, UnboundLocalError):
             pass
+
+
+_STAGE_COSTS: dict[str, object] = {}
+
+
+def stage_costs(cfg):
+    """One effects.StageCosts per target in this process, counting through the on-disk cost cache: the
+    report, the dashboard card and the summary compose their costs from the same traces."""
+    target = cfg.protocol["target"]
+    key = json.dumps(target, sort_keys=True, default=str)
+    if key not in _STAGE_COSTS:
+        _STAGE_COSTS[key] = StageCosts(target, _cached_count)
+    return _STAGE_COSTS[key]
+
+
+def _cached_count(genome, target) -> dict:
+    c = target_cost(genome, target)
+    return {"flops": float(c["flops"]), "params": float(c["params"])}

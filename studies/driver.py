@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,11 +10,13 @@ from optuna.trial import TrialState
 
 from analysis import metrics
 from analysis.load import genome_summary
+from searchspace import catalog
 from searchspace.errors import UserError
 from trainers.record import Status
 
 from . import config as config_mod
 from . import storage as st
+from .costs import stage_costs
 from .search import CostLimits, GenomeSpace, SamplerSpec, StudySearch
 from .session import Session, record_config
 
@@ -26,27 +27,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def _new_search(
     cfg, url, name, n_existing, spec, attrs, log, sampler=None, driver=None, limits=None
 ) -> StudySearch:
-    if sampler is None:
-        from .designed import Plan
-
-        s = cfg.sampler
-        plan = Plan(
-            spec,
-            cfg.budget.trials,
-            batch=max(cfg.budget.concurrency, 2),
-            seed=cfg.seed,
-            confirm=cfg.budget.confirm,
-            designs=tuple(_designs_in_space(spec)),
-            costs=stage_costs(cfg),
-        )
-        # seed + trials so far: a resumed sampler does not replay the first run's draws
-        sampler = SamplerSpec(s.name, cfg.seed + n_existing, s.population, plan)
     return StudySearch(
         GenomeSpace(spec, driver, cfg.protocol["target"], cfg.references.recipe),
         cfg.objectives,
         name,
         url,
-        sampler,
+        sampler or SamplerSpec.of_study(cfg, n_existing, stage_costs(cfg)),
         cfg.fidelity.epochs,
         attrs,
         log,
@@ -56,7 +42,7 @@ def _new_search(
 
 def cost_limits(cfg) -> CostLimits | None:
     """[constraints] as numbers ("1.10 x resnet50": that design's cost at the study's target), or None."""
-    from searchspace import catalog, cost
+    from searchspace import cost
 
     target = tuple((k, getattr(cfg.target, k)) for k in ("convention", "resolution", "num_classes"))
     limits = []
@@ -121,12 +107,6 @@ def _enqueue_neighbours(study, designs, spec, n: int, seed: int, limits, log) ->
     return len(chosen)
 
 
-def _designs_in_space(spec):
-    from searchspace import catalog, space
-
-    return [d for d in catalog.designs() if space.contains(spec, d.genome)]
-
-
 def _enqueue_known(study, designs, spec, attr: str, log, recipe: str | None = None) -> int:
     """Enqueue each design not yet present (finished, running or waiting) under user attr `attr`.
     With `recipe` ([references] recipe), a design trained under another recipe than the one it gets
@@ -171,7 +151,7 @@ def run(cfg, session: Session, args) -> dict:
         ref = session.open(cfg.name + ".references", directions)
         record_config(ref, cfg)
         summary["requeued"] += session.recover(ref)
-        _enqueue_known(ref, _designs_in_space(spec), spec, "reference", log, cfg.references.recipe)
+        _enqueue_known(ref, catalog.inside(spec), spec, "reference", log, cfg.references.recipe)
         ref_waiting = len(ref.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     study = session.open(cfg.name, directions)
     record_config(study, cfg)
@@ -180,7 +160,7 @@ def run(cfg, session: Session, args) -> dict:
         log(f"resuming: trial(s) {requeued} of a stopped driver marked FAIL (interrupted) and requeued")
     summary["requeued"] += requeued
     if args.seed_known:
-        _enqueue_known(study, _designs_in_space(spec), spec, "seeded_from", log)
+        _enqueue_known(study, catalog.inside(spec), spec, "seeded_from", log)
     limits = cost_limits(cfg)
     if limits:
         log(
@@ -190,7 +170,7 @@ def run(cfg, session: Session, args) -> dict:
         )
     if cfg.sampler.name != "designed":  # the designed strategy's first phase is its own screen
         _enqueue_neighbours(
-            study, _designs_in_space(spec), spec, cfg.references.neighbours, cfg.seed, limits, log
+            study, catalog.inside(spec), spec, cfg.references.neighbours, cfg.seed, limits, log
         )
     done, want = st.counted(study), cfg.budget.trials
     summary["before"] = done
@@ -362,28 +342,6 @@ def print_effects(storage, study_name: str, costs=None, effects=None) -> None:
     print("\n".join(effects_lines(e, top=5)))
     print(f"Published designs, model verdicts (predicted top-1 [{LEVEL:.0%} interval]):")
     print("\n".join(verdict_lines(e)))
-
-
-_STAGE_COSTS: dict[str, object] = {}
-
-
-def stage_costs(cfg):
-    """One effects.StageCosts per target in this process, counting through the on-disk cost cache: the
-    report, the dashboard card and the summary compose their costs from the same traces."""
-    from effects import StageCosts
-
-    target = cfg.protocol["target"]
-    key = json.dumps(target, sort_keys=True, default=str)
-    if key not in _STAGE_COSTS:
-        _STAGE_COSTS[key] = StageCosts(target, _cached_count)
-    return _STAGE_COSTS[key]
-
-
-def _cached_count(genome, target) -> dict:
-    from .costs import target_cost
-
-    c = target_cost(genome, target)
-    return {"flops": float(c["flops"]), "params": float(c["params"])}
 
 
 def print_designs(storage, cfg) -> None:

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from searchspace import catalog
 from searchspace.cli import argument_parser, cli_main
 from searchspace.errors import UserError
 
@@ -109,7 +110,7 @@ def genomes(cfg, n: int) -> tuple[list, dict]:
 
     screen = designed.screen(cfg.space, n=n, seed=cfg.seed)
     keys = {g.key for g in screen}
-    published = [d.genome for d in tbl.published_in_space(cfg.space) if d.genome.key not in keys]
+    published = [d.genome for d in catalog.inside(cfg.space) if d.genome.key not in keys]
     published = list({g.key: g for g in published}.values())
     facts = {
         "design": len(screen),

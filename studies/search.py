@@ -28,11 +28,12 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from analysis import metrics
+from searchspace import catalog
 from searchspace.errors import redact
 from trainers.record import FAILED, Status, TrialRecord
 
 from .config import SAMPLERS
-from .designed import DesignedSampler
+from .designed import DesignedSampler, Plan
 from .storage import StorageWriteError
 
 # Storage URLs with a password, by their redacted form: Ray pickles the searcher into the run folder
@@ -130,6 +131,21 @@ class SamplerSpec:
     seed: int = 0
     population: int = 16
     plan: object = field(default=None, compare=False)
+
+    @classmethod
+    def of_study(cls, cfg, n_existing: int = 0, costs=None) -> SamplerSpec:
+        """The config's [sampler], seeded with seed + trials so far (a resumed sampler does not replay
+        the first run's draws), with the study's plan (`costs`: a StageCosts of the study's target)."""
+        plan = Plan(
+            cfg.space,
+            cfg.budget.trials,
+            batch=max(cfg.budget.concurrency, 2),
+            seed=cfg.seed,
+            confirm=cfg.budget.confirm,
+            designs=tuple(catalog.inside(cfg.space)),
+            costs=costs,
+        )
+        return cls(cfg.sampler.name, cfg.seed + n_existing, cfg.sampler.population, plan)
 
     def build(self, storage=None, log: Callable[[str], None] | None = None) -> optuna.samplers.BaseSampler:
         """The sampler; `storage` (where the study lives) and `log` serve samplers that read beyond

@@ -25,6 +25,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from searchspace import catalog
 from searchspace.cli import argument_parser, cli_main
 from searchspace.cost import stagewise
 from searchspace.errors import UserError
@@ -80,12 +81,6 @@ def versions() -> dict:
 
 
 # -- the space, in generation order ---------------------------------------------------------------
-def published_in_space(spec) -> list:
-    from searchspace import catalog, space
-
-    return [d for d in catalog.designs() if space.contains(spec, d.genome)]
-
-
 def generation_order(cfg) -> list:
     """Every genome of the space: the published designs first, then the rest shuffled by the config's seed."""
     from searchspace import space
@@ -93,7 +88,7 @@ def generation_order(cfg) -> list:
     spec = cfg.space
     everything = space.enumerate_genomes(spec, limit=space.count(spec))
     first = []
-    for d in published_in_space(spec):
+    for d in catalog.inside(spec):
         if d.genome.key not in {g.key for g in first}:
             first.append(d.genome)
     keys = {g.key for g in first}
@@ -104,8 +99,6 @@ def generation_order(cfg) -> list:
 
 def pick_genomes(order: list, names: str, cfg) -> list:
     """The genomes of `order` named in a comma-separated list of genome keys or catalog design names."""
-    from searchspace import catalog
-
     by_name = {d.name: d.genome.key for d in catalog.designs()}
     given = [n.strip() for n in names.split(",") if n.strip()]
     wanted = {by_name.get(n, n) for n in given}
@@ -408,7 +401,7 @@ def export_rows(cfg, url: str, csv_path: Path, log=print) -> list[dict]:
         }
         for r in rows
     }
-    names = {d.genome.key: d.name for d in published_in_space(spec)}
+    names = {d.genome.key: d.name for d in catalog.inside(spec)}
     epochs = cfg.fidelity.epochs
     proto = protocol_text(cfg)
     study = (

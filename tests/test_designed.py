@@ -130,7 +130,7 @@ def test_planned_seeds_reach_the_trainable_and_the_stored_trial(spec):
 
 
 def designed_in(spec):
-    from studies.table import published_in_space
+    from searchspace.catalog import inside as published_in_space
 
     return published_in_space(spec)
 
@@ -140,8 +140,9 @@ def _plan_on_table(spec, budget: int, seeds=(0, 1)):
     with the designed sampler, as studies.run builds it for [sampler] name = "designed")."""
     import optuna
 
+    from searchspace.catalog import inside as published_in_space
     from studies.search import GenomeSpace, SamplerSpec, StudySearch
-    from studies.table import Table, published_in_space
+    from studies.table import Table
     from studies.table_backend import NoStopping, TableBackend
 
     cfg = config.load("placement_table")

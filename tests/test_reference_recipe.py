@@ -141,8 +141,9 @@ def test_searcher_stores_the_recipe_and_hands_it_to_the_trainer(tmp_path, choice
 def test_a_changed_choice_enqueues_the_designs_it_changes_again(tmp_path):
     """A design trained under another recipe than the one it gets now is enqueued again (analysis reads
     the latest evaluation); one whose recipe is the same either way, or that waits, is not."""
+    from searchspace.catalog import inside as _designs_in_space
     from studies import config
-    from studies.driver import _designs_in_space, _enqueue_known
+    from studies.driver import _enqueue_known
 
     cfg = config.load(str(_smoke_kw(tmp_path)))
     designs = _designs_in_space(cfg.space)

@@ -955,12 +955,12 @@ def test_searcher_pickles_and_builds_a_tuner(tmp_path, sampler):
     from ray import cloudpickle, tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from studies import config, driver
+    from studies import config, costs
     from studies.designed import Plan
     from studies.search import SamplerSpec
 
     cfg = config.load("smoke")
-    plan = Plan(cfg.space, 8, costs=driver.stage_costs(cfg))  # every sampler gets it; designed follows it
+    plan = Plan(cfg.space, 8, costs=costs.stage_costs(cfg))  # every sampler gets it; designed follows it
     spec = SamplerSpec(sampler, seed=7, population=4, plan=plan)
     s = _searcher(tmp_path, cfg, sampler=spec)
     s.suggest("before")  # a live study and sampler inside: the pickle must not carry them

@@ -13,10 +13,11 @@ import pytest
 from optuna.trial import TrialState
 
 from searchspace import Genome, catalog, space
+from searchspace.catalog import inside as published_in_space
 from searchspace.errors import UserError
 from studies import config as config_mod
 from studies.search import GenomeSpace, SamplerSpec, StudySearch
-from studies.table import Table, default_csv, generation_order, published_in_space, read_rows
+from studies.table import Table, default_csv, generation_order, read_rows
 from studies.table_backend import ASHA, CONTINUE, STOP, NoStopping, TableBackend
 
 REPO = Path(__file__).resolve().parent.parent
