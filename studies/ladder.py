@@ -33,7 +33,6 @@ from searchspace.errors import UserError
 
 from . import config as config_mod
 from . import table as tbl
-from .session import StopWhen
 
 BUNDLED_RESOLUTION = 64  # the bundled Imagenette-64 images: a larger resolution is upsampled
 
@@ -176,31 +175,27 @@ def print_plan(p: dict, concurrency: int, out=print) -> None:
 
 
 def climb(p: dict, args) -> int:
-    from .ray_backend import RayBackend
-
-    stop = StopWhen().reset()
-    backend = RayBackend(args.address)
+    """Each rung with runs left, in order; a signal ends the climb after its rung's rows are exported."""
     for i, s in enumerate(p["steps"]):
-        if stop.should_stop():
-            break
         if not s["left"]:
             continue
         print(f"rung {i + 1} of {len(p['steps'])}: {s['rung'].name} ({s['rung'].note})", flush=True)
-        tbl.build_table(
+        status = tbl.build_table(
             s["cfg"],
             p["order"],
             p["seeds"],
             s["csv"],
             (Path(args.out).expanduser() if args.out else tbl.REPO / "runs") / tbl.study_name(s["cfg"]),
-            backend,
-            stop,
+            args.address,
             overrides={
                 "budget.concurrency": args.concurrency,
                 "resources.gpus_per_trial": args.gpus_per_trial,
             },
             progress=True,
         )
-    return stop.exit_status()
+        if status:
+            return status
+    return 0
 
 
 def merge(cfg, rungs: list[Rung], tables: Path, log=print) -> int:

@@ -260,21 +260,16 @@ def build(args) -> int:
         order = order[: args.limit]
     if args.genomes:
         order = pick_genomes(order, args.genomes, cfg)
-    from .ray_backend import RayBackend
-
-    stop = StopWhen().reset()  # Ctrl-C / SIGTERM: export what is done, then status 130 / 143
-    build_table(
+    return build_table(
         cfg,
         order,
         args.seeds,
         Path(args.csv) if args.csv else default_csv(cfg.name),
         Path(args.out or REPO / "runs" / study_name(cfg)).expanduser().resolve(),
-        RayBackend(args.address),
-        stop,
+        args.address,
         overrides={"budget.concurrency": args.concurrency, "resources.gpus_per_trial": args.gpus_per_trial},
         export=not args.no_export,
     )
-    return stop.exit_status()
 
 
 def build_table(
@@ -283,20 +278,22 @@ def build_table(
     seeds: int,
     csv_path: Path,
     run_dir: Path,
-    backend,
-    stop: StopWhen,
+    address: str | None = None,
     overrides: dict | None = None,
     export: bool = True,
     progress: bool = False,
-) -> list[dict]:
+) -> int:
     """Train every (genome, seed 0..seeds-1) of `genomes` that is neither in the CSV nor in the run
-    folder's storage, through a studies.session.Session on `backend`; export the rows (returned).
+    folder's storage, through a studies.session.Session on Ray (`address`: a cluster to join); export
+    the rows to the CSV. Returns the exit status: 0, or 130 / 143 when a signal stopped it (what was
+    done is exported, the stopped trials requeued).
     `overrides` change how it runs (concurrency, GPUs per trial), never what is stored; `progress`:
     a line per trial with the count and the ETA."""
     from optuna.trial import TrialState
 
     from searchspace import space
 
+    from .ray_backend import RayBackend
     from .search import SamplerSpec, StudySearch
     from .session import Session, record_config
 
@@ -305,7 +302,8 @@ def build_table(
     check_protocol(rows, cfg, csv_path)
     url = str(run_dir / "study.journal")
     shipped = {(r["genome_key"], int(r["seed"])) for r in rows}
-    with Session(url, run_dir, backend, stop) as session:
+    stop = StopWhen().reset()  # Ctrl-C / SIGTERM: export what is done, then status 130 / 143
+    with Session(url, run_dir, RayBackend(address), stop) as session:
         log = session.log
         study = session.open(study_name(cfg), [o["direction"] for o in cfg.objectives])
         record_config(study, cfg)
@@ -355,7 +353,9 @@ def build_table(
                 session.run(cfg, search, waiting, "table", ctx_overrides={"evaluate_every_epoch": True})
     if session.stopped:
         log(f"{stop.reason}: trial(s) {session.stopped} stopped and requeued")
-    return export_rows(cfg, url, csv_path, log) if export else read_rows(csv_path)
+    if export:
+        export_rows(cfg, url, csv_path, log)
+    return stop.exit_status()
 
 
 class TableSpace:
