@@ -17,7 +17,7 @@ from trainers.record import Status
 from . import config as config_mod
 from . import storage as st
 from .costs import stage_costs
-from .search import CostLimits, GenomeSpace, SamplerSpec, StudySearch
+from .search import CostLimits, GenomeSpace, SamplerSpec, StudySearch, recipe_label, trial_recipe
 from .session import Session, record_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,8 +112,6 @@ def _enqueue_known(study, designs, spec, attr: str, log, recipe: str | None = No
     With `recipe` ([references] recipe), a design trained under another recipe than the one it gets
     now is not present: it is enqueued again, and analysis reads its latest evaluation."""
     from searchspace import space
-
-    from .search import recipe_label, trial_recipe
 
     def current(t) -> bool:  # trials asked before the "recipe" attr existed trained with the common one
         if recipe is None or t.state == TrialState.WAITING:

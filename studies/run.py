@@ -301,7 +301,7 @@ def main(argv=None) -> int:
     plan = prepare(args)  # nothing has been opened or written up to here
     cfg, run_dir, url, backend = plan["cfg"], plan["run_dir"], plan["url"], plan["backend"]
     t_start = time.perf_counter()
-    from . import driver
+    from . import driver  # Optuna, Ray and analysis only once the flags passed (bad input fails fast)
     from .session import Session, StopWhen
 
     # A cluster given with --address is joined before anything is written: if it cannot be joined,

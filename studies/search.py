@@ -33,6 +33,7 @@ from searchspace.errors import redact
 from trainers.record import FAILED, Status, TrialRecord
 
 from .config import SAMPLERS
+from .costs import target_cost
 from .designed import DesignedSampler, Plan
 from .storage import StorageWriteError
 
@@ -74,8 +75,6 @@ class GenomeSpace:
         trial.set_user_attr("genome", text)  # visible in the dashboard while the trial runs
         config = {"genome": text, "trial_number": trial.number}
         if self.target:
-            from .costs import target_cost
-
             try:
                 config["cost"] = target_cost(genome, self.target)
             except Exception:  # the trial counts it again and reports the error as its own
@@ -178,8 +177,6 @@ class CostLimits:
 
     def cost(self, genome) -> dict:
         """{"flops", "params", "activations"} of the Genome at the study's target (studies.costs' cache)."""
-        from .costs import target_cost
-
         return target_cost(genome, dict(self.target))
 
     def violations(self, cost: dict) -> dict[str, float]:

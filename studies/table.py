@@ -293,6 +293,8 @@ def build_table(
 
     from searchspace import space
 
+    # Ray and Optuna only where trials run: reading a table (the table backend, bench/gpu_ladder.py on
+    # a GPU machine without them) imports this module too
     from .ray_backend import RayBackend
     from .search import SamplerSpec, StudySearch
     from .session import Session, record_config
