@@ -200,8 +200,9 @@ def climb(p: dict, args) -> int:
 
 def merge(cfg, rungs: list[Rung], tables: Path, log=print) -> int:
     """Every rung's rows in one CSV, `<tables>/<name>.csv`, with a `rung` column: the given rungs,
-    then any other `<name>_<rung>.csv` there (a GPU rung's, bench/gpu_ladder.py); the rungs' own
-    columns, union, in order."""
+    then any other `<name>_<rung>.csv` there (a GPU rung's, bench/gpu_ladder.py). Rows of the ladder's
+    genomes in other tables of a rung's exact protocol (the placement table for `shipped`) join that
+    rung as what they are: another environment, another table name."""
     import csv
 
     tables = Path(tables)
@@ -209,17 +210,26 @@ def merge(cfg, rungs: list[Rung], tables: Path, log=print) -> int:
     names += sorted(p.stem.removeprefix(f"{cfg.name}_") for p in tables.glob(f"{cfg.name}_*.csv"))
     rows, columns = [], ["rung"]
     for rung in dict.fromkeys(names):
-        for row in tbl.read_rows(tables / f"{cfg.name}_{rung}.csv"):
-            rows.append({"rung": rung, **row})
-            columns += [c for c in row if c not in columns]
+        own = tbl.read_rows(tables / f"{cfg.name}_{rung}.csv")
+        rows += [{"rung": rung, **row} for row in own]
+        columns += [c for row in own[:1] for c in row if c not in columns]
+    ladder_files = {f"{cfg.name}.csv", *(f"{cfg.name}_{n}.csv" for n in names)}
+    by_protocol = {r["protocol"]: r["rung"] for r in rows}
+    genomes = {r["genome_key"] for r in rows}
+    for other in sorted(p for p in tables.glob("*.csv") if p.name not in ladder_files):
+        for row in tbl.read_rows(other):
+            if row.get("protocol") in by_protocol and row["genome_key"] in genomes:
+                rows.append({"rung": by_protocol[row["protocol"]], **row})
     if not rows:
         raise UserError(
             f"ladder {cfg.name!r}: no rung has rows yet (run python -m studies.ladder {cfg.name})"
         )
+    for row in rows:  # rows written before environments were stored are one environment
+        row["environment"] = row.get("environment") or "unrecorded"
     out = tables / f"{cfg.name}.csv"
     tmp = out.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, restval="", lineterminator="\n")
+        w = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     tmp.replace(out)
