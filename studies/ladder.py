@@ -105,7 +105,7 @@ def parse_rung(text: str) -> Rung:
 def genomes(cfg, n: int) -> tuple[list, dict]:
     """The ladder's genomes: n from the balanced exchange design, then the published designs in the
     space not among them; with the design's balance and largest correlation between factor columns."""
-    from . import designed
+    from . import designed  # pandas and the effects model: only where genomes are chosen (not --merge)
 
     screen = designed.screen(cfg.space, n=n, seed=cfg.seed)
     keys = {g.key for g in screen}

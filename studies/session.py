@@ -3,13 +3,14 @@
 Every program that runs trials (studies.run, studies.table build, studies.calibrate, the fidelity
 ladder) does the same things in the same order, so it does them here:
 
-    with Session(url, run_dir, backend, stop, log) as session:   # lock, journal check, storage
-        study = session.open(name, directions)                    # create or load
-        record_config(study, cfg)                                 # what the study was run with
-        session.recover(study)                                    # a dead driver's trials requeued
-        search = StudySearch(..., driver=session.start(cfg) and session.driver_id)
-        session.run(cfg, search, n, "search")                     # the backend trains n trials
-    session.stopped                                               # trials a signal stopped, requeued
+    with Session(url, run_dir, backend, stop) as session:   # lock, journal check, storage
+        study = session.open(name, directions)               # create or load
+        record_config(study, cfg)                            # what the study was run with
+        session.recover(study)                               # a dead driver's trials requeued
+        session.start(cfg)                                   # backend, signals, heartbeat
+        search = StudySearch(GenomeSpace(cfg.space, session.driver_id), ...)
+        session.run(cfg, search, n, "search")                # the backend trains n trials
+    session.stopped                                          # trials a signal stopped, requeued
 (`session.finish()` does the closing early, when a program writes its report inside the lock.)
 
 A backend is studies.ray_backend.RayBackend or studies.table_backend.TableBackend (the interface is
@@ -171,9 +172,8 @@ class Session:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock.__enter__()
         try:
-            st.check_before_writing(
-                self.url
-            )  # a torn journal tail is dropped (a copy kept), never appended to
+            # a torn journal tail is dropped (a copy kept), never appended to
+            st.check_before_writing(self.url)
             self.storage = st.open_or_create(self.url)
         except BaseException:
             self._lock.__exit__(None, None, None)
