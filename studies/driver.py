@@ -174,7 +174,8 @@ def run(cfg, session: Session, args) -> dict:
     summary["before"] = done
     if done >= want and not ref_waiting:
         log(f"study {cfg.name} already has {done} of {want} trials; nothing to run")
-        summary["report"] = _report(cfg, url, run_dir, log)
+        summary["effects"] = _fit_effects(url, cfg)
+        summary["report"] = _report(cfg, url, run_dir, log, summary["effects"])
         return summary
 
     try:
@@ -221,20 +222,21 @@ def run(cfg, session: Session, args) -> dict:
         stopped = session.stopped
         log(f"stopped: {stop.reason}" + (f"; trial(s) {stopped} stopped and requeued" if stopped else ""))
         summary["requeued_now"] = stopped
-    summary["report"] = _report(cfg, url, run_dir, log)
+    summary["effects"] = _fit_effects(url, cfg)
+    summary["report"] = _report(cfg, url, run_dir, log, summary["effects"])
     return summary
 
 
-def _report(cfg, url, run_dir: Path, log):
-    """The HTML report and the dashboard figures (analysis package), if it is there. The effects model
-    is fitted once here, for both and for the summary's print_effects."""
+def _report(cfg, url, run_dir: Path, log, fitted=None):
+    """The HTML report and the dashboard figures (analysis package), if it is there; `fitted`: the
+    study's effects model, fitted once at the run's end for both and for the summary (None: each fits
+    its own)."""
     out = run_dir / "report.html"
     try:
         import analysis
     except ImportError as e:
         log(f"report skipped: analysis not importable ({e})")
         return None
-    fitted = _fit_effects(url, cfg)
     try:  # url: a journal path or an RDB URL
         analysis.write_report(url, cfg.name, out, costs=stage_costs(cfg), effects=fitted)
     except Exception as e:  # the study is stored; a report problem must not fail the run
@@ -298,11 +300,7 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
     print(f"dashboard  : optuna-dashboard {st.describe(url)}")
     if summary.get("report"):
         print(f"report     : {summary['report']}")
-    print_effects(storage, cfg.name, stage_costs(cfg), _FITTED.pop((str(url), cfg.name), None))
-
-
-# (storage URL, study) -> the effects model _report fitted at a run's end, taken by print_summary
-_FITTED: dict[tuple[str, str], object] = {}
+    print_effects(storage, cfg.name, stage_costs(cfg), summary.get("effects"))
 
 
 def _fit_effects(url, cfg):
@@ -312,11 +310,9 @@ def _fit_effects(url, cfg):
     from analysis.effects import of_study
 
     try:
-        fitted = of_study(load_study(url, cfg.name), costs=stage_costs(cfg))
+        return of_study(load_study(url, cfg.name), costs=stage_costs(cfg))
     except Exception:
         return None
-    _FITTED[(str(url), cfg.name)] = fitted
-    return fitted
 
 
 def print_effects(storage, study_name: str, costs=None, effects=None) -> None:
