@@ -29,6 +29,7 @@ from effects import (
     Runs,
     StageCosts,
     analyse,
+    block,
     candidates,
     choose_kind,
     design_half_widths,
@@ -48,6 +49,7 @@ from effects import (
     verdicts,
 )
 from searchspace.errors import UserError
+from trainers.environment import key as environment_key
 
 from .calibration import study_noise
 from .load import completed, load_study, read_genome
@@ -73,6 +75,8 @@ def runs_from_study(df: pd.DataFrame) -> Runs:
                     "design": r.get("reference") if kind == "reference" else None,
                     "recipe": r.get("recipe") if isinstance(r.get("recipe"), str) else "common",
                     "trial": int(r["number"]),
+                    "environment": environment_key(r.get("environment")),
+                    "rung": r.get("rung") if isinstance(r.get("rung"), str) else None,
                 }
             )
     noise, noise_source = study_noise(df)
@@ -134,6 +138,7 @@ __all__ = [
     "ENUMERATE_LIMIT",
     "Effects",
     "Fit",
+    "block",
     "LEVEL",
     "MIN_NOISE_DF",
     "MIN_RESID_DF",

@@ -1,5 +1,5 @@
 """What each choice does where: every run of a study or a benchmark table pooled through one additive
-model, top1 = intercept + sum over factors of effect[level] + seed block + noise, with one factor per
+model, top1 = intercept + sum over factors of effect[level] + block + noise (a block: one seed on one machine and code), with one factor per
 stage (its whole choice) and the global choices, each against its baseline (docs/effects.md). The
 package sits below studies and analysis: it reads runs handed to it (a table CSV, or rows a study
 reader built), never storage. runs: the input; coding: factors and design matrix; fit: the fit and
@@ -14,7 +14,7 @@ from .dominance import dominates, non_dominated_sort, pareto_mask, to_minimizati
 from .fit import CV_FOLDS, LEVEL, MIN_NOISE_DF, MIN_RESID_DF, Fit, choose_kind, fit
 from .front import ENUMERATE_LIMIT, candidates, model_front, predictions
 from .result import Effects, analyse, design_half_widths
-from .runs import Runs, runs_frame, runs_from_table
+from .runs import Runs, block, runs_frame, runs_from_table
 from .text import effects_lines, model_lines, report_text, verdict_lines
 from .verdicts import in_space, trials_needed, verdicts
 
@@ -30,6 +30,7 @@ __all__ = [
     "Runs",
     "StageCosts",
     "analyse",
+    "block",
     "candidates",
     "choose_kind",
     "design_half_widths",

@@ -1,6 +1,7 @@
 """A genome as the effects model sees it: one factor per stage (the stage's whole choice as one
 level) and the global choices, each coded against its baseline ('none' for a stage, the backbone's
-default for stem and downsampling); seeds as sum-to-zero blocks."""
+default for stem and downsampling); the blocks (a seed on one machine and code: effects.runs.block)
+as sum-to-zero effects."""
 
 from __future__ import annotations
 
@@ -49,16 +50,16 @@ def is_stage(factor: str) -> bool:
 
 @dataclass
 class Coding:
-    """Treatment coding of each factor against its baseline, sum-to-zero coding of the seeds (patsy's
+    """Treatment coding of each factor against its baseline, sum-to-zero coding of the blocks (patsy's
     contrasts); `columns` names the design matrix's columns."""
 
     factors: list[str]
     baselines: dict[str, str]
     levels: dict[str, list[str]]  # the non-baseline levels seen, per factor
-    seeds: list[int]
+    blocks: list[str]
 
     @classmethod
-    def of(cls, factor_rows: Sequence[Mapping[str, str]], seeds: Sequence[int]) -> Coding:
+    def of(cls, factor_rows: Sequence[Mapping[str, str]], blocks: Sequence[str]) -> Coding:
         factors = list(factor_rows[0])
         baselines, levels = {}, {}
         for f in factors:
@@ -71,18 +72,18 @@ class Coding:
                 base = "v1.5"
             baselines[f] = base
             levels[f] = sorted(lv for lv in counts.index if lv != base)
-        return cls(factors, baselines, levels, sorted(set(int(s) for s in seeds)))
+        return cls(factors, baselines, levels, sorted(set(blocks), key=_block_order))
 
     @property
     def columns(self) -> list[str]:
         """Column names, in the order of the design matrix."""
         cols = ["intercept"]
         cols += [f"{f}={lv}" for f in self.factors for lv in self.levels[f]]
-        cols += [f"seed[{s}]" for s in self.seeds[:-1]]
+        cols += [f"block[{b}]" for b in self.blocks[:-1]]
         return cols
 
     def factor_slices(self) -> dict[str, slice]:
-        """The columns of each factor (and of the seeds, when there are several) in the design matrix."""
+        """The columns of each factor (and of the blocks, when there are several) in the design matrix."""
         out, i = {}, 1
         for f, block in self._contrasts.items():
             out[f] = slice(i, i + block.shape[1])
@@ -97,27 +98,27 @@ class Coding:
             if factors.get(f) != self.baselines[f] and factors.get(f) not in self.levels[f]
         ]
 
-    def row(self, factors: Mapping[str, str], seed: int | None = None) -> np.ndarray:
-        """One design row; seed None: the average seed (the seed columns are 0)."""
-        return self.matrix([factors], None if seed is None else [seed])[0]
+    def row(self, factors: Mapping[str, str], block: str | None = None) -> np.ndarray:
+        """One design row; block None: the average block (the block columns are 0)."""
+        return self.matrix([factors], None if block is None else [block])[0]
 
     def matrix(
-        self, factor_rows: Sequence[Mapping[str, str]], seeds: Sequence[int] | None = None
+        self, factor_rows: Sequence[Mapping[str, str]], blocks: Sequence[str] | None = None
     ) -> np.ndarray:
         """The design matrix: an intercept, each factor's row of patsy's treatment contrast (against
-        its baseline) and the seed's row of patsy's sum-to-zero contrast; seeds None: the average seed
-        (seed columns 0). A level the coding never saw gets the baseline's row (no column of its own):
+        its baseline) and the block's row of patsy's sum-to-zero contrast; blocks None: the average
+        block (block columns 0). A level the coding never saw gets the baseline's row (no column of its own):
         callers ask `unknown` first."""
         cols = [np.ones((len(factor_rows), 1))]
         for f in self.factors:
             index = self._level_index[f]
             cols.append(self._contrasts[f][[index.get(r.get(f), 0) for r in factor_rows]])
-        if "seed" in self._contrasts:
-            block = self._contrasts["seed"]
-            if seeds is None:
-                cols.append(np.zeros((len(factor_rows), block.shape[1])))
+        if "block" in self._contrasts:
+            contrast = self._contrasts["block"]
+            if blocks is None:
+                cols.append(np.zeros((len(factor_rows), contrast.shape[1])))
             else:
-                cols.append(block[[self.seeds.index(int(s)) for s in seeds]])
+                cols.append(contrast[[self.blocks.index(b) for b in blocks]])
         return np.hstack(cols)
 
     @cached_property
@@ -127,12 +128,18 @@ class Coding:
 
     @cached_property
     def _contrasts(self) -> dict[str, np.ndarray]:
-        """Per factor, its contrast matrix (one row per level: baseline first, then `levels`); per seed
-        ('seed', only with several seeds: one seed has no block), the sum-to-zero one."""
+        """Per factor, its contrast matrix (one row per level: baseline first, then `levels`); for the
+        blocks ('block', only with several: one block has no effect), the sum-to-zero one."""
         out = {
             f: Treatment(reference=0).code_without_intercept([self.baselines[f], *self.levels[f]]).matrix
             for f in self.factors
         }
-        if len(self.seeds) > 1:
-            out["seed"] = Sum().code_without_intercept(self.seeds).matrix
+        if len(self.blocks) > 1:
+            out["block"] = Sum().code_without_intercept(self.blocks).matrix
         return out
+
+
+def _block_order(b: str) -> tuple:
+    """Blocks by seed number, then environment and rung ('10@x' after '2@x')."""
+    seed, _, rest = b.partition("@")
+    return (int(seed) if seed.lstrip("-").isdigit() else 0, seed, rest)

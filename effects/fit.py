@@ -153,20 +153,21 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
     Runs under an authors' recipe ([references] recipe = "authors") are left out: the model compares
     placements under one recipe, and such a run differs from the others in its recipe too."""
     common = runs.common_recipe()
-    # A genome run again under the same seed repeats a measurement (CPU training is reproducible):
-    # it is not a replicate of the noise, so only its first run enters the fit.
-    fr = common.drop_duplicates(["key", "seed"]).reset_index(drop=True)
+    # A genome run again in the same block (seed, environment, rung) repeats a measurement (training
+    # is bit-reproducible on one machine and code): not a replicate of the noise, so only its first
+    # run enters the fit. The same seed elsewhere is a new draw and stays.
+    fr = common.drop_duplicates(["key", "block"]).reset_index(drop=True)
     if len(fr) < 3:
         raise UserError(f"{runs.source}: {len(fr)} completed run(s); the effects model needs at least 3")
     factor_rows = [factors_of(g) for g in fr["genome"]]
-    coding = Coding.of(factor_rows, fr["seed"])
-    X, y = coding.matrix(factor_rows, fr["seed"]), fr["y"].to_numpy(float)
+    coding = Coding.of(factor_rows, fr["block"])
+    X, y = coding.matrix(factor_rows, fr["block"]), fr["y"].to_numpy(float)
     if kind == "auto":
         kind, why = choose_kind(len(y), X.shape[1])
         if len(runs.frame) > len(common):
             why += f"; {len(runs.frame) - len(common)} run(s) under an authors' recipe left out"
         if len(common) > len(fr):
-            why += f"; {len(common) - len(fr)} repeat(s) of a genome under the same seed counted once"
+            why += f"; {len(common) - len(fr)} repeat(s) of a genome in the same block (seed, machine, code) counted once"
     elif kind in ("ols", "eb-ridge"):
         why = f"{kind} requested"
     else:
@@ -201,7 +202,7 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
 def _checks(f: Fit, X: np.ndarray, y: np.ndarray, fr: pd.DataFrame) -> dict:
     out: dict = {"residual_sd": f.sigma, "residual_df": f.df_resid}
     keys = fr["key"].to_numpy()
-    # Pure error: a saturated model (one mean per genome) plus the seed blocks.
+    # Pure error: a saturated model (one mean per genome) plus the blocks.
     uniq, gidx = np.unique(keys, return_inverse=True)
     replicated = int((np.bincount(gidx) > 1).sum())
     out["replicated_genomes"] = replicated
@@ -209,7 +210,7 @@ def _checks(f: Fit, X: np.ndarray, y: np.ndarray, fr: pd.DataFrame) -> dict:
     if replicated:
         G = np.zeros((len(y), len(uniq)))
         G[np.arange(len(y)), gidx] = 1.0
-        S = X[:, f.coding.factor_slices().get("seed", slice(0, 0))]
+        S = X[:, f.coding.factor_slices().get("block", slice(0, 0))]
         sat = _ols(np.hstack([G, S]), y)
         if sat.df_resid >= 1 and sat.mse_resid > 0:  # identical repeats measure no noise
             out["pure_error_sd"], out["pure_error_df"] = math.sqrt(sat.mse_resid), float(sat.df_resid)

@@ -12,13 +12,17 @@ import pandas as pd
 
 from searchspace.errors import UserError
 from searchspace.genome import Genome
+from trainers.environment import UNRECORDED
 from trainers.record import Status
 
 
 @dataclass
 class Runs:
     """One row per measured run: key, genome, seed, y (top-1), flops, params, kind ('search',
-    'reference' or 'table'), design (catalog name or None), recipe, trial (number or None)."""
+    'reference' or 'table'), design (catalog name or None), recipe, trial (number or None),
+    environment (trainers.environment.key), rung (a fidelity-ladder rung or None) and block: the
+    draw a run belongs to, (seed, environment, rung). The same seed on another machine, code version
+    or rung is another draw, never a repeat."""
 
     frame: pd.DataFrame
     source: str  # what was read, for the outputs
@@ -32,9 +36,10 @@ class Runs:
         return len(self.frame)
 
     def with_prior(self, prior: Runs) -> Runs:
-        """These runs and a table's of the same protocol. A seed is one block in both (same protocol,
-        same seed: the same initialisation and batch order); where both hold a genome under a seed,
-        the fit keeps the first run, this study's."""
+        """These runs and a table's of the same protocol. The prior's rows keep their own blocks: a
+        seed shares a block only with runs of the same environment (same machine kind and code:
+        the same initialisation and batch order, bit for bit); where both hold a genome in one
+        block, the fit keeps the first run, this study's."""
         frame = pd.concat([self.frame, prior.frame], ignore_index=True)
         return replace(
             self, frame=frame, source=f"{self.source} with {prior.n} prior run(s) of {prior.source}"
@@ -48,8 +53,16 @@ class Runs:
 def runs_frame(rows: list[dict]) -> pd.DataFrame:
     """The runs' frame from row dicts (columns as in Runs), finite top-1 only."""
     cols = ["key", "genome", "seed", "y", "flops", "params", "kind", "design", "recipe", "trial"]
-    frame = pd.DataFrame(rows, columns=cols)
+    frame = pd.DataFrame(rows, columns=[*cols, "environment", "rung"])
+    frame["environment"] = frame["environment"].fillna(UNRECORDED)
+    frame["rung"] = frame["rung"].astype(object).where(frame["rung"].notna(), None)
+    frame["block"] = [block(s, e, r) for s, e, r in zip(frame["seed"], frame["environment"], frame["rung"])]
     return frame[np.isfinite(frame["y"].astype(float))].reset_index(drop=True)
+
+
+def block(seed: int, environment: str = UNRECORDED, rung: str | None = None) -> str:
+    """The name of a draw: 'seed@environment', '@rung' appended on a ladder."""
+    return f"{int(seed)}@{environment}" + (f"@{rung}" if rung else "")
 
 
 def runs_from_table(path: str | Path, seeds: Sequence[int] | None = None) -> Runs:
@@ -85,6 +98,12 @@ def runs_from_table(path: str | Path, seeds: Sequence[int] | None = None) -> Run
                 "design": r.design if isinstance(getattr(r, "design", None), str) else None,
                 "recipe": "common",
                 "trial": None,
+                "environment": _text(getattr(r, "environment", None)) or UNRECORDED,
+                "rung": _text(getattr(r, "rung", None)),
             }
         )
     return Runs(runs_frame(rows), f"table {p.name}")
+
+
+def _text(v) -> str | None:
+    return v if isinstance(v, str) and v else None

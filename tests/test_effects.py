@@ -43,7 +43,7 @@ def test_seed_blocks_are_sum_coded_so_a_prediction_is_the_average_seed():
 
     fr["y"] = [truth(g) + (0.05 if s == 0 else -0.05) for g, s in zip(fr["genome"], fr["seed"])]
     f = effects.fit(effects.Runs(fr, "synthetic"), kind="ols")
-    assert f.coef[f.coding.columns.index("seed[0]")] == pytest.approx(0.05)
+    assert f.coef[f.coding.columns.index("block[0@unrecorded]")] == pytest.approx(0.05)
     eff = f.effects().set_index("factor")["estimate"]
     assert [eff[f"s{i}"] for i in range(1, 5)] == pytest.approx([0.01, 0.02, 0.03, 0.04])
     for g in fr["genome"]:

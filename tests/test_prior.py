@@ -33,16 +33,24 @@ def test_prior_of_the_same_protocol_resolves_by_name(tmp_path):
     assert prior_csv(config.load("smoke_table")) is None
 
 
-def test_prior_runs_share_seed_blocks_and_the_study_run_wins():
+def test_prior_runs_keep_their_own_blocks_unless_they_ran_where_the_study_ran():
+    # Reversed on purpose (issue 31): the same genome and seed on another machine or code version is
+    # a new draw, so the prior's rows are blocks of their own and none is dropped as a repeat.
     table = fx.runs_from_table(default_csv("smoke_table"))
     study = fx.runs_from_table(default_csv("smoke_table"), seeds=[0])
     study.frame["y"] = study.frame["y"] + 0.5  # this "study" measured every seed-0 genome differently
+    study.frame["environment"] = "cpu-elsewhere"
+    study.frame["block"] = [fx.block(s, "cpu-elsewhere") for s in study.frame["seed"]]
     pooled = study.with_prior(table)
     assert pooled.n == study.n + table.n and "prior run(s) of table smoke_table.csv" in pooled.source
     f = fx.fit(pooled)
-    assert f.n == table.n  # each (genome, seed) once: the study's seed-0 runs, the table's others
-    assert set(f.coding.seeds) == set(table.frame["seed"])
-    assert "counted once" in f.why
+    assert f.n == study.n + table.n and "counted once" not in f.why
+    assert set(f.coding.blocks) == {fx.block(s) for s in table.frame["seed"]} | {fx.block(0, "cpu-elsewhere")}
+    # Where the study ran in the prior's environment, a (genome, seed) is one measurement: the study's.
+    same = fx.runs_from_table(default_csv("smoke_table"), seeds=[0])
+    f = fx.fit(same.with_prior(table))
+    assert f.n == table.n and "counted once" in f.why
+    assert set(f.coding.blocks) == {fx.block(s) for s in table.frame["seed"]}
 
 
 def test_study_with_a_prior_table_pools_it_in_its_summary(tmp_path):

@@ -27,7 +27,7 @@ def test_stored_attrs_and_columns_are_those_of_before_plus_the_new_fields():
     )
     assert ATTR_COLUMNS == (
         *("genome_key", "epochs_completed", "status", "wall_s", "train_s", "device", "seed"),
-        *("reference", "recipe", "error"),
+        *("reference", "recipe", "error", "environment", "rung"),
     )
 
 

@@ -89,8 +89,8 @@ class TrialRecord:
     memory_fraction: float | None = _field("attr")
     top1_per_epoch: list = _field("attr")  # what a benchmark table replays
     top5_per_epoch: list = _field("attr")
-    environment: dict = _field("attr")  # where it ran (trainers.environment.describe)
-    rung: str | None = _field("attr")  # the fidelity-ladder rung it trained at
+    environment: dict = _field("attr", "column")  # where it ran (trainers.environment.describe)
+    rung: str | None = _field("attr", "column")  # the fidelity-ladder rung it trained at
     # the training protocol it ran under. studies.calibrate names its protocols ("study", "versus") in
     # an enqueue-time attr of the same name: a calibration trial must not report this field over it
     protocol: dict | None = _field("attr")
