@@ -56,9 +56,10 @@ from searchspace.errors import UserError  # noqa: E402
 from searchspace.genome import Genome  # noqa: E402
 from studies import config as config_mod  # noqa: E402
 from studies import designed  # noqa: E402
+from studies.asha import stopping_rule  # noqa: E402
 from studies.search import GenomeSpace, SamplerSpec, StudySearch  # noqa: E402
 from studies.table import Table, default_csv  # noqa: E402
-from studies.table_backend import TableBackend, stopping_rule  # noqa: E402
+from studies.table_backend import TableBackend  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 DIRS = ["maximize", "minimize"]
@@ -447,7 +448,7 @@ def main() -> None:
     print(
         f"\nper simulated trial (or skipped proposal, on a partial table): {ms_mem:.1f} ms in memory (all "
         f"strategies), {ms_journal:.1f} ms on a journal file "
-        f"(nsga2+asha); asha = plain ASHA on top-1 (studies.table_backend.ASHA), pareto = studies.pareto_asha.ParetoRungs"
+        f"(nsga2+asha); asha = plain ASHA on top-1 (studies.asha.ASHA), pareto = studies.asha.ParetoRungs"
     )
     # a strategy beats random only beyond the search-seed noise: bootstrap the difference of medians
     medians = {k: float(np.median(v)) for k, v in summary.items()}

@@ -211,33 +211,13 @@ class RayBackend:
 
 
 def scheduler(cfg):
-    """[early_stopping]: Ray's ASHA on top-1, or ASHA promoting by non-dominated rank over top-1 at
-    the rung and the study's per-epoch cost objectives (latency is measured only at the end)."""
-    es = cfg.early_stopping
-    if not es.asha:
-        return None
-    if es.rule == "pareto":
-        from .pareto_asha import ParetoASHA
+    """[early_stopping]: the rule of studies.asha (the one the table backend asks too) as a Ray
+    Tune scheduler; None without early stopping."""
+    # Ray's scheduler classes load only when a run starts
+    from .asha import NoStopping, RuleScheduler, stopping_rule
 
-        ranked = {o["name"]: o["direction"] for o in cfg.objectives if metrics.get(o["name"]).every_epoch}
-        return ParetoASHA(
-            time_attr="epochs_completed",
-            metrics=ranked,
-            max_t=cfg.fidelity.epochs,
-            grace_period=es.grace_period,
-            reduction_factor=es.reduction_factor,
-        )
-    from ray.tune.schedulers import ASHAScheduler
-
-    # time_attr = epochs (not Ray's iteration count: the trainable sends one extra final result)
-    return ASHAScheduler(
-        time_attr="epochs_completed",
-        metric="top1",
-        mode="max",
-        max_t=cfg.fidelity.epochs,
-        grace_period=es.grace_period,
-        reduction_factor=es.reduction_factor,
-    )
+    rule = stopping_rule(cfg)
+    return None if isinstance(rule, NoStopping) else RuleScheduler(rule)
 
 
 def tune_stopper(stop):

@@ -194,7 +194,7 @@ class StudySearch(Searcher):
     (studies.storage.recover).
     """
 
-    progress = None  # a studies.progress.Progress, set by the driver: counts asked and finished trials
+    progress = None  # a studies.session.Progress, set by the driver: counts asked and finished trials
 
     def __init__(
         self,

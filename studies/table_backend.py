@@ -10,10 +10,9 @@ Ray Tune would run them, so the rule sees results in the same interleaved order 
 training. Each trial stores its simulated start/end (user attrs sim_start_s / sim_end_s) and its
 wall_s (the recorded one, or the stopped share of it), so hypervolume against compute works.
 
-Early stopping lives outside Ray here: a rule is any object with
-    on_result(trial_id, epoch, metrics) -> "continue" | "stop"
-(and optionally on_complete(trial_id)). `ASHA` below is the asynchronous successive-halving rule
-of Ray Tune's ASHAScheduler (one bracket) on top-1, written out as plain Python.
+Early stopping is a rule of studies.asha, asked directly: the same rule code the Ray backend runs
+inside its scheduler (any object with `on_result(trial_id, epoch, metrics) -> "continue" | "stop"`
+and optionally `on_complete(trial_id)` serves).
 """
 
 from __future__ import annotations
@@ -21,85 +20,12 @@ from __future__ import annotations
 import heapq
 import random
 from pathlib import Path
-from typing import Protocol
-
-import numpy as np
 
 from analysis import metrics as metric_table
 from searchspace.errors import UserError
 from trainers.record import Status
 
-CONTINUE, STOP = "continue", "stop"
-
-
-class StoppingRule(Protocol):
-    def on_result(self, trial_id: str, epoch: int, metrics: dict) -> str: ...
-
-
-class NoStopping:
-    def on_result(self, trial_id: str, epoch: int, metrics: dict) -> str:
-        return CONTINUE
-
-
-class ASHA:
-    """Asynchronous successive halving (Li et al. 2020), as Ray Tune's ASHAScheduler with one bracket:
-    rungs at grace_period * rf^k epochs; a trial reaching a rung is stopped when its value is below
-    the (1 - 1/rf) quantile of the values recorded at that rung so far."""
-
-    def __init__(
-        self,
-        max_t: int,
-        grace_period: int = 1,
-        reduction_factor: int = 2,
-        metric: str = "top1",
-        mode: str = "max",
-    ):
-        self.rf, self.metric, self.sign = reduction_factor, metric, 1.0 if mode == "max" else -1.0
-        n = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
-        self.rungs = [(grace_period * reduction_factor**k, {}) for k in reversed(range(n))]
-
-    def on_result(self, trial_id: str, epoch: int, metrics: dict) -> str:
-        value = metrics.get(self.metric)
-        if value is None:
-            return CONTINUE
-        value = self.sign * float(value)
-        for milestone, recorded in self.rungs:
-            if epoch < milestone or trial_id in recorded:
-                continue
-            cutoff = np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100) if recorded else None
-            recorded[trial_id] = value
-            return STOP if cutoff is not None and value < cutoff else CONTINUE
-        return CONTINUE
-
-
-class FromDecide:
-    """Adapts a rule written as `decide(trial_id, level, values) -> bool` (True = continue), such as a
-    Pareto-aware promotion rule over several objectives, to `on_result`."""
-
-    def __init__(self, rule, metrics: list[str]):
-        self.rule, self.metrics = rule, list(metrics)
-
-    def on_result(self, trial_id: str, epoch: int, metrics: dict) -> str:
-        values = [metrics.get(m) for m in self.metrics]
-        if any(v is None for v in values):
-            return CONTINUE
-        return CONTINUE if self.rule.decide(trial_id, epoch, values) else STOP
-
-
-def stopping_rule(cfg) -> StoppingRule:
-    """The rule the config asks for ([early_stopping]); the same settings Ray's ASHAScheduler gets."""
-    es = cfg.early_stopping
-    if not es.asha:
-        return NoStopping()
-    if es.rule == "pareto":  # the rule studies.pareto_asha.ParetoASHA runs inside Ray
-        from .pareto_asha import ParetoRungs, rung_levels
-
-        metrics = {
-            o["name"]: o["direction"] for o in cfg.objectives if metric_table.get(o["name"]).every_epoch
-        }
-        levels = rung_levels(cfg.fidelity.epochs, es.grace_period, es.reduction_factor)
-        return FromDecide(ParetoRungs(levels, es.reduction_factor, list(metrics.values())), list(metrics))
-    return ASHA(cfg.fidelity.epochs, es.grace_period, es.reduction_factor)
+from .asha import STOP, NoStopping, StoppingRule, stopping_rule
 
 
 class TableBackend:

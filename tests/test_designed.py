@@ -141,9 +141,10 @@ def _plan_on_table(spec, budget: int, seeds=(0, 1)):
     import optuna
 
     from searchspace.catalog import inside as published_in_space
+    from studies.asha import NoStopping
     from studies.search import GenomeSpace, SamplerSpec, StudySearch
     from studies.table import Table
-    from studies.table_backend import NoStopping, TableBackend
+    from studies.table_backend import TableBackend
 
     cfg = config.load("placement_table")
     table = Table.load(TABLE, cfg)

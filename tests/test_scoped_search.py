@@ -3,6 +3,8 @@ and the references the main job evaluates by default."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -223,7 +225,7 @@ def test_pareto_rung_promotes_a_cheap_front_trial_and_stops_a_dominated_one():
     by non-dominated rank 'cheap' (second on top-1, fewest FLOPs) is on the rung's front: promoted.
     'dominated' (less accurate and costlier than 'big') is stopped."""
     from effects.dominance import non_dominated_sort
-    from studies.pareto_asha import ParetoRungs
+    from studies.asha import ParetoRungs
 
     rule = ParetoRungs([1, 2], eta=2, directions=["maximize", "minimize"])
     assert rule.decide("big", 1, [0.50, 4.5e9])
@@ -240,19 +242,36 @@ def test_pareto_rung_promotes_a_cheap_front_trial_and_stops_a_dominated_one():
     assert 0.45 < np.nanpercentile([0.50, 0.45], 50)
 
 
-def test_pareto_asha_is_a_ray_scheduler_with_asha_rungs():
+def test_both_backends_run_the_same_rule_code():
+    """The Ray backend's scheduler wraps the very rule the table backend asks (studies.asha)."""
     from ray.tune.schedulers import TrialScheduler
 
-    from studies.pareto_asha import ParetoASHA
+    from studies.asha import ASHA, NoStopping, ParetoRungs, RuleScheduler, stopping_rule
+    from studies.ray_backend import scheduler
 
-    sched = ParetoASHA(
-        "epochs_completed",
-        {"top1": "maximize", "flops": "minimize"},
-        max_t=8,
-        grace_period=1,
-        reduction_factor=2,
+    cfg = config.load("smoke_table")
+    for rule, kind in (("pareto", ParetoRungs), ("top1", ASHA)):
+        es = dataclasses.replace(cfg.early_stopping, asha=True, rule=rule, grace_period=1, reduction_factor=2)
+        c = dataclasses.replace(cfg, early_stopping=es)
+        sched = scheduler(c)
+        assert isinstance(sched, RuleScheduler) and isinstance(sched, TrialScheduler)
+        assert type(sched.rule) is type(stopping_rule(c)) is kind
+    assert isinstance(stopping_rule(cfg), NoStopping) and scheduler(cfg) is None
+
+    class Trial:  # Ray hands the scheduler its Trial; the rule reads only the id
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
+
+    pareto = dataclasses.replace(
+        cfg.early_stopping, asha=True, rule="pareto", grace_period=1, reduction_factor=2
     )
-    assert isinstance(sched, TrialScheduler) and sched.rule.milestones == [1, 2, 4]
+    sched = scheduler(dataclasses.replace(cfg, early_stopping=pareto))
+    assert sched.rule.milestones == [1] and sched.rule.metrics == ["top1", "flops"]
+    seen = [
+        sched.on_trial_result(None, Trial(t), {"epochs_completed": 1, "top1": top1, "flops": flops})
+        for t, top1, flops in (("big", 0.5, 4.5e9), ("cheap", 0.45, 4.1e9), ("dominated", 0.4, 4.6e9))
+    ]
+    assert seen == [TrialScheduler.CONTINUE, TrialScheduler.CONTINUE, TrialScheduler.STOP]
 
 
 # -- end to end ----------------------------------------------------------------------------------

@@ -446,13 +446,13 @@ def test_progress_on_a_terminal_piped_and_quiet_and_metric_names(tmp_path):
 def test_readme_says_what_the_configs_say():
     """The README's shipped-configs table is the one generated from the configs, and the run time it
     quotes for imagenet_subset is the one the config's note gives, for the config's trial count."""
-    from studies import config, readme
+    from studies import config
 
     text = (REPO / "README.md").read_text()
-    assert readme.block(text) == readme.table(), (
-        "README.md's shipped-configs table is out of date: run python -m studies.readme --write"
+    assert config.readme_block(text) == config.readme_table(), (
+        "README.md's shipped-configs table is out of date: run python -m studies.config --write-readme"
     )
-    row = readme.row("imagenet_subset")  # spot-check the generator against the raw TOML
+    row = config.readme_row("imagenet_subset")  # spot-check the generator against the raw TOML
     raw = config.to_storable(config.load("imagenet_subset"))
     assert f"{raw['data']['max_per_class']} train images" in row["proxy"]
     assert (
@@ -469,7 +469,7 @@ def test_progress_counts_and_eta():
     """The ETA spreads the remaining trials over the slots at the mean finished wall time."""
     import io
 
-    from studies.progress import Console, Progress, duration
+    from studies.session import Console, Progress, duration
 
     now = [0.0]
     out, err = io.StringIO(), io.StringIO()

@@ -16,9 +16,10 @@ from searchspace import Genome, catalog, space
 from searchspace.catalog import inside as published_in_space
 from searchspace.errors import UserError
 from studies import config as config_mod
+from studies.asha import ASHA, CONTINUE, STOP, NoStopping
 from studies.search import GenomeSpace, SamplerSpec, StudySearch
 from studies.table import Table, default_csv, generation_order, read_rows
-from studies.table_backend import ASHA, CONTINUE, STOP, NoStopping, TableBackend
+from studies.table_backend import TableBackend
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLISHED_R50 = ("resnet50", "se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b", "dsnet50_c")
