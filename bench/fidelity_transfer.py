@@ -13,9 +13,9 @@ Methods, each on the k runs (intercept and seed blocks are fixed effects, flat p
 - alone-eb: effects beta ~ N(0, tau^2 I), tau by maximum marginal likelihood. The co-kriging model
   with rho = 0: the comparison isolates what the cheap runs add.
 - alone-fit: effects.fit(kind auto), the project's own few-run fit (ARD empirical Bayes).
-- cokrig-pooled / cokrig-shipped: beta_hi = rho * beta_lo + delta, delta ~ N(0, tau^2 I);
+- cokrig-pooled / cokrig-cheapest: beta_hi = rho * beta_lo + delta, delta ~ N(0, tau^2 I);
   beta_lo ~ N(b_lo, V_lo) is the OLS fit (effects.fit, kind ols) of every cheap run (pooled: every
-  other rung with its own blocks; shipped: the shipped rung alone), its uncertainty carried in the
+  other rung with its own blocks; cheapest: the rung of least mean train_s alone), its uncertainty in the
   prior covariance rho^2 V_lo + tau^2 I. rho and tau by maximum marginal likelihood (statsmodels GLS
   log-likelihood, intercept and blocks profiled out); the effects are the posterior mean, an
   augmented GLS (the mixed-model equations).
@@ -63,7 +63,7 @@ WIDTH, HEIGHT = 1150, 520  # the figure, in px
 RHO_BOUNDS = (-1.0, 3.0)
 LOG_TAU_BOUNDS = (np.log(1e-3), np.log(0.3))
 RHO_PRIOR_SD = 0.5  # cokrig-rho1: rho ~ N(1, 0.5^2), both rungs' effects are top-1 differences
-METHODS = ("alone-eb", "alone-fit", "cokrig-pooled", "cokrig-shipped", "cokrig-rho1", "cheap-only")
+METHODS = ("alone-eb", "alone-fit", "cokrig-pooled", "cokrig-cheapest", "cokrig-rho1", "cheap-only")
 
 
 @dataclass
@@ -278,7 +278,7 @@ def summarise(df: pd.DataFrame, ks: list[int]) -> dict:
             out[(k, m)] = float(np.median(w[m]))
     alone = [out[(k, "alone-eb")] for k in ks]
     print()
-    for m in ("cokrig-pooled", "cokrig-shipped", "cokrig-rho1", "cheap-only"):
+    for m in ("cokrig-pooled", "cokrig-cheapest", "cokrig-rho1", "cheap-only"):
         eq = equivalent_k(ks, alone, out[(ks[0], m)])
         print(f"{m} at k={ks[0]} (median {out[(ks[0], m)]:.4f}) matches alone-eb at k = {eq}")
     return out
@@ -292,7 +292,7 @@ def figure(df: pd.DataFrame, ladder: Ladder, out: Path, png: bool) -> None:
         "alone-eb": "alone (empirical-Bayes ridge)",
         "alone-fit": "alone (effects.fit, ARD)",
         "cokrig-pooled": "co-kriging, every cheap rung",
-        "cokrig-shipped": "co-kriging, shipped rung only",
+        "cokrig-cheapest": f"co-kriging, {ladder.train_s.index[0]} rung only",
         "cokrig-rho1": "co-kriging, every cheap rung, rho ~ N(1, 0.5^2)",
         "cheap-only": "cheap effects alone (no expensive run)",
     }
@@ -373,11 +373,10 @@ def main(argv=None) -> int:
         if bad:
             raise UserError(f"--ks: {bad} outside 3..{most} (the held-out reference needs the rest)")
         cheap = [r for r in ladder.train_s.index if r != ladder.target]
-        priors = {"pooled": cheap_prior(ladder, cheap, "pooled")}
-        if "shipped" in cheap:
-            priors["shipped"] = cheap_prior(ladder, ["shipped"], "shipped")
-        else:
-            priors["shipped"] = cheap_prior(ladder, cheap[:1], "shipped")  # the cheapest rung
+        priors = {
+            "pooled": cheap_prior(ladder, cheap, "pooled"),
+            "cheapest": cheap_prior(ladder, cheap[:1], "cheapest"),
+        }
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
