@@ -45,7 +45,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
 
 import effects as fx  # noqa: E402
 from analysis.pareto import hypervolume  # noqa: E402
@@ -198,10 +197,9 @@ def runs_of(trials, table, conv: str) -> fx.Runs:
                 "trial": t.number,
             }
         )
-    cols = ["key", "genome", "seed", "y", "flops", "params", "kind", "design", "recipe", "trial"]
     # The table replays a (genome, seed) exactly: a repeat is the same run, not a replicate (kept, it
     # would be taken for zero pure error and blow up the lack-of-fit widening).
-    frame = pd.DataFrame(rows, columns=cols).drop_duplicates(["key", "seed"]).reset_index(drop=True)
+    frame = fx.runs_frame(rows).drop_duplicates(["key", "block"]).reset_index(drop=True)
     return fx.Runs(frame, "search")
 
 

@@ -75,8 +75,8 @@ def pool(spec, size: int = POOL, seed: int = 0) -> list[Genome]:
 
 
 def coding_of(genomes: Sequence[Genome]) -> fx.Coding:
-    """The effects model's coding of these genomes' factors (one seed: no seed columns)."""
-    return fx.Coding.of([fx.factors_of(g) for g in genomes], [0])
+    """The effects model's coding of these genomes' factors (one block: no block columns)."""
+    return fx.Coding.of([fx.factors_of(g) for g in genomes], [fx.block(0)])
 
 
 def parameters(spec) -> int:
@@ -169,7 +169,7 @@ def _balanced_exchange(coding, levels, n: int, rng, starts: int = 3, passes: int
 
 def _fedorov(coding, cands: list[Genome], n: int, rng, passes: int = 20, sample: int = 400) -> list[Genome]:
     """Fedorov exchange over the pool: swap a design row for a pool row while log det(X'X) rises."""
-    X = coding.matrix([fx.factors_of(g) for g in cands], [0] * len(cands))
+    X = coding.matrix([fx.factors_of(g) for g in cands])
     chosen = list(rng.choice(len(cands), size=n, replace=len(cands) < n))
     val = _logdet(X[chosen])
     for _ in range(passes):
@@ -197,7 +197,7 @@ def balance(genomes: Sequence[Genome]) -> dict[str, dict[str, int]]:
 def max_correlation(genomes: Sequence[Genome], coding: fx.Coding | None = None) -> float:
     """The largest |r| between effect columns of different factors over these genomes."""
     coding = coding or coding_of(genomes)
-    X = coding.matrix([fx.factors_of(g) for g in genomes], [0] * len(genomes))[:, 1:]
+    X = coding.matrix([fx.factors_of(g) for g in genomes])[:, 1:]
     owner = [f for f in coding.factors for _ in coding.levels[f]]
     keep = X.std(axis=0) > 0
     r = np.corrcoef(X[:, keep], rowvar=False)
