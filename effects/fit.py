@@ -54,9 +54,7 @@ class Fit:
         p = 0.5 + LEVEL / 2
         return float(stats.t.ppf(p, self.df_resid) if self.df_resid else stats.norm.ppf(p))
 
-    def intervals(
-        self, X: np.ndarray, q: float | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def intervals(self, X: np.ndarray, q: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(estimate, low, high) of each row's linear combination X[i] . coef: for a genome's row, where
         its MEAN top-1 (over blocks) lies; a single run scatters far wider (run_intervals). `q`: another
         critical value than the pointwise one (a simultaneous one, simultaneous_q)."""

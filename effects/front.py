@@ -108,7 +108,9 @@ def predictions(f: Fit, cands: pd.DataFrame) -> pd.DataFrame:
     X = f.coding.matrix(factors)
     est, low, high = f.intervals(X)
     _, run_low, run_high = f.run_intervals(X)
-    for name, values in zip(("predicted", "low", "high", "run_low", "run_high"), (est, low, high, run_low, run_high)):
+    for name, values in zip(
+        ("predicted", "low", "high", "run_low", "run_high"), (est, low, high, run_low, run_high)
+    ):
         out[name] = np.where(seen, values, np.nan)
     return out
 

@@ -67,7 +67,7 @@ def prediction_text(r) -> str:
 def verdict_lines(e: Effects) -> list[str]:
     if e.designs.empty:
         return ["  (no published design in this space)"]
-    lines = [f"  top-1 of each design, {LEVEL:.0%} intervals: {spread_text(e)}"]
+    lines = []
     for r in e.designs.to_dict("records"):
         pred = (
             prediction_text(r)
@@ -79,7 +79,7 @@ def verdict_lines(e: Effects) -> list[str]:
     if widths:
         lines.append(
             f"  median half-width of the {len(widths)} design mean(s): {np.median(widths):.4f} "
-            f"(from {min(widths):.4f} to {max(widths):.4f}; one run's sd here: {e.fit.sigma:.4f})"
+            f"(from {min(widths):.4f} to {max(widths):.4f}); {spread_text(e)}"
         )
     return lines
 
@@ -91,7 +91,10 @@ def spread_text(e: Effects) -> str:
     if f.block_sd is None:
         return noise + " (one block: the spread of seeds/machines is not measured, so not included)"
     few = "; few blocks: a rough estimate" if f.block_df < 5 else ""
-    return noise + f" and a new block's shift (sd {f.block_sd:.4f} from {f.block_df + 1} seed/machine blocks{few})"
+    return (
+        noise
+        + f" and a new block's shift (sd {f.block_sd:.4f} from {f.block_df + 1} seed/machine blocks{few})"
+    )
 
 
 def report_text(e: Effects) -> str:
