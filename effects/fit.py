@@ -68,6 +68,8 @@ class Fit:
         The t quantile takes Satterthwaite's degrees of freedom for that sum (the block spread is
         measured on only blocks - 1 of them)."""
         est = X @ self.coef
+        # A widening (lack of fit, or a ridge fit's held-out error) scales the model's whole error, the
+        # run noise included: a held-out run's error is what the cross-validated widening measures.
         noise = self.widen**2 * (self._mean_var(X) + self.sigma**2)
         block = (self.block_sd or 0.0) ** 2
         total = noise + block
