@@ -20,12 +20,21 @@ d) winner's curse: the best observed run of the k against its held-out run, and 
    predicted genome (over all genomes it can predict) against its held-out run; means with 95 % t
    intervals over draws, and the held-out top-1 of each pick. Equal draws per direction make the
    seeds' mean shift cancel from the means.
+e) the two intervals on fresh seeds: the full fit of the pair (every genome, both seeds) scored on the
+   table's other seeds (--fresh, default all of them). The new-run interval against each fresh run;
+   the mean interval cannot be checked against a k-seed mean directly (that mean carries run noise
+   sigma^2 / k and its blocks' common shift), so: the fresh means less their common shift against
+   the interval of a k-run mean in known blocks (variance: the mean's + sigma^2 / k, which tends to
+   the mean interval as k grows), the bare mean interval against them (for scale), and the mean's
+   error variance the fresh seeds imply (mean squared error less their own pure-error variance / k)
+   over the variance the mean interval claims, with a bootstrap interval over genomes.
 
 Verdicts are computed from the model's predictions of the table's genomes (their FLOPs read from
 the table) through effects.verdicts; the first draw of each size and direction is checked
 against a full effects.analyse of the same runs, and the bench stops if they differ.
 
     python bench/effects_fidelity.py [--draws 200] [--sizes 24,48,96] [--quick] [--table PATH] [--seed 0]
+                                     [--pair 0,1] [--fresh 2,3]
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ def category(verdict: str | None) -> str:
     if verdict is None or verdict.startswith("no prediction"):
         return "no prediction"
     for prefix, name in (
+        ("the cheapest design", "cheapest"),
         ("on the model front", "on front"),
         ("beaten by", "beaten"),
         ("not resolved", "not resolved"),
@@ -78,6 +88,7 @@ class Table:
     """The table's genomes in a fixed order with their factors, FLOPs and both seeds' runs."""
 
     def __init__(self, path: Path, pair: tuple[int, int] = (0, 1)):
+        self.path = path
         self.runs = ef.runs_from_table(path, seeds=pair)
         fr = self.runs.frame
         seeds = sorted(fr["seed"].unique())
@@ -247,7 +258,63 @@ def report_size(k: int, results: list[dict], full_verdicts: dict[str, str], n_ge
     return lines
 
 
-def measure(t: Table, sizes: list[int], draws: int, seed: int) -> None:
+def binomial(hits: np.ndarray) -> str:
+    ci = stats.binomtest(int(hits.sum()), len(hits)).proportion_ci(0.95)
+    return f"{int(hits.sum())}/{len(hits)} = {hits.mean():.3f} [{ci.low:.3f}, {ci.high:.3f}]"
+
+
+def fresh_seeds(t: Table, f: ef.Fit, fresh: list[int] | None) -> list[str]:
+    """e) The fit's two intervals against runs of the table's other seeds (docstring)."""
+    fr = ef.runs_from_table(t.path).frame
+    fr = fr[~fr["seed"].isin(t.seeds) if fresh is None else fr["seed"].isin(fresh)]
+    fr = fr[fr["key"].isin(t.keys)]
+    seeds = sorted(int(s) for s in fr["seed"].unique())
+    if not seeds:
+        return ["  e) no fresh seeds in the table: the intervals are not checked on new runs"]
+    X = f.coding.matrix([ef.factors_of(g) for g in t.genomes])
+    est, mean_lo, mean_hi = f.intervals(X)
+    _, run_lo, run_hi = f.run_intervals(X)
+    at = {k: i for i, k in enumerate(t.keys)}
+    i = fr["key"].map(at).to_numpy()
+    y = fr["y"].to_numpy(float)
+    lines = [
+        f"  e) intervals on fresh seeds {seeds} ({len(y)} runs; fit on seeds {t.seeds}: "
+        f"block sd {f.block_sd:.4f} on {f.block_df} df)",
+        f"  new-run interval covers fresh runs      {binomial((run_lo[i] <= y) & (y <= run_hi[i]))}"
+        f"  (runs of one seed share its shift: {len(seeds)} shift(s) drawn, so the binomial interval is too narrow)",
+    ]
+    wide = fr.pivot_table(index="key", columns="seed", values="y", aggfunc="first").dropna()
+    k = wide.shape[1]
+    g = wide.index.map(at).to_numpy()
+    d = wide.mean(axis=1).to_numpy() - est[g]
+    d = d - d.mean()  # the fresh blocks' common shift, measured on every genome
+    se2 = (((mean_hi - est) / f.q) ** 2)[g]
+    q = stats.t.ppf(0.5 + ef.LEVEL / 2, f.df_resid) if f.df_resid else stats.norm.ppf(0.5 + ef.LEVEL / 2)
+    kmean = np.abs(d) <= q * np.sqrt(se2 + f.sigma**2 / k)
+    lines += [
+        f"  {k}-run-mean interval covers fresh {k}-seed means less their shift {binomial(kmean)}",
+        f"  bare mean interval covers the same      {binomial(np.abs(d) <= (mean_hi - est)[g])}  (not what it is for)",
+    ]
+    # The fresh seeds' own pure error: each genome's runs about its fresh mean, after the seeds' shifts.
+    w = wide.to_numpy(float)
+    resid = w - w.mean(axis=1, keepdims=True) - (w.mean(axis=0) - w.mean())
+    noise = (resid**2).sum(axis=1) / (k - 1) * len(w) / (len(w) - 1)  # per genome, unbiased over blocks
+
+    def ratio(dd, nn, ss):
+        return (np.mean(dd**2) - np.mean(nn) / k) / np.mean(ss)
+
+    boot = stats.bootstrap(
+        (d, noise, se2), ratio, paired=True, vectorized=False, n_resamples=999, random_state=0
+    )
+    ci = boot.confidence_interval
+    lines.append(
+        f"  mean's error variance, fresh seeds' estimate / the interval's: {ratio(d, noise, se2):.2f} "
+        f"[{ci.low:.2f}, {ci.high:.2f}] (1: the mean interval is right; bootstrap over {len(d)} genomes)"
+    )
+    return lines
+
+
+def measure(t: Table, sizes: list[int], draws: int, seed: int, fresh: list[int] | None = None) -> None:
     """Print the full-table reference and one block per size."""
     full = ef.analyse(t.runs, costs=t.costs)
     full_effects = {(r.factor, r.choice): r.estimate for r in full.effects.itertuples()}
@@ -264,6 +331,7 @@ def measure(t: Table, sizes: list[int], draws: int, seed: int) -> None:
         f"seed {s1} runs {spearman(t.y[s1], full_pred):+.3f}"
     )
     print("full-table verdicts: " + "; ".join(f"{d} {category(full_verdicts.get(d))}" for d in PUBLISHED))
+    print("\n".join(fresh_seeds(t, full.fit, fresh)))
     rng = np.random.default_rng(seed)
     checked = 0
     for k in sizes:
@@ -287,6 +355,7 @@ def main(argv=None) -> int:
     p.add_argument("--table", default=str(DEFAULT_TABLE), help="a benchmark table CSV with two seeds")
     p.add_argument("--seed", type=int, default=0, help="random seed of the draws")
     p.add_argument("--pair", default="0,1", help="the two table seeds compared (default 0,1)")
+    p.add_argument("--fresh", help="table seeds the pair's full fit is scored on (default: all others)")
     a = p.parse_args(argv)
     try:
         sizes = [int(s) for s in ("24,48" if a.quick else a.sizes).split(",")]
@@ -301,6 +370,10 @@ def main(argv=None) -> int:
             pair = tuple(int(x) for x in a.pair.split(","))
         except ValueError:
             raise UserError(f"--pair {a.pair!r}: expected two seeds, e.g. 0,1") from None
+        try:
+            fresh = [int(x) for x in a.fresh.split(",")] if a.fresh else None
+        except ValueError:
+            raise UserError(f"--fresh {a.fresh!r}: expected seeds separated by commas, e.g. 2,3") from None
         t = Table(Path(a.table), pair)
         bad = [k for k in sizes if not 3 <= k <= len(t.keys)]
         if bad:
@@ -310,7 +383,7 @@ def main(argv=None) -> int:
         return 2
 
     with Timer() as timer:
-        measure(t, sizes, draws, a.seed)
+        measure(t, sizes, draws, a.seed, fresh)
     print(f"took {timer.wall_s:.0f} s wall, {timer.cpu_s:.0f} s CPU ({draws} draws x {len(sizes)} sizes)")
     return 0
 

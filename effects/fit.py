@@ -27,6 +27,7 @@ LEVEL = 0.95  # two-sided level of every interval (analysis.calibration uses the
 MIN_RESID_DF = 10  # OLS needs this many residual degrees of freedom, and at least one per parameter
 MIN_NOISE_DF = 3  # a ridge fit needs this many left after its effective parameters to measure the noise
 CV_FOLDS = 5
+MAXT_DRAWS = 10_000  # draws of the max-t critical value (fixed RNG seed: the same verdicts every time)
 
 
 @dataclass
@@ -43,32 +44,90 @@ class Fit:
     n: int
     widen: float = 1.0  # > 1 when lack of fit was significant
     checks: dict = field(default_factory=dict)
+    # The spread of block (seed, environment, rung) effects: the sd of a new block's shift, with its
+    # degrees of freedom (blocks - 1); None with a single block, where it cannot be measured.
+    block_sd: float | None = None
+    block_df: int | None = None
 
     @property
     def q(self) -> float:
         p = 0.5 + LEVEL / 2
         return float(stats.t.ppf(p, self.df_resid) if self.df_resid else stats.norm.ppf(p))
 
-    def intervals(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(estimate, low, high) of each row's linear combination X[i] . coef."""
+    def intervals(self, X: np.ndarray, q: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(estimate, low, high) of each row's linear combination X[i] . coef: for a genome's row, where
+        its MEAN top-1 (over blocks) lies; a single run scatters far wider (run_intervals). `q`: another
+        critical value than the pointwise one (a simultaneous one, simultaneous_q)."""
         est = X @ self.coef
-        hw = self.q * self.widen * np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", X, self.cov, X), 0.0))
+        hw = (self.q if q is None else q) * self.widen * np.sqrt(self._mean_var(X))
         return est, est - hw, est + hw
 
-    def interval(self, x: np.ndarray) -> tuple[float, float, float]:
+    def run_intervals(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(estimate, low, high) of where ONE NEW RUN of each row's genome would land, in a block not
+        seen yet: the mean's variance plus the run noise (sigma^2) plus the spread of block effects.
+        The t quantile takes Satterthwaite's degrees of freedom for that sum (the block spread is
+        measured on only blocks - 1 of them)."""
+        est = X @ self.coef
+        # A widening (lack of fit, or a ridge fit's held-out error) scales the model's whole error, the
+        # run noise included: a held-out run's error is what the cross-validated widening measures.
+        noise = self.widen**2 * (self._mean_var(X) + self.sigma**2)
+        block = (self.block_sd or 0.0) ** 2
+        total = noise + block
+        noise_df = self.df_resid or np.inf
+        denom = noise**2 / noise_df + (block**2 / self.block_df if block > 0 else 0.0)
+        df = np.where(denom > 0, total**2 / np.maximum(denom, 1e-300), np.inf)
+        hw = stats.t.ppf(0.5 + LEVEL / 2, df) * np.sqrt(total)
+        return est, est - hw, est + hw
+
+    def _mean_var(self, X: np.ndarray) -> np.ndarray:
+        return np.maximum(np.einsum("ij,jk,ik->i", X, self.cov, X), 0.0)
+
+    def interval(self, x: np.ndarray, q: float | None = None) -> tuple[float, float, float]:
         """(estimate, low, high) of the linear combination x . coef."""
-        est, low, high = self.intervals(np.atleast_2d(x))
+        est, low, high = self.intervals(np.atleast_2d(x), q)
         return float(est[0]), float(low[0]), float(high[0])
 
     def predict(self, factors: Mapping[str, str]) -> tuple[float, float, float] | None:
-        """Expected top-1 of a genome (average seed) with its interval; None for an unseen level."""
+        """A genome's mean top-1 (average block) with the interval of that mean; None for an unseen
+        level. `predict_run` gives where a new run would land."""
         if self.coding.unknown(factors):
             return None
         return self.interval(self.coding.row(factors))
 
-    def contrast(self, a: Mapping[str, str], b: Mapping[str, str]) -> tuple[float, float, float]:
+    def predict_run(self, factors: Mapping[str, str]) -> tuple[float, float, float] | None:
+        """A genome's mean top-1 with the interval of one new run of it (run_intervals); None as predict."""
+        if self.coding.unknown(factors):
+            return None
+        est, low, high = self.run_intervals(np.atleast_2d(self.coding.row(factors)))
+        return float(est[0]), float(low[0]), float(high[0])
+
+    def simultaneous_q(self, C: np.ndarray, draws: int = MAXT_DRAWS, seed: int = 0) -> float:
+        """The critical value that makes the intervals est +- q * se of every contrast in C (one per row)
+        hold together at LEVEL: the LEVEL quantile of max |t| over the rows, drawn from the
+        coefficients' joint t (OLS, the fit's df) or normal (ridge) distribution (max-t)."""
+        C = np.atleast_2d(C)
+        se = np.sqrt(self._mean_var(C))
+        C, se = C[se > 0], se[se > 0]
+        if len(C) == 0:
+            return self.q
+        rng = np.random.default_rng(seed)
+        p = len(self.coef)
+        if self.df_resid:
+            z = stats.multivariate_t(np.zeros(p), self.cov, df=self.df_resid, allow_singular=True).rvs(
+                draws, random_state=rng
+            )
+        else:
+            z = stats.multivariate_normal(np.zeros(p), self.cov, allow_singular=True).rvs(
+                draws, random_state=rng
+            )
+        t = np.abs(np.atleast_2d(z) @ C.T) / se
+        return float(np.quantile(t.max(axis=1), LEVEL))
+
+    def contrast(
+        self, a: Mapping[str, str], b: Mapping[str, str], q: float | None = None
+    ) -> tuple[float, float, float]:
         """Expected top-1 of `a` minus that of `b`, with its interval (shared terms cancel)."""
-        return self.interval(self.coding.row(a) - self.coding.row(b))
+        return self.interval(self.coding.row(a) - self.coding.row(b), q)
 
     def effects(self) -> pd.DataFrame:
         """Each level of each factor against its baseline: factor, choice, baseline, estimate, low, high."""
@@ -185,6 +244,7 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
         coef, cov, sigma, _ = _fit_kind(X, y, kind, runs.noise_sd)
         why += f"; noise sd {runs.noise_sd:.4f} from {runs.noise_source}"
         f = Fit(kind, why, coding, coef, cov, sigma, None, len(y))
+    f.block_sd, f.block_df = _block_spread(f)
     f.checks = _checks(f, X, y, fr)
     lof = f.checks.get("lack_of_fit") or {}
     if lof.get("p") is not None and lof["p"] < 1 - LEVEL and lof["F"] > 1:
@@ -197,6 +257,20 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
     f.checks["widened_by"] = f.widen
     f.checks["shares"] = _shares(f, X, y)
     return f
+
+
+def _block_spread(f: Fit) -> tuple[float | None, int | None]:
+    """The sd of block effects by the method of moments: the estimated (sum-to-zero) effects' sum of
+    squares over blocks - 1, less the part their own sampling variance explains, floored at 0."""
+    sl = f.coding.factor_slices().get("block")
+    if sl is None:
+        return None, None
+    blocks = f.coding.blocks
+    B = f.coding.matrix([{}] * len(blocks), blocks)[:, sl]  # each block's effect from the block columns
+    b = B @ f.coef[sl]
+    sampling = float(np.trace(B @ f.cov[sl, sl] @ B.T))
+    df = len(b) - 1
+    return math.sqrt(max((float(b @ b) - sampling) / df, 0.0)), df
 
 
 def _checks(f: Fit, X: np.ndarray, y: np.ndarray, fr: pd.DataFrame) -> dict:

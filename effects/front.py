@@ -99,12 +99,18 @@ def _check_composition(costs: StageCosts, known: pd.DataFrame, sample: int = 12)
 
 
 def predictions(f: Fit, cands: pd.DataFrame) -> pd.DataFrame:
-    """The candidates with their predicted top-1 (average seed) and its interval; NaN for a genome
-    with a level the fit never saw."""
+    """The candidates with their predicted mean top-1 (average block): `low`/`high` bound that mean,
+    `run_low`/`run_high` where one new run of it would land (Fit.run_intervals); NaN for a genome with
+    a level the fit never saw."""
     out = cands.copy()
     factors = [factors_of(g) for g in out["genome"]]
     seen = np.array([not f.coding.unknown(fac) for fac in factors], dtype=bool)
-    for name, values in zip(("predicted", "low", "high"), f.intervals(f.coding.matrix(factors))):
+    X = f.coding.matrix(factors)
+    est, low, high = f.intervals(X)
+    _, run_low, run_high = f.run_intervals(X)
+    for name, values in zip(
+        ("predicted", "low", "high", "run_low", "run_high"), (est, low, high, run_low, run_high)
+    ):
         out[name] = np.where(seen, values, np.nan)
     return out
 

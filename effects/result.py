@@ -15,6 +15,13 @@ from .front import ENUMERATE_LIMIT, candidates, model_front, predictions
 from .runs import Runs
 from .verdicts import verdicts
 
+SCHEMA_VERSION = 1  # of to_json's output; docs/effects.md lists what changed from version 0
+
+
+# The JSON names of a prediction's intervals, from the frames' columns: where the genome's mean lies,
+# and where one new run of it would land (effects.fit.Fit.intervals / run_intervals).
+INTERVALS = {"mean_low": "low", "mean_high": "high", "run_low": "run_low", "run_high": "run_high"}
+
 
 @dataclass
 class Effects:
@@ -34,8 +41,17 @@ class Effects:
             return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
         trials = fr.groupby("key").agg(raw=("y", "mean"), runs=("y", "size")).reset_index()
-        trials = trials.merge(self.predictions[["key", "predicted", "low", "high"]], on="key", how="left")
+        trials = trials.merge(
+            self.predictions[["key", "predicted", "low", "high", "run_low", "run_high"]], on="key", how="left"
+        )
+
+        def intervals(r) -> dict:
+            """A prediction's two intervals, named for what they cover."""
+            get = r.get if isinstance(r, dict) else lambda k: getattr(r, k)
+            return {k: num(get(c)) for k, c in INTERVALS.items()}
+
         return {
+            "schema_version": SCHEMA_VERSION,
             "source": self.runs.source,
             "model": {
                 "kind": f.kind,
@@ -50,6 +66,7 @@ class Effects:
                 "lack_of_fit": c.get("lack_of_fit"),
                 "interaction_test": c.get("interactions"),
                 "widened_by": f.widen,
+                "block_spread": {"sd": f.block_sd, "df": f.block_df, "blocks": len(f.coding.blocks)},
                 "variance_shares": c.get("shares"),
                 "design_half_width_median": num(float(np.median(w)))
                 if (w := design_half_widths(self))
@@ -68,22 +85,28 @@ class Effects:
             ],
             "designs": [
                 {
-                    k: num(v)
-                    for k, v in r.items()
-                    if k
-                    in (
-                        "design",
-                        "predicted",
-                        "low",
-                        "high",
-                        "flops",
-                        "verdict",
-                        "evidence",
-                        "recipe",
-                        "runs",
-                        "raw_mean",
-                        "beaten_by",
-                    )
+                    **{
+                        k: num(v)
+                        for k, v in r.items()
+                        if k
+                        in (
+                            "design",
+                            "predicted",
+                            "flops",
+                            "verdict",
+                            "evidence",
+                            "recipe",
+                            "runs",
+                            "raw_mean",
+                            "beaten_by",
+                            "difference",
+                            "difference_low",
+                            "difference_high",
+                            "critical_t",
+                        )
+                    },
+                    "candidates": None if pd.isna(r.get("candidates", np.nan)) else int(r["candidates"]),
+                    **intervals(r),
                 }
                 for r in self.designs.to_dict("records")
             ],
@@ -92,8 +115,7 @@ class Effects:
                     "genome_key": r.key,
                     "genome": r.genome.summary(),
                     "predicted": r.predicted,
-                    "low": r.low,
-                    "high": r.high,
+                    **intervals(r),
                     "flops": r.flops,
                     "params": num(r.params),
                     "evaluated": bool(r.evaluated),
@@ -107,8 +129,7 @@ class Effects:
                     "runs": int(r.runs),
                     "raw": r.raw,
                     "predicted": num(r.predicted),
-                    "low": num(r.low),
-                    "high": num(r.high),
+                    **intervals(r),
                 }
                 for r in trials.itertuples()
             ],

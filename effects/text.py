@@ -59,24 +59,42 @@ def effects_lines(e: Effects, top: int | None = None) -> list[str]:
     return lines
 
 
+def prediction_text(r) -> str:
+    """A prediction's two intervals, each named: where the genome's mean lies, where a new run lands."""
+    return f"mean {r['predicted']:.3f} [{r['low']:.3f}, {r['high']:.3f}], a new run [{r['run_low']:.3f}, {r['run_high']:.3f}]"
+
+
 def verdict_lines(e: Effects) -> list[str]:
     if e.designs.empty:
         return ["  (no published design in this space)"]
     lines = []
     for r in e.designs.to_dict("records"):
         pred = (
-            f"{r['predicted']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+            prediction_text(r)
             if r.get("predicted") is not None and np.isfinite(r.get("predicted", np.nan))
             else "-"
         )
-        lines.append(f"  {r['design']:<24} {pred:<24} recipe {r['recipe']:<8} {r['verdict']}")
+        lines.append(f"  {r['design']:<24} {pred:<50} recipe {r['recipe']:<8} {r['verdict']}")
     widths = design_half_widths(e)
     if widths:
         lines.append(
-            f"  median half-width of the {len(widths)} design prediction(s): {np.median(widths):.4f} "
-            f"(from {min(widths):.4f} to {max(widths):.4f}; one run's sd here: {e.fit.sigma:.4f})"
+            f"  median half-width of the {len(widths)} design mean(s): {np.median(widths):.4f} "
+            f"(from {min(widths):.4f} to {max(widths):.4f}); {spread_text(e)}"
         )
     return lines
+
+
+def spread_text(e: Effects) -> str:
+    """What the new-run interval adds to the mean's: the run noise and the spread of blocks."""
+    f = e.fit
+    noise = f"a new run adds the run noise (sd {f.sigma:.4f})"
+    if f.block_sd is None:
+        return noise + " (one block: the spread of seeds/machines is not measured, so not included)"
+    few = "; few blocks: a rough estimate" if f.block_df < 5 else ""
+    return (
+        noise
+        + f" and a new block's shift (sd {f.block_sd:.4f} from {f.block_df + 1} seed/machine blocks{few})"
+    )
 
 
 def report_text(e: Effects) -> str:
@@ -88,10 +106,11 @@ def report_text(e: Effects) -> str:
             "  share of top-1 variance: "
             + ", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]))
         )
-    out += ["", f"Model front over {e.coverage}:"]
-    for r in e.front.itertuples():
+    out += ["", f"Model front over {e.coverage} (top-1, {LEVEL:.0%} intervals):"]
+    for r in e.front.to_dict("records"):
         out.append(
-            f"  {r.key}  {r.predicted:.3f} [{r.low:.3f}, {r.high:.3f}]  {r.flops / 1e9:.2f}G  {'trained' if r.evaluated else 'predicted'}  {r.genome.summary()}"
+            f"  {r['key']}  {prediction_text(r)}  {r['flops'] / 1e9:.2f}G  "
+            f"{'trained' if r['evaluated'] else 'predicted'}  {r['genome'].summary()}"
         )
     out += ["", "Published designs (predicted top-1, model verdict):", *verdict_lines(e)]
     return "\n".join(out)

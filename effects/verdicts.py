@@ -1,6 +1,8 @@
-"""The model's verdict on each published design in the space: on the model front, beaten by a genome
-predicted higher at no more FLOPs (the contrast's interval clear of 0), or not resolved at this
-budget (with the runs it would take)."""
+"""The model's verdict on each published design in the space: the cheapest design of the space (nothing
+to compare it with), on the model front, beaten by a genome predicted higher at no more FLOPs (the
+contrast's interval clear of 0), or not resolved at this budget (with the runs it would take). The
+rival is the best-predicted of many candidates, so the contrast's interval is simultaneous over all
+of them (max-t): it holds whichever candidate the predictions pick."""
 
 from __future__ import annotations
 
@@ -70,12 +72,13 @@ def verdicts(f: Fit, pred: pd.DataFrame, runs: Runs, designs=None) -> pd.DataFra
             rows.append(row)
             continue
         est, lo, hi = f.predict(fac)
+        _, run_lo, run_hi = f.predict_run(fac)
         flops = (
             float(mine["flops"].iloc[0])
             if len(mine) and pd.notna(mine["flops"].iloc[0])
             else _flops_of(pred, g.key)
         )
-        row.update(predicted=est, low=lo, high=hi, flops=flops)
+        row.update(predicted=est, low=lo, high=hi, run_low=run_lo, run_high=run_hi, flops=flops)
         row.update(_verdict(f, g, fac, est, flops, pred))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -91,27 +94,37 @@ def _verdict(f: Fit, g: Genome, fac: dict, est: float, flops: float, pred: pd.Da
         return {"verdict": "no verdict: its FLOPs are unknown", "evidence": ""}
     rivals = pred[(pred["key"] != g.key) & (pred["flops"] <= flops)].dropna(subset=["predicted"])
     evidence = f"{f.kind} model of {f.n} runs"
-    if rivals.empty or rivals["predicted"].max() <= est:
+    if rivals.empty:
+        return {
+            "verdict": "the cheapest design of the space: nothing at its FLOPs to compare",
+            "evidence": f"{evidence}: no other genome has <= its FLOPs",
+        }
+    if rivals["predicted"].max() <= est:
         return {
             "verdict": "on the model front (found again)",
-            "evidence": f"{evidence}: no genome at <= its FLOPs is predicted higher",
+            "evidence": f"{evidence}: none of the {len(rivals)} genomes at <= its FLOPs is predicted higher",
         }
     best = rivals.loc[rivals["predicted"].idxmax()]
-    d, lo, hi = f.contrast(factors_of(best.genome), fac)
+    contrasts = f.coding.matrix([factors_of(r) for r in rivals["genome"]]) - f.coding.row(fac)
+    q = f.simultaneous_q(contrasts)
+    d, lo, hi = f.contrast(factors_of(best.genome), fac, q)
     hw = (hi - lo) / 2
     text = f"{d:+.3f} +- {hw:.3f}"
+    joint = f"simultaneous over {len(rivals)} candidates (max-t)"
     base = {
         "beaten_by": best.key,
         "beaten_by_genome": best.genome.summary(),
         "difference": d,
         "difference_low": lo,
         "difference_high": hi,
+        "candidates": len(rivals),
+        "critical_t": q,
     }
     if lo > 0:
         return {
             **base,
-            "verdict": f"beaten by {best.key}: {text} at <= its FLOPs",
-            "evidence": f"{evidence}: contrast {best.key} - design",
+            "verdict": f"beaten by {best.key}: {text} at <= its FLOPs, {joint}",
+            "evidence": f"{evidence}: contrast {best.key} - design, {LEVEL:.0%} interval {joint}",
         }
     more = trials_needed(f.n, d, hw)
     decide = (
@@ -121,6 +134,6 @@ def _verdict(f: Fit, g: Genome, fac: dict, est: float, flops: float, pred: pd.Da
     )
     return {
         **base,
-        "verdict": f"not resolved at this budget: {best.key} {text}; {decide}",
-        "evidence": f"{evidence}: the contrast's {LEVEL:.0%} interval holds 0",
+        "verdict": f"not resolved at this budget: {best.key} {text}, {joint}; {decide}",
+        "evidence": f"{evidence}: the contrast's {LEVEL:.0%} interval, {joint}, holds 0",
     }

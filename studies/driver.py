@@ -334,7 +334,7 @@ def print_effects(storage, study_name: str, costs=None, effects=None) -> None:
     print("\n" + "\n".join(model_lines(e)))
     print("Largest effects on proxy top-1 (against the baseline):")
     print("\n".join(effects_lines(e, top=5)))
-    print(f"Published designs, model verdicts (predicted top-1 [{LEVEL:.0%} interval]):")
+    print(f"Published designs, model verdicts (top-1: {LEVEL:.0%} intervals of its mean and of a new run):")
     print("\n".join(verdict_lines(e)))
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis import effects
@@ -116,8 +117,11 @@ def test_cli_json_has_the_documented_keys():
         d["model"]
     )
     assert {"stage", "choice", "estimate", "low", "high"} <= set(d["effects"][0])
-    assert {"design", "predicted", "low", "high", "flops", "verdict"} <= set(d["designs"][0])
-    assert {"genome_key", "predicted", "low", "high", "flops", "params"} <= set(d["front"][0])
+    assert d["schema_version"] == 1
+    intervals = {"mean_low", "mean_high", "run_low", "run_high"}
+    assert {"design", "predicted", "flops", "verdict"} | intervals <= set(d["designs"][0])
+    assert {"genome_key", "predicted", "flops", "params"} | intervals <= set(d["front"][0])
+    assert intervals <= set(d["trials"][0])
 
 
 @pytest.mark.parametrize(
@@ -176,7 +180,9 @@ def test_a_study_summary_and_report_end_with_the_model(tmp_path):
     assert [ln.split()[0] for ln in tail[-3:-1]] == ["resnet18", "se_resnet18"] and all(
         "recipe" in ln for ln in tail[-3:-1]
     )
-    assert tail[-1].startswith("  median half-width of the 2 design prediction(s): ")
+    assert (
+        tail[-1].startswith("  median half-width of the 2 design mean(s): ") and "a new run adds" in tail[-1]
+    )
     assert any(ln.startswith("Effects model (study 'smoke_table'): ") for ln in tail)
     html = (out / "report.html").read_text()
     assert (
@@ -189,3 +195,62 @@ def test_a_study_summary_and_report_end_with_the_model(tmp_path):
     done = completed(load_study(out))
     distinct = len(done.drop_duplicates(["genome_key", "seed"]))  # a repeat under its seed counts once
     assert json.loads(q.stdout)["model"]["runs"] == distinct
+
+
+def _synthetic(blocks: int, rng, sigma=0.02, tau=0.01):
+    """The smoke table's 16 genomes under an additive truth (SE in stage i adds 0.01 i), each run in
+    `blocks` blocks whose shifts are drawn with sd tau, plus run noise sigma: (runs, truth per genome)."""
+    base = effects.runs_from_table(SMOKE_TABLE, seeds=[0]).frame
+    truth = np.array(
+        [0.5 + sum(0.01 * i for i, st in enumerate(g.stages, 1) if st.plugins) for g in base["genome"]]
+    )
+    parts = []
+    for b in range(blocks):
+        fr = base.assign(seed=b, block=effects.block(b))
+        fr["y"] = truth + rng.normal(0, tau) + rng.normal(0, sigma, len(fr))
+        parts.append(fr)
+    return effects.Runs(pd.concat(parts, ignore_index=True), "synthetic"), truth
+
+
+def test_new_run_interval_covers_new_runs_and_the_mean_interval_does_not():
+    """A known truth: new runs, each in a new block, fall in the new-run interval at about 95 %; the
+    interval of the mean (what a single run does not measure) covers far fewer of them."""
+    rng = np.random.default_rng(3)
+    sigma, tau = 0.02, 0.01
+    runs, truth = _synthetic(30, rng, sigma, tau)
+    f = effects.fit(runs, kind="ols")
+    assert f.block_df == 29 and 0.5 * tau < f.block_sd < 1.5 * tau
+    X = f.coding.matrix([effects.factors_of(g) for g in runs.frame["genome"][:16]])
+    _, run_lo, run_hi = f.run_intervals(X)
+    _, mean_lo, mean_hi = f.intervals(X)
+    new = truth + rng.normal(0, tau, (2000, 1)) + rng.normal(0, sigma, (2000, 16))
+    run_cover = ((run_lo <= new) & (new <= run_hi)).mean()
+    mean_cover = ((mean_lo <= new) & (new <= mean_hi)).mean()
+    assert 0.93 <= run_cover <= 0.97, run_cover
+    assert mean_cover < 0.5, mean_cover
+    assert ((mean_lo <= truth) & (truth <= mean_hi)).mean() >= 0.75  # 16 genomes, one fit
+
+
+def test_one_block_leaves_the_block_spread_out_and_says_so():
+    e = effects.analyse(effects.runs_from_table(SMOKE_TABLE, seeds=[0]))
+    assert e.fit.block_sd is None
+    assert "spread of seeds/machines is not measured" in "\n".join(effects.verdict_lines(e))
+
+
+def test_max_t_critical_value_exceeds_the_pointwise_one_and_grows_with_the_candidates():
+    f = effects.fit(effects.runs_from_table(SMOKE_TABLE), kind="ols")
+    genomes = effects.runs_from_table(SMOKE_TABLE, seeds=[0]).frame["genome"]
+    C = f.coding.matrix([effects.factors_of(g) for g in genomes])[1:] - f.coding.matrix(
+        [effects.factors_of(genomes[0])]
+    )
+    qs = [f.simultaneous_q(C[:n]) for n in (1, 3, 8, 15)]
+    assert qs[0] == pytest.approx(f.q, rel=0.05)  # one contrast: the ordinary t quantile
+    assert qs[1] > f.q and all(a < b for a, b in zip(qs, qs[1:])), qs
+
+
+def test_the_cheapest_design_is_not_called_found_again():
+    e = effects.analyse(effects.runs_from_table(SMOKE_TABLE))
+    v = e.designs.set_index("design")["verdict"]
+    assert v["resnet18"] == "the cheapest design of the space: nothing at its FLOPs to compare"
+    # a rival of se_resnet18 was chosen from all cheaper genomes: its interval says over how many
+    assert "simultaneous over 15 candidates (max-t)" in v["se_resnet18"]

@@ -173,6 +173,10 @@ def test_effects_fidelity_bench_quick_prints_its_figures():
         assert re.search(rf"^  verdict {d}\s+\(full: [a-z ]+\)\s+agree \d+/\d+", out, re.M), d
     assert len(re.findall(rf"^  overstated \((observed best|model best)\)\s+({num}) \[", out, re.M)) == 4
     assert re.search(r"^fast verdicts equal analysis\.effects\.analyse's on \d+ draws", out, re.M), out
+    # e) the two intervals on the table's other seeds, each coverage with its binomial interval
+    for what in ("new-run interval covers fresh runs", "2-run-mean interval covers fresh 2-seed means"):
+        m = re.search(rf"^  {what}.*? (\d+)/(\d+) = ({num}) \[({num}), ({num})\]", out, re.M)
+        assert m and int(m[2]) > 0 and float(m[4]) <= float(m[3]) <= float(m[5]), (what, out)
 
 
 @pytest.mark.parametrize(
