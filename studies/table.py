@@ -180,7 +180,9 @@ def prior_csv(cfg) -> Path | None:
     rows = read_rows(path)
     cut = next((i for i, r in enumerate(rows, 1) if None in r or None in r.values()), None)
     if cut is not None:
-        raise UserError(f"{where}: row {cut} lacks some of the header's {len(rows[0])} fields; the file is cut or damaged")
+        raise UserError(
+            f"{where}: row {cut} lacks some of the header's {len(rows[0])} fields; the file is cut or damaged"
+        )
     rows = [r for r in rows if r.get("status") == Status.OK]
     if not rows:
         shipped = ", ".join(sorted(p.stem for p in TABLE_DIR.glob("*.csv")))
