@@ -176,7 +176,7 @@ def prior_csv(cfg) -> Path | None:
         return None
     where = f"prior.table {name!r}"
     if path.is_file():
-        checksum.check(path, f"{where} ({relative(path)})")
+        checksum.check(path, where if relative(path) == name else f"{where} ({relative(path)})")
     rows = read_rows(path)
     cut = next((i for i, r in enumerate(rows, 1) if None in r or None in r.values()), None)
     if cut is not None:
