@@ -56,7 +56,8 @@ def _prior_text(study: Runs, prior: Runs) -> str:
     text = f"{prior.n} prior run(s) of {prior.source}"
     if len(elsewhere):
         envs = ", ".join(sorted(set(elsewhere["environment"])))
-        text += f", {len(elsewhere)} from another environment ({envs}): separate blocks, none dropped as a repeat of this run's"
+        text += f", {len(elsewhere)} from another environment ({envs}): separate blocks, none dropped"
+        text += " as a repeat of this run's"
     if len(elsewhere) < prior.n:
         text += f", {prior.n - len(elsewhere)} from this run's: the same blocks"
     return text
