@@ -41,13 +41,26 @@ class Runs:
         the same initialisation and batch order, bit for bit); where both hold a genome in one
         block, the fit keeps the first run, this study's."""
         frame = pd.concat([self.frame, prior.frame], ignore_index=True)
-        return replace(
-            self, frame=frame, source=f"{self.source} with {prior.n} prior run(s) of {prior.source}"
-        )
+        return replace(self, frame=frame, source=f"{self.source} with {_prior_text(self, prior)}")
 
     def common_recipe(self) -> pd.DataFrame:
         """The runs the model compares: those trained with the common recipe."""
         return self.frame[self.frame["recipe"].fillna("common") == "common"]
+
+
+def _prior_text(study: Runs, prior: Runs) -> str:
+    """How many prior runs, and how many ran in another environment than the study's (blocks of their
+    own) or in the same (shared blocks: a genome both ran in one block counts once, the study's)."""
+    here = set(study.frame["environment"])
+    elsewhere = prior.frame[~prior.frame["environment"].isin(here)]
+    text = f"{prior.n} prior run(s) of {prior.source}"
+    if len(elsewhere):
+        envs = ", ".join(sorted(set(elsewhere["environment"])))
+        text += f", {len(elsewhere)} from another environment ({envs}): separate blocks, none dropped"
+        text += " as a repeat of this run's"
+    if len(elsewhere) < prior.n:
+        text += f", {prior.n - len(elsewhere)} from this run's: the same blocks"
+    return text
 
 
 def runs_frame(rows: list[dict]) -> pd.DataFrame:

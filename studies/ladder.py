@@ -203,7 +203,6 @@ def merge(cfg, rungs: list[Rung], tables: Path, log=print) -> int:
     then any other `<name>_<rung>.csv` there (a GPU rung's, bench/gpu_ladder.py). Rows of the ladder's
     genomes in other tables of a rung's exact protocol (the placement table for `shipped`) join that
     rung as what they are: another environment, another table name."""
-    import csv
 
     tables = Path(tables)
     names = [r.name for r in rungs]
@@ -227,12 +226,7 @@ def merge(cfg, rungs: list[Rung], tables: Path, log=print) -> int:
     for row in rows:  # rows written before environments were stored are one environment
         row["environment"] = row.get("environment") or "unrecorded"
     out = tables / f"{cfg.name}.csv"
-    tmp = out.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(out)
+    tbl.write_rows(out, rows, columns)
     log(
         f"ladder {cfg.name}: {len(rows)} row(s) of {len({r['rung'] for r in rows})} rung(s) -> {tbl.relative(out)}"
     )

@@ -29,6 +29,7 @@ from searchspace import catalog
 from searchspace.cli import argument_parser, cli_main
 from searchspace.cost import stagewise
 from searchspace.errors import UserError
+from trainers import checksum
 from trainers.record import TRAINED, Status
 
 from . import config as config_mod
@@ -139,15 +140,17 @@ def read_rows(path: Path) -> list[dict]:
         raise UserError(f"table {str(path)!r}: cannot read ({e})") from None
 
 
-def write_rows(path: Path, rows: list[dict], epochs: int) -> None:
+def write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
+    """The table's CSV, then its sha256 beside it (trainers.checksum: checked where it is a prior)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns(epochs), extrasaction="ignore", lineterminator="\n")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if v is None else v) for k, v in r.items()})
     tmp.replace(path)
+    checksum.write(path)
 
 
 def check_protocol(rows: list[dict], cfg, path: Path) -> None:
@@ -162,12 +165,25 @@ def check_protocol(rows: list[dict], cfg, path: Path) -> None:
 
 
 def prior_csv(cfg) -> Path | None:
-    """The CSV of the config's [prior] table, checked: it exists, holds rows, and every row was made
-    with the config's protocol (prior runs measured another way would bias the model)."""
+    """The CSV of the config's [prior] table, checked whole before anything is written: its sha256
+    against the one shipped beside it (where there is one: a user's own table has none), every row
+    complete and readable by the effects model, and made with the config's protocol (prior runs
+    measured another way would bias the model)."""
+    from effects import runs_from_table
+
     name, path = cfg.prior.table, prior_path(cfg)
     if path is None:
         return None
-    rows = [r for r in read_rows(path) if r.get("status") == Status.OK]
+    where = f"prior.table {name!r}"
+    if path.is_file():
+        checksum.check(path, where if relative(path) == name else f"{where} ({relative(path)})")
+    rows = read_rows(path)
+    cut = next((i for i, r in enumerate(rows, 1) if None in r or None in r.values()), None)
+    if cut is not None:
+        raise UserError(
+            f"{where}: row {cut} lacks some of the header's {len(rows[0])} fields; the file is cut or damaged"
+        )
+    rows = [r for r in rows if r.get("status") == Status.OK]
     if not rows:
         shipped = ", ".join(sorted(p.stem for p in TABLE_DIR.glob("*.csv")))
         raise UserError(
@@ -180,6 +196,11 @@ def prior_csv(cfg) -> Path | None:
             f"prior.table {name!r}: row {other.get('genome_key')}/seed {other.get('seed')} was made with protocol "
             f"{other.get('protocol')}; config {cfg.name!r} measures with {want} (a prior must share the protocol)"
         )
+    try:
+        runs_from_table(path)  # what the effects model will read at the run's end
+    except UserError as e:
+        why = str(e).removeprefix(f"--table {str(path)!r}: ")
+        raise UserError(f"{where}: {why}; the file is cut or damaged") from None
     return path
 
 
@@ -451,7 +472,7 @@ def export_rows(cfg, url: str, csv_path: Path, log=print) -> list[dict]:
         new.append(row)
     order = {g.key: i for i, g in enumerate(generation_order(cfg))}
     rows = sorted(rows + new, key=lambda r: (order.get(r["genome_key"], len(order)), int(r["seed"])))
-    write_rows(csv_path, rows, epochs)
+    write_rows(csv_path, rows, columns(epochs))
     if cache and cache.parent.is_dir():
         cache.write_text(json.dumps(_COST_CACHE))
     log(f"table {cfg.name}: {len(rows)} row(s) ({len(new)} new) -> {relative(csv_path)}")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from analysis import metrics as metric_table
 from searchspace.errors import UserError
+from trainers.environment import FIELDS as ENV_FIELDS
 from trainers.record import Status
 
 from .asha import STOP, NoStopping, StoppingRule, stopping_rule
@@ -241,6 +242,10 @@ class TableBackend:
             "seed": row["seed"],
             "device": f"table:{row.get('device', '')}",
             "node": "table",
+            # a replay is the row's measurement, made where the row was (rows before issue 31: unrecorded)
+            "environment": {"key": row["environment"], **{k: row[k] for k in ENV_FIELDS if row.get(k)}}
+            if row.get("environment")
+            else None,
         }
 
 

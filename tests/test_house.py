@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from studies import config, ladder, storage
+from trainers import checksum
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).with_name("data")
@@ -46,6 +47,18 @@ def test_samplers_ask_the_sequence_they_asked_before_the_restructuring(tmp_path,
     assert r.returncode == 0, r.stderr[-2000:]
     want = json.loads((DATA / "sequences_v0" / f"{sampler}.json").read_text())
     assert _sequence(str(out / "study.journal"), "placement_table") == want
+
+
+def test_trials_stored_before_environments_were_are_one_unrecorded_environment():
+    from analysis import load_study
+    from analysis.effects import block, runs_from_study
+
+    df = load_study(DATA / "pre_house_random.journal")
+    assert "environment" in df and df["environment"].isna().all()  # the column exists, empty
+    runs = runs_from_study(df)
+    assert runs.n == 24 and set(runs.frame["environment"]) == {"unrecorded"}
+    assert runs.frame["rung"].isna().all()
+    assert set(runs.frame["block"]) == {block(s) for s in runs.frame["seed"]}
 
 
 @pytest.mark.slow
@@ -133,3 +146,4 @@ def test_ladder_climbs_resumes_after_sigkill_and_merges(tmp_path):
     assert _run(*cmd, "--merge").returncode == 0
     merged = list(csv.DictReader((tables / "smoke_table.csv").open()))
     assert len(merged) == 2 * n and {r["rung"] for r in merged} == {"shipped", "e1"}
+    assert checksum.check(tables / "smoke_table.csv") and checksum.check(tables / "smoke_table_e1.csv")

@@ -1,5 +1,6 @@
 """[prior] table: a shipped table of the same protocol pooled with a study's runs in the effects model."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,8 @@ import pytest
 
 from analysis import effects as fx
 from studies import config
-from studies.table import default_csv, prior_csv
+from studies.table import default_csv, prior_csv, read_rows, write_rows
+from trainers import checksum
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_TABLE = (REPO / "studies/configs/smoke_table.toml").read_text()
@@ -86,6 +88,57 @@ def test_bad_prior_is_one_line_before_anything_is_written(tmp_path, config_text,
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr
     assert message in p.stderr
     assert not (tmp_path / "run").exists()
+
+
+def _damaged(tmp_path, how: str) -> str:
+    """A copy of the smoke table, damaged `how`; with the sha256 shipped beside it unless 'cut-alone'."""
+    src = default_csv("smoke_table")
+    data = src.read_bytes()
+    path = tmp_path / "tables" / "prior.csv"
+    path.parent.mkdir()
+    if how != "cut-alone":
+        shutil.copy(checksum.sidecar(src), checksum.sidecar(path))
+    if how == "edited":  # one top-1 changed by hand: the file still parses
+        head, row, rest = data.decode().split("\n", 2)
+        row = row.replace(",0.", ",0.9", 1)
+        data = "\n".join([head, row, rest]).encode()
+    else:
+        data = data[: len(data) * 3 // 10]  # the issue's cut, at 30%: mid-row
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("cut", "does not match prior.csv.sha256"),
+        ("edited", "does not match prior.csv.sha256"),
+        ("cut-alone", "the file is cut or damaged"),  # a user's own table: no sum, parsed whole
+    ],
+)
+def test_damaged_prior_stops_the_run_before_anything_is_written(tmp_path, how, message):
+    p = run([str(with_prior(tmp_path, SMOKE_TABLE, _damaged(tmp_path, how))), "--backend",
+             "table:" + str(default_csv("smoke_table")), "--trials", "1"], tmp_path)  # fmt: skip
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr
+    assert message in p.stderr and p.stdout == ""
+    assert not (tmp_path / "run").exists()
+
+
+def test_summary_counts_the_prior_runs_from_another_environment(tmp_path):
+    """A study replayed from a table whose rows ran elsewhere (an environment column) against the
+    shipped smoke table (written before environments were stored: unrecorded) as its prior."""
+    rows = read_rows(default_csv("smoke_table"))
+    replay = tmp_path / "replay.csv"
+    write_rows(replay, [{**r, "environment": "cpu-0a0a0a0a"} for r in rows], [*rows[0], "environment"])
+    p = run([str(with_prior(tmp_path, SMOKE_TABLE, "smoke_table")), "--backend", f"table:{replay}",
+             "--trials", "4"], tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    n = fx.runs_from_table(default_csv("smoke_table")).n
+    said = f"with {n} prior run(s) of table smoke_table.csv, {n} from another environment (unrecorded)"
+    assert said + ": separate blocks, none dropped as a repeat of this run's" in p.stdout
+    from analysis import load_study
+
+    assert set(fx.runs_from_study(load_study(tmp_path / "run")).frame["environment"]) == {"cpu-0a0a0a0a"}
 
 
 @pytest.mark.parametrize("value", ["3", '""', "true"])

@@ -20,6 +20,7 @@ from studies.asha import ASHA, CONTINUE, STOP, NoStopping
 from studies.search import GenomeSpace, SamplerSpec, StudySearch
 from studies.table import Table, default_csv, generation_order, read_rows
 from studies.table_backend import TableBackend
+from trainers import checksum
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLISHED_R50 = ("resnet50", "se_resnet50", "fcanet50", "dsnet50_a", "dsnet50_b", "dsnet50_c")
@@ -175,11 +176,18 @@ def test_table_refuses_another_protocol(tmp_path):
     rows = read_rows(default_csv("smoke_table"))
     rows[0]["protocol"] = json.dumps({"fidelity": {"epochs": 99}})
     path = tmp_path / "t.csv"
-    from studies.table import write_rows
+    from studies.table import columns, write_rows
 
-    write_rows(path, rows, 2)
+    write_rows(path, rows, columns(2))
+    assert checksum.check(path)  # every write of a table writes its sum beside it
     with pytest.raises(UserError, match="a table holds one protocol"):
         Table.load(path, cfg)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies/tables").glob("*.csv")), ids=lambda p: p.stem)
+def test_every_shipped_table_matches_the_sha256_beside_it(path):
+    # a table copied in by hand (a GPU rung's) needs one: python -c "from trainers import checksum; ..."
+    assert checksum.check(path), f"{path.name}: no {checksum.sidecar(path).name} (trainers.checksum.write)"
 
 
 # -- the table backend ------------------------------------------------------------------------------
@@ -453,6 +461,7 @@ def test_build_trains_missing_rows_and_resumes_from_the_csv(tmp_path):
         (g.key, str(s)) for g in generation_order(config_mod.load("smoke_table"))[:2] for s in (0, 1)
     )
     assert rows[0]["top1_e1"] and rows[0]["torch"] and rows[0]["design"] == "resnet18"
+    assert checksum.check(csv_path)
     by_key = {}
     for r in rows:
         by_key.setdefault(r["genome_key"], []).append(r)

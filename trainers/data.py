@@ -29,6 +29,8 @@ from torchvision.transforms import functional as TF
 
 from searchspace.errors import UserError
 
+from . import checksum
+
 log = logging.getLogger("trainers")
 
 BUNDLED = Path(__file__).with_name("data") / "imagenette-64.tar.gz"
@@ -154,18 +156,10 @@ def load_data(spec: DataSpec | None = None, resolution: int = 64) -> ImageData:
 
 def bundled_root() -> Path:
     """Extract the bundled tarball once (checksum first; temp dir then rename, safe with many processes)."""
-    expected = BUNDLED.with_name(BUNDLED.name + ".sha256").read_text().split()[0]
-    dest = cache_dir() / f"imagenette-64-{expected[:12]}"
+    dest = cache_dir() / f"imagenette-64-{checksum.expected(BUNDLED)[:12]}"
     if (dest / "imagenette-64").is_dir():
         return dest / "imagenette-64"
-    h = hashlib.sha256()
-    with open(BUNDLED, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    if h.hexdigest() != expected:
-        raise UserError(
-            f"{BUNDLED}: sha256 {h.hexdigest()} does not match {expected}; the bundled data is damaged"
-        )
+    checksum.check(BUNDLED, f"{BUNDLED} (the bundled data)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
     try:

@@ -59,6 +59,8 @@ def describe(device: str = "cpu") -> dict:
 
 def key(env: dict | None) -> str:
     """A short stable name of an environment: equal keys, same machine kind and code."""
+    if env and env.get("key"):  # as stored (a table row's environment column)
+        return env["key"]
     if not env or not any(env.get(f) for f in FIELDS):
         return UNRECORDED
     text = json.dumps({f: env.get(f) for f in FIELDS}, sort_keys=True)
