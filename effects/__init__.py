@@ -10,8 +10,8 @@ dominance: the project's non-dominated sort; fidelity: one model across the rung
 
 from .coding import Coding, factors_of, is_stage, stage_label
 from .costs import StageCosts, trace_count
-from .fidelity import RESAMPLES, Fidelity, across_fidelity, fidelity_lines
 from .dominance import dominates, non_dominated_sort, pareto_mask, to_minimization
+from .fidelity import RESAMPLES, Fidelity, across_fidelity, fidelity_lines
 from .fit import CV_FOLDS, LEVEL, MIN_NOISE_DF, MIN_RESID_DF, Fit, choose_kind, fit
 from .front import ENUMERATE_LIMIT, candidates, model_front, predictions
 from .result import Effects, analyse, design_half_widths

@@ -31,7 +31,12 @@ RESAMPLES = 200  # bootstrap resamples of the rank agreement
 BASE_RUNG = "shipped"  # the shipped proxy protocol: every other rung is read against it
 NO_RUNG = "(no rung)"
 # A protocol key as a reader would name its value ('128 px'); the keys not named here print as key=value.
-_KNOB = {"resolution": "{} px", "width": "width {}", "epochs": "{} epochs", "max_per_class": "{} images/class"}
+_KNOB = {
+    "resolution": "{} px",
+    "width": "width {}",
+    "epochs": "{} epochs",
+    "max_per_class": "{} images/class",
+}
 
 
 @dataclass
@@ -58,7 +63,10 @@ class Fidelity:
             return None if isinstance(v, float) and not math.isfinite(v) else v
 
         def records(df: pd.DataFrame, cols) -> list[dict]:
-            return [{k: plain(v) for k, v in r.items()} for r in df[[c for c in cols if c in df]].to_dict("records")]
+            return [
+                {k: plain(v) for k, v in r.items()}
+                for r in df[[c for c in cols if c in df]].to_dict("records")
+            ]
 
         return {
             "model": self.why,
@@ -274,7 +282,11 @@ def _moves(res, d: _Design, coding: Coding, rungs, coef, cov, q) -> pd.DataFrame
         R = np.zeros((len(idx), d.X.shape[1]))
         R[np.arange(len(idx)), idx] = 1.0
         w = res.wald_test(R, use_f=True, scalar=True)
-        shifts = [(r, coef[d.inter[(j, r)]], math.sqrt(cov[d.inter[(j, r)], d.inter[(j, r)]])) for r in rungs[1:] if (j, r) in d.inter]
+        shifts = [
+            (r, coef[d.inter[(j, r)]], math.sqrt(cov[d.inter[(j, r)], d.inter[(j, r)]]))
+            for r in rungs[1:]
+            if (j, r) in d.inter
+        ]
         r_big, s, se = max(shifts, key=lambda t: abs(t[1]))
         factor, _, choice = coding.columns[j].partition("=")
         rows.append(
@@ -390,7 +402,11 @@ def _across_line(fid: Fidelity, rows: pd.DataFrame) -> str:
     parts = []
     for r, k in zip(rows.to_dict("records"), kinds):
         text = f"{k} at {fid.label(r['rung'])}"
-        if k == "not resolved" and r.get("difference") is not None and np.isfinite(r.get("difference_low", np.nan)):
+        if (
+            k == "not resolved"
+            and r.get("difference") is not None
+            and np.isfinite(r.get("difference_low", np.nan))
+        ):
             hw = (r["difference_high"] - r["difference_low"]) / 2
             more = trials_needed(int(r["n"]), r["difference"], hw)
             if more is not None:
@@ -427,7 +443,9 @@ def fidelity_lines(fid: Fidelity) -> list[str]:
         top = m.sort_values("p").head(3)
         lines.append(
             "  smallest p: "
-            + "; ".join(f"{r.factor} {r.choice} p = {r.p:.3g} (Holm {r.p_holm:.3g})" for r in top.itertuples())
+            + "; ".join(
+                f"{r.factor} {r.choice} p = {r.p:.3g} (Holm {r.p_holm:.3g})" for r in top.itertuples()
+            )
         )
     if len(fid.agreement):
         lines.append(

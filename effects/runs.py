@@ -105,7 +105,9 @@ def runs_from_table(path: str | Path, seeds: Sequence[int] | None = None) -> Run
         )
     protocols = {}
     if {"rung", "protocol"} <= set(t.columns):
-        protocols = {str(r): p_ for r, p_ in t.groupby("rung")["protocol"].first().items() if isinstance(p_, str)}
+        protocols = {
+            str(r): p_ for r, p_ in t.groupby("rung")["protocol"].first().items() if isinstance(p_, str)
+        }
     return Runs(runs_frame(rows), f"table {p.name}", protocols=protocols)
 
 
