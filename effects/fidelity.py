@@ -219,6 +219,12 @@ def across_fidelity(
         f"blocks nested in rung), {df_resid} residual df; base rung {base}"
     )
 
+    lack = _lack_of_fit(res, d, fr["key"].to_numpy(object), rung)
+    widen = math.sqrt(lack["F"]) if lack and lack["p"] < 1 - LEVEL and lack["F"] > 1 else 1.0
+    if widen > 1:
+        why += f"; lack of fit (F = {lack['F']:.2f}, p = {lack['p']:.3g}): intervals widened x{widen:.2f}"
+    q *= widen
+
     additive_cols = [i for i in range(d.X.shape[1]) if i not in set(d.inter.values())]
     add = _ols(d.X[:, additive_cols], y)
     F, p, df_diff = res.compare_f_test(add)
@@ -246,12 +252,13 @@ def across_fidelity(
             sigma=sigma,
             df_resid=float(df_resid),
             n=int(mine.sum()),
+            widen=widen,
         )
         views[r] = view
         effects_rows.append(view.effects().assign(rung=r))
     eff = pd.concat(effects_rows, ignore_index=True)
 
-    moves = _moves(res, d, coding, rungs, coef, cov, q)
+    moves = _moves(res, d, coding, rungs, coef, cov, q, widen)
     fid = Fidelity(
         base=base,
         rungs=rungs,
@@ -260,7 +267,7 @@ def across_fidelity(
         why=why,
         effects=eff,
         moves=moves,
-        global_test=global_test,
+        global_test={**global_test, "lack_of_fit": lack, "widened_by": widen},
         agreement=_agreement(d, fr, y, cands, coding, rungs, base, coef, resamples, seed),
         designs=pd.DataFrame(),
         across={},
@@ -271,9 +278,25 @@ def across_fidelity(
     return fid
 
 
-def _moves(res, d: _Design, coding: Coding, rungs, coef, cov, q) -> pd.DataFrame:
+def _lack_of_fit(res, d: _Design, keys: np.ndarray, rung: np.ndarray) -> dict | None:
+    """The interaction model against one mean per (genome, rung) with the same blocks (F test on the
+    replicates' pure error, as effects.fit checks the additive model); None without replicates."""
+    cells = pd.Series(keys.astype(str)) + "@" + pd.Series(rung.astype(str))
+    uniq, idx = np.unique(cells.to_numpy(), return_inverse=True)
+    G = np.zeros((len(idx), len(uniq)))
+    G[np.arange(len(idx)), idx] = 1.0
+    S = d.X[:, [i for i, n in enumerate(d.names) if n.startswith("block[")]]
+    sat = _ols(np.hstack([G, S]), res.model.endog)
+    if sat.df_resid < 1 or res.df_resid <= sat.df_resid or sat.mse_resid <= 0:
+        return None
+    F, p, df = sat.compare_f_test(res)
+    return {"F": float(F), "df": [float(df), float(sat.df_resid)], "p": float(p)}
+
+
+def _moves(res, d: _Design, coding: Coding, rungs, coef, cov, q, widen) -> pd.DataFrame:
     """Per choice: a Wald F test that its interactions with the rung are all 0 (its effect is the same
-    at every rung), Holm-adjusted over the choices, and its largest shift from the base rung."""
+    at every rung), Holm-adjusted over the choices, and its largest shift from the base rung. Under
+    lack of fit the test reads the same widened covariance as the intervals."""
     rows = []
     for j in d.choice:
         idx = [d.inter[(j, r)] for r in rungs[1:] if (j, r) in d.inter]
@@ -281,7 +304,7 @@ def _moves(res, d: _Design, coding: Coding, rungs, coef, cov, q) -> pd.DataFrame
             continue
         R = np.zeros((len(idx), d.X.shape[1]))
         R[np.arange(len(idx)), idx] = 1.0
-        w = res.wald_test(R, use_f=True, scalar=True)
+        w = res.wald_test(R, cov_p=cov * widen**2, use_f=True, scalar=True)
         shifts = [
             (r, coef[d.inter[(j, r)]], math.sqrt(cov[d.inter[(j, r)], d.inter[(j, r)]]))
             for r in rungs[1:]
@@ -442,9 +465,11 @@ def fidelity_lines(fid: Fidelity) -> list[str]:
         )
         top = m.sort_values("p").head(3)
         lines.append(
-            "  smallest p: "
+            "  closest to moving (largest shift from the base rung, single-choice interval): "
             + "; ".join(
-                f"{r.factor} {r.choice} p = {r.p:.3g} (Holm {r.p_holm:.3g})" for r in top.itertuples()
+                f"{r.factor} {r.choice} {r.largest_shift:+.3f} [{r.largest_shift_low:+.3f}, "
+                f"{r.largest_shift_high:+.3f}] at {r.largest_shift_rung}, p = {r.p:.3g} (Holm {r.p_holm:.3g})"
+                for r in top.itertuples()
             )
         )
     if len(fid.agreement):
