@@ -146,3 +146,17 @@ def test_the_real_ladder_end_to_end():
     assert {d["design"] for d in fid["designs"]} == set(fid["across"])
     for a in fid["rank_agreement"]:
         assert -1 <= a["spearman"] <= 1 and -1 <= a["kendall"] <= 1
+
+
+def test_the_figure_and_the_report_section_draw_every_choice(ladder_runs):
+    from analysis import plots, report
+
+    fid = _analyse(_two_rungs(ladder_runs))
+    fig = plots.fidelity_figure(fid)
+    assert len(fig.data) == len(fid.moves) and all(
+        len(t.x) == 2 and t.error_y.array is not None for t in fig.data
+    )
+    e = replace(effects.analyse(effects.runs_from_table(SMOKE_TABLE)), fidelity=fid)
+    html = "".join(report.fidelity_section(e))
+    assert "Across fidelity" in html and 'id="fidelity"' in html
+    assert "Across fidelity" in effects.report_text(e)
