@@ -85,11 +85,6 @@ class Fidelity:
         }
 
 
-def rungs_of(runs: Runs) -> list[str]:
-    """The rungs the runs were trained at, in the order they first appear."""
-    return list(dict.fromkeys(runs.common_recipe()["rung"].fillna(NO_RUNG)))
-
-
 def changes(protocols: Mapping[str, str | dict], base: str) -> dict[str, str]:
     """What each rung's protocol (a table row's `protocol` JSON) sets differently from the base's:
     '128 px', 'width 0.25', '8 epochs, 160 images/class'; for the base, its own values of those knobs."""
