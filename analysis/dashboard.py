@@ -17,7 +17,8 @@ from .rediscovery import rediscovery
 def push_to_dashboard(
     storage, study_name: str | None = None, designs=None, costs=None, effects: Effects | None = None
 ) -> list[str]:
-    """Save the front, rediscovery, hypervolume and effects figures into the study with
+    """Save the front, rediscovery, hypervolume and effects figures (and the effects across fidelity,
+    for runs of several rungs) into the study with
     optuna_dashboard.save_plotly_graph_object; fixed ids, so pushing again replaces them.
     `storage`: run folder, .journal file, storage URL or an Optuna storage; `effects`: the study's
     effects model if already fitted. Returns the ids."""
@@ -37,6 +38,8 @@ def push_to_dashboard(
     try:
         fitted = effects if effects is not None else of_study(df, designs=designs, costs=costs)
         figs["effects"] = plots.effects_heatmap(fitted.effects)
+        if fitted.fidelity is not None:
+            figs["fidelity"] = plots.fidelity_figure(fitted.fidelity)
     except UserError:
         pass  # too few completed runs for the model: no card yet
 

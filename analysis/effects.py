@@ -23,6 +23,7 @@ from effects import (
     LEVEL,
     MIN_NOISE_DF,
     MIN_RESID_DF,
+    RESAMPLES,
     Coding,
     Effects,
     Fit,
@@ -108,8 +109,16 @@ def main(argv=None) -> int:
     p.add_argument("--kind", default="auto", help="auto (default), ols or eb-ridge")
     p.add_argument("--no-prior", action="store_true", help="leave out the study's [prior] table runs")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=RESAMPLES,
+        help=f"bootstrap resamples of the rank agreement across rungs (default {RESAMPLES}; runs of several rungs)",
+    )
     a = p.parse_args(argv)
     try:
+        if a.resamples < 0:
+            raise UserError(f"--resamples {a.resamples}: expected a count >= 0")
         if bool(a.table) == bool(a.run_dir):
             raise UserError("give a run folder or --table CSV (one of them)")
         if a.table:
@@ -119,12 +128,12 @@ def main(argv=None) -> int:
                     seeds = [int(s) for s in a.seeds.split(",")]
                 except ValueError:
                     raise UserError(f"--seeds {a.seeds!r}: expected integers separated by commas") from None
-            e = analyse(runs_from_table(a.table, seeds), a.kind)
+            e = analyse(runs_from_table(a.table, seeds), a.kind, resamples=a.resamples)
         else:
             df = load_study(a.run_dir, a.study)
             if a.no_prior:
                 df.attrs["prior_table"] = None
-            e = of_study(df, kind=a.kind)
+            e = of_study(df, kind=a.kind, resamples=a.resamples)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -658,6 +658,7 @@ __all__ = [
     "stage_map_figure",
     "front3d_figure",
     "rediscovery_figure",
+    "fidelity_figure",
 ]
 
 
@@ -695,5 +696,39 @@ def effects_heatmap(
     )
     fig.update_layout(
         title=title, xaxis_title="factor", yaxis_title="choice", height=max(320, 40 * len(grid))
+    )
+    return fig
+
+
+def fidelity_figure(fid, title: str = "Effect on proxy top-1 at each rung of the ladder") -> go.Figure:
+    """Each stage choice's effect against its baseline at every rung of an across-fidelity model
+    (effects.Fidelity): one line per choice, its interval as error bars; a choice whose effect moves
+    with fidelity (Holm) drawn solid, the others dotted."""
+    eff = fid.effects
+    moving = {(r.factor, r.choice) for r in fid.moves.itertuples() if r.moves} if len(fid.moves) else set()
+    x = [fid.label(r) for r in fid.rungs]
+    fig = go.Figure()
+    for (factor, choice), g in eff.groupby(["factor", "choice"], sort=False):
+        g = g.set_index("rung").reindex(fid.rungs)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=g["estimate"],
+                mode="lines+markers",
+                name=f"{factor} {choice}" + (" (moves)" if (factor, choice) in moving else ""),
+                line=dict(dash="solid" if (factor, choice) in moving else "dot"),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=g["high"] - g["estimate"],
+                    arrayminus=g["estimate"] - g["low"],
+                    thickness=1,
+                ),
+                hovertemplate=f"{factor} {choice}<br>%{{x}}: %{{y:+.3f}}<extra></extra>",
+            )
+        )
+    fig.add_hline(y=0, line=dict(color="grey", width=1))
+    fig.update_layout(
+        title=title, xaxis_title="rung (what it changes)", yaxis_title="effect on top-1", height=520
     )
     return fig

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.offline
 
-from effects import LEVEL, Effects, model_lines
+from effects import LEVEL, Effects, fidelity_lines, model_lines
 from searchspace import catalog
 from searchspace.cli import argument_parser, cli_main
 from searchspace.errors import UserError
@@ -228,7 +228,18 @@ def effects_section(
         "<h3>Every genome: predicted beside measured</h3>",
         _table(pd.DataFrame(js).round(4)),
     ]
-    return parts
+    return parts + fidelity_section(e)
+
+
+def fidelity_section(e: Effects) -> list[str]:
+    """Runs of several rungs: the across-fidelity model (effects.fidelity), its lines and figure."""
+    if e.fidelity is None:
+        return []
+    return [
+        "<h3>Across fidelity: effects and verdicts at every rung</h3>",
+        "<pre>" + html.escape("\n".join(fidelity_lines(e.fidelity))) + "</pre>",
+        _fig(plots.fidelity_figure(e.fidelity), "fidelity"),
+    ]
 
 
 def _g(v) -> str:

@@ -5,12 +5,13 @@ package sits below studies and analysis: it reads runs handed to it (a table CSV
 reader built), never storage. runs: the input; coding: factors and design matrix; fit: the fit and
 its checks; costs: exact costs composed per stage; front: candidates, predictions, the model front;
 verdicts: the published designs; result: the whole analysis and its JSON; text: the printed report;
-dominance: the project's non-dominated sort.
+dominance: the project's non-dominated sort; fidelity: one model across the rungs of a ladder.
 """
 
 from .coding import Coding, factors_of, is_stage, stage_label
 from .costs import StageCosts, trace_count
 from .dominance import dominates, non_dominated_sort, pareto_mask, to_minimization
+from .fidelity import RESAMPLES, Fidelity, across_fidelity, fidelity_lines
 from .fit import CV_FOLDS, LEVEL, MIN_NOISE_DF, MIN_RESID_DF, Fit, choose_kind, fit
 from .front import ENUMERATE_LIMIT, candidates, model_front, predictions
 from .result import Effects, analyse, design_half_widths
@@ -26,9 +27,12 @@ __all__ = [
     "MIN_RESID_DF",
     "Coding",
     "Effects",
+    "Fidelity",
+    "RESAMPLES",
     "Fit",
     "Runs",
     "StageCosts",
+    "across_fidelity",
     "analyse",
     "block",
     "candidates",
@@ -37,6 +41,7 @@ __all__ = [
     "dominates",
     "effects_lines",
     "factors_of",
+    "fidelity_lines",
     "fit",
     "in_space",
     "is_stage",

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .costs import StageCosts
+from .fidelity import RESAMPLES, Fidelity, across_fidelity
 from .fit import LEVEL, Fit, fit
 from .front import ENUMERATE_LIMIT, candidates, model_front, predictions
 from .runs import Runs
@@ -32,6 +33,7 @@ class Effects:
     front: pd.DataFrame
     designs: pd.DataFrame
     coverage: str
+    fidelity: Fidelity | None = None  # several rungs: the across-fidelity model (effects.fidelity)
 
     def to_json(self) -> dict:
         f, c = self.fit, self.fit.checks
@@ -50,7 +52,7 @@ class Effects:
             get = r.get if isinstance(r, dict) else lambda k: getattr(r, k)
             return {k: num(get(c)) for k, c in INTERVALS.items()}
 
-        return {
+        out = {
             "schema_version": SCHEMA_VERSION,
             "source": self.runs.source,
             "model": {
@@ -134,6 +136,9 @@ class Effects:
                 for r in trials.itertuples()
             ],
         }
+        if self.fidelity is not None:  # one rung: the output stays what it was
+            out["fidelity"] = self.fidelity.to_json()
+        return out
 
 
 def analyse(
@@ -142,13 +147,16 @@ def analyse(
     designs=None,
     limit: int = ENUMERATE_LIMIT,
     costs: StageCosts | None = None,
+    resamples: int = RESAMPLES,
 ) -> Effects:
     """Fit the model to the runs and read everything off it (`costs`: how genomes never trained are
-    counted; default a searchspace.cost trace per stage choice)."""
+    counted; default a searchspace.cost trace per stage choice). Runs of several rungs also get the
+    across-fidelity model (`resamples`: its rank-agreement bootstrap)."""
     f = fit(runs, kind)
     cands, note = candidates(f, runs, limit, costs)
     pred = predictions(f, cands)
-    return Effects(f, runs, f.effects(), pred, model_front(pred), verdicts(f, pred, runs, designs), note)
+    fid = across_fidelity(runs, f.coding, cands, designs, resamples)
+    return Effects(f, runs, f.effects(), pred, model_front(pred), verdicts(f, pred, runs, designs), note, fid)
 
 
 def design_half_widths(e: Effects) -> list[float]:

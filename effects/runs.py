@@ -30,6 +30,7 @@ class Runs:
     target: dict = field(default_factory=dict)
     noise_sd: float | None = None  # a measured run sd (a calibration) for fits whose runs cannot give one
     noise_source: str = ""
+    protocols: dict = field(default_factory=dict)  # rung -> its protocol (a table row's JSON), if known
 
     @property
     def n(self) -> int:
@@ -115,7 +116,12 @@ def runs_from_table(path: str | Path, seeds: Sequence[int] | None = None) -> Run
                 "rung": _text(getattr(r, "rung", None)),
             }
         )
-    return Runs(runs_frame(rows), f"table {p.name}")
+    protocols = {}
+    if {"rung", "protocol"} <= set(t.columns):
+        protocols = {
+            str(r): p_ for r, p_ in t.groupby("rung")["protocol"].first().items() if isinstance(p_, str)
+        }
+    return Runs(runs_frame(rows), f"table {p.name}", protocols=protocols)
 
 
 def _text(v) -> str | None:

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .fidelity import fidelity_lines
 from .fit import LEVEL
 from .result import Effects, design_half_widths
 
@@ -113,4 +114,6 @@ def report_text(e: Effects) -> str:
             f"{'trained' if r['evaluated'] else 'predicted'}  {r['genome'].summary()}"
         )
     out += ["", "Published designs (predicted top-1, model verdict):", *verdict_lines(e)]
+    if e.fidelity is not None:
+        out += ["", *fidelity_lines(e.fidelity)]
     return "\n".join(out)

@@ -318,7 +318,7 @@ def _fit_effects(url, cfg):
 def print_effects(storage, study_name: str, costs=None, effects=None) -> None:
     """The summary's last word: the effects model's checks, its largest effects and its verdicts on
     the published designs (every run pooled; the effects package). `effects`: the model if fitted."""
-    from effects import LEVEL, effects_lines, model_lines, verdict_lines
+    from effects import LEVEL, effects_lines, fidelity_lines, model_lines, verdict_lines
 
     try:
         from analysis import load_study
@@ -336,6 +336,8 @@ def print_effects(storage, study_name: str, costs=None, effects=None) -> None:
     print("\n".join(effects_lines(e, top=5)))
     print(f"Published designs, model verdicts (top-1: {LEVEL:.0%} intervals of its mean and of a new run):")
     print("\n".join(verdict_lines(e)))
+    if e.fidelity is not None:  # runs of several rungs: where each verdict holds, what moves
+        print("\n".join(fidelity_lines(e.fidelity)))
 
 
 def print_designs(storage, cfg) -> None:
