@@ -92,7 +92,8 @@ def front_figure(
     bars, bars_note = _noise_bars(df, y)
     refs = completed(df, "reference").dropna(subset=[x, y])
     # Fixed pixel heights per panel: the labels are spread on them (see _callouts).
-    panel_px = [max(380, LABEL_PX * (len(refs) + 2)), max(260, LABEL_PX * (len(pubs) + 2))][:rows]
+    # Both panels fit a 1280x800 window when the labels leave room (about 770 px in all).
+    panel_px = [max(340, LABEL_PX * (len(refs) + 2)), max(240, LABEL_PX * (len(pubs) + 2))][:rows]
     gap_px = 70
     fig = make_subplots(
         rows=rows,
@@ -100,7 +101,11 @@ def front_figure(
         shared_xaxes=True,
         vertical_spacing=gap_px / (sum(panel_px) + gap_px),
         row_heights=panel_px,
-        subplot_titles=[f"{y} vs {x}: searched trials and Pareto front{bars_note}", PUBLISHED_NOTE][:rows],
+        subplot_titles=[
+            f"{y} vs {x}: single runs and their observed Pareto front"
+            + (f"<br>{bars_note.strip()}" if bars_note else ""),
+            PUBLISHED_NOTE,
+        ][:rows],
     )
     done = add_ranks(df, objs)
     done = completed(done).dropna(subset=[x, y])
@@ -695,5 +700,92 @@ def effects_heatmap(
     )
     fig.update_layout(
         title=title, xaxis_title="factor", yaxis_title="choice", height=max(320, 40 * len(grid))
+    )
+    return fig
+
+
+def model_front_figure(
+    front: pd.DataFrame, designs: pd.DataFrame | None = None, level: float = 0.95
+) -> go.Figure:
+    """The effects model's answer: its front (predicted top-1 with its interval against FLOPs; filled:
+    trained here, open: predicted only) and the published designs' predictions, labelled."""
+    fx, xlabel = _unit("flops")
+    fig = go.Figure()
+
+    def points(d: pd.DataFrame, name: str, marker: dict, text=None, **kw) -> None:
+        fig.add_trace(
+            go.Scatter(
+                x=d["flops"] / fx,
+                y=d["predicted"],
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=d["high"] - d["predicted"],
+                    arrayminus=d["predicted"] - d["low"],
+                    thickness=1,
+                    width=2,
+                ),
+                name=name,
+                marker=marker,
+                text=text,
+                hovertemplate="%{text}<br>%{x:.3f} G<br>predicted %{y:.3f}<extra></extra>",
+                **kw,
+            )
+        )
+
+    if len(front):
+        f = front.sort_values("flops")
+        text = [g.summary() if hasattr(g, "summary") else str(g) for g in f["genome"]]
+        for trained, name, symbol in (
+            (True, "model front: trained here", "circle"),
+            (False, "model front: predicted only", "circle-open"),
+        ):
+            part = f[f["evaluated"].astype(bool) == trained]
+            if len(part):
+                labels = [t for t, e in zip(text, f["evaluated"].astype(bool)) if e == trained]
+                points(
+                    part,
+                    name,
+                    dict(symbol=symbol, size=10, color=FRONT_COLOR, line=dict(width=2)),
+                    labels,
+                    mode="markers",
+                )
+        fig.add_trace(
+            go.Scatter(
+                x=f["flops"] / fx,
+                y=f["predicted"],
+                mode="lines",
+                line=dict(shape="vh", color=FRONT_COLOR, width=1),
+                showlegend=False,
+                hoverinfo="skip",
+            )
+        )
+    d = (
+        designs.dropna(subset=["predicted", "flops"])
+        if designs is not None and len(designs)
+        else pd.DataFrame()
+    )
+    if len(d):
+        points(
+            d,
+            "published designs (predicted)",
+            dict(symbol="star", size=13, color=REF_COLOR, line=dict(color="white", width=1)),
+            [f"{n}: {v}" for n, v in zip(d["design"], d["verdict"])],
+            mode="markers+text",
+            textposition="middle right",
+            texttemplate=list(d["design"]),
+            textfont=dict(size=10, color=REF_COLOR),
+        )
+    fig.update_layout(
+        height=460,
+        template="plotly_white",
+        margin=dict(l=60, r=20, t=50, b=50),
+        title=dict(
+            text=f"Model front: predicted top-1 with {level:.0%} intervals (every run pooled)",
+            font=dict(size=14),
+        ),
+        xaxis_title=xlabel,
+        yaxis_title="predicted proxy top-1",
+        legend=dict(orientation="h", y=-0.18, yanchor="top"),
     )
     return fig

@@ -228,4 +228,56 @@ def rediscovery(
     return out
 
 
-__all__ = ["rediscovery", "verdict_against", "genome_distance", "in_space", "published_records"]
+# -- the model's verdict beside the single-run one ---------------------------------------------
+def _side(verdict: str, starts: dict[str, str]) -> str | None:
+    return next((side for s, side in starts.items() if str(verdict).startswith(s)), None)
+
+
+MODEL_SIDES = {"on the model front": "stands", "beaten": "beaten", "not resolved": "tie"}
+FACE_SIDES = {"missed": "stands", "beaten": "beaten", "matched": "tie"}
+
+
+def which_to_believe(model: str, face: str, runs: int, single: int, sd: float) -> str:
+    """Which of the two verdicts on a published design to believe, and why, in one table cell:
+    `model`: the effects model's verdict (pooled over `runs` runs, with intervals); `face`: this
+    module's single-run verdict (one run of the design against the best of `single` searched runs,
+    each off by `sd`). The model's, always: the best of many single runs reads high (winner's curse)."""
+    m, f = _side(model, MODEL_SIDES), _side(face, FACE_SIDES)
+    one = f"one run's sd {sd:.3f}"
+    if m is None:
+        return f"neither: the model gives no verdict here, and a single run ({one}) cannot decide it"
+    if f is None:
+        return f"the model (pooled over {runs} runs); there is no single-run verdict"
+    if m == "stands" and f == "stands":
+        return (
+            f"both say it stands: 'missed' only means no single searched run equalled its one run; "
+            f"pooled over {runs} runs, no genome is predicted higher at <= its FLOPs"
+        )
+    if m == "stands":
+        return (
+            f"the model: a single searched run {'beat' if f == 'beaten' else 'matched'} it, but the best "
+            f"of {single} single runs reads high (winner's curse, {one}); pooled over {runs} runs, nothing "
+            "at <= its FLOPs is predicted higher"
+        )
+    if m == "beaten":
+        seen = "the single runs agree" if f == "beaten" else "no single run showed it"
+        return (
+            f"the model: pooled over {runs} runs, a genome at <= its FLOPs is predicted higher with the "
+            f"difference's interval clear of 0; {seen}"
+        )
+    return (
+        f"the model: the difference is inside its interval, a tie at this budget; the single-run "
+        f"'{face}' rests on one run per genome ({one})"
+        if f != "tie"
+        else f"both: a tie at this budget ({one})"
+    )
+
+
+__all__ = [
+    "rediscovery",
+    "verdict_against",
+    "genome_distance",
+    "in_space",
+    "published_records",
+    "which_to_believe",
+]
