@@ -245,32 +245,25 @@ def which_to_believe(model: str, face: str, runs: int, single: int, sd: float) -
     m, f = _side(model, MODEL_SIDES), _side(face, FACE_SIDES)
     one = f"one run's sd {sd:.3f}"
     if m is None:
-        return f"neither: the model gives no verdict here, and a single run ({one}) cannot decide it"
+        return f"neither: the model gives no verdict, and a single run ({one}) cannot decide it"
     if f is None:
-        return f"the model (pooled over {runs} runs); there is no single-run verdict"
-    if m == "stands" and f == "stands":
+        return f"the model ({runs} runs pooled); no single-run verdict"
+    if m == f == "stands":
         return (
-            f"both say it stands: 'missed' only means no single searched run equalled its one run; "
-            f"pooled over {runs} runs, no genome is predicted higher at <= its FLOPs"
+            f"both: it stands ('missed': no single searched run equalled its one run; over {runs} runs "
+            "nothing at <= its FLOPs is predicted higher)"
         )
     if m == "stands":
         return (
-            f"the model: a single searched run {'beat' if f == 'beaten' else 'matched'} it, but the best "
-            f"of {single} single runs reads high (winner's curse, {one}); pooled over {runs} runs, nothing "
-            "at <= its FLOPs is predicted higher"
+            f"the model: over {runs} runs nothing at <= its FLOPs is predicted higher; the single run that "
+            f"{'beat' if f == 'beaten' else 'matched'} it is the best of {single} ({one}: winner's curse)"
         )
     if m == "beaten":
         seen = "the single runs agree" if f == "beaten" else "no single run showed it"
-        return (
-            f"the model: pooled over {runs} runs, a genome at <= its FLOPs is predicted higher with the "
-            f"difference's interval clear of 0; {seen}"
-        )
-    return (
-        f"the model: the difference is inside its interval, a tie at this budget; the single-run "
-        f"'{face}' rests on one run per genome ({one})"
-        if f != "tie"
-        else f"both: a tie at this budget ({one})"
-    )
+        return f"the model: over {runs} runs a genome at <= its FLOPs is higher, interval clear of 0; {seen}"
+    if f == "tie":
+        return f"both: a tie at this budget ({one})"
+    return f"the model: a tie at this budget (the interval holds 0); the single-run '{face}' rests on one run ({one})"
 
 
 __all__ = [

@@ -200,7 +200,7 @@ def answer_section(e: Effects | None, red: pd.DataFrame, single: int) -> list[st
         last = ["verdict", "evidence", "single_run", "believe"]
         cols = [c for c in d.columns if c not in VERDICT_HIDDEN and c not in last] + last
         parts += [
-            "<h3>Published designs: the model's verdicts</h3>",
+            "<h3>Published designs: model verdicts</h3>",
             '<p class="note">verdict: from the model\'s predictions and the interval of the contrast with the '
             "best genome predicted at no more FLOPs; single_run: the verdict of one run of the design "
             'against the searched single runs (<a href="#rediscovery">rediscovery at face value</a>); '
