@@ -765,6 +765,7 @@ def model_front_figure(
         if designs is not None and len(designs)
         else pd.DataFrame()
     )
+    d = d.sort_values(["flops", "predicted"]) if len(d) else d  # neighbours' labels alternate above/below
     if len(d):
         points(
             d,
@@ -772,7 +773,7 @@ def model_front_figure(
             dict(symbol="star", size=13, color=REF_COLOR, line=dict(color="white", width=1)),
             [f"{n}: {v}" for n, v in zip(d["design"], d["verdict"])],
             mode="markers+text",
-            textposition="middle right",
+            textposition=["top right", "bottom right"] * (len(d) // 2) + ["top right"] * (len(d) % 2),
             texttemplate=list(d["design"]),
             textfont=dict(size=10, color=REF_COLOR),
         )

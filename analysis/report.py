@@ -37,7 +37,7 @@ dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-siz
 dl.meta dt{font-weight:600}dl.meta dd{margin:0;font-family:monospace}
 table.t td:last-child{font-size:11px;min-width:240px}
 nav.toc{position:sticky;top:0;background:#fff;padding:6px 0;border-bottom:1px solid #ddd;font-size:14px;z-index:10}
-h2,h3{scroll-margin-top:48px}details summary{cursor:pointer;color:#1f5fa8;margin:6px 0}"""
+h2,h3{scroll-margin-top:48px}pre{white-space:pre-wrap}details summary{cursor:pointer;color:#1f5fa8;margin:6px 0}"""
 
 
 COLLAPSE_ROWS = 30  # longer tables fold away, so the report stays navigable
@@ -211,7 +211,15 @@ def answer_section(e: Effects | None, red: pd.DataFrame, single: int) -> list[st
     return parts
 
 
-VERDICT_HIDDEN = {"genome_key", "beaten_by_genome", "difference", "difference_low", "difference_high"}
+# Shown elsewhere in the row (the verdict names the rival and the difference) or too long for it.
+VERDICT_HIDDEN = {
+    "genome_key",
+    "beaten_by",
+    "beaten_by_genome",
+    "difference",
+    "difference_low",
+    "difference_high",
+}
 
 
 def effects_section(e: Effects) -> list[str]:
