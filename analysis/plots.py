@@ -612,22 +612,37 @@ def front3d_figure(df: pd.DataFrame, objectives: list[dict] | None = None) -> go
     return fig
 
 
-def rediscovery_figure(table: pd.DataFrame, objectives: list[dict] | None = None) -> go.Figure:
-    """The rediscovery table as a plotly table (optuna-dashboard shows figures, not HTML)."""
-    cols = [
-        c
-        for c in (
-            "design",
-            "verdict",
-            "top1_proxy",
-            "dominated_by",
-            "best_dominating",
-            "sampled",
-            "nearest_trial",
-            "nearest_distance",
-        )
-        if c in table.columns
-    ]
+REDISCOVERY_COLUMNS = {  # column: relative width
+    "design": 3,
+    "verdict": 2.4,
+    "top1_proxy": 1.4,
+    "dominated_by": 1.4,
+    "best_dominating": 1.6,
+    "sampled": 1.4,
+    "nearest_trial": 1.4,
+    "nearest_distance": 1.6,
+}
+VERDICT_COLUMNS = {
+    "design": 2.2,
+    "predicted": 1.2,
+    "low": 1,
+    "high": 1,
+    "verdict": 4,
+    "single_run": 1.6,
+    "believe": 5,
+}
+
+
+def rediscovery_figure(
+    table: pd.DataFrame,
+    objectives: list[dict] | None = None,
+    columns: dict[str, float] = REDISCOVERY_COLUMNS,
+    title: str = "Rediscovery of catalog designs at face value (single runs)",
+    row_px: int = 24,
+) -> go.Figure:
+    """A table as a plotly table (optuna-dashboard shows figures, not HTML): by default the
+    rediscovery table; `columns`: which to show and their relative widths; `row_px`: room per row."""
+    cols = [c for c in columns if c in table.columns]
 
     def cell(v):
         if isinstance(v, list):
@@ -644,14 +659,14 @@ def rediscovery_figure(table: pd.DataFrame, objectives: list[dict] | None = None
                 fill_color="#eee",
                 align="left",
             ),
-            columnwidth=[3, 2.4, 1.4, 1.4, 1.6, 1.4, 1.4, 1.6][: len(cols)] or None,
+            columnwidth=[columns[c] for c in cols] or None,
             cells=dict(values=cells, align="left", height=22),
         )
     )
     fig.update_layout(
-        height=140 + 24 * max(len(table), 1),
+        height=140 + row_px * max(len(table), 1),
         margin=dict(l=10, r=10, t=40, b=10),
-        title=dict(text="Rediscovery of catalog designs", font=dict(size=14)),
+        title=dict(text=title, font=dict(size=14)),
     )
     return fig
 

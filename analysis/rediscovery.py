@@ -266,7 +266,19 @@ def which_to_believe(model: str, face: str, runs: int, single: int, sd: float) -
     return f"the model: a tie at this budget (the interval holds 0); the single-run '{face}' rests on one run ({one})"
 
 
+def beside_single_runs(e, red: pd.DataFrame, single: int) -> pd.DataFrame:
+    """The effects model's verdicts (`e`: an effects.Effects) with each design's single-run verdict
+    (`red`: the rediscovery table) and which to believe; `single`: completed searched runs."""
+    face = dict(zip(red["design"], red["verdict"])) if len(red) else {}
+    d = e.designs.assign(single_run=[face.get(n, "-") for n in e.designs["design"]])
+    d["believe"] = [
+        which_to_believe(m, f, e.fit.n, single, e.fit.sigma) for m, f in zip(d["verdict"], d["single_run"])
+    ]
+    return d
+
+
 __all__ = [
+    "beside_single_runs",
     "rediscovery",
     "verdict_against",
     "genome_distance",

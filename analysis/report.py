@@ -26,7 +26,7 @@ from . import metrics, plots
 from .effects import of_study
 from .load import completed, load_study, objectives_of
 from .pareto import hypervolume_history, pareto_front
-from .rediscovery import rediscovery, which_to_believe
+from .rediscovery import beside_single_runs, rediscovery
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
@@ -191,12 +191,7 @@ def answer_section(e: Effects | None, red: pd.DataFrame, single: int) -> list[st
         ),
     ]
     if len(e.designs):
-        face = dict(zip(red["design"], red["verdict"])) if len(red) else {}
-        d = e.designs.assign(single_run=[face.get(n, "-") for n in e.designs["design"]])
-        d["believe"] = [
-            which_to_believe(m, f, e.fit.n, single, e.fit.sigma)
-            for m, f in zip(d["verdict"], d["single_run"])
-        ]
+        d = beside_single_runs(e, red, single)
         last = ["verdict", "evidence", "single_run", "believe"]
         cols = [c for c in d.columns if c not in VERDICT_HIDDEN and c not in last] + last
         parts += [

@@ -329,7 +329,7 @@ def print_effects(storage, study_name: str, costs=None, effects=None, red=None, 
     published designs, each beside the single-run verdict (`red`: analysis.rediscovery's table;
     `single`: completed searched runs) with which to believe, then the largest effects. `effects`:
     the model if fitted."""
-    from analysis.rediscovery import which_to_believe
+    from analysis.rediscovery import beside_single_runs
     from effects import LEVEL, effects_lines, model_lines, verdict_lines
 
     try:
@@ -366,11 +366,9 @@ def print_effects(storage, study_name: str, costs=None, effects=None, red=None, 
     print(f"Published designs, model verdicts (predicted top-1 [{LEVEL:.0%} interval]):")
     print("\n".join(verdict_lines(e)))
     if red is not None and len(e.designs):
-        face = dict(zip(red["design"], red["verdict"]))
         print("  beside the single-run verdict, which to believe:")
-        for d, v in zip(e.designs["design"], e.designs["verdict"]):
-            f = face.get(d, "-")
-            print(f"  {d:<24} single run: {f:<22} -> {which_to_believe(v, f, e.fit.n, single, e.fit.sigma)}")
+        for r in beside_single_runs(e, red, single).itertuples():
+            print(f"  {r.design:<24} single run: {r.single_run:<22} -> {r.believe}")
     print("Largest effects on proxy top-1 (against the baseline):")
     print("\n".join(effects_lines(e, top=5)))
 
