@@ -17,11 +17,12 @@ from .rediscovery import beside_single_runs, rediscovery
 def push_to_dashboard(
     storage, study_name: str | None = None, designs=None, costs=None, effects: Effects | None = None
 ) -> list[str]:
-    """Save the figures into the study with optuna_dashboard.save_plotly_graph_object, the model's
-    answer first (its front and its verdicts beside the single-run ones), then the single runs
-    (observed front, rediscovery at face value, hypervolume), then the effects; fixed ids, so pushing
-    again replaces them. `storage`: run folder, .journal file, storage URL or an Optuna storage;
-    `effects`: the study's effects model if already fitted. Returns the ids."""
+    """Save the figures into the study with optuna_dashboard.save_plotly_graph_object: the model's
+    answer (its front, its verdicts beside the single-run ones), the single runs (observed front,
+    rediscovery at face value, hypervolume) and the effects; fixed ids, so pushing again replaces
+    them. The answer also goes into the study's note, above the cards (whose order optuna-dashboard
+    decides), unless a person wrote that note. `storage`: run folder, .journal file, storage URL or
+    an Optuna storage; `effects`: the study's effects model if already fitted. Returns the ids."""
     from optuna_dashboard import save_plotly_graph_object
 
     st = open_storage(storage)
@@ -52,6 +53,8 @@ def push_to_dashboard(
         figs["effects"] = plots.effects_heatmap(fitted.effects)
 
     study = optuna.load_study(study_name=name, storage=st)
+    if fitted is not None:
+        write_answer_note(study, fitted, red, len(completed(df)))
     for gid, fig in figs.items():
         fig.update_layout(
             height=440,  # a table scrolls inside its card
@@ -62,4 +65,64 @@ def push_to_dashboard(
     return list(figs)
 
 
-__all__ = ["push_to_dashboard"]
+NOTE_HEAD = "## The answer: the effects model (written by analysis.dashboard on each push)"
+NOTE_ROWS = 10  # model-front rows in the note; the report has them all
+
+
+def answer_note(e: Effects, red, single: int) -> str:
+    """The model's front and verdicts as the study's Markdown note: the figure cards' order is the
+    dashboard's own, the note sits above them."""
+    top = e.front.sort_values("predicted", ascending=False).head(NOTE_ROWS)
+    lines = [
+        NOTE_HEAD,
+        "",
+        f"Every run pooled ({e.fit.n} runs), each prediction with its {LEVEL:.0%} interval. The cards that "
+        "say *single runs* show the runs one by one: their best points are the luckiest of many noisy "
+        "runs (winner's curse).",
+        "",
+        f"**Model front** over {e.coverage} ({len(e.front)} genomes; the {len(top)} predicted highest):",
+        "",
+        "| genome | predicted top-1 | FLOPs | trained |",
+        "|---|---|---|---|",
+        *(
+            f"| {_md(r.genome.summary())} | {r.predicted:.3f} [{r.low:.3f}, {r.high:.3f}] | "
+            f"{r.flops / 1e9:.3f} G | {'yes' if r.evaluated else 'no'} |"
+            for r in top.itertuples()
+        ),
+    ]
+    if len(e.designs):
+        lines += [
+            "",
+            "**Published designs**: the model's verdict beside the single-run one, and which to believe:",
+            "",
+            "| design | predicted top-1 | model verdict | single run | believe |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {r['design']} | {_interval(r)} | {_md(r['verdict'])} | {r['single_run']} | {_md(r['believe'])} |"
+                for r in beside_single_runs(e, red, single).to_dict("records")
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:  # a table cell: a genome summary's bars would split it
+    return str(text).replace("|", "\\|")
+
+
+def _interval(r: dict) -> str:
+    p = r.get("predicted")
+    return "-" if p is None or p != p else f"{p:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+
+
+def write_answer_note(study: optuna.Study, e: Effects, red, single: int) -> bool:
+    """Write the answer as the study's note unless a person wrote one there (never overwritten)."""
+    from optuna_dashboard import get_note, save_note
+
+    old = get_note(study)
+    if old and not old.startswith(NOTE_HEAD):
+        return False
+    save_note(study, answer_note(e, red, single))
+    return True
+
+
+__all__ = ["push_to_dashboard", "answer_note"]
