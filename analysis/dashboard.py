@@ -20,8 +20,8 @@ def push_to_dashboard(
     """Save the figures into the study with optuna_dashboard.save_plotly_graph_object: the model's
     answer (its front, its verdicts beside the single-run ones), the single runs (observed front,
     rediscovery at face value, hypervolume) and the effects; fixed ids, so pushing again replaces
-    them. The answer also goes into the study's note, above the cards (whose order optuna-dashboard
-    decides), unless a person wrote that note. `storage`: run folder, .journal file, storage URL or
+    them. The answer also goes into the study's note (its Note page: the cards' order is
+    optuna-dashboard's own), unless a person wrote that note. `storage`: run folder, .journal file, storage URL or
     an Optuna storage; `effects`: the study's effects model if already fitted. Returns the ids."""
     from optuna_dashboard import save_plotly_graph_object
 
@@ -70,8 +70,8 @@ NOTE_ROWS = 10  # model-front rows in the note; the report has them all
 
 
 def answer_note(e: Effects, red, single: int) -> str:
-    """The model's front and verdicts as the study's Markdown note: the figure cards' order is the
-    dashboard's own, the note sits above them."""
+    """The model's front and verdicts as the study's Markdown note (optuna-dashboard orders the
+    figure cards itself, so the note is where the answer comes first)."""
     top = e.front.sort_values("predicted", ascending=False).head(NOTE_ROWS)
     lines = [
         NOTE_HEAD,
@@ -105,8 +105,8 @@ def answer_note(e: Effects, red, single: int) -> str:
     return "\n".join(lines)
 
 
-def _md(text: str) -> str:  # a table cell: a genome summary's bars would split it
-    return str(text).replace("|", "\\|")
+def _md(text: str) -> str:  # a table cell: the dashboard's Markdown splits cells at every bar, escaped or not
+    return str(text).replace(" | ", " · ").replace("|", "/")
 
 
 def _interval(r: dict) -> str:
