@@ -692,7 +692,9 @@ def effects_heatmap(
     highs = eff.pivot(index="choice", columns="factor", values="high").reindex_like(grid)
     text = [
         [
-            "" if pd.isna(v) else f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            ""
+            if pd.isna(v)
+            else f"{v:+.3f}<br>[{lo:+.3f}, {hi:+.3f}]"  # two lines: readable at 10 px in a narrow cell
             for v, lo, hi in zip(grid.loc[c], lows.loc[c], highs.loc[c])
         ]
         for c in grid.index
@@ -705,6 +707,7 @@ def effects_heatmap(
             y=list(grid.index),
             text=text,
             texttemplate="%{text}",
+            textfont=dict(size=10),
             hovertemplate="%{x}: %{y}<br>%{text}<extra></extra>",
             colorscale="RdBu",
             zmid=0,
