@@ -581,6 +581,27 @@ def test_report_answer_comes_first_with_contents_and_folded_tables(run_dir):
     assert "<details>" not in _table(pd.DataFrame({"a": range(COLLAPSE_ROWS)}))
 
 
+def test_dashboard_note_leads_with_the_answer_and_keeps_a_persons_note():
+    import pandas as pd
+    from optuna_dashboard import get_note, save_note
+
+    import effects as fx
+    from analysis.dashboard import NOTE_HEAD, write_answer_note
+
+    e = fx.analyse(fx.runs_from_table(ROOT / "studies/tables/smoke_table.csv"))
+    red = pd.DataFrame({"design": ["resnet18", "se_resnet18"], "verdict": ["missed", "beaten"]})
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    assert write_answer_note(study, e, red, 40)
+    note = get_note(study)
+    assert note.startswith(NOTE_HEAD) and "**Model front**" in note
+    row = next(ln for ln in note.splitlines() if ln.startswith("| resnet18 | "))
+    assert row.count("|") == 6 and "both: it stands" in row  # five cells: no bar of a summary splits one
+    front = [ln for ln in note.splitlines() if ln.startswith("| resnet18 · ")]
+    assert len(front) == len(e.front) and all(ln.count("|") == 5 for ln in front)
+    save_note(study, "my own notes")
+    assert not write_answer_note(study, e, red, 40) and get_note(study) == "my own notes"
+
+
 # -- the notebook and the report in a real browser ----------------------------------------------
 @pytest.mark.slow
 def test_notebook_runs(run_dir, monkeypatch):
