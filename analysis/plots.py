@@ -92,7 +92,8 @@ def front_figure(
     bars, bars_note = _noise_bars(df, y)
     refs = completed(df, "reference").dropna(subset=[x, y])
     # Fixed pixel heights per panel: the labels are spread on them (see _callouts).
-    panel_px = [max(380, LABEL_PX * (len(refs) + 2)), max(260, LABEL_PX * (len(pubs) + 2))][:rows]
+    # Both panels fit a 1280x800 window when the labels leave room (about 770 px in all).
+    panel_px = [max(340, LABEL_PX * (len(refs) + 2)), max(240, LABEL_PX * (len(pubs) + 2))][:rows]
     gap_px = 70
     fig = make_subplots(
         rows=rows,
@@ -100,7 +101,11 @@ def front_figure(
         shared_xaxes=True,
         vertical_spacing=gap_px / (sum(panel_px) + gap_px),
         row_heights=panel_px,
-        subplot_titles=[f"{y} vs {x}: searched trials and Pareto front{bars_note}", PUBLISHED_NOTE][:rows],
+        subplot_titles=[
+            f"{y} vs {x}: single runs and their observed Pareto front"
+            + (f"<br>{bars_note.strip()}" if bars_note else ""),
+            PUBLISHED_NOTE,
+        ][:rows],
     )
     done = add_ranks(df, objs)
     done = completed(done).dropna(subset=[x, y])
@@ -607,22 +612,37 @@ def front3d_figure(df: pd.DataFrame, objectives: list[dict] | None = None) -> go
     return fig
 
 
-def rediscovery_figure(table: pd.DataFrame, objectives: list[dict] | None = None) -> go.Figure:
-    """The rediscovery table as a plotly table (optuna-dashboard shows figures, not HTML)."""
-    cols = [
-        c
-        for c in (
-            "design",
-            "verdict",
-            "top1_proxy",
-            "dominated_by",
-            "best_dominating",
-            "sampled",
-            "nearest_trial",
-            "nearest_distance",
-        )
-        if c in table.columns
-    ]
+REDISCOVERY_COLUMNS = {  # column: relative width
+    "design": 3,
+    "verdict": 2.4,
+    "top1_proxy": 1.4,
+    "dominated_by": 1.4,
+    "best_dominating": 1.6,
+    "sampled": 1.4,
+    "nearest_trial": 1.4,
+    "nearest_distance": 1.6,
+}
+VERDICT_COLUMNS = {
+    "design": 2.2,
+    "predicted": 1.2,
+    "low": 1,
+    "high": 1,
+    "verdict": 4,
+    "single_run": 1.6,
+    "believe": 5,
+}
+
+
+def rediscovery_figure(
+    table: pd.DataFrame,
+    objectives: list[dict] | None = None,
+    columns: dict[str, float] = REDISCOVERY_COLUMNS,
+    title: str = "Rediscovery of catalog designs at face value (single runs)",
+    row_px: int = 24,
+) -> go.Figure:
+    """A table as a plotly table (optuna-dashboard shows figures, not HTML): by default the
+    rediscovery table; `columns`: which to show and their relative widths; `row_px`: room per row."""
+    cols = [c for c in columns if c in table.columns]
 
     def cell(v):
         if isinstance(v, list):
@@ -639,14 +659,14 @@ def rediscovery_figure(table: pd.DataFrame, objectives: list[dict] | None = None
                 fill_color="#eee",
                 align="left",
             ),
-            columnwidth=[3, 2.4, 1.4, 1.4, 1.6, 1.4, 1.4, 1.6][: len(cols)] or None,
+            columnwidth=[columns[c] for c in cols] or None,
             cells=dict(values=cells, align="left", height=22),
         )
     )
     fig.update_layout(
-        height=140 + 24 * max(len(table), 1),
+        height=140 + row_px * max(len(table), 1),
         margin=dict(l=10, r=10, t=40, b=10),
-        title=dict(text="Rediscovery of catalog designs", font=dict(size=14)),
+        title=dict(text=title, font=dict(size=14)),
     )
     return fig
 
@@ -673,7 +693,9 @@ def effects_heatmap(
     highs = eff.pivot(index="choice", columns="factor", values="high").reindex_like(grid)
     text = [
         [
-            "" if pd.isna(v) else f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            ""
+            if pd.isna(v)
+            else f"{v:+.3f}<br>[{lo:+.3f}, {hi:+.3f}]"  # two lines: readable at 10 px in a narrow cell
             for v, lo, hi in zip(grid.loc[c], lows.loc[c], highs.loc[c])
         ]
         for c in grid.index
@@ -686,6 +708,7 @@ def effects_heatmap(
             y=list(grid.index),
             text=text,
             texttemplate="%{text}",
+            textfont=dict(size=10),
             hovertemplate="%{x}: %{y}<br>%{text}<extra></extra>",
             colorscale="RdBu",
             zmid=0,
@@ -730,5 +753,93 @@ def fidelity_figure(fid, title: str = "Effect on proxy top-1 at each rung of the
     fig.add_hline(y=0, line=dict(color="grey", width=1))
     fig.update_layout(
         title=title, xaxis_title="rung (what it changes)", yaxis_title="effect on top-1", height=520
+    )
+    return fig
+
+
+def model_front_figure(
+    front: pd.DataFrame, designs: pd.DataFrame | None = None, level: float = 0.95
+) -> go.Figure:
+    """The effects model's answer: its front (predicted top-1 with its interval against FLOPs; filled:
+    trained here, open: predicted only) and the published designs' predictions, labelled."""
+    fx, xlabel = _unit("flops")
+    fig = go.Figure()
+
+    def points(d: pd.DataFrame, name: str, marker: dict, text=None, **kw) -> None:
+        fig.add_trace(
+            go.Scatter(
+                x=d["flops"] / fx,
+                y=d["predicted"],
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=d["high"] - d["predicted"],
+                    arrayminus=d["predicted"] - d["low"],
+                    thickness=1,
+                    width=2,
+                ),
+                name=name,
+                marker=marker,
+                text=text,
+                hovertemplate="%{text}<br>%{x:.3f} G<br>predicted %{y:.3f}<extra></extra>",
+                **kw,
+            )
+        )
+
+    if len(front):
+        f = front.sort_values("flops")
+        text = [g.summary() if hasattr(g, "summary") else str(g) for g in f["genome"]]
+        for trained, name, symbol in (
+            (True, "model front: trained here", "circle"),
+            (False, "model front: predicted only", "circle-open"),
+        ):
+            part = f[f["evaluated"].astype(bool) == trained]
+            if len(part):
+                labels = [t for t, e in zip(text, f["evaluated"].astype(bool)) if e == trained]
+                points(
+                    part,
+                    name,
+                    dict(symbol=symbol, size=10, color=FRONT_COLOR, line=dict(width=2)),
+                    labels,
+                    mode="markers",
+                )
+        fig.add_trace(
+            go.Scatter(
+                x=f["flops"] / fx,
+                y=f["predicted"],
+                mode="lines",
+                line=dict(shape="vh", color=FRONT_COLOR, width=1),
+                showlegend=False,
+                hoverinfo="skip",
+            )
+        )
+    d = (
+        designs.dropna(subset=["predicted", "flops"])
+        if designs is not None and len(designs)
+        else pd.DataFrame()
+    )
+    d = d.sort_values(["flops", "predicted"]) if len(d) else d  # neighbours' labels alternate above/below
+    if len(d):
+        points(
+            d,
+            "published designs (predicted)",
+            dict(symbol="star", size=13, color=REF_COLOR, line=dict(color="white", width=1)),
+            [f"{n}: {v}" for n, v in zip(d["design"], d["verdict"])],
+            mode="markers+text",
+            textposition=["top right", "bottom right"] * (len(d) // 2) + ["top right"] * (len(d) % 2),
+            texttemplate=list(d["design"]),
+            textfont=dict(size=10, color=REF_COLOR),
+        )
+    fig.update_layout(
+        height=460,
+        template="plotly_white",
+        margin=dict(l=60, r=20, t=50, b=50),
+        title=dict(
+            text=f"Model front: predicted top-1 with {level:.0%} intervals (every run pooled)",
+            font=dict(size=14),
+        ),
+        xaxis_title=xlabel,
+        yaxis_title="predicted proxy top-1",
+        legend=dict(orientation="h", y=-0.18, yanchor="top"),
     )
     return fig

@@ -228,4 +228,61 @@ def rediscovery(
     return out
 
 
-__all__ = ["rediscovery", "verdict_against", "genome_distance", "in_space", "published_records"]
+# -- the model's verdict beside the single-run one ---------------------------------------------
+def _side(verdict: str, starts: dict[str, str]) -> str | None:
+    return next((side for s, side in starts.items() if str(verdict).startswith(s)), None)
+
+
+MODEL_SIDES = {"on the model front": "stands", "beaten": "beaten", "not resolved": "tie"}
+FACE_SIDES = {"missed": "stands", "beaten": "beaten", "matched": "tie"}
+
+
+def which_to_believe(model: str, face: str, runs: int, single: int, sd: float) -> str:
+    """Which of the two verdicts on a published design to believe, and why, in one table cell:
+    `model`: the effects model's verdict (pooled over `runs` runs, with intervals); `face`: this
+    module's single-run verdict (one run of the design against the best of `single` searched runs,
+    each off by `sd`). The model's, always: the best of many single runs reads high (winner's curse)."""
+    m, f = _side(model, MODEL_SIDES), _side(face, FACE_SIDES)
+    one = f"one run's sd {sd:.3f}"
+    if m is None:
+        return f"neither: the model gives no verdict, and a single run ({one}) cannot decide it"
+    if f is None:
+        return f"the model ({runs} runs pooled); no single-run verdict"
+    if m == f == "stands":
+        return (
+            f"both: it stands ('missed': no single searched run equalled its one run; over {runs} runs "
+            "nothing at <= its FLOPs is predicted higher)"
+        )
+    if m == "stands":
+        return (
+            f"the model: over {runs} runs nothing at <= its FLOPs is predicted higher; the single run that "
+            f"{'beat' if f == 'beaten' else 'matched'} it is the best of {single} ({one}: winner's curse)"
+        )
+    if m == "beaten":
+        seen = "the single runs agree" if f == "beaten" else "no single run showed it"
+        return f"the model: over {runs} runs a genome at <= its FLOPs is higher, interval clear of 0; {seen}"
+    if f == "tie":
+        return f"both: a tie at this budget ({one})"
+    return f"the model: a tie at this budget (the interval holds 0); the single-run '{face}' rests on one run ({one})"
+
+
+def beside_single_runs(e, red: pd.DataFrame, single: int) -> pd.DataFrame:
+    """The effects model's verdicts (`e`: an effects.Effects) with each design's single-run verdict
+    (`red`: the rediscovery table) and which to believe; `single`: completed searched runs."""
+    face = dict(zip(red["design"], red["verdict"])) if len(red) else {}
+    d = e.designs.assign(single_run=[face.get(n, "-") for n in e.designs["design"]])
+    d["believe"] = [
+        which_to_believe(m, f, e.fit.n, single, e.fit.sigma) for m, f in zip(d["verdict"], d["single_run"])
+    ]
+    return d
+
+
+__all__ = [
+    "beside_single_runs",
+    "rediscovery",
+    "verdict_against",
+    "genome_distance",
+    "in_space",
+    "published_records",
+    "which_to_believe",
+]

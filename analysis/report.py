@@ -26,25 +26,34 @@ from . import metrics, plots
 from .effects import of_study
 from .load import completed, load_study, objectives_of
 from .pareto import hypervolume_history, pareto_front
-from .rediscovery import rediscovery
+from .rediscovery import beside_single_runs, rediscovery
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
 table.t{border-collapse:collapse;font-size:12px;margin:8px 0}
 table.t td,table.t th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
-table.t th{background:#f4f4f4}.note{color:#666;font-size:13px}dl.meta dt{font-weight:600}
-dl.meta dd{margin:0 0 6px 16px;font-family:monospace;font-size:12px}
-table.t td:last-child{font-size:11px;min-width:240px}"""
+table.t th{background:#f4f4f4}.note{color:#666;font-size:13px}h3{font-size:15px;margin-top:24px}
+dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:12px}
+dl.meta dt{font-weight:600}dl.meta dd{margin:0;font-family:monospace}
+table.t td:last-child{font-size:11px;min-width:240px}
+nav.toc{position:sticky;top:0;background:#fff;padding:6px 0;border-bottom:1px solid #ddd;font-size:14px;z-index:10}
+h2,h3{scroll-margin-top:48px}pre{white-space:pre-wrap}details summary{cursor:pointer;color:#1f5fa8;margin:6px 0}"""
+
+
+COLLAPSE_ROWS = 30  # longer tables fold away, so the report stays navigable
 
 
 def _table(df: pd.DataFrame) -> str:
     if df.empty:
         return '<p class="note">(none)</p>'
-    return (
+    body = (
         '<div style="overflow-x:auto">'
         + df.to_html(index=False, classes="t", border=0, na_rep="", float_format=lambda v: f"{v:.4g}")
         + "</div>"
     )
+    if len(df) <= COLLAPSE_ROWS:
+        return body
+    return f"<details><summary>{len(df)} rows: show the table</summary>{body}</details>"
 
 
 def _cost_units(df: pd.DataFrame) -> pd.DataFrame:
@@ -102,7 +111,7 @@ def calibration_section(df: pd.DataFrame) -> list[str]:
     seeds, else a warning; and the feature-map sizes the proxy's modules saw against the target's."""
     from .calibration import stage_map_sizes, study_noise
 
-    parts = ["<h2>Proxy noise and calibration</h2>"]
+    parts = []
     fid, target = df.attrs.get("fidelity") or {}, df.attrs.get("target") or {}
     backbone = target.get("backbone")
     proxy = stage_map_sizes(backbone, fid["resolution"]) if backbone and fid.get("resolution") else None
@@ -162,22 +171,78 @@ def calibration_section(df: pd.DataFrame) -> list[str]:
     return parts
 
 
-def effects_section(
-    df: pd.DataFrame, red: pd.DataFrame, designs=None, costs=None, effects: Effects | None = None
-) -> list[str]:
-    """Every run pooled through the effects model (the effects package): its checks, the effects with
-    intervals and a heatmap, the model front, model verdicts (face value beside them), every trial.
-    `effects`: the study's model when the caller has fitted it already; else it is fitted here."""
-    try:
-        e = effects if effects is not None else of_study(df, designs=designs, costs=costs)
-    except UserError as err:
-        return ["<h2>Effects model</h2>", f'<p class="note">Not fitted: {html.escape(str(err))}</p>']
+def answer_section(e: Effects | None, red: pd.DataFrame, single: int) -> list[str]:
+    """The model's answer, first: its front and its verdicts on the published designs, each beside
+    the single-run verdict with which to believe and why. `single`: completed searched runs."""
     parts = [
-        "<h2>Effects model: what each choice does where</h2>",
+        '<p class="note">Every completed run (references included) pooled through one additive model '
+        '(<a href="#fit">its effects and checks</a>), so each prediction carries an interval. The '
+        'observed front of single runs is <a href="#single">further down</a>: its best points are the '
+        "luckiest of many noisy runs (winner's curse). Two intervals: mean_low/mean_high, where the "
+        "genome's mean top-1 lies; run_low/run_high, where one new run of it would land (run noise and "
+        "the spread of seed blocks included).</p>"
+    ]
+    front = e.front.assign(genome=[g.summary() for g in e.front["genome"]])
+    parts += [
+        _fig(plots.model_front_figure(e.front, e.designs, LEVEL), "modelfront"),
+        f"<h3>Model front over {html.escape(e.coverage)}</h3>",
+        _table(
+            _cost_units(
+                front[
+                    [
+                        "key",
+                        "predicted",
+                        "low",
+                        "high",
+                        "run_low",
+                        "run_high",
+                        "flops",
+                        "params",
+                        "evaluated",
+                        "genome",
+                    ]
+                ]
+                .rename(columns=INTERVAL_NAMES)
+                .round(4)
+            )
+        ),
+    ]
+    if len(e.designs):
+        d = beside_single_runs(e, red, single)
+        last = ["verdict", "evidence", "single_run", "believe"]
+        cols = [c for c in d.columns if c not in VERDICT_HIDDEN and c not in last] + last
+        parts += [
+            "<h3>Published designs: model verdicts</h3>",
+            '<p class="note">verdict: from the model\'s predictions and the interval of the contrast with the '
+            "best genome predicted at no more FLOPs; single_run: the verdict of one run of the design "
+            'against the searched single runs (<a href="#rediscovery">rediscovery at face value</a>); '
+            "believe: which of the two to believe, and why. recipe: how the design was trained here "
+            "(common = the study's recipe).</p>",
+            _table(_cost_units(d[[c for c in cols if c in d]]).rename(columns=INTERVAL_NAMES).round(4)),
+        ]
+    return parts
+
+
+# The two intervals of a prediction, named for what they cover.
+INTERVAL_NAMES = {"low": "mean_low", "high": "mean_high"}
+
+# Shown elsewhere in the row (the verdict names the rival and the difference) or too long for it.
+VERDICT_HIDDEN = {
+    "genome_key",
+    "beaten_by",
+    "beaten_by_genome",
+    "difference",
+    "difference_low",
+    "difference_high",
+}
+
+
+def effects_section(e: Effects) -> list[str]:
+    """How the model answers: its fit and checks, each choice's effect with its interval, a heatmap."""
+    parts = [
         "<pre>" + html.escape("\n".join(model_lines(e))) + "</pre>",
-        '<p class="note">Every completed run (references included) pooled through one additive model: '
-        "top-1 = intercept + one effect per factor level (each stage's whole choice, stem, downsampling) "
-        "+ a seed block + noise. Effects are against the baseline (none / the default), with "
+        '<p class="note">top-1 = intercept + one effect per factor level (each stage\'s whole choice, stem, '
+        "downsampling) + a block (one seed on one machine and code) + noise. Effects are against the baseline (none / the default), with "
         f"{LEVEL:.0%} intervals of the fit named above (docs/effects.md).</p>",
         _table(e.effects.round(4)),
         _fig(plots.effects_heatmap(e.effects), "effects"),
@@ -189,46 +254,7 @@ def effects_section(
             + html.escape(", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])))
             + "</p>"
         )
-    front = e.front.assign(genome=[g.summary() for g in e.front["genome"]])
-    parts += [
-        f"<h3>Model front over {html.escape(e.coverage)}</h3>",
-        _table(
-            _cost_units(
-                front[["key", "predicted", "low", "high", "flops", "params", "evaluated", "genome"]].round(4)
-            )
-        ),
-    ]
-    if len(e.designs):
-        face = dict(zip(red["design"], red["verdict"])) if len(red) else {}
-        d = e.designs.assign(face_value=[face.get(n, "-") for n in e.designs["design"]])
-        cols = [
-            c
-            for c in (
-                "design",
-                "predicted",
-                "low",
-                "high",
-                "flops",
-                "recipe",
-                "verdict",
-                "evidence",
-                "face_value",
-            )
-            if c in d
-        ]
-        parts += [
-            "<h3>Published designs: model verdicts</h3>",
-            '<p class="note">verdict: from the model\'s predictions and the interval of the contrast with the '
-            "best genome predicted at no more FLOPs; face_value: the single-run verdict of the section below. "
-            "recipe: how the design was trained here (common = the study's recipe).</p>",
-            _table(_cost_units(d[cols]).round(4)),
-        ]
-    js = e.to_json()["trials"]
-    parts += [
-        "<h3>Every genome: predicted beside measured</h3>",
-        _table(pd.DataFrame(js).round(4)),
-    ]
-    return parts + fidelity_section(e)
+    return parts
 
 
 def fidelity_section(e: Effects) -> list[str]:
@@ -236,7 +262,6 @@ def fidelity_section(e: Effects) -> list[str]:
     if e.fidelity is None:
         return []
     return [
-        "<h3>Across fidelity: effects and verdicts at every rung</h3>",
         "<pre>" + html.escape("\n".join(fidelity_lines(e.fidelity))) + "</pre>",
         _fig(plots.fidelity_figure(e.fidelity), "fidelity"),
     ]
@@ -250,37 +275,23 @@ def _fig(fig, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"responsive": True})
 
 
-def build_report(df: pd.DataFrame, designs=None, costs=None, effects: Effects | None = None) -> str:
-    """The report's HTML text for a table from load_study (`costs`: how the effects model counts
-    genomes it composes, effects.StageCosts; `effects`: the model if already fitted)."""
+def single_run_section(df: pd.DataFrame, designs, red: pd.DataFrame) -> list[str]:
+    """What the runs showed one by one: the observed front, its hypervolume, where the modules sit,
+    the genome fields and the rediscovery verdicts at face value."""
     objs = objectives_of(df)
     names = [o["name"] for o in objs]
-    designs = catalog.designs() if designs is None else list(designs)
-    name = df.attrs.get("study_name", "study")
     parts = [
-        f"<h1>Study {html.escape(name)}</h1>",
-        '<dl class="meta">'
-        + "".join(
-            f"<dt>{k}</dt><dd>{html.escape(str(v))}</dd>"
-            for k, v in [
-                ("storage", df.attrs.get("storage")),
-                ("objectives", ", ".join(f"{o['name']} ({o['direction']})" for o in objs)),
-                ("target (costs are of this network)", df.attrs.get("target")),
-                ("fidelity (accuracy is from this proxy)", df.attrs.get("fidelity")),
-            ]
-        )
-        + "</dl>",
+        '<p class="note">Each point here is one run, taken at face value. The best of many noisy runs reads '
+        "higher than its genome would on average (winner's curse), so this front is optimistic; the "
+        '<a href="#answer">model\'s answer</a> above pools every run and is the one to act on.</p>'
     ]
-    counts = df.groupby(["study", "state", "status"], dropna=False).size().reset_index(name="trials")
-    parts += ["<h2>Trials by state</h2>", _table(counts)]
-    done = completed(df)
-    if done.empty:
+    if completed(df).empty:
         parts.append('<p class="note">No completed searched trials yet: no front or hypervolume.</p>')
     else:
         hist = hypervolume_history(df)
         ref = ", ".join(f"{n}={v:.4g}" for n, v in hist.attrs["reference_point"].items())
         parts += [
-            "<h2>Pareto front</h2>",
+            "<h3>Observed Pareto front (single runs)</h3>",
             f"<p>Hypervolume {hist['hypervolume'].iloc[-1]:.6g} "
             f"(normalised {hist['hypervolume_normalized'].iloc[-1]:.4f}) with reference point "
             f'{html.escape(ref)} <span class="note">(reference point: the worst observed value of each '
@@ -303,33 +314,84 @@ def build_report(df: pd.DataFrame, designs=None, costs=None, effects: Effects | 
                     )
                 ),
             ]
-        parts += ["<h2>Hypervolume history</h2>", _fig(plots.hypervolume_figure(hist), "hv")]
+        parts += ["<h3>Hypervolume history</h3>", _fig(plots.hypervolume_figure(hist), "hv")]
         f3 = plots.front3d_figure(df)
         if f3 is not None:
-            parts += ["<h2>Three objectives</h2>", _fig(f3, "front3d")]
+            parts += ["<h3>Three objectives</h3>", _fig(f3, "front3d")]
         parts += [
-            "<h2>Where the modules sit on the front</h2>",
+            "<h3>Where the modules sit on the observed front</h3>",
             _fig(plots.stage_map_figure(df), "stagemap"),
-            "<h2>Genome fields (parallel coordinates)</h2>",
+            "<h3>Genome fields (parallel coordinates)</h3>",
             _fig(plots.parallel_figure(df), "parcoords"),
         ]
-    parts += calibration_section(df)
-    red = rediscovery(df, designs)
-    parts += effects_section(df, red, designs, costs, effects)
     parts += [
-        "<h2>Rediscovery at face value (single runs)</h2>",
+        '<h3 id="rediscovery">Rediscovery at face value (single runs)</h3>',
         '<p class="note">verdict: "beaten" when a searched trial is no worse in every objective and better '
         'in one, "matched within noise" when it ties every objective, else "missed"; two top-1 values closer '
         "than top1_tolerance (the resolvable difference of two single runs, from the measured noise; 0 when "
-        "none is measured) are a tie. The design's proxy result comes from the references study. sampled: searched trials with the same genome key. nearest: the "
-        "completed searched genome at the smallest normalised Hamming distance over stem, downsampling, "
-        "KW options and, per stage, plugin types / positions / r / options, fusion, stage module and KW "
-        "budget (0 = same network). Published numbers are ImageNet-1K under each paper's own recipe.</p>",
+        "none is measured) are a tie. The design's proxy result comes from the references study. sampled: "
+        "searched trials with the same genome key. nearest: the completed searched genome at the smallest "
+        "normalised Hamming distance over stem, downsampling, KW options and, per stage, plugin types / "
+        "positions / r / options, fusion, stage module and KW budget (0 = same network). Published numbers "
+        "are ImageNet-1K under each paper's own recipe. The model's verdict on each design, and which to "
+        'believe, is in <a href="#answer">the answer</a>.</p>',
         f'<p class="note">recipe: what the design\'s proxy result trained with ("common": the searched '
         f"genomes' recipe; \"authors: ...\": its authors' initialisation and regularisers). This study's "
         f"[references] recipe is &quot;{html.escape(reference_recipe_choice(df))}&quot; (docs/effects.md).</p>",
         _table(rediscovery_display(red)),
     ]
+    return parts
+
+
+def build_report(df: pd.DataFrame, designs=None, costs=None, effects: Effects | None = None) -> str:
+    """The report's HTML text for a table from load_study (`costs`: how the effects model counts
+    genomes it composes, effects.StageCosts; `effects`: the model if already fitted). The model's
+    answer comes first, the single runs after it; a contents line links every section."""
+    objs = objectives_of(df)
+    designs = catalog.designs() if designs is None else list(designs)
+    name = df.attrs.get("study_name", "study")
+    red = rediscovery(df, designs)
+    try:
+        e = effects if effects is not None else of_study(df, designs=designs, costs=costs)
+        answer = answer_section(e, red, len(completed(df)))
+    except UserError as err:
+        e, answer = (
+            None,
+            [
+                f'<p class="note">The effects model is not fitted: {html.escape(str(err))}. Until it is, only '
+                'the <a href="#single">single runs at face value</a> answer, and they carry no interval.</p>'
+            ],
+        )
+    sections = [
+        ("answer", "The answer: the model's front and verdicts", answer),
+        *([("fit", "Effects model: what each choice does where", effects_section(e))] if e else []),
+        *(
+            [("fidelity", "Across fidelity: effects and verdicts at every rung", fidelity_section(e))]
+            if e and e.fidelity
+            else []
+        ),
+        ("single", "Single runs at face value", single_run_section(df, designs, red)),
+        ("noise", "Proxy noise and calibration", calibration_section(df)),
+        ("runs", "Every trial and genome", runs_section(df, e)),
+    ]
+    head = [
+        f"<h1>Study {html.escape(name)}</h1>",
+        '<nav class="toc">Contents: '
+        + " · ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
+        + "</nav>",
+        '<dl class="meta">'
+        + "".join(
+            f"<dt>{k}</dt><dd>{html.escape(str(v))}</dd>"
+            for k, v in [
+                ("storage", df.attrs.get("storage")),
+                ("objectives", ", ".join(f"{o['name']} ({o['direction']})" for o in objs)),
+                ("target (costs are of this network)", df.attrs.get("target")),
+                ("fidelity (accuracy is from this proxy)", df.attrs.get("fidelity")),
+            ]
+        )
+        + "</dl>",
+    ]
+    parts = head + [p for a, t, body in sections for p in (f'<h2 id="{a}">{html.escape(t)}</h2>', *body)]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
@@ -338,6 +400,18 @@ def build_report(df: pd.DataFrame, designs=None, costs=None, effects: Effects | 
         + "\n".join(parts)
         + f"<p class='note'>Generated {stamp} by analysis.report.</p></body></html>"
     )
+
+
+def runs_section(df: pd.DataFrame, e: Effects | None) -> list[str]:
+    """Every trial by state and, with the model, every genome's prediction beside its measurement."""
+    counts = df.groupby(["study", "state", "status"], dropna=False).size().reset_index(name="trials")
+    parts = ["<h3>Trials by state</h3>", _table(counts)]
+    if e is not None:
+        parts += [
+            "<h3>Every genome: predicted beside measured</h3>",
+            _table(pd.DataFrame(e.to_json()["trials"]).round(4)),
+        ]
+    return parts
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -270,6 +270,10 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
             f"skipped before training: {st.skipped(study)} genome(s) over [constraints] (stored infeasible with "
             f"their costs, not counted in the {cfg.budget.trials}); this run {summary.get('skipped', 0)}"
         )
+    ref = st.find_study(storage, cfg.name + ".references")
+    red = _rediscovery(storage, cfg) if ref else None
+    single = sum(t.state == TrialState.COMPLETE for t in trials)
+    print_effects(storage, cfg.name, stage_costs(cfg), summary.get("effects"), red, single)
     names = [o["name"] for o in cfg.objectives]
     front = sorted(
         study.best_trials if any(t.state == TrialState.COMPLETE for t in trials) else [],
@@ -288,11 +292,14 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
         )
         for t in front
     ]
-    ref = st.find_study(storage, cfg.name + ".references")
-    print(f"Pareto front ({len(front)} trial(s)):")
+    print(
+        "\nSingle runs at face value (each one run; the best of many noisy runs reads high: the winner's "
+        "curse, so act on the model's answer above)"
+    )
+    print(f"Observed Pareto front of single runs ({len(front)} trial(s)):")
     _table(["trial", *names, "status", "genome"], rows)
-    if ref:
-        print_designs(storage, cfg)
+    if red is not None:
+        print_designs(cfg, red)
     print(f"\nrun folder : {run_dir}")
     print(
         f"storage    : {st.describe(url)}  (study {cfg.name!r}{', references in ' + repr(cfg.name + '.references') if ref else ''})"
@@ -300,7 +307,6 @@ def print_summary(cfg, storage, url, run_dir: Path, summary: dict) -> None:
     print(f"dashboard  : optuna-dashboard {st.describe(url)}")
     if summary.get("report"):
         print(f"report     : {summary['report']}")
-    print_effects(storage, cfg.name, stage_costs(cfg), summary.get("effects"))
 
 
 def _fit_effects(url, cfg):
@@ -315,9 +321,15 @@ def _fit_effects(url, cfg):
         return None
 
 
-def print_effects(storage, study_name: str, costs=None, effects=None) -> None:
-    """The summary's last word: the effects model's checks, its largest effects and its verdicts on
-    the published designs (every run pooled; the effects package). `effects`: the model if fitted."""
+FRONT_ROWS = 12  # model-front rows the summary prints; the report has them all
+
+
+def print_effects(storage, study_name: str, costs=None, effects=None, red=None, single: int = 0) -> None:
+    """The summary's answer, first: the effects model's checks, its front and its verdicts on the
+    published designs, each beside the single-run verdict (`red`: analysis.rediscovery's table;
+    `single`: completed searched runs) with which to believe, then the largest effects. `effects`:
+    the model if fitted."""
+    from analysis.rediscovery import beside_single_runs
     from effects import LEVEL, effects_lines, fidelity_lines, model_lines, verdict_lines
 
     try:
@@ -326,30 +338,59 @@ def print_effects(storage, study_name: str, costs=None, effects=None) -> None:
 
         e = effects if effects is not None else of_study(load_study(storage, study_name), costs=costs)
     except UserError as err:
-        print(f"\neffects model: not fitted ({err})")
+        print(f"\neffects model: not fitted ({err}); only the single runs below answer, without intervals")
         return
     except Exception as err:  # the study is stored; the summary's analysis must not fail the run
         print(f"\neffects model: skipped ({type(err).__name__}: {err})")
         return
-    print("\n" + "\n".join(model_lines(e)))
-    print("Largest effects on proxy top-1 (against the baseline):")
-    print("\n".join(effects_lines(e, top=5)))
+    print("\nThe answer: every run pooled through the effects model, each prediction with its interval")
+    print("\n".join(model_lines(e)))
+    top = e.front.sort_values("predicted", ascending=False)
+    print(
+        f"Model front over {e.coverage}: {len(top)} genome(s)"
+        + (f", the {FRONT_ROWS} predicted highest shown (all in the report)" if len(top) > FRONT_ROWS else "")
+    )
+    _table(
+        ["genome key", f"mean top-1 [{LEVEL:.0%}]", f"a new run [{LEVEL:.0%}]", "flops", "trained", "genome"],
+        [
+            (
+                r.key,
+                f"{r.predicted:.3f} [{r.low:.3f}, {r.high:.3f}]",
+                f"[{r.run_low:.3f}, {r.run_high:.3f}]",
+                metrics.fmt("flops", r.flops),
+                "yes" if r.evaluated else "no",
+                r.genome.summary(),
+            )
+            for r in top.head(FRONT_ROWS).itertuples()
+        ],
+    )
     print(f"Published designs, model verdicts (top-1: {LEVEL:.0%} intervals of its mean and of a new run):")
     print("\n".join(verdict_lines(e)))
+    if red is not None and len(e.designs):
+        print("  beside the single-run verdict, which to believe:")
+        for r in beside_single_runs(e, red, single).itertuples():
+            print(f"  {r.design:<24} single run: {r.single_run:<22} -> {r.believe}")
     if e.fidelity is not None:  # runs of several rungs: where each verdict holds, what moves
         print("\n".join(fidelity_lines(e.fidelity)))
+    print("Largest effects on proxy top-1 (against the baseline):")
+    print("\n".join(effects_lines(e, top=5)))
 
 
-def print_designs(storage, cfg) -> None:
-    """Every published design inside the space: its proxy result (same protocol, '<name>.references'),
-    what the search found against it (analysis.rediscovery's verdict) and the nearest searched genome."""
+def _rediscovery(storage, cfg):
+    """analysis.rediscovery's table of the study (None when it cannot be made: a convenience)."""
     try:
         from analysis import load_study, rediscovery
 
-        red = rediscovery(load_study(storage, cfg.name), objectives=cfg.objectives)
+        return rediscovery(load_study(storage, cfg.name), objectives=cfg.objectives)
     except Exception as e:  # the study is stored; the table is a convenience
         print(f"published designs: table skipped ({type(e).__name__}: {e})")
-        return
+        return None
+
+
+def print_designs(cfg, red) -> None:
+    """Every published design inside the space: its proxy result (same protocol, '<name>.references'),
+    what the search found against it at face value (analysis.rediscovery's verdict) and the nearest
+    searched genome."""
     import pandas as pd
 
     names = [o["name"] for o in cfg.objectives]
@@ -373,7 +414,7 @@ def print_designs(storage, cfg) -> None:
             )
         )
     print(
-        f"\nPublished designs in the space ({len(rows)}; proxy results under the study's protocol, "
+        f"Published designs in the space, single runs ({len(rows)}; proxy results under the study's protocol, "
         f'recipe: what each trained with, [references] recipe = "{cfg.references.recipe}"):'
     )
     _table(

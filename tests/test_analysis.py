@@ -536,6 +536,72 @@ def test_push_to_dashboard(run_dir):
     assert stored().keys() == figs.keys() and json.loads(stored()["hypervolume"])["data"]
 
 
+def test_which_to_believe_says_the_model_and_why():
+    from analysis.rediscovery import which_to_believe
+
+    stands = which_to_believe("on the model front (found again)", "missed", 500, 80, 0.026)
+    assert stands.startswith("both: it stands") and "'missed'" in stands and "500 runs" in stands
+    lucky = which_to_believe("on the model front (found again)", "beaten", 500, 80, 0.026)
+    assert lucky.startswith("the model:") and "best of 80" in lucky and "winner's curse" in lucky
+    assert "sd 0.026" in lucky
+    unseen = which_to_believe("beaten by abc: +0.050 +- 0.010 at <= its FLOPs", "missed", 500, 80, 0.026)
+    assert unseen.startswith("the model:") and unseen.endswith("no single run showed it")
+    tie = which_to_believe("not resolved at this budget: abc +0.001 +- 0.040", "beaten", 500, 80, 0.026)
+    assert tie.startswith("the model: a tie") and "'beaten'" in tie
+    assert which_to_believe("no prediction: s1 never trained", "missed", 500, 80, 0.026).startswith("neither")
+    assert which_to_believe("on the model front (found again)", "-", 500, 80, 0.026).startswith("the model")
+
+
+def test_report_answer_comes_first_with_contents_and_folded_tables(run_dir):
+    """The model's answer (its verdict rows saying which to believe) before the single runs; a
+    contents line linking every section; tables over COLLAPSE_ROWS rows folded."""
+    import pandas as pd
+
+    import effects as fx
+    from analysis.report import COLLAPSE_ROWS, _table, answer_section
+
+    e = fx.analyse(fx.runs_from_table(ROOT / "studies/tables/smoke_table.csv"))
+    red = pd.DataFrame({"design": ["resnet18", "se_resnet18"], "verdict": ["missed", "beaten"]})
+    answer = "".join(answer_section(e, red, 40))
+    assert 'id="modelfront"' in answer and "Published designs: model verdicts" in answer
+    row = answer[answer.index("<td>resnet18</td>") :].split("</tr>")[0]
+    assert "on the model front" in row and "<td>missed</td>" in row and "both: it stands" in row
+    row = answer[answer.index("<td>se_resnet18</td>") :].split("</tr>")[0]
+    assert "not resolved" in row and "the model: a tie" in row
+
+    text = analysis.build_report(load_study(run_dir), designs=DESIGNS)  # too few runs for the model
+    nav = text[text.index('<nav class="toc">') : text.index("</nav>")]
+    anchors = ["answer", "single", "noise", "runs"]
+    assert all(f'href="#{a}"' in nav for a in anchors)
+    at = [text.index(f'<h2 id="{a}"') for a in anchors]
+    assert at == sorted(at) and text.index('id="front"') > at[1]  # the observed front after the answer
+    assert "The effects model is not fitted" in text[at[0] : at[1]]
+
+    assert "<details>" in _table(pd.DataFrame({"a": range(COLLAPSE_ROWS + 1)}))
+    assert "<details>" not in _table(pd.DataFrame({"a": range(COLLAPSE_ROWS)}))
+
+
+def test_dashboard_note_leads_with_the_answer_and_keeps_a_persons_note():
+    import pandas as pd
+    from optuna_dashboard import get_note, save_note
+
+    import effects as fx
+    from analysis.dashboard import NOTE_HEAD, write_answer_note
+
+    e = fx.analyse(fx.runs_from_table(ROOT / "studies/tables/smoke_table.csv"))
+    red = pd.DataFrame({"design": ["resnet18", "se_resnet18"], "verdict": ["missed", "beaten"]})
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    assert write_answer_note(study, e, red, 40)
+    note = get_note(study)
+    assert note.startswith(NOTE_HEAD) and "**Model front**" in note
+    row = next(ln for ln in note.splitlines() if ln.startswith("| resnet18 | "))
+    assert row.count("|") == 6 and "both: it stands" in row  # five cells: no bar of a summary splits one
+    front = [ln for ln in note.splitlines() if ln.startswith("| resnet18 · ")]
+    assert len(front) == len(e.front) and all(ln.count("|") == 5 for ln in front)
+    save_note(study, "my own notes")
+    assert not write_answer_note(study, e, red, 40) and get_note(study) == "my own notes"
+
+
 # -- the notebook and the report in a real browser ----------------------------------------------
 @pytest.mark.slow
 def test_notebook_runs(run_dir, monkeypatch):
@@ -610,6 +676,13 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
         start = dom.index(f'id="{div}"')
         assert "js-plotly-plot" in dom[start - 200 : start + 400], div
     assert dom.count("main-svg") >= 5
+    # The contents line links the answer first; the single runs come after it on the page.
+    assert (
+        dom.index('<nav class="toc">')
+        < dom.index('id="answer"')
+        < dom.index('id="single"')
+        < dom.index('id="front"')
+    )
     shot = tmp_path / "report.png"
     p = subprocess.run(
         flags + [f"--screenshot={shot}", out.as_uri()], capture_output=True, text=True, timeout=180

@@ -153,8 +153,9 @@ def test_too_few_runs_to_measure_the_noise_is_refused_or_uses_a_measured_noise()
 
 @pytest.mark.slow
 def test_a_study_summary_and_report_end_with_the_model(tmp_path):
-    """A study answered from the smoke table (real searcher, storage, report): the run summary ends
-    with the model's verdicts, the report carries the model, the command line reads the run folder."""
+    """A study answered from the smoke table (real searcher, storage, report): the run summary opens
+    with the model's front and verdicts, the single runs after them; the report carries the model,
+    the command line reads the run folder."""
     out = tmp_path / "run"
     p = subprocess.run(
         [
@@ -175,15 +176,18 @@ def test_a_study_summary_and_report_end_with_the_model(tmp_path):
         timeout=600,
     )
     assert p.returncode == 0, p.stderr
-    tail = p.stdout.strip().splitlines()
-    assert tail[-4].startswith("Published designs, model verdicts")
-    assert [ln.split()[0] for ln in tail[-3:-1]] == ["resnet18", "se_resnet18"] and all(
-        "recipe" in ln for ln in tail[-3:-1]
+    lines = p.stdout.strip().splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("Published designs, model verdicts"))
+    assert [ln.split()[0] for ln in lines[i + 1 : i + 3]] == ["resnet18", "se_resnet18"] and all(
+        "recipe" in ln for ln in lines[i + 1 : i + 3]
     )
     assert (
-        tail[-1].startswith("  median half-width of the 2 design mean(s): ") and "a new run adds" in tail[-1]
+        lines[i + 3].startswith("  median half-width of the 2 design mean(s): ")
+        and "a new run adds" in lines[i + 3]
     )
-    assert any(ln.startswith("Effects model (study 'smoke_table'): ") for ln in tail)
+    assert any(ln.startswith("Effects model (study 'smoke_table'): ") for ln in lines)
+    at = [p.stdout.index(s) for s in ("The answer:", "Model front over", lines[i], "Observed Pareto front")]
+    assert at == sorted(at)  # the model's answer first, the single runs after it
     html = (out / "report.html").read_text()
     assert (
         "Effects model: what each choice does where" in html and "Published designs: model verdicts" in html
