@@ -8,7 +8,7 @@ verdicts: the published designs; result: the whole analysis and its JSON; text: 
 dominance: the project's non-dominated sort.
 """
 
-from .coding import Coding, factors_of, is_stage, stage_label
+from .coding import Coding, factors_of, is_stage, stage_label, stage_parts
 from .costs import StageCosts, trace_count
 from .dominance import dominates, non_dominated_sort, pareto_mask, to_minimization
 from .fit import CV_FOLDS, LEVEL, MIN_NOISE_DF, MIN_RESID_DF, Fit, choose_kind, fit
@@ -49,6 +49,7 @@ __all__ = [
     "runs_frame",
     "runs_from_table",
     "stage_label",
+    "stage_parts",
     "to_minimization",
     "trace_count",
     "trials_needed",

@@ -233,10 +233,11 @@ class Coding:
 
 
 def _baseline(values: Sequence[str], factor: str) -> tuple[str, list[str]]:
-    """(baseline, the other levels sorted): 'none' for a stage or a part, the backbone's default stem
-    and downsampling, each where seen; else the most frequent level."""
+    """(baseline, the other levels sorted): 'none' for a stage or a module, r16 for an r (the default
+    of the block plugins and stage modules), the backbone's default stem and downsampling, each where
+    seen; else the most frequent level."""
     counts = pd.Series(list(values), dtype=object).value_counts()
-    default = {"stem": "standard", "downsampling": "v1.5"}.get(factor, NONE)
+    default = {"stem": "standard", "downsampling": "v1.5"}.get(factor, "r16" if is_r_part(factor) else NONE)
     base = default if default in counts.index else counts.index[0]
     return base, sorted(lv for lv in counts.index if lv != base)
 

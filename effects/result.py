@@ -21,6 +21,7 @@ class Effects:
     fit: Fit
     runs: Runs
     effects: pd.DataFrame
+    parts: pd.DataFrame  # the effect of each part of a stage choice (Fit.part_effects)
     predictions: pd.DataFrame  # every candidate, evaluated or not
     front: pd.DataFrame
     designs: pd.DataFrame
@@ -66,6 +67,7 @@ class Effects:
                 }
                 for r in self.effects.itertuples()
             ],
+            "part_effects": self.parts.to_dict("records"),
             "designs": [
                 {
                     k: num(v)
@@ -127,7 +129,9 @@ def analyse(
     f = fit(runs, kind)
     cands, note = candidates(f, runs, limit, costs)
     pred = predictions(f, cands)
-    return Effects(f, runs, f.effects(), pred, model_front(pred), verdicts(f, pred, runs, designs), note)
+    return Effects(
+        f, runs, f.effects(), f.part_effects(), pred, model_front(pred), verdicts(f, pred, runs, designs), note
+    )
 
 
 def design_half_widths(e: Effects) -> list[float]:
