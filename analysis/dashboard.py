@@ -36,7 +36,7 @@ def push_to_dashboard(
         figs["hypervolume"] = plots.hypervolume_figure(hypervolume_history(df))
     try:
         fitted = effects if effects is not None else of_study(df, designs=designs, costs=costs)
-        figs["effects"] = plots.effects_heatmap(fitted.effects)
+        figs["effects"] = plots.effects_heatmap(fitted.parts)
     except UserError:
         pass  # too few completed runs for the model: no card yet
 

@@ -180,7 +180,7 @@ def effects_section(
         "+ a seed block + noise. Effects are against the baseline (none / the default), with "
         f"{LEVEL:.0%} intervals of the fit named above (docs/effects.md).</p>",
         _table(e.effects.round(4)),
-        _fig(plots.effects_heatmap(e.effects), "effects"),
+        _fig(plots.effects_heatmap(e.parts), "effects"),
     ]
     shares = e.fit.checks.get("shares") or {}
     if shares:

@@ -267,5 +267,5 @@ def _part_order(part: str) -> tuple:
 
 def _block_order(b: str) -> tuple:
     """Blocks by seed number, then environment and rung ('10@x' after '2@x')."""
-    seed, _, rest = b.partition("@")
+    seed, _, rest = str(b).partition("@")  # a bare seed number is a block too (studies.designed)
     return (int(seed) if seed.lstrip("-").isdigit() else 0, seed, rest)
