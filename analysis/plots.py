@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from effects import pareto_mask
+from effects.coding import SLOTS
 from searchspace import catalog
 
 from . import metrics
@@ -672,8 +673,8 @@ def effects_heatmap(
         facet=[pt.split(".", 1)[1] if "." in pt else "global" for pt in parts["part"]],
         column=[f if "." in pt else pt for f, pt in zip(parts["factor"], parts["part"])],
     )
-    order = ["after_conv1", "after_conv2", "after_conv3", "after_add", "r", "fusion", "fusion.r", "stage", "stage.r", "kw"]
-    facets = sorted(p["facet"].unique(), key=lambda f: (order.index(f) if f in order else len(order), f))
+    slot = {s: i for i, s in enumerate(SLOTS)}
+    facets = sorted(p["facet"].unique(), key=lambda f: (slot.get(f.split(".")[0], len(SLOTS)), f))
     ncols = min(3, len(facets)) or 1
     grid_rows = [facets[i : i + ncols] for i in range(0, len(facets), ncols)]
     heights = [max(p[p["facet"] == f]["choice"].nunique() for f in row) for row in grid_rows]

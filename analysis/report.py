@@ -176,8 +176,10 @@ def effects_section(
         "<h2>Effects model: what each choice does where</h2>",
         "<pre>" + html.escape("\n".join(model_lines(e))) + "</pre>",
         '<p class="note">Every completed run (references included) pooled through one additive model: '
-        "top-1 = intercept + one effect per factor level (each stage's whole choice, stem, downsampling) "
-        "+ a seed block + noise. Effects are against the baseline (none / the default), with "
+        "top-1 = intercept + one effect per part of each stage's choice (module type per position, r, "
+        "fusion, stage module, KW budget) and per stem and downsampling + a seed block + noise; a stage "
+        "choice's effect (the table) is the sum of its parts (the heatmap). Effects are against the "
+        "baseline (none / the default), with "
         f"{LEVEL:.0%} intervals of the fit named above (docs/effects.md).</p>",
         _table(e.effects.round(4)),
         _fig(plots.effects_heatmap(e.parts), "effects"),

@@ -116,7 +116,7 @@ class Coding:
                     parts[_owner(p)].append(p)
         parts = {f: sorted(ps, key=_part_order) for f, ps in parts.items()}
         part_baselines, part_levels, aliased = {}, {}, {}
-        for f, ps in parts.items():
+        for ps in parts.values():
             kept: list[tuple[str, np.ndarray]] = []  # this factor's columns so far
             for p in ps:
                 values = [row.get(p, NONE) for row in split]
@@ -170,7 +170,9 @@ class Coding:
         for f in self.factors:
             for p in self.parts[f]:
                 lv = split.get(p, NONE)
-                known = lv == self.part_baselines[p] or lv in self.part_levels[p] or (is_r_part(p) and lv == NONE)
+                known = (
+                    lv == self.part_baselines[p] or lv in self.part_levels[p] or (is_r_part(p) and lv == NONE)
+                )
                 if not known and f"{p}={lv}" not in self.aliased:
                     out.append(f"{p}={lv}")
         for alias, twin in self.aliased.items():
@@ -255,14 +257,15 @@ def _owner(part: str) -> str:
     return part.split(".")[0]
 
 
-_SLOTS = ("after_conv1", "after_conv2", "after_conv3", "after_add", "r", "fusion", "stage", "kw")
+# A stage's parts in block order: positions, r, fusion (and its r), stage module, KW.
+SLOTS = ("after_conv1", "after_conv2", "after_conv3", "after_add", "r", "fusion", "stage", "kw")
 
 
 def _part_order(part: str) -> tuple:
     """A stage's parts in block order: positions, r, fusion (and its r), stage module, KW."""
     bits = part.split(".")
     slot = bits[1] if len(bits) > 1 else ""
-    return (_SLOTS.index(slot) if slot in _SLOTS else len(_SLOTS), part)
+    return (SLOTS.index(slot) if slot in SLOTS else len(SLOTS), part)
 
 
 def _block_order(b: str) -> tuple:

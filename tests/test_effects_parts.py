@@ -67,13 +67,17 @@ TRUTH = {"after_conv1=se": 0.02, "after_conv2=dsm:bias=False": 0.01, "r=r4": -0.
 
 
 def _stage(choice, r, kw):
-    plugins = () if choice is None else (make_plugin(*choice, r=r, **({"bias": False} if choice[0] == "dsm" else {})),)
+    plugins = (
+        ()
+        if choice is None
+        else (make_plugin(*choice, r=r, **({"bias": False} if choice[0] == "dsm" else {})),)
+    )
     return Stage(plugins, kw=kw)
 
 
 def _truth(g):
     y = 0.3
-    for i, st in ((2, g.stages[1]), (3, g.stages[2])):
+    for i in (2, 3):
         for part, lv in stage_parts(f"s{i}", factors_of(g)[f"s{i}"]).items():
             y += i / 2 * TRUTH.get(f"{part.split('.', 1)[1]}={lv}", 0.0)
     return y
@@ -88,7 +92,7 @@ def test_parts_seen_in_several_stage_choices_price_a_choice_never_run():
     stages = [_stage(c, r, kw) for c in choices for r in (4, 16) for kw in (None, 1) if c or r == 16]
     held = _stage(("se", "after_conv1"), 4, 1)
     rows = []
-    for n, (a, b) in enumerate(itertools.product(stages, stages)):
+    for a, b in itertools.product(stages, stages):
         if a == held:
             continue
         g = Genome("resnet50", (Stage(), a, b, Stage())).validate()
@@ -123,9 +127,16 @@ def test_an_aliased_part_apart_from_its_twin_is_not_priced():
     for a, b in itertools.product(stages, stages):
         g = Genome("resnet50", (a, b, Stage(), Stage())).validate()
         for seed in (0, 1):
-            rows.append(dict(key=g.key, genome=g, seed=seed, y=0.3 + 0.01 * seed, flops=1.0, params=1.0, kind="search"))
+            rows.append(
+                dict(
+                    key=g.key, genome=g, seed=seed, y=0.3 + 0.01 * seed, flops=1.0, params=1.0, kind="search"
+                )
+            )
     f = fit(Runs(runs_frame(rows), "synthetic"), kind="ols")
-    assert f.coding.aliased == {"s1.r=r2": "s1.after_conv2=dsm:bias=False", "s2.r=r2": "s2.after_conv2=dsm:bias=False"}
+    assert f.coding.aliased == {
+        "s1.r=r2": "s1.after_conv2=dsm:bias=False",
+        "s2.r=r2": "s2.after_conv2=dsm:bias=False",
+    }
     odd = Genome("resnet50", (_stage(("se", "after_conv1"), 2, None), Stage(), Stage(), Stage())).validate()
     assert f.coding.unknown(factors_of(odd)) == ["s1.r=r2 apart from s1.after_conv2=dsm:bias=False"]
     assert f.predict(factors_of(odd)) is None
