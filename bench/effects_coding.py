@@ -7,7 +7,9 @@ For each (coding, prior) the bench fits the model (effects.fit, kind auto) and p
 - the median 95 % half-width of the whole-stage effects (every stage choice seen, against 'none':
   the same quantities in both codings), and of the part effects (the parts coding only);
 - the median half-width of the predictions of the published designs in the study's space, and how
-  many of those designs and of the evaluated genomes the model can predict at all.
+  many of those designs and of the evaluated genomes the model can predict at all;
+- each of the study's own genomes left out in turn (the prior's runs stay): how many the model of
+  the rest can predict, and the RMSE of those predictions against the genome's mean run.
 
     python bench/effects_coding.py RUN_DIR [--study NAME]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,6 +49,12 @@ def row(runs, whole_stages: bool) -> dict:
     ]
     widths = [(hi - lo) / 2 for d in designs if (p := f.predict(factors_of(d.genome))) for _, lo, hi in [p]]
     genomes = runs.frame.drop_duplicates("key")["genome"]
+    own = runs.frame[runs.frame["kind"] != "table"]
+    errors = []
+    for key, g in own.drop_duplicates("key")[["key", "genome"]].itertuples(index=False):
+        rest = fit(replace(runs, frame=runs.frame[runs.frame["key"] != key]), whole_stages=whole_stages)
+        if (p := rest.predict(factors_of(g))) is not None:
+            errors.append(own[own["key"] == key]["y"].mean() - p[0])
     return {
         "fit": f"{f.kind}, {f.n} runs, {len(f.coding.columns)} parameters",
         "cv": cv.get("rmse"),
@@ -57,6 +66,8 @@ def row(runs, whole_stages: bool) -> dict:
         "designs": f"{len(widths)}/{len(designs)}",
         "predictable": sum(not f.coding.unknown(factors_of(g)) for g in genomes),
         "evaluated": len(genomes),
+        "own_cv": f"{len(errors)}/{own['key'].nunique()} predicted, rmse "
+        + (f"{float(np.sqrt(np.mean(np.square(errors)))):.4f}" if errors else "-"),
     }
 
 
@@ -87,7 +98,7 @@ def main(argv=None) -> int:
                 f"{name:10s} {coding:12s} {r['fit']}; CV error {r['cv'] if r['cv'] is None else round(r['cv'], 4)}"
                 f" ({r['cv_rows']}); median half-width: {r['stage_n']} stage choices {r['stage_hw']:.4f}{part}, "
                 f"{r['designs']} designs {r['design_hw']:.4f}; {r['predictable']}/{r['evaluated']} evaluated "
-                "genomes predictable"
+                f"genomes predictable; each own genome left out: {r['own_cv']}"
             )
     return 0
 
