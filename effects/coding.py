@@ -86,7 +86,8 @@ class Coding:
     contrasts); `columns` names the design matrix's columns. `factors`/`baselines`/`levels` are the
     whole choices seen (what the effects table, the front and the verdicts speak of); `parts` and
     the part_* fields are what the columns code. A part level that always occurred with another of
-    its stage (r16 with se on the placement table) has no column: it is `aliased` to that one."""
+    its stage (r2 with dsm:bias=True in stage 4 of the placement table) has no column: it is
+    `aliased` to that one."""
 
     factors: list[str]
     baselines: dict[str, str]
