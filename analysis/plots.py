@@ -669,20 +669,22 @@ def effects_heatmap(
     (block positions, r, fusion, stage module, KW budget; the global choices in a facet of their own):
     the estimate as colour and text, its interval (and the part levels aliased to it) in the hover.
     Empty cells are parts a stage never had."""
+    if parts.empty:
+        return go.Figure().update_layout(title=f"{title}: every run has the same choices")
     p = parts.assign(
         facet=[pt.split(".", 1)[1] if "." in pt else "global" for pt in parts["part"]],
         column=[f if "." in pt else pt for f, pt in zip(parts["factor"], parts["part"])],
     )
     slot = {s: i for i, s in enumerate(SLOTS)}
     facets = sorted(p["facet"].unique(), key=lambda f: (slot.get(f.split(".")[0], len(SLOTS)), f))
-    ncols = min(3, len(facets)) or 1
+    ncols = min(3, len(facets))
     grid_rows = [facets[i : i + ncols] for i in range(0, len(facets), ncols)]
     heights = [max(p[p["facet"] == f]["choice"].nunique() for f in row) for row in grid_rows]
     fig = make_subplots(
         rows=len(grid_rows),
         cols=ncols,
         subplot_titles=facets,
-        row_heights=heights or None,
+        row_heights=heights,
         horizontal_spacing=0.12,
         vertical_spacing=min(0.12, 0.5 / max(len(grid_rows), 1)),
     )
