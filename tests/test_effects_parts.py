@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from analysis import effects as effects_cli
-from effects import Runs, factors_of, fit, runs_frame, stage_parts
+from effects import Runs, factors_of, fit, runs_frame, runs_from_table, stage_parts
+from effects.coding import SLOTS
 from searchspace import Genome, Stage
 from searchspace.genome import make_plugin
 
@@ -140,3 +141,18 @@ def test_an_aliased_part_apart_from_its_twin_is_not_priced():
     odd = Genome("resnet50", (_stage(("se", "after_conv1"), 2, None), Stage(), Stage(), Stage())).validate()
     assert f.coding.unknown(factors_of(odd)) == ["s1.r=r2 apart from s1.after_conv2=dsm:bias=False"]
     assert f.predict(factors_of(odd)) is None
+
+
+def test_heatmap_is_a_module_by_stage_grid_per_position():
+    from analysis import plots
+
+    runs = runs_from_table(REPO / "studies/tables/smoke_table.csv")
+    parts = fit(runs).part_effects()
+    fig = plots.effects_heatmap(parts)
+    facets = [a.text for a in fig.layout.annotations]
+    assert facets == sorted({p.split(".", 1)[1] for p in parts["part"]}, key=SLOTS.index)
+    for trace in fig.data:
+        assert list(trace.x) == ["s1", "s2", "s3", "s4"]
+        assert set(trace.y) <= set(parts["choice"])
+        shown = [h for row in trace.customdata for h in row if "never run" not in h]
+        assert shown and all("[" in h and "against none" in h for h in shown)
