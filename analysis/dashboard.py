@@ -51,7 +51,7 @@ def push_to_dashboard(
     if len(completed(df)):  # hypervolume needs a reference point, i.e. a completed trial
         figs["hypervolume"] = plots.hypervolume_figure(hypervolume_history(df))
     if fitted is not None:
-        figs["effects"] = plots.effects_heatmap(fitted.effects)
+        figs["effects"] = plots.effects_heatmap(fitted.parts)
         if fitted.fidelity is not None:
             figs["fidelity"] = plots.fidelity_figure(fitted.fidelity)
 

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from effects import pareto_mask
+from effects.coding import SLOTS
 from searchspace import catalog
 
 from . import metrics
@@ -683,43 +684,62 @@ __all__ = [
 
 
 def effects_heatmap(
-    effects: pd.DataFrame, title: str = "Effect on proxy top-1 against the baseline"
+    parts: pd.DataFrame, title: str = "Effect on proxy top-1 of each part of a stage choice"
 ) -> go.Figure:
-    """Factor (stage, stem, downsampling) x choice heatmap of an effects table (analysis.effects): the
-    estimate as colour, its interval in the hover; empty cells are choices a factor does not have."""
-    eff = effects.copy()
-    grid = eff.pivot(index="choice", columns="factor", values="estimate")
-    lows = eff.pivot(index="choice", columns="factor", values="low").reindex_like(grid)
-    highs = eff.pivot(index="choice", columns="factor", values="high").reindex_like(grid)
-    text = [
-        [
-            ""
-            if pd.isna(v)
-            else f"{v:+.3f}<br>[{lo:+.3f}, {hi:+.3f}]"  # two lines: readable at 10 px in a narrow cell
-            for v, lo, hi in zip(grid.loc[c], lows.loc[c], highs.loc[c])
-        ]
-        for c in grid.index
-    ]
-    bound = float(np.nanmax(np.abs(grid.to_numpy()))) if grid.notna().any().any() else 1.0
-    fig = go.Figure(
-        go.Heatmap(
-            z=grid.to_numpy(),
-            x=list(grid.columns),
-            y=list(grid.index),
-            text=text,
-            texttemplate="%{text}",
-            textfont=dict(size=10),
-            hovertemplate="%{x}: %{y}<br>%{text}<extra></extra>",
-            colorscale="RdBu",
-            zmid=0,
-            zmin=-bound,
-            zmax=bound,
-            colorbar=dict(title="top-1"),
+    """Module x stage grids of a part-effects table (effects.Fit.part_effects), one facet per position
+    (block positions, r, fusion, stage module, KW budget; the global choices in a facet of their own):
+    the estimate as colour and text, its interval (and the part levels aliased to it) in the hover.
+    Empty cells are parts a stage never had."""
+    if parts.empty:
+        return go.Figure().update_layout(title=f"{title}: every run has the same choices")
+    p = parts.assign(
+        facet=[pt.split(".", 1)[1] if "." in pt else "global" for pt in parts["part"]],
+        column=[f if "." in pt else pt for f, pt in zip(parts["factor"], parts["part"])],
+    )
+    slot = {s: i for i, s in enumerate(SLOTS)}
+    facets = sorted(p["facet"].unique(), key=lambda f: (slot.get(f.split(".")[0], len(SLOTS)), f))
+    ncols = min(3, len(facets))
+    grid_rows = [facets[i : i + ncols] for i in range(0, len(facets), ncols)]
+    heights = [max(p[p["facet"] == f]["choice"].nunique() for f in row) for row in grid_rows]
+    fig = make_subplots(
+        rows=len(grid_rows),
+        cols=ncols,
+        subplot_titles=facets,
+        row_heights=heights,
+        horizontal_spacing=0.12,
+        vertical_spacing=min(0.12, 0.5 / max(len(grid_rows), 1)),
+    )
+    stages = sorted(p[p["facet"] != "global"]["column"].unique(), key=lambda s: int(s[1:]))
+    for k, facet in enumerate(facets):
+        d = p[p["facet"] == facet]
+        cols = stages if facet != "global" else sorted(d["column"].unique())
+        grid = d.pivot(index="choice", columns="column", values="estimate").reindex(columns=cols)
+        hover = [[_effect_hover(d, choice, col) for col in cols] for choice in grid.index]
+        fig.add_trace(
+            go.Heatmap(
+                z=grid.to_numpy(float),
+                x=cols,
+                y=list(grid.index),
+                text=[["" if np.isnan(v) else f"{v:+.3f}" for v in row] for row in grid.to_numpy(float)],
+                texttemplate="%{text}",
+                customdata=hover,
+                hovertemplate="%{customdata}<extra></extra>",
+                coloraxis="coloraxis",
+                xgap=2,
+                ygap=2,
+            ),
+            row=k // ncols + 1,
+            col=k % ncols + 1,
         )
-    )
+    bound = float(np.nanmax(np.abs(p["estimate"]))) if len(p) and p["estimate"].notna().any() else 1.0
     fig.update_layout(
-        title=title, xaxis_title="factor", yaxis_title="choice", height=max(320, 40 * len(grid))
+        title=title,
+        coloraxis=dict(colorscale="RdBu", cmid=0, cmin=-bound, cmax=bound, colorbar=dict(title="top-1")),
+        height=120 + 34 * sum(heights) + 60 * len(grid_rows),
+        margin=dict(l=10, r=10, t=80, b=10),
+        plot_bgcolor="white",  # a part a stage never had: a blank cell
     )
+    fig.update_yaxes(automargin=True)
     return fig
 
 
@@ -843,3 +863,12 @@ def model_front_figure(
         legend=dict(orientation="h", y=-0.18, yanchor="top"),
     )
     return fig
+
+
+def _effect_hover(d: pd.DataFrame, choice: str, column: str) -> str:
+    m = d[(d["choice"] == choice) & (d["column"] == column)]
+    if m.empty:
+        return f"{column} {choice}: never run"
+    r = m.iloc[0]
+    text = f"{r.part} = {choice} (against {r.baseline})<br>{r.estimate:+.4f} [{r.low:+.4f}, {r.high:+.4f}]"
+    return text + (f"<br>always with {r.aliased}" if getattr(r, "aliased", "") else "")

@@ -241,11 +241,14 @@ def effects_section(e: Effects) -> list[str]:
     """How the model answers: its fit and checks, each choice's effect with its interval, a heatmap."""
     parts = [
         "<pre>" + html.escape("\n".join(model_lines(e))) + "</pre>",
-        '<p class="note">top-1 = intercept + one effect per factor level (each stage\'s whole choice, stem, '
-        "downsampling) + a block (one seed on one machine and code) + noise. Effects are against the baseline (none / the default), with "
+        '<p class="note">Every completed run (references included) pooled through one additive model: '
+        "top-1 = intercept + one effect per part of each stage's choice (module type per position, r, "
+        "fusion, stage module, KW budget) and per stem and downsampling + a block (one seed on one machine and code) + noise; a stage "
+        "choice's effect (the table) is the sum of its parts (the heatmap). Effects are against the "
+        "baseline (none / the default), with "
         f"{LEVEL:.0%} intervals of the fit named above (docs/effects.md).</p>",
         _table(e.effects.round(4)),
-        _fig(plots.effects_heatmap(e.effects), "effects"),
+        _fig(plots.effects_heatmap(e.parts), "effects"),
     ]
     shares = e.fit.checks.get("shares") or {}
     if shares:

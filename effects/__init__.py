@@ -1,6 +1,8 @@
 """What each choice does where: every run of a study or a benchmark table pooled through one additive
-model, top1 = intercept + sum over factors of effect[level] + block + noise (a block: one seed on one machine and code), with one factor per
-stage (its whole choice) and the global choices, each against its baseline (docs/effects.md). The
+model, top1 = intercept + sum over parts of effect[level] + block + noise (a block: one seed on one
+machine and code), where a stage's choice is split into its parts (module type per position, r,
+fusion, stage module, KW budget) and the global choices are parts of their own, each against its
+baseline (docs/effects.md). The
 package sits below studies and analysis: it reads runs handed to it (a table CSV, or rows a study
 reader built), never storage. runs: the input; coding: factors and design matrix; fit: the fit and
 its checks; costs: exact costs composed per stage; front: candidates, predictions, the model front;
@@ -8,7 +10,7 @@ verdicts: the published designs; result: the whole analysis and its JSON; text: 
 dominance: the project's non-dominated sort; fidelity: one model across the rungs of a ladder.
 """
 
-from .coding import Coding, factors_of, is_stage, stage_label
+from .coding import Coding, factors_of, is_stage, stage_label, stage_parts
 from .costs import StageCosts, trace_count
 from .dominance import dominates, non_dominated_sort, pareto_mask, to_minimization
 from .fidelity import RESAMPLES, Fidelity, across_fidelity, fidelity_lines
@@ -54,6 +56,7 @@ __all__ = [
     "runs_frame",
     "runs_from_table",
     "stage_label",
+    "stage_parts",
     "to_minimization",
     "trace_count",
     "trials_needed",

@@ -130,25 +130,33 @@ class Fit:
         return self.interval(self.coding.row(a) - self.coding.row(b), q)
 
     def effects(self) -> pd.DataFrame:
-        """Each level of each factor against its baseline: factor, choice, baseline, estimate, low, high."""
+        """Each level of each factor (a stage's whole choice: the sum of its parts) against its
+        baseline: factor, choice, baseline, estimate, low, high."""
+        c = self.coding
+        rows = [(f, lv, c.baselines[f], c.stage_contrast(f, lv)) for f in c.factors for lv in c.levels[f]]
+        return _interval_frame(self, rows, ["factor", "choice", "baseline"])
+
+    def part_effects(self) -> pd.DataFrame:
+        """Each part's column against its baseline: factor, part, choice, baseline, estimate, low,
+        high, and the part levels aliased to it (they always came with it, so its effect is theirs too)."""
+        c, cols = self.coding, self.coding.columns
         rows = []
-        cols = self.coding.columns
-        for f in self.coding.factors:
-            for lv in self.coding.levels[f]:
-                x = np.zeros(len(cols))
-                x[cols.index(f"{f}={lv}")] = 1.0
-                est, lo, hi = self.interval(x)
-                rows.append(
-                    {
-                        "factor": f,
-                        "choice": lv,
-                        "baseline": self.coding.baselines[f],
-                        "estimate": est,
-                        "low": lo,
-                        "high": hi,
-                    }
-                )
-        return pd.DataFrame(rows, columns=["factor", "choice", "baseline", "estimate", "low", "high"])
+        for f in c.factors:
+            for p in c.parts[f]:
+                for lv in c.part_levels[p]:
+                    x = np.zeros(len(cols))
+                    x[cols.index(f"{p}={lv}")] = 1.0
+                    with_ = ", ".join(a for a, twin in c.aliased.items() if twin == f"{p}={lv}")
+                    rows.append((f, p, lv, c.part_baselines[p], with_, x))
+        return _interval_frame(self, rows, ["factor", "part", "choice", "baseline", "aliased"])
+
+
+def _interval_frame(f: Fit, rows: list[tuple], names: list[str]) -> pd.DataFrame:
+    """Rows of (*labels, contrast row) as a frame of the labels with estimate, low, high."""
+    out = pd.DataFrame([r[:-1] for r in rows], columns=names)
+    if rows:
+        out["estimate"], out["low"], out["high"] = f.intervals(np.array([r[-1] for r in rows]))
+    return out.reindex(columns=[*names, "estimate", "low", "high"])
 
 
 def _ols(X: np.ndarray, y: np.ndarray):
@@ -206,8 +214,9 @@ def choose_kind(n: int, p: int) -> tuple[str, str]:
     )
 
 
-def fit(runs: Runs, kind: str = "auto") -> Fit:
-    """Fit the additive effects model to every run trained with the common recipe, with its checks.
+def fit(runs: Runs, kind: str = "auto", whole_stages: bool = False) -> Fit:
+    """Fit the additive effects model to every run trained with the common recipe, with its checks
+    (whole_stages: code each stage's whole choice as one level, not its parts; for comparison).
 
     Runs under an authors' recipe ([references] recipe = "authors") are left out: the model compares
     placements under one recipe, and such a run differs from the others in its recipe too."""
@@ -219,7 +228,7 @@ def fit(runs: Runs, kind: str = "auto") -> Fit:
     if len(fr) < 3:
         raise UserError(f"{runs.source}: {len(fr)} completed run(s); the effects model needs at least 3")
     factor_rows = [factors_of(g) for g in fr["genome"]]
-    coding = Coding.of(factor_rows, fr["block"])
+    coding = Coding.of(factor_rows, fr["block"], whole_stages)
     X, y = coding.matrix(factor_rows, fr["block"]), fr["y"].to_numpy(float)
     if kind == "auto":
         kind, why = choose_kind(len(y), X.shape[1])

@@ -29,6 +29,7 @@ class Effects:
     fit: Fit
     runs: Runs
     effects: pd.DataFrame
+    parts: pd.DataFrame  # the effect of each part of a stage choice (Fit.part_effects)
     predictions: pd.DataFrame  # every candidate, evaluated or not
     front: pd.DataFrame
     designs: pd.DataFrame
@@ -85,6 +86,7 @@ class Effects:
                 }
                 for r in self.effects.itertuples()
             ],
+            "part_effects": self.parts.to_dict("records"),
             "designs": [
                 {
                     **{
@@ -156,7 +158,17 @@ def analyse(
     cands, note = candidates(f, runs, limit, costs)
     pred = predictions(f, cands)
     fid = across_fidelity(runs, f.coding, cands, designs, resamples)
-    return Effects(f, runs, f.effects(), pred, model_front(pred), verdicts(f, pred, runs, designs), note, fid)
+    return Effects(
+        f,
+        runs,
+        f.effects(),
+        f.part_effects(),
+        pred,
+        model_front(pred),
+        verdicts(f, pred, runs, designs),
+        note,
+        fid,
+    )
 
 
 def design_half_widths(e: Effects) -> list[float]:

@@ -198,7 +198,7 @@ def max_correlation(genomes: Sequence[Genome], coding: fx.Coding | None = None) 
     """The largest |r| between effect columns of different factors over these genomes."""
     coding = coding or coding_of(genomes)
     X = coding.matrix([fx.factors_of(g) for g in genomes])[:, 1:]
-    owner = [f for f in coding.factors for _ in coding.levels[f]]
+    owner = [f for f, sl in coding.factor_slices().items() for _ in range(sl.stop - sl.start)]
     keep = X.std(axis=0) > 0
     r = np.corrcoef(X[:, keep], rowvar=False)
     own = np.array(owner)[keep]
