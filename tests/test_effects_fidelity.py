@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 LADDER = REPO / "studies/tables/ladder.csv"
 SMOKE_TABLE = REPO / "studies/tables/smoke_table.csv"
 SE = "se@after_conv3:r16"
+SE_PART = "se"  # the model codes a stage as its parts: SE after conv3 is part `sN.after_conv3` = se
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,11 @@ def test_the_choice_whose_effect_moves_is_flagged_and_intervals_cover_the_truth(
     fid = _analyse(replace(runs, frame=fr), resamples=30)
     assert fid.base == "shipped" and fid.rungs == ["shipped", "width4"]
     moves = fid.moves.set_index(["factor", "choice"])
-    assert moves.loc[("s3", SE), "moves"] and moves.loc[("s3", SE), "p_holm"] < 0.05
-    assert not moves.loc[("s4", SE), "moves"]
+    assert (
+        moves.loc[("s3.after_conv3", SE_PART), "moves"]
+        and moves.loc[("s3.after_conv3", SE_PART), "p_holm"] < 0.05
+    )
+    assert not moves.loc[("s4.after_conv3", SE_PART), "moves"]
     assert moves["moves"].sum() == 1  # nothing else moves in the truth, and Holm keeps it so
     eff = fid.effects.set_index(["factor", "choice", "rung"])
     for (factor, rung), want in {
@@ -67,7 +71,7 @@ def test_the_choice_whose_effect_moves_is_flagged_and_intervals_cover_the_truth(
     }.items():
         r = eff.loc[(factor, SE, rung)]
         assert r["low"] <= want <= r["high"], (factor, rung, r.to_dict())
-    shift = moves.loc[("s3", SE)]
+    shift = moves.loc[("s3.after_conv3", SE_PART)]
     assert shift["largest_shift_low"] <= 0.04 <= shift["largest_shift_high"]
     assert fid.global_test["p"] < 0.05 and fid.global_test["df"][0] == len(fid.moves)
     a = fid.agreement.iloc[0]
