@@ -233,7 +233,12 @@ def _side(verdict: str, starts: dict[str, str]) -> str | None:
     return next((side for s, side in starts.items() if str(verdict).startswith(s)), None)
 
 
-MODEL_SIDES = {"on the model front": "stands", "beaten": "beaten", "not resolved": "tie"}
+MODEL_SIDES = {
+    "the cheapest design": "cheapest",
+    "on the model front": "stands",
+    "beaten": "beaten",
+    "not resolved": "tie",
+}
 FACE_SIDES = {"missed": "stands", "beaten": "beaten", "matched": "tie"}
 
 
@@ -246,6 +251,11 @@ def which_to_believe(model: str, face: str, runs: int, single: int, sd: float) -
     one = f"one run's sd {sd:.3f}"
     if m is None:
         return f"neither: the model gives no verdict, and a single run ({one}) cannot decide it"
+    if m == "cheapest":  # nothing in the space costs less: no verdict compares it with anything
+        return (
+            "neither compares it: the cheapest design of the space, nothing at its FLOPs"
+            + (f" (the single-run '{face}' only says no cheaper run exists)" if f is not None else "")
+        )
     if f is None:
         return f"the model ({runs} runs pooled); no single-run verdict"
     if m == f == "stands":

@@ -12,6 +12,7 @@ For each (coding, prior) the bench fits the model (effects.fit, kind auto) and p
   the rest can predict, and the RMSE of those predictions against the genome's mean run.
 
     python bench/effects_coding.py RUN_DIR [--study NAME]
+    python bench/effects_coding.py --table CSV     # a table's runs as the study's own (--quick: the smoke table)
 """
 
 from __future__ import annotations
@@ -73,15 +74,26 @@ def row(runs, whole_stages: bool) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="?")
     p.add_argument("--study")
+    p.add_argument("--table", help="a benchmark table CSV whose runs stand for a study's own (no prior)")
+    p.add_argument("--quick", action="store_true", help="--table studies/tables/smoke_table.csv (the test)")
     a = p.parse_args(argv)
+    if a.quick:
+        a.table = str(Path(__file__).resolve().parents[1] / "studies/tables/smoke_table.csv")
     try:
-        df = load_study(a.run_dir, a.study)
-        own = runs_from_study(df)
-        cases = [("own runs", own)]
-        if df.attrs.get("prior_table"):
-            cases.append(("with prior", own.with_prior(runs_from_table(df.attrs["prior_table"]))))
+        if a.table:
+            own = runs_from_table(a.table)
+            own = replace(own, frame=own.frame.assign(kind="search"))
+            cases = [("own runs", own)]
+        elif a.run_dir:
+            df = load_study(a.run_dir, a.study)
+            own = runs_from_study(df)
+            cases = [("own runs", own)]
+            if df.attrs.get("prior_table"):
+                cases.append(("with prior", own.with_prior(runs_from_table(df.attrs["prior_table"]))))
+        else:
+            raise UserError("give a RUN_DIR, --table CSV or --quick")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -366,6 +366,10 @@ def print_effects(storage, study_name: str, costs=None, effects=None, red=None, 
     )
     print(f"Published designs, model verdicts (top-1: {LEVEL:.0%} intervals of its mean and of a new run):")
     print("\n".join(verdict_lines(e)))
+    if e.fidelity is None:  # one rung: say which, and where the ladder says whether it holds
+        print(
+            f"  measured at this study's proxy ({_fidelity_text(e.runs.config)}); whether a verdict holds at higher fidelity: docs/fidelity.md"
+        )
     if red is not None and len(e.designs):
         print("  beside the single-run verdict, which to believe:")
         for r in beside_single_runs(e, red, single).itertuples():
@@ -436,3 +440,14 @@ def _table(header, rows) -> None:
         print("  " + "  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
         if j == 0:
             print("  " + "  ".join("-" * x for x in w))
+
+
+def _fidelity_text(config: dict) -> str:
+    """The proxy a study measured at, in a few words (its [fidelity] table)."""
+    f = config.get("fidelity") or {}
+    bits = [
+        f"{f['resolution']} px" if "resolution" in f else None,
+        f"width {f['width']:g}" if "width" in f else None,
+    ]
+    bits.append(f"{f['epochs']} epochs" if "epochs" in f else None)
+    return ", ".join(b for b in bits if b) or "its [fidelity]"

@@ -550,6 +550,8 @@ def test_which_to_believe_says_the_model_and_why():
     assert tie.startswith("the model: a tie") and "'beaten'" in tie
     assert which_to_believe("no prediction: s1 never trained", "missed", 500, 80, 0.026).startswith("neither")
     assert which_to_believe("on the model front (found again)", "-", 500, 80, 0.026).startswith("the model")
+    cheapest = "the cheapest design of the space: nothing at its FLOPs to compare"
+    assert which_to_believe(cheapest, "missed", 500, 80, 0.026).startswith("neither compares it: the cheapest")
 
 
 def test_report_answer_comes_first_with_contents_and_folded_tables(run_dir):
@@ -565,7 +567,7 @@ def test_report_answer_comes_first_with_contents_and_folded_tables(run_dir):
     answer = "".join(answer_section(e, red, 40))
     assert 'id="modelfront"' in answer and "Published designs: model verdicts" in answer
     row = answer[answer.index("<td>resnet18</td>") :].split("</tr>")[0]
-    assert "on the model front" in row and "<td>missed</td>" in row and "both: it stands" in row
+    assert "the cheapest design" in row and "<td>missed</td>" in row and "neither compares it" in row
     row = answer[answer.index("<td>se_resnet18</td>") :].split("</tr>")[0]
     assert "not resolved" in row and "the model: a tie" in row
 
@@ -595,7 +597,7 @@ def test_dashboard_note_leads_with_the_answer_and_keeps_a_persons_note():
     note = get_note(study)
     assert note.startswith(NOTE_HEAD) and "**Model front**" in note
     row = next(ln for ln in note.splitlines() if ln.startswith("| resnet18 | "))
-    assert row.count("|") == 6 and "both: it stands" in row  # five cells: no bar of a summary splits one
+    assert row.count("|") == 6 and "neither compares it" in row  # five cells: no bar of a summary splits one
     front = [ln for ln in note.splitlines() if ln.startswith("| resnet18 · ")]
     assert len(front) == len(e.front) and all(ln.count("|") == 5 for ln in front)
     save_note(study, "my own notes")

@@ -23,6 +23,11 @@ QUICK = {
     "gpu_study.py": (["--device", "cpu"], rf"(?m)^summary: smoke: [0-9]+/[0-9]+ ok.*\nratio={NUMBER}", True),
     "gpu_ladder.py": (["--quick"], r"(?m)^gpu ladder: 3 row\(s\) of 3 at rung ladder_quick on cpu", False),
     "proxy_fidelity.py": (["--quick"], rf"(?m)^snr=({NUMBER}|nan) tau=({NUMBER}|nan)$", True),
+    "effects_coding.py": (
+        ["--quick"],
+        r"(?m)^own runs +parts +\w[^;]*; CV error [0-9.]+ .* each own genome left out: \d+/\d+ predicted",
+        False,
+    ),
     "fidelity_transfer.py": (
         ["--quick"],
         rf"(?ms)^  4 cokrig-pooled +{NUMBER} \[{NUMBER}, {NUMBER}\] .*^ratio_at_k4={NUMBER}$",
