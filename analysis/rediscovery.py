@@ -252,9 +252,8 @@ def which_to_believe(model: str, face: str, runs: int, single: int, sd: float) -
     if m is None:
         return f"neither: the model gives no verdict, and a single run ({one}) cannot decide it"
     if m == "cheapest":  # nothing in the space costs less: no verdict compares it with anything
-        return (
-            "neither compares it: the cheapest design of the space, nothing at its FLOPs"
-            + (f" (the single-run '{face}' only says no cheaper run exists)" if f is not None else "")
+        return "neither compares it: the cheapest design of the space, nothing at its FLOPs" + (
+            f" (the single-run '{face}' only says no cheaper run exists)" if f is not None else ""
         )
     if f is None:
         return f"the model ({runs} runs pooled); no single-run verdict"

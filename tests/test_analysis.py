@@ -551,7 +551,9 @@ def test_which_to_believe_says_the_model_and_why():
     assert which_to_believe("no prediction: s1 never trained", "missed", 500, 80, 0.026).startswith("neither")
     assert which_to_believe("on the model front (found again)", "-", 500, 80, 0.026).startswith("the model")
     cheapest = "the cheapest design of the space: nothing at its FLOPs to compare"
-    assert which_to_believe(cheapest, "missed", 500, 80, 0.026).startswith("neither compares it: the cheapest")
+    assert which_to_believe(cheapest, "missed", 500, 80, 0.026).startswith(
+        "neither compares it: the cheapest"
+    )
 
 
 def test_report_answer_comes_first_with_contents_and_folded_tables(run_dir):

@@ -96,7 +96,8 @@ def test_registered_objective_is_validated_stored_loaded_formatted_and_plotted(t
             "vl",
         )
     )
-    assert asha.metrics == {"top1": "maximize", "flops": "minimize"}  # ranks at a rung by what is known there
+    # ranks at a rung by what is known there
+    assert asha.rule.metrics == ["top1", "flops"] and asha.rule.signs == [-1.0, 1.0]
 
     url = str(tmp_path / "study.journal")
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
