@@ -85,9 +85,9 @@ class Coding:
     """Treatment coding of each part against its baseline, sum-to-zero coding of the blocks (patsy's
     contrasts); `columns` names the design matrix's columns. `factors`/`baselines`/`levels` are the
     whole choices seen (what the effects table, the front and the verdicts speak of); `parts` and
-    the part_* fields are what the columns code. A part level that always occurred with another of
-    its stage (r2 with dsm:bias=True in stage 4 of the placement table) has no column: it is
-    `aliased` to that one."""
+    the part_* fields are what the columns code. A part level that always occurred with another
+    (r2 with dsm:bias=True in stage 4 of the placement table; two parts of two stages seen in one run
+    alone) has no column: it is `aliased` to that one."""
 
     factors: list[str]
     baselines: dict[str, str]
@@ -117,8 +117,11 @@ class Coding:
                     parts[_owner(p)].append(p)
         parts = {f: sorted(ps, key=_part_order) for f, ps in parts.items()}
         part_baselines, part_levels, aliased = {}, {}, {}
+        # Columns so far, over every factor: a part level that ran only where another (of any stage)
+        # ran, e.g. two parts seen in one run alone, would be an identical column, its split
+        # between the two arbitrary.
+        kept: list[tuple[str, np.ndarray]] = []
         for ps in parts.values():
-            kept: list[tuple[str, np.ndarray]] = []  # this factor's columns so far
             for p in ps:
                 values = [row.get(p, NONE) for row in split]
                 seen = [v for v in values if v != NONE] if is_r_part(p) else values

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import scipy.linalg
 import statsmodels.api as sm
 from scipy import stats
 from sklearn.linear_model import ARDRegression
@@ -25,6 +25,7 @@ from .runs import Runs
 
 LEVEL = 0.95  # two-sided level of every interval (analysis.calibration uses the same)
 MIN_RESID_DF = 10  # OLS needs this many residual degrees of freedom, and at least one per parameter
+RANK_TOL = 1e-9  # a singular value (or pivot) under this share of the largest is zero: exact dependence
 MIN_NOISE_DF = 3  # a ridge fit needs this many left after its effective parameters to measure the noise
 CV_FOLDS = 5
 MAXT_DRAWS = 10_000  # draws of the max-t critical value (fixed RNG seed: the same verdicts every time)
@@ -42,6 +43,7 @@ class Fit:
     sigma: float  # residual sd (ols) or the noise sd the ridge estimated
     df_resid: float | None  # t degrees of freedom (ols); None: normal intervals
     n: int
+    basis: np.ndarray | None = None  # OLS: the row space of the runs' design (None: every row estimable)
     widen: float = 1.0  # > 1 when lack of fit was significant
     checks: dict = field(default_factory=dict)
     # The spread of block (seed, environment, rung) effects: the sd of a new block's shift, with its
@@ -87,18 +89,30 @@ class Fit:
         est, low, high = self.intervals(np.atleast_2d(x), q)
         return float(est[0]), float(low[0]), float(high[0])
 
+    def estimable(self, X: np.ndarray) -> np.ndarray:
+        """Per row, whether the runs determine it: in the row space of their design (an OLS fit with
+        dependent columns leaves other rows, e.g. a part only ever seen beside another, to an
+        arbitrary split). A ridge fit shrinks every effect: every row is estimable."""
+        X = np.atleast_2d(X)
+        if self.basis is None:
+            return np.ones(len(X), dtype=bool)
+        resid = X - (X @ self.basis) @ self.basis.T
+        return np.abs(resid).max(axis=1) <= 1e-6 * np.maximum(np.abs(X).max(axis=1), 1.0)
+
     def predict(self, factors: Mapping[str, str]) -> tuple[float, float, float] | None:
         """A genome's mean top-1 (average block) with the interval of that mean; None for an unseen
         level. `predict_run` gives where a new run would land."""
-        if self.coding.unknown(factors):
+        x = self.coding.row(factors)
+        if self.coding.unknown(factors) or not self.estimable(x)[0]:
             return None
-        return self.interval(self.coding.row(factors))
+        return self.interval(x)
 
     def predict_run(self, factors: Mapping[str, str]) -> tuple[float, float, float] | None:
         """A genome's mean top-1 with the interval of one new run of it (run_intervals); None as predict."""
-        if self.coding.unknown(factors):
+        x = np.atleast_2d(self.coding.row(factors))
+        if self.coding.unknown(factors) or not self.estimable(x)[0]:
             return None
-        est, low, high = self.run_intervals(np.atleast_2d(self.coding.row(factors)))
+        est, low, high = self.run_intervals(x)
         return float(est[0]), float(low[0]), float(high[0])
 
     def simultaneous_q(self, C: np.ndarray, draws: int = MAXT_DRAWS, seed: int = 0) -> float:
@@ -110,17 +124,15 @@ class Fit:
         C, se = C[se > 0], se[se > 0]
         if len(C) == 0:
             return self.q
+        # Draws through the Cholesky factor of the covariance of the estimated coefficients (the
+        # dependent columns of a rank-deficient fit have none): a continuous function of it, so
+        # round-off in the fit moves the critical value by round-off, not by another Monte Carlo draw.
         rng = np.random.default_rng(seed)
-        p = len(self.coef)
-        if self.df_resid:
-            z = stats.multivariate_t(np.zeros(p), self.cov, df=self.df_resid, allow_singular=True).rvs(
-                draws, random_state=rng
-            )
-        else:
-            z = stats.multivariate_normal(np.zeros(p), self.cov, allow_singular=True).rvs(
-                draws, random_state=rng
-            )
-        t = np.abs(np.atleast_2d(z) @ C.T) / se
+        keep = np.flatnonzero(np.diag(self.cov) > 0)
+        z = rng.standard_normal((draws, len(keep))) @ _factor(self.cov[np.ix_(keep, keep)]).T
+        if self.df_resid:  # the joint t: one shared chi-square per draw
+            z /= np.sqrt(rng.chisquare(self.df_resid, draws) / self.df_resid)[:, None]
+        t = np.abs(z @ C[:, keep].T) / se
         return float(np.quantile(t.max(axis=1), LEVEL))
 
     def contrast(
@@ -151,20 +163,48 @@ class Fit:
         return _interval_frame(self, rows, ["factor", "part", "choice", "baseline", "aliased"])
 
 
+def _factor(cov: np.ndarray) -> np.ndarray:
+    """L with L L^T = cov: Cholesky, or for a covariance that is only semi-definite (a view of a larger
+    model) the eigen square root."""
+    try:
+        return np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(cov)
+        return v * np.sqrt(np.clip(w, 0.0, None))
+
+
 def _interval_frame(f: Fit, rows: list[tuple], names: list[str]) -> pd.DataFrame:
     """Rows of (*labels, contrast row) as a frame of the labels with estimate, low, high."""
     out = pd.DataFrame([r[:-1] for r in rows], columns=names)
     if rows:
-        out["estimate"], out["low"], out["high"] = f.intervals(np.array([r[-1] for r in rows]))
+        X = np.array([r[-1] for r in rows])
+        out["estimate"], out["low"], out["high"] = f.intervals(X)
+        # What the runs leave open has no effect to show: a row outside their row space, or a choice
+        # whose parts all ran only beside parts of another stage (aliased there: a zero contrast here).
+        out = out[f.estimable(X) & np.abs(X).any(axis=1)].reset_index(drop=True)
     return out.reindex(columns=[*names, "estimate", "low", "high"])
 
 
 def _ols(X: np.ndarray, y: np.ndarray):
-    # Saturated and interaction designs are rank-deficient by construction: the pseudo-inverse fit
-    # and explicit ranks (np.linalg.matrix_rank) handle it.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The design matrix is rank-deficient")
-        return sm.OLS(y, X).fit()
+    """statsmodels' OLS on a maximal set of independent columns of X (same fitted values, residuals
+    and F tests as the pseudo-inverse on all of them)."""
+    return sm.OLS(y, X[:, independent_columns(X)]).fit()
+
+
+def independent_columns(X: np.ndarray) -> np.ndarray:
+    """The indices of a maximal set of linearly independent columns (pivoted QR). Saturated, interaction
+    and part designs are rank-deficient by construction, and 0/1 columns that sum to one another are
+    dependent exactly: left to a pseudo-inverse with a 1e-15 cutoff, round-off in such a column set
+    turns into coefficients of 1e11."""
+    _, R, piv = scipy.linalg.qr(X, mode="economic", pivoting=True)
+    d = np.abs(np.diag(R))
+    return np.sort(piv[: int((d > RANK_TOL * d[0]).sum())]) if len(d) else piv
+
+
+def rowspace(X: np.ndarray) -> np.ndarray:
+    """An orthonormal basis (columns) of the row space of X: the linear combinations the runs estimate."""
+    _, s, vt = np.linalg.svd(X, full_matrices=False)
+    return vt[s > RANK_TOL * s[0]].T
 
 
 def _ridge(X: np.ndarray, y: np.ndarray, noise_sd: float | None = None):
@@ -184,13 +224,13 @@ def _ridge(X: np.ndarray, y: np.ndarray, noise_sd: float | None = None):
 def _fit_kind(X: np.ndarray, y: np.ndarray, kind: str, noise_sd: float | None = None):
     """(coef including the intercept, covariance, sigma, df_resid) of one fit."""
     if kind == "ols":
-        res = _ols(X, y)
-        return (
-            np.asarray(res.params),
-            np.asarray(res.cov_params()),
-            math.sqrt(res.mse_resid),
-            float(res.df_resid),
-        )
+        # Dependent columns get coefficient 0 (one generalised inverse): estimable combinations, such
+        # as every evaluated genome's prediction, do not depend on the choice; Fit.estimable says which.
+        keep = independent_columns(X)
+        res = sm.OLS(y, X[:, keep]).fit()
+        coef, cov = np.zeros(X.shape[1]), np.zeros((X.shape[1], X.shape[1]))
+        coef[keep], cov[np.ix_(keep, keep)] = res.params, res.cov_params()
+        return coef, cov, math.sqrt(res.mse_resid), float(res.df_resid)
     m = _ridge(X, y, noise_sd)
     sigma2 = 1.0 / m.alpha_
     # The intercept is ybar - xbar . coef: its variance adds sigma^2 / n to every prediction.
@@ -230,8 +270,9 @@ def fit(runs: Runs, kind: str = "auto", whole_stages: bool = False) -> Fit:
     factor_rows = [factors_of(g) for g in fr["genome"]]
     coding = Coding.of(factor_rows, fr["block"], whole_stages)
     X, y = coding.matrix(factor_rows, fr["block"]), fr["y"].to_numpy(float)
+    rank = len(independent_columns(X))
     if kind == "auto":
-        kind, why = choose_kind(len(y), X.shape[1])
+        kind, why = choose_kind(len(y), rank)
         if len(runs.frame) > len(common):
             why += f"; {len(runs.frame) - len(common)} run(s) under an authors' recipe left out"
         if len(common) > len(fr):
@@ -240,8 +281,13 @@ def fit(runs: Runs, kind: str = "auto", whole_stages: bool = False) -> Fit:
         why = f"{kind} requested"
     else:
         raise UserError(f"effects model kind {kind!r}: expected auto, ols or eb-ridge")
+    if rank < X.shape[1]:
+        why += (
+            f"; {X.shape[1] - rank} of {X.shape[1]} columns depend on the others (parts only ever seen "
+            "together): what they leave open is not estimated"
+        )
     coef, cov, sigma, df_resid = _fit_kind(X, y, kind)
-    f = Fit(kind, why, coding, coef, cov, sigma, df_resid, len(y))
+    f = Fit(kind, why, coding, coef, cov, sigma, df_resid, len(y), rowspace(X) if kind == "ols" else None)
     if kind == "eb-ridge" and len(y) - _effective_params(f, X) < MIN_NOISE_DF:
         # The runs leave (almost) nothing to measure the noise with: the marginal likelihood would
         # take noise for signal. Use a measured run sd, or say that the runs are too few.

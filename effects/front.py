@@ -101,11 +101,11 @@ def _check_composition(costs: StageCosts, known: pd.DataFrame, sample: int = 12)
 def predictions(f: Fit, cands: pd.DataFrame) -> pd.DataFrame:
     """The candidates with their predicted mean top-1 (average block): `low`/`high` bound that mean,
     `run_low`/`run_high` where one new run of it would land (Fit.run_intervals); NaN for a genome with
-    a level the fit never saw."""
+    a level the fit never saw, or one the runs do not determine (Fit.estimable)."""
     out = cands.copy()
     factors = [factors_of(g) for g in out["genome"]]
-    seen = np.array([not f.coding.unknown(fac) for fac in factors], dtype=bool)
     X = f.coding.matrix(factors)
+    seen = np.array([not f.coding.unknown(fac) for fac in factors], dtype=bool) & f.estimable(X)
     est, low, high = f.intervals(X)
     _, run_low, run_high = f.run_intervals(X)
     for name, values in zip(

@@ -156,3 +156,35 @@ def test_heatmap_is_a_module_by_stage_grid_per_position():
         assert set(trace.y) <= set(parts["choice"])
         shown = [h for row in trace.customdata for h in row if "never run" not in h]
         assert shown and all("[" in h and "against none" in h for h in shown)
+
+
+def test_parts_that_only_ran_together_leave_their_split_open_not_arbitrary():
+    """A searched genome brings new parts to two stages at once, and a one-edit neighbour moves one
+    of them: the parts are dependent (A = B + C in runs), as in the default study. The fit stays finite
+    (no pseudo-inverse round-off turned into 1e11 effects), the runs' own genomes keep their
+    predictions, and what the runs leave open (each part's share) has no effect and no prediction."""
+    base = [_stage(c, 16, None) for c in (None, ("se", "after_conv1"), ("dsm", "after_conv2"))]
+    rows = []
+
+    def add(stages, y):
+        g = Genome("resnet50", stages).validate()
+        for seed in (0, 1):
+            rows.append(
+                dict(key=g.key, genome=g, seed=seed, y=y + 0.002 * seed, flops=1.0, params=1.0, kind="search")
+            )
+        return g
+
+    for a, b in itertools.product(base, base):
+        add((Stage(), a, b, Stage()), 0.3 + 0.01 * (a != base[0]) + 0.02 * (b != base[0]))
+    kw = _stage(None, 16, 2)
+    # s4's kw b=2 ran only beside s1's (one genome) or s2's (another): its column is the sum of theirs.
+    g1 = add((kw, Stage(), Stage(), kw), 0.35)
+    g2 = add((Stage(), kw, Stage(), kw), 0.40)
+    f = fit(Runs(runs_frame(rows), "synthetic"), kind="ols")
+    assert np.abs(f.coef).max() < 1.0 and "1 of" in f.why and "depend on the others" in f.why
+    assert f.predict(factors_of(g1))[0] == pytest.approx(0.351, abs=1e-9)
+    assert f.predict(factors_of(g2))[0] == pytest.approx(0.401, abs=1e-9)
+    lone = Genome("resnet50", (Stage(), Stage(), Stage(), kw)).validate()  # s4's part alone: never told apart
+    assert f.predict(factors_of(lone)) is None
+    eff = f.effects()
+    assert not (eff["choice"] == "kw b=2").any()  # each stage's share of the kw effect is open
