@@ -218,7 +218,7 @@ def answer_section(e: Effects | None, red: pd.DataFrame, single: int) -> list[st
             'against the searched single runs (<a href="#rediscovery">rediscovery at face value</a>); '
             "believe: which of the two to believe, and why. recipe: how the design was trained here "
             "(common = the study's recipe).</p>",
-            _table(_cost_units(d[[c for c in cols if c in d]]).rename(columns=INTERVAL_NAMES).round(4)),
+            _table(_cost_units(d[[c for c in cols if c in d]]).rename(columns=INTERVAL_NAMES).round(3)),
         ]
     return parts
 
@@ -228,6 +228,8 @@ INTERVAL_NAMES = {"low": "mean_low", "high": "mean_high"}
 
 # Shown elsewhere in the row (the verdict names the rival and the difference) or too long for it.
 VERDICT_HIDDEN = {
+    "candidates",  # the verdict says "simultaneous over N candidates"
+    "critical_t",
     "genome_key",
     "beaten_by",
     "beaten_by_genome",
