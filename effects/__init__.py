@@ -2,8 +2,7 @@
 model, top1 = intercept + sum over parts of effect[level] + block + noise (a block: one seed on one
 machine and code), where a stage's choice is split into its parts (module type per position, r,
 fusion, stage module, KW budget) and the global choices are parts of their own, each against its
-baseline (docs/effects.md). The
-package sits below studies and analysis: it reads runs handed to it (a table CSV, or rows a study
+baseline (docs/effects.md). The package sits below studies and analysis: it reads runs handed to it (a table CSV, or rows a study
 reader built), never storage. runs: the input; coding: factors and design matrix; fit: the fit and
 its checks; costs: exact costs composed per stage; front: candidates, predictions, the model front;
 verdicts: the published designs; result: the whole analysis and its JSON; text: the printed report;
